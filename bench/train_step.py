@@ -1,0 +1,164 @@
+"""Training-step throughput: zoo's GPT-NeoX against transformers' GPTNeoXForCausalLM, same config, same process.
+
+Each contender runs its own training step on the same random tokens (T input positions): forward, next-token
+cross-entropy (HF: ``labels=``; zoo: ``targets=``, its fused output head), backward, AdamW (fused on CUDA). Both models hold identical weights. Prints tokens/s of each, the ratio zoo / peer and,
+on a GPU, MFU against the measured bf16 matmul ceiling (PaLM count: 6·N + 12·L·H·T FLOPs per token, N the
+parameters of the blocks and the output head).
+
+    python bench/train_step.py                                   # CPU, tiny config, fp32
+    python bench/train_step.py --model pythia-160m --batch 16 --seq 2048 --compile   # GPU, bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from transformers import GPTNeoXConfig as HFConfig
+from transformers import GPTNeoXForCausalLM
+
+from zoo.convert import gpt_neox_config_to_hf, gpt_neox_state_dict_from_hf
+from zoo.models import GPTNeoX, GPTNeoXConfig
+from zoo.models.gpt_neox import PRESETS
+
+TINY = GPTNeoXConfig(
+    vocab_size=4096,
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=512,
+    max_position_embeddings=2048,
+)
+
+
+def flops_per_token(c: GPTNeoXConfig, seq: int) -> float:
+    per_block = 4 * c.hidden_size**2 + 2 * c.hidden_size * c.intermediate_size
+    n = c.num_hidden_layers * per_block + c.vocab_size * c.hidden_size
+    return 6 * n + 12 * c.num_hidden_layers * c.hidden_size * seq
+
+
+def matmul_peak(device: str) -> float:
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ a
+    torch.cuda.synchronize()
+    start, n = time.perf_counter(), 20
+    for _ in range(n):
+        a @ a
+    torch.cuda.synchronize()
+    return n * 2 * 8192**3 / (time.perf_counter() - start)
+
+
+def measure(name, forward, params, tokens, steps, warmup, device, bf16) -> float:
+    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device == "cuda" or None)
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = forward(tokens)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    return tokens.numel() / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help="tiny or a Pythia preset name")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile zoo's step (and run HF compiled too)"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="append the results as one JSON line to this file")
+    args = parser.parse_args()
+    device, bf16 = args.device, args.device == "cuda"
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    config = TINY if args.model == "tiny" else PRESETS[args.model]
+    torch.manual_seed(0)
+    hf_config = HFConfig(**{k: v for k, v in gpt_neox_config_to_hf(config).items() if k != "torch_dtype"})
+    hf_config._attn_implementation = "sdpa"
+    peer = GPTNeoXForCausalLM(hf_config).to(device)
+    ours = GPTNeoX(config).to(device)
+    ours.load_state_dict(gpt_neox_state_dict_from_hf(peer.state_dict()))
+    tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), device=device)
+
+    def zoo_step(t):  # zoo's training path: the fused output head + cross-entropy
+        return ours(t[:, :-1], targets=t[:, 1:])
+
+    def hf_step(t):  # transformers' own training path: labels shifted inside, loss over T-1 positions
+        return peer(input_ids=t[:, :-1], labels=t[:, :-1]).loss
+
+    results = {
+        "model": args.model,
+        "batch": args.batch,
+        "seq": args.seq,
+        "device": device,
+        "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+        "threads": torch.get_num_threads(),
+    }
+    results["hf_eager"] = measure(
+        "hf", hf_step, peer.parameters(), tokens, args.steps, args.warmup, device, bf16
+    )
+    results["zoo_eager"] = measure(
+        "zoo", zoo_step, ours.parameters(), tokens, args.steps, args.warmup, device, bf16
+    )
+    if args.compile:
+        results["hf_compiled"] = measure(
+            "hf+compile",
+            torch.compile(hf_step),
+            peer.parameters(),
+            tokens,
+            args.steps,
+            args.warmup + 2,
+            device,
+            bf16,
+        )
+        results["zoo_compiled"] = measure(
+            "zoo+compile",
+            torch.compile(zoo_step),
+            ours.parameters(),
+            tokens,
+            args.steps,
+            args.warmup + 2,
+            device,
+            bf16,
+        )
+    peak = matmul_peak(device) if device == "cuda" else None
+    fpt = flops_per_token(config, args.seq)
+    print(
+        f"\n{args.model} batch {args.batch} x seq {args.seq} on {results['gpu'] or 'CPU'} "
+        f"({'bf16 autocast' if bf16 else 'fp32'}, {results['threads']} threads)"
+    )
+    print(f"{'contender':14s} {'tokens/s':>12s} {'vs HF eager':>12s} {'MFU':>7s}")
+    for key in [k for k in ("hf_eager", "hf_compiled", "zoo_eager", "zoo_compiled") if k in results]:
+        mfu = f"{100 * results[key] * fpt / peak:6.1f}%" if peak else "    -"
+        print(f"{key:14s} {results[key]:12,.0f} {results[key] / results['hf_eager']:11.2f}x {mfu}")
+    best_zoo = max(results.get("zoo_compiled", 0), results["zoo_eager"])
+    results["ratio"] = best_zoo / results["hf_eager"]
+    results["peak_tflops"] = peak / 1e12 if peak else None
+    print(f"ratio zoo / HF eager: {results['ratio']:.2f}")
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(results) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""zoo's models: plain ``nn.Module``s, each built from its config dataclass.
+
+``build_model(config)`` and ``config_from_dict(d)`` are how the rest of zoo (modules, hub, CLI) reaches them;
+a config dict names its architecture under ``arch``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from zoo.errors import ConfigError
+
+from .gpt_neox import GPTNeoX, GPTNeoXConfig
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    GPTNeoXConfig.arch: GPTNeoX,
+}
+
+
+def config_from_dict(values: Mapping[str, Any]):
+    """Build the config dataclass named by ``values['arch']``; unknown fields are an error naming them."""
+    values = dict(values)
+    arch = values.pop("arch", None)
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown model arch {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    config_class = ARCHITECTURES[arch].config_class
+    unknown = sorted(set(values) - config_class.field_names())
+    if unknown:
+        raise ConfigError(f"unknown field(s) for model arch {arch!r}: {', '.join(unknown)}")
+    return config_class(**values)
+
+
+def build_model(config) -> nn.Module:
+    return ARCHITECTURES[config.arch](config)
+
+
+__all__ = ["ARCHITECTURES", "GPTNeoX", "GPTNeoXConfig", "build_model", "config_from_dict"]

@@ -1,0 +1,128 @@
+"""Causal-LM pretraining of any model in ``zoo.models``.
+
+The module takes the model's *config* (a plain dict naming its ``arch``), never a built network, so a
+checkpoint alone rebuilds it (``PretrainModule.load_from_checkpoint``). The network is built in
+``configure_model``, where the FSDP2 strategy shards it block by block.
+
+Logged: ``train/loss``, ``train/grad_norm`` (before clipping), ``train/lr``, ``train/tokens_per_s`` (all ranks),
+``train/tokens`` (seen so far), ``val/loss`` and ``val/ppl`` (token-weighted over the whole val split).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics.aggregation import MeanMetric
+
+from zoo.models import build_model, config_from_dict
+from zoo.optim import OptimConfig, build_adamw, warmup_cosine
+from zoo.strategies import clip_grad_norm, shard_for_strategy
+
+
+def causal_lm_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``tokens`` (B, T + 1), through the model's fused loss head."""
+    return model(tokens[:, :-1], targets=tokens[:, 1:])
+
+
+class PretrainModule(L.LightningModule):
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optim: dict[str, Any] | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        model = dict(model)
+        self.init_from = model.pop("init_from", None)
+        self.model_config = config_from_dict(model)
+        self.optim_config = OptimConfig.from_dict(optim)
+        self.model: torch.nn.Module | None = None
+        self.val_loss = MeanMetric()
+        self.tokens_seen = 0
+        self._last_batch_end: float | None = None
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.model = build_model(self.model_config)
+        if self.init_from:
+            from zoo.hub import load_weights
+
+            self.model.load_state_dict(load_weights(self.init_from))
+        shard_for_strategy(self, self.model)
+        self.loss_fn = torch.compile(causal_lm_loss) if self.hparams.compile else causal_lm_loss
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self.model(input_ids, **kwargs)
+
+    # -- training ---------------------------------------------------------------------------------------
+    def training_step(self, tokens: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        loss = self.loss_fn(self.model, tokens)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: torch.Tensor, batch_idx: int) -> None:
+        tokens = (batch.shape[1] - 1) * batch.shape[0] * self.trainer.world_size
+        self.tokens_seen += tokens
+        # Throughput from one batch end to the next covers a whole step (data, forward, backward, optimizer);
+        # on a GPU the queue of launched kernels is bounded, so in steady state this is the true rate.
+        now = time.perf_counter()
+        if self._last_batch_end is not None:
+            self.log("train/tokens_per_s", tokens / (now - self._last_batch_end))
+        self._last_batch_end = now
+        self.log("train/tokens", float(self.tokens_seen))
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        max_norm = self.optim_config.grad_clip or math.inf
+        norm = clip_grad_norm(self.trainer.strategy, self.model, max_norm)
+        self.log("train/grad_norm", norm)
+
+    def configure_optimizers(self):
+        optimizer = build_adamw(self.model, self.optim_config)
+        total = (
+            self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        )
+        c = self.optim_config
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, c.warmup_steps, int(total), c.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # -- evaluation -------------------------------------------------------------------------------------
+    def _evaluate(self, tokens: torch.Tensor) -> None:
+        loss = causal_lm_loss(self.model, tokens)
+        self.val_loss.update(loss, weight=tokens[:, 1:].numel())
+
+    def _log_evaluation(self, stage: str) -> None:
+        loss = self.val_loss.compute()
+        self.log(f"{stage}/loss", loss, sync_dist=False)
+        self.log(f"{stage}/ppl", torch.exp(loss), sync_dist=False)
+        self.val_loss.reset()
+
+    def on_validation_start(self) -> None:
+        self._last_batch_end = None  # the step after an evaluation would count the evaluation's time
+
+    def validation_step(self, tokens: torch.Tensor, batch_idx: int) -> None:
+        self._evaluate(tokens)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val")
+
+    def test_step(self, tokens: torch.Tensor, batch_idx: int) -> None:
+        self._evaluate(tokens)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tokens_seen"] = self.tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokens_seen = checkpoint.get("tokens_seen", 0)

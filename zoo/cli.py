@@ -1,0 +1,290 @@
+"""The ``zoo`` command.
+
+``zoo fit|validate|test [OVERRIDES]`` compose ``configs/fit.yaml`` with Hydra (groups ``model=``, ``data=``,
+``trainer=``, ``strategy=``, ``logger=``, ``experiment=``, ``debug=``; keys ``a.b=c``; ``-m`` sweeps) and run
+:func:`zoo.run.run`. Overrides are checked before anything runs: an unknown group option or key stops with one
+line that names it. ``zoo ls`` lists the groups and their options; ``zoo hub ...`` manages checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+from zoo.errors import ConfigError, ZooError
+
+CONFIG_MODULE = "zoo.configs"
+GROUPS = ("model", "data", "trainer", "strategy", "logger", "experiment", "debug")
+USAGE = """usage: zoo COMMAND [ARGS]
+
+commands:
+  fit [OVERRIDES]        train (default: a tiny Pythia on zoo's embedded corpus, on CPU)
+  validate [OVERRIDES]   evaluate on the val split (ckpt_path=RUN_DIR_OR_CKPT, or model.init_from=hub:NAME)
+  test [OVERRIDES]       evaluate on the test split
+  ls                     the config groups and their options
+  hub push|list|show|pull|export ...   the checkpoint hub (zoo hub --help)
+
+overrides (Hydra): model=mesh  trainer.max_steps=50  data.path=corpus.txt  +trainer.profiler=simple
+  -m / --multirun sweeps:  zoo fit -m module.optim.lr=1e-3,3e-3
+  resume=RUN_DIR continues a killed run from its last checkpoint with the same settings.
+  zoo fit --cfg job prints the composed config; zoo fit --help shows Hydra's help.
+"""
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"zoo: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def register_presets() -> None:
+    """Make the paper presets of every model family selectable as ``model=NAME``."""
+    from hydra.core.config_store import ConfigStore
+
+    from zoo.models.gpt_neox import PRESETS
+
+    store = ConfigStore.instance()
+    for name, config in PRESETS.items():
+        store.store(group="model", name=name, node={**config.to_dict(), "init_from": None})
+
+
+# -- listing ------------------------------------------------------------------------------------------------
+def _config_loader():
+    from hydra.core.global_hydra import GlobalHydra
+
+    return GlobalHydra.instance().config_loader()
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(_config_loader().get_group_options(group))
+
+
+def _description(group: str, option: str) -> str:
+    file = resources.files(CONFIG_MODULE) / group / f"{option}.yaml"
+    if not file.is_file():
+        return "preset from zoo.models (EleutherAI's config.json)"
+    for line in file.read_text().splitlines():
+        if line.startswith("#") and not line.startswith("# @package"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def list_groups() -> None:
+    from hydra import initialize_config_module
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("group", "option", "what it is", box=None, pad_edge=False)
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        for group in GROUPS:
+            for i, option in enumerate(group_options(group)):
+                table.add_row(group if i == 0 else "", option, _description(group, option))
+    Console(width=120).print(table)
+
+
+# -- checking overrides -------------------------------------------------------------------------------------
+def _single_choice_overrides(overrides: list[str]) -> tuple[list[list[str]], list]:
+    """Override lists that together try every value of every sweep once (each sweep varied alone), and the
+    parsed overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as e:
+        fail(f"cannot parse the overrides: {str(e).splitlines()[0]}")
+    base = [
+        f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
+        if o.is_sweep_override()
+        else o.input_line
+        for o in parsed
+    ]
+    combos = [base]
+    for i, o in enumerate(parsed):
+        if o.is_sweep_override():
+            for value in list(o.sweep_string_iterator())[1:]:
+                combos.append([*base[:i], f"{o.get_key_element()}={value}", *base[i + 1 :]])
+    return combos, parsed
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Compose the config with ``overrides``; stop with one line naming any unknown group option or key."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    combos, parsed = _single_choice_overrides(overrides)
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        for o in parsed:
+            if o.key_or_group in GROUPS and not o.is_delete():
+                values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
+                options = group_options(o.key_or_group)
+                for value in values:
+                    if value is not None and value != "null" and str(value) not in options:
+                        fail(f"unknown {o.key_or_group} {str(value)!r}; options: {', '.join(options)}")
+        for combo in combos:
+            try:
+                compose("fit", overrides=combo, return_hydra_config=True)
+            except (HydraException, OmegaConfBaseException) as e:
+                fail(_composition_error(e))
+
+
+def _composition_error(error: Exception) -> str:
+    from omegaconf.errors import ConfigKeyError
+
+    cause = error.__cause__ or error
+    if isinstance(cause, ConfigKeyError) and getattr(cause, "full_key", None):
+        key = cause.full_key
+        return f"unknown key '{key}' (to add a new key, write +{key}=VALUE)"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+# -- running ------------------------------------------------------------------------------------------------
+def _resume_overrides(overrides: list[str]) -> list[str]:
+    """``resume=DIR``: the run's own overrides first, then these, and the run's directory as Hydra's."""
+    resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
+    if not resume:
+        return overrides
+    run_dir = Path(resume[-1]).expanduser().resolve()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        fail(f"resume={resume[-1]}: not a zoo run directory (no .hydra/overrides.yaml)")
+    import yaml
+
+    previous = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.startswith(("resume=", "hydra."))]
+    return [*previous, *overrides, f"hydra.run.dir={run_dir}"]
+
+
+def run_hydra(command: str, args: list[str]) -> None:
+    import hydra
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import InstantiationException
+
+    from zoo.run import run
+
+    parser = get_args_parser()
+    parser.error = lambda message: fail(f"{message} (zoo --help)")
+    parsed = parser.parse_args(args)
+    overrides = list(parsed.overrides)
+    flags_only = list(args)
+    for override in overrides:
+        flags_only.remove(override)
+    if not (parsed.help or parsed.hydra_help):
+        overrides = _resume_overrides(overrides)
+        check_overrides(overrides)
+    original_argv = sys.argv
+
+    def task(cfg) -> None:
+        sys.argv = original_argv  # Lightning's DDP launcher starts the other ranks with this command line
+        try:
+            run(command, cfg, Path(HydraConfig.get().runtime.output_dir))
+        except InstantiationException as e:
+            cause = e.__cause__
+            if isinstance(cause, ZooError):
+                _user_error(cause)
+            if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
+                key = str(e).rsplit("full_key:", 1)[-1].strip() if "full_key:" in str(e) else "?"
+                _user_error(ConfigError(f"{key}: {cause}"))
+            raise
+        except ZooError as e:
+            _user_error(e)
+
+    entry = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="fit")(task)
+    sys.argv = [original_argv[0], *flags_only, *overrides]
+    try:
+        entry()
+    finally:
+        sys.argv = original_argv
+
+
+def _user_error(error: Exception) -> None:
+    if os.environ.get("ZOO_DEBUG"):
+        raise error
+    fail(str(error))
+
+
+# -- hub ----------------------------------------------------------------------------------------------------
+def hub_command(args: list[str]) -> None:
+    from zoo.hub import Entry, Hub
+
+    parser = argparse.ArgumentParser(prog="zoo hub", description="zoo's checkpoint hub")
+    parser.add_argument("--store", help="hub store directory (default: $ZOO_HUB or <zoo cache>/hub)")
+    sub = parser.add_subparsers(dest="action", required=True)
+    push = sub.add_parser("push", help="publish a run directory or a .ckpt file")
+    push.add_argument("source")
+    push.add_argument("--name", required=True)
+    push.add_argument("--force", action="store_true", help="replace an existing entry")
+    sub.add_parser("list", help="list entries")
+    show = sub.add_parser("show", help="verify an entry and print its card")
+    show.add_argument("name")
+    pull = sub.add_parser("pull", help="import a local HF-format directory or hf:ORG/NAME")
+    pull.add_argument("source")
+    pull.add_argument("--name")
+    pull.add_argument("--force", action="store_true")
+    export = sub.add_parser("export", help="write an entry as an HF model directory")
+    export.add_argument("name")
+    export.add_argument("out_dir")
+    opts = parser.parse_args(args)
+    hub = Hub(opts.store)
+    try:
+        if opts.action == "push":
+            entry = hub.push(opts.source, opts.name, overwrite=opts.force)
+            print(f"pushed {entry.name} -> {entry.path}")
+        elif opts.action == "pull":
+            entry = hub.pull(opts.source, opts.name, overwrite=opts.force)
+            print(f"pulled {opts.source} -> {entry.path}")
+        elif opts.action == "export":
+            print(f"exported {opts.name} -> {hub.export_hf(opts.name, opts.out_dir)}")
+        elif opts.action == "show":
+            entry = hub.entry(opts.name)
+            print(entry.card)
+            for relative, digest in entry.manifest["files"].items():
+                print(
+                    f"  {relative:32s} {(entry.path / relative).stat().st_size:>12,d} B  sha256 {digest[:16]}…"
+                )
+            print(f"verified: every sha256 matches ({entry.path})")
+        else:
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table("name", "arch", "created", "where", box=None, pad_edge=False)
+            for entry in hub.entries():
+                if isinstance(entry, Entry):
+                    m = entry.manifest
+                    table.add_row(
+                        entry.name, m.get("arch", "?"), m.get("created", "?"), str(entry.path.parent)
+                    )
+                else:
+                    table.add_row("[red]unreadable[/red]", "", "", str(entry))
+            Console(width=160).print(table)
+    except ZooError as e:
+        _user_error(e)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        register_presets()
+        list_groups()
+        return
+    command, rest = args[0], args[1:]
+    register_presets()
+    if command in ("fit", "validate", "test"):
+        run_hydra(command, rest)
+    elif command == "ls":
+        list_groups()
+    elif command == "hub":
+        hub_command(rest)
+    else:
+        fail(f"unknown command {command!r}; commands: fit, validate, test, ls, hub")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""The one exception type for mistakes in what a user gave zoo (a setting, a file, a row, a name).
+
+The CLI prints such an error as one line naming the key, file or row, and exits with status 2; anything else
+is a bug and keeps its traceback. ``ZOO_DEBUG=1`` shows tracebacks for user errors too.
+"""
+
+
+class ZooError(Exception):
+    pass
+
+
+class ConfigError(ZooError, ValueError):
+    """A setting that cannot work; the message names the key."""
+
+
+class DataError(ZooError, ValueError):
+    """Malformed or missing input data; the message names the file and row."""

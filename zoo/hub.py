@@ -1,0 +1,381 @@
+"""The checkpoint hub: publish a trained model, list and inspect what is published, import and export.
+
+An *entry* is a directory named after the checkpoint::
+
+    NAME/
+      manifest.json       name, arch, source, creation time, and the sha256 of every other file
+      config.json         zoo's model config (``arch`` + the config dataclass's fields)
+      model.safetensors   the weights, zoo's parameter names
+      tokenizer/          the tokenizer, in the HF format (``AutoTokenizer`` loads it)
+      card.md             a model card: YAML front matter with the training metrics and data, then prose
+
+Entries live in the hub *store* (``$ZOO_HUB``, else ``<zoo cache>/hub``) and, read-only, in the registry that
+ships with zoo (``zoo.checkpoints``). Every read verifies every sha256 and refuses an entry with a missing,
+altered or unlisted file. Weights are read with safetensors only; Lightning checkpoints with
+``torch.load(weights_only=True)``, which unpickles tensors and plain containers and nothing else.
+
+Import: a local directory in the HF format (``config.json`` of a GPT-NeoX model, safetensors or
+``pytorch_model.bin`` weights, tokenizer files), or ``hf:ORG/NAME`` downloaded through ``huggingface_hub``.
+Export: an entry of a GPT-NeoX model to that same HF format.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from zoo import __version__
+from zoo.errors import ZooError
+from zoo.files import atomic_directory, cache_dir, sha256_file
+
+MANIFEST = "manifest.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
+
+
+class HubError(ZooError):
+    """A hub operation that cannot be done; the message says which entry, file or name."""
+
+
+def validate_name(name: str) -> str:
+    if not _NAME.match(name) or ".." in name:
+        raise HubError(
+            f"invalid hub name {name!r}: use letters, digits, '.', '_' and '-' "
+            "(no path separators, no '..', at most 128 characters)"
+        )
+    return name
+
+
+def default_store() -> Path:
+    return Path(os.environ["ZOO_HUB"]).expanduser() if os.environ.get("ZOO_HUB") else cache_dir() / "hub"
+
+
+def builtin_registry() -> Path:
+    return Path(str(resources.files("zoo.checkpoints")))
+
+
+@dataclass
+class Entry:
+    name: str
+    path: Path
+    manifest: dict[str, Any]
+    read_only: bool = False
+
+    @classmethod
+    def open(cls, path: Path, read_only: bool = False) -> Entry:
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise HubError(f"{path / MANIFEST}: unreadable manifest ({e})") from None
+        if not isinstance(manifest.get("files"), dict):
+            raise HubError(f"{path / MANIFEST}: no 'files' table")
+        return cls(manifest.get("name", path.name), path, manifest, read_only)
+
+    def verify(self) -> None:
+        """Raise unless every listed file exists with its sha256 and no other file is present."""
+        listed = self.manifest["files"]
+        present = {
+            p.relative_to(self.path).as_posix()
+            for p in self.path.rglob("*")
+            if p.is_file() and p.name != MANIFEST
+        }
+        if unlisted := sorted(present - set(listed)):
+            raise HubError(f"hub entry {self.name!r}: file(s) not in its manifest: {', '.join(unlisted)}")
+        for relative, expected in listed.items():
+            file = self.path / relative
+            if not file.is_file():
+                raise HubError(f"hub entry {self.name!r}: {relative} is missing")
+            if sha256_file(file) != expected:
+                raise HubError(
+                    f"hub entry {self.name!r}: {relative} fails its sha256 check (corrupted or altered); "
+                    "pull or push it again"
+                )
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads((self.path / "config.json").read_text())
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.path / "tokenizer"
+
+    @property
+    def card(self) -> str:
+        return (self.path / "card.md").read_text()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        self.verify()
+        return load_file(self.path / "model.safetensors")
+
+    def build_model(self) -> torch.nn.Module:
+        from zoo.models import build_model, config_from_dict
+
+        model = build_model(config_from_dict(self.config))
+        model.load_state_dict(self.state_dict())
+        return model
+
+
+class Hub:
+    def __init__(
+        self, store: str | os.PathLike | None = None, registries: tuple[Path, ...] | None = None
+    ) -> None:
+        self.store = Path(store).expanduser() if store else default_store()
+        self.registries = registries if registries is not None else (builtin_registry(),)
+
+    # -- reading ----------------------------------------------------------------------------------------
+    def entries(self) -> list[Entry | HubError]:
+        found: list[Entry | HubError] = []
+        for root, read_only in [(self.store, False), *((r, True) for r in self.registries)]:
+            if not root.is_dir():
+                continue
+            for path in sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()):
+                try:
+                    found.append(Entry.open(path, read_only))
+                except HubError as e:
+                    found.append(e)
+        return found
+
+    def entry(self, name: str) -> Entry:
+        validate_name(name)
+        for root, read_only in [(self.store, False), *((r, True) for r in self.registries)]:
+            if (root / name / MANIFEST).is_file():
+                entry = Entry.open(root / name, read_only)
+                entry.verify()
+                return entry
+        known = [e.name for e in self.entries() if isinstance(e, Entry)]
+        raise HubError(f"no hub entry {name!r} in {self.store}; known: {', '.join(known) or 'none'}")
+
+    # -- writing ----------------------------------------------------------------------------------------
+    def _write(
+        self,
+        name: str,
+        config: dict[str, Any],
+        state_dict: dict[str, torch.Tensor],
+        tokenizer_dir: Path | None,
+        card: dict[str, Any],
+        source: str,
+        overwrite: bool,
+    ) -> Entry:
+        validate_name(name)
+        target = self.store / name
+        if (target / MANIFEST).exists() and not overwrite:
+            raise HubError(f"hub entry {name!r} exists in {self.store}; pass --force to replace it")
+        with atomic_directory(target) as tmp:
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp / "model.safetensors"
+            )
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            if tokenizer_dir is not None:
+                (tmp / "tokenizer").mkdir()
+                for file in _TOKENIZER_FILES:
+                    if (tokenizer_dir / file).is_file():
+                        shutil.copyfile(tokenizer_dir / file, tmp / "tokenizer" / file)
+            parameters = sum(t.numel() for t in state_dict.values())
+            front = {"name": name, "arch": config["arch"], "parameters": parameters, "source": source, **card}
+            (tmp / "card.md").write_text(_card_text(front))
+            files = {
+                p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()
+            }
+            manifest = {
+                "name": name,
+                "arch": config["arch"],
+                "source": source,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "zoo_version": __version__,
+                "files": files,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        return self.entry(name)
+
+    def push(self, source: str | os.PathLike, name: str, overwrite: bool = False) -> Entry:
+        """Publish a run directory (its ``checkpoints/last.ckpt``) or a Lightning ``.ckpt`` file."""
+        validate_name(name)
+        checkpoint_path, run_dir = _locate_checkpoint(Path(source).expanduser())
+        checkpoint = read_lightning_checkpoint(checkpoint_path)
+        hparams = checkpoint.get("hyper_parameters", {})
+        if "model" not in hparams:
+            raise HubError(
+                f"{checkpoint_path}: no model config in its hyper_parameters (not a zoo checkpoint?)"
+            )
+        config = {k: v for k, v in dict(hparams["model"]).items() if k != "init_from"}
+        state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        tokenizer_dir = run_dir / "tokenizer" if run_dir and (run_dir / "tokenizer").is_dir() else None
+        metrics_file = run_dir / "metrics.json" if run_dir else None
+        metrics = json.loads(metrics_file.read_text()) if metrics_file and metrics_file.is_file() else {}
+        card = {
+            "global_step": checkpoint.get("global_step"),
+            "tokens_seen": checkpoint.get("tokens_seen"),
+            "metrics": metrics,
+            "data": _plain(checkpoint.get("datamodule_hyper_parameters", {})),
+            "optim": _plain(hparams.get("optim") or {}),
+        }
+        return self._write(
+            name, config, state, tokenizer_dir, card, str(checkpoint_path.resolve()), overwrite
+        )
+
+    def pull(self, source: str, name: str | None = None, overwrite: bool = False) -> Entry:
+        """Import ``hf:ORG/NAME`` (downloaded) or a local directory (HF format, or a copied hub entry)."""
+        if source.startswith("hf:"):
+            repo_id = source[3:]
+            directory = _download_hf(repo_id)
+            default_name = repo_id.rsplit("/", 1)[-1]
+        else:
+            directory = Path(source).expanduser()
+            if not directory.is_dir():
+                raise HubError(
+                    f"{directory}: not a directory (pull takes a local model directory or hf:ORG/NAME)"
+                )
+            default_name = directory.name
+        name = validate_name(name or default_name)
+        if (directory / MANIFEST).is_file():
+            entry = Entry.open(directory)
+            entry.verify()
+            card = {"imported_from": str(directory)}
+            tokenizer = entry.tokenizer_dir if entry.tokenizer_dir.is_dir() else None
+            return self._write(name, entry.config, entry.state_dict(), tokenizer, card, source, overwrite)
+        config, state = _read_hf_directory(directory)
+        tokenizer = directory if any((directory / f).is_file() for f in _TOKENIZER_FILES) else None
+        return self._write(name, config, state, tokenizer, {"imported_from": source}, source, overwrite)
+
+    def export_hf(self, name: str, out_dir: str | os.PathLike) -> Path:
+        """Write entry ``name`` as an HF model directory that ``AutoModelForCausalLM`` loads."""
+        from zoo.convert import gpt_neox_config_to_hf, gpt_neox_state_dict_to_hf
+        from zoo.models import config_from_dict
+
+        entry = self.entry(name)
+        if entry.config.get("arch") != "gpt_neox":
+            raise HubError(
+                f"hub entry {name!r} is a {entry.config.get('arch')!r} model: only gpt_neox exports to HF"
+            )
+        out = Path(out_dir).expanduser()
+        config = config_from_dict(entry.config)
+        with atomic_directory(out) as tmp:
+            (tmp / "config.json").write_text(json.dumps(gpt_neox_config_to_hf(config), indent=2) + "\n")
+            save_file(
+                gpt_neox_state_dict_to_hf(entry.state_dict()), tmp / "model.safetensors", {"format": "pt"}
+            )
+            if entry.tokenizer_dir.is_dir():
+                for file in entry.tokenizer_dir.iterdir():
+                    shutil.copyfile(file, tmp / file.name)
+        return out
+
+
+def load_weights(spec: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Verified weights of ``hub:NAME`` or of a hub entry directory."""
+    spec = str(spec)
+    entry = Hub().entry(spec[4:]) if spec.startswith("hub:") else Entry.open(Path(spec).expanduser())
+    return entry.state_dict()
+
+
+def read_lightning_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated, corrupted or non-checkpoint file: say which one
+        raise HubError(
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
+
+
+def _locate_checkpoint(source: Path) -> tuple[Path, Path | None]:
+    if source.is_dir():
+        checkpoint = source / "checkpoints" / "last.ckpt"
+        if not checkpoint.is_file():
+            raise HubError(f"{source}: no checkpoints/last.ckpt in this run directory")
+        return checkpoint, source
+    if source.is_file():
+        run_dir = source.parent.parent if source.parent.name == "checkpoints" else None
+        return source, run_dir
+    raise HubError(f"{source}: no such run directory or checkpoint file")
+
+
+def _read_hf_directory(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    from zoo.convert import gpt_neox_config_from_hf, gpt_neox_state_dict_from_hf
+
+    try:
+        hf_config = json.loads((directory / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise HubError(f"{directory / 'config.json'}: unreadable ({e})") from None
+    try:
+        config = gpt_neox_config_from_hf(hf_config)
+    except ValueError as e:
+        raise HubError(f"{directory / 'config.json'}: {e}") from None
+    state: dict[str, torch.Tensor] = {}
+    for file in _weight_files(directory):
+        if file.suffix == ".safetensors":
+            state.update(load_file(file))
+        else:
+            state.update(torch.load(file, map_location="cpu", weights_only=True))
+    try:
+        state = gpt_neox_state_dict_from_hf(state)
+    except ValueError as e:
+        raise HubError(f"{directory}: {e}") from None
+    return config.to_dict(), state
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (directory / index_name).is_file():
+            index = json.loads((directory / index_name).read_text())
+            return [directory / f for f in sorted(set(index["weight_map"].values()))]
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / single).is_file():
+            return [directory / single]
+    raise HubError(f"{directory}: no model.safetensors or pytorch_model.bin")
+
+
+def _download_hf(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja", "pytorch_model*.bin"]
+            )
+        )
+    except Exception as e:  # offline, unknown repo, gated: one line that says which
+        raise HubError(
+            f"hf:{repo_id}: download failed ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
+
+
+def _plain(value: Any) -> Any:
+    """Make checkpoint metadata YAML-safe (tuples → lists, unknown objects → str)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def _card_text(front: dict[str, Any]) -> str:
+    metrics = front.get("metrics") or {}
+    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items()) if isinstance(v, int | float))
+    table = f"| metric | value |\n|---|---|\n{rows}\n" if rows else "No metrics were recorded.\n"
+    return (
+        "---\n"
+        + yaml.safe_dump(_plain(front), sort_keys=False)
+        + "---\n\n"
+        + f"# {front['name']}\n\n"
+        + f"A zoo `{front['arch']}` model with {front['parameters']:,} parameters, from `{front['source']}`.\n\n"
+        + table
+    )

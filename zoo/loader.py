@@ -1,0 +1,82 @@
+"""A training DataLoader that resumes exactly where a killed run stopped.
+
+Lightning saves the ``state_dict()`` of a training loader that has one inside its checkpoints and restores it
+on resume (its ``_Stateful`` protocol). :class:`ResumableLoader` records which epoch it is in and how many
+batches of that epoch it has handed out; after ``load_state_dict`` its next iteration continues with the
+following batch of the same permutation. Its sampler also splits every epoch across data-parallel ranks, so
+Lightning's own sampler replacement stays off (``use_distributed_sampler: false``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class EpochOrder(Sampler[int]):
+    """A seeded permutation per epoch (or the identity), this rank's equal share of it, from ``start`` on."""
+
+    def __init__(self, num_items: int, seed: int, shuffle: bool, rank: int, world_size: int) -> None:
+        self.num_items, self.seed, self.shuffle = num_items, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.per_rank = num_items // world_size
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_items, generator=generator)
+        else:
+            order = torch.arange(self.num_items)
+        mine = order[self.rank :: self.world_size][: self.per_rank]
+        start, self.start = self.start, 0  # a resume offset applies to one iteration only
+        return iter(mine[start:].tolist())
+
+
+class ResumableLoader(DataLoader):
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        order = EpochOrder(len(dataset), seed, shuffle, rank, world_size)
+        if len(order) < batch_size:
+            raise ValueError(
+                f"the training set has {len(dataset)} samples, fewer than one batch of {batch_size} per rank "
+                f"on {world_size} rank(s); use more data or a smaller batch"
+            )
+        super().__init__(dataset, batch_size=batch_size, sampler=order, drop_last=True, **kwargs)
+        self.order = order
+        self.batches_done = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self.batches_done = self.order.start // self.batch_size
+        for batch in super().__iter__():
+            self.batches_done += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.order.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.order.set_epoch(state["epoch"])
+        done = state["batches_done"]
+        # A checkpoint taken after an epoch's last batch resumes at the start of the next epoch.
+        self.batches_done = done if done < len(self) else 0
+        self.order.start = self.batches_done * self.batch_size

@@ -1,0 +1,143 @@
+"""Build everything a composed config names, then fit, validate or test. The one place objects are built.
+
+Order: data (which fixes the tokenizer) → model config (vocabulary from the tokenizer, or the architecture of
+``model.init_from``) → LightningModule → Trainer (strategy, logger, checkpoints) → run. The run directory ends
+up holding ``tb/`` (TensorBoard), ``checkpoints/`` (``last.ckpt`` every ``checkpoint.every_n_train_steps``
+and at the end, ``best.ckpt`` by ``val/loss``), ``tokenizer/`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from zoo.checkpoint_io import AtomicCheckpointIO
+from zoo.errors import ConfigError
+from zoo.files import atomic_file
+
+log = logging.getLogger("zoo")
+
+VOCAB_MULTIPLE = 64  # embedding rows are padded to a multiple of this, as Pythia pads 50277 to 50304
+
+
+def _entry_for(init_from: str):
+    from zoo.hub import Entry, Hub
+
+    if init_from.startswith("hub:"):
+        return Hub().entry(init_from[4:])
+    entry = Entry.open(Path(init_from).expanduser())
+    entry.verify()
+    return entry
+
+
+def build_data(cfg: DictConfig) -> L.LightningDataModule:
+    overrides = {}
+    init_from = cfg.model.get("init_from")
+    if init_from and cfg.data.get("tokenizer", "absent") is None:
+        entry = _entry_for(init_from)
+        if entry.tokenizer_dir.is_dir():
+            overrides["tokenizer"] = str(entry.tokenizer_dir)  # the checkpoint's own tokenizer
+    return instantiate(cfg.data, **overrides)
+
+
+def model_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, Any]:
+    values = OmegaConf.to_container(cfg.model, resolve=True)
+    if init_from := values.get("init_from"):
+        values = {**_entry_for(init_from).config, "init_from": init_from}
+        log.info("model: architecture and weights from %s", init_from)
+    vocab = datamodule.vocab_size
+    if values.get("vocab_size") is None:
+        values["vocab_size"] = -(-vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    elif values["vocab_size"] < vocab:
+        raise ConfigError(
+            f"model.vocab_size={values['vocab_size']} is smaller than the tokenizer's {vocab} tokens"
+        )
+    return values
+
+
+def build_module(command: str, cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
+    if command != "fit" and cfg.ckpt_path:
+        checkpoint = checkpoint_file(cfg.ckpt_path)
+        log.info("module: %s from %s", cfg.module._target_, checkpoint)
+        return get_class(cfg.module._target_).load_from_checkpoint(checkpoint, map_location="cpu")
+    module = instantiate(cfg.module, model=model_config(cfg, datamodule), _convert_="all")
+    log.info("module: %s, model %s", cfg.module._target_, module.hparams.model["arch"])
+    return module
+
+
+def checkpoint_file(path: str) -> Path:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
+    return path
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+    logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") else False
+    checkpoints = run_dir / "checkpoints"
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=checkpoints,
+            filename="last",
+            every_n_train_steps=cfg.checkpoint.every_n_train_steps,
+            save_top_k=1,
+            enable_version_counter=False,
+        ),
+        ModelCheckpoint(
+            dirpath=checkpoints,
+            filename="best",
+            monitor="val/loss",
+            mode="min",
+            save_top_k=cfg.checkpoint.save_top_k,
+            enable_version_counter=False,
+        ),
+    ]
+    strategy = instantiate(cfg.strategy)
+    log.info(
+        "trainer: strategy %s, %s",
+        type(strategy).__name__ if not isinstance(strategy, str) else strategy,
+        OmegaConf.to_container(cfg.trainer),
+    )
+    return L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        strategy=strategy,
+        logger=logger,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+    )
+
+
+def run(command: str, cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_data(cfg)
+    module = build_module(command, cfg, datamodule)
+    trainer = build_trainer(cfg, run_dir)
+    if trainer.is_global_zero and datamodule.tokenizer is not None:
+        datamodule.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+    if command == "fit":
+        resume = checkpoint_file(cfg.resume) if cfg.resume else None
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        if not trainer.fast_dev_run:  # the final state, whatever the checkpoint interval
+            trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    elif command == "validate":
+        trainer.validate(module, datamodule=datamodule)
+    else:
+        trainer.test(module, datamodule=datamodule)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics["global_step"] = trainer.global_step
+    if trainer.is_global_zero:
+        with atomic_file(run_dir / "metrics.json", "w") as f:
+            json.dump(metrics, f, indent=2)
+        log.info("run dir: %s", run_dir)
+        log.info("metrics: %s", ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    return metrics

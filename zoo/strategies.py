@@ -1,0 +1,96 @@
+"""Distributed strategies that every zoo module shares, built from ``configs/strategy/*.yaml``.
+
+- ``auto``: Lightning's choice (one device: no wrapper).
+- ``ddp``: replicated weights, gradients all-reduced (gloo on CPU, nccl on GPU).
+- ``fsdp``: FSDP1 (``FullyShardedDataParallel``), one FSDP unit per transformer block. Needs CUDA.
+- ``fsdp2``: per-parameter sharding with ``torch.distributed.fsdp.fully_shard``: each block, then the root,
+  sharded over a data-parallel mesh of every process. Lightning runs it through ``ModelParallelStrategy``;
+  it works on CPU with gloo as well as on GPUs, and saves a consolidated (full) checkpoint by default so that
+  the hub and ``load_from_checkpoint`` read it like any other.
+
+Blocks are found through each model class's ``block_class`` attribute (``zoo.models.ARCHITECTURES``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+
+def block_classes() -> set[type[nn.Module]]:
+    from zoo.models import ARCHITECTURES
+
+    return {model_class.block_class for model_class in ARCHITECTURES.values()}
+
+
+def auto() -> str:
+    return "auto"
+
+
+def ddp(find_unused_parameters: bool = False, **kwargs: Any) -> DDPStrategy:
+    return DDPStrategy(find_unused_parameters=find_unused_parameters, **kwargs)
+
+
+def fsdp(
+    sharding_strategy: str = "FULL_SHARD",
+    activation_checkpointing: bool = False,
+    state_dict_type: Literal["full", "sharded"] = "full",
+    **kwargs: Any,
+) -> FSDPStrategy:
+    blocks = block_classes()
+    return FSDPStrategy(
+        auto_wrap_policy=blocks,
+        activation_checkpointing_policy=blocks if activation_checkpointing else None,
+        sharding_strategy=sharding_strategy,
+        state_dict_type=state_dict_type,
+        **kwargs,
+    )
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """``ModelParallelStrategy`` with every process in one data-parallel (sharding) group, no tensor parallelism.
+
+    (Its ``"auto"`` sizes would instead make a 2-process run tensor-parallel with nothing sharded.)
+    """
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        self._tensor_parallel_size = 1
+        super().setup_environment()
+
+
+def fsdp2(save_distributed_checkpoint: bool = False, **kwargs: Any) -> FSDP2Strategy:
+    return FSDP2Strategy(save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+
+
+def shard_for_strategy(module: L.LightningModule, model: nn.Module) -> None:
+    """Called from ``configure_model``: shards ``model`` block by block when the trainer runs FSDP2."""
+    trainer = module._trainer
+    if trainer is None or not isinstance(trainer.strategy, ModelParallelStrategy):
+        return
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = module.device_mesh["data_parallel"]
+    blocks = tuple(block_classes())
+    for submodule in model.modules():
+        if isinstance(submodule, blocks):
+            fully_shard(submodule, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def clip_grad_norm(
+    strategy: L.pytorch.strategies.Strategy, model: nn.Module, max_norm: float
+) -> torch.Tensor:
+    """Clip the global gradient norm to ``max_norm`` (``inf``: only measure it); returns the norm before."""
+    if isinstance(strategy, FSDPStrategy):
+        # FSDP1 holds flat sharded gradients: only the wrapper knows the global norm.
+        return strategy.model.clip_grad_norm_(max_norm)
+    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
+    if isinstance(norm, DTensor):  # FSDP2: the norm is reduced over the mesh on demand
+        norm = norm.full_tensor()
+    return norm
