@@ -1,9 +1,10 @@
 """Training-step throughput: zoo's GPT-NeoX against transformers' GPTNeoXForCausalLM, same config, same process.
 
 Each contender runs its own training step on the same random tokens (T input positions): forward, next-token
-cross-entropy (HF: ``labels=``; zoo: ``targets=``, its fused output head), backward, AdamW (fused on CUDA). Both models hold identical weights. Prints tokens/s of each, the ratio zoo / peer and,
-on a GPU, MFU against the measured bf16 matmul ceiling (PaLM count: 6·N + 12·L·H·T FLOPs per token, N the
-parameters of the blocks and the output head).
+cross-entropy (HF: ``labels=``; zoo: ``targets=``, its fused output head), backward, AdamW (fused on CUDA).
+Both models hold identical weights. Prints tokens/s of each, the ratio zoo / peer and, on a GPU, MFU against
+the measured bf16 matmul ceiling (PaLM count: 6·N + 12·L·H·T FLOPs per token, N the parameters of the blocks
+and the output head).
 
     python bench/train_step.py                                   # CPU, tiny config, fp32
     python bench/train_step.py --model pythia-160m --batch 16 --seq 2048 --compile   # GPU, bf16
@@ -81,9 +82,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument(
-        "--compile", action="store_true", help="torch.compile zoo's step (and run HF compiled too)"
-    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile zoo's step (and run HF compiled too)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="append the results as one JSON line to this file")
     args = parser.parse_args()
@@ -114,12 +113,8 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
         "threads": torch.get_num_threads(),
     }
-    results["hf_eager"] = measure(
-        "hf", hf_step, peer.parameters(), tokens, args.steps, args.warmup, device, bf16
-    )
-    results["zoo_eager"] = measure(
-        "zoo", zoo_step, ours.parameters(), tokens, args.steps, args.warmup, device, bf16
-    )
+    results["hf_eager"] = measure("hf", hf_step, peer.parameters(), tokens, args.steps, args.warmup, device, bf16)
+    results["zoo_eager"] = measure("zoo", zoo_step, ours.parameters(), tokens, args.steps, args.warmup, device, bf16)
     if args.compile:
         results["hf_compiled"] = measure(
             "hf+compile",

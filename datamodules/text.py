@@ -87,16 +87,12 @@ def dataset_documents(name: str, config: str | None, split: str, text_field: str
     return [Document(f"{name}[{i}]", text) for i, text in enumerate(rows[text_field])]
 
 
-def split_documents(
-    documents: list[Document], val_fraction: float, seed: int
-) -> tuple[list[Document], list[Document]]:
+def split_documents(documents: list[Document], val_fraction: float, seed: int) -> tuple[list[Document], list[Document]]:
     if val_fraction <= 0:
         return documents, []
     if len(documents) == 1:
         text = documents[0].text
-        cut = text.rfind("\n", 0, int(len(text) * (1 - val_fraction))) + 1 or int(
-            len(text) * (1 - val_fraction)
-        )
+        cut = text.rfind("\n", 0, int(len(text) * (1 - val_fraction))) + 1 or int(len(text) * (1 - val_fraction))
         return [Document(documents[0].name, text[:cut])], [Document(documents[0].name + ":val", text[cut:])]
 
     def score(doc: Document) -> float:
@@ -185,9 +181,7 @@ class TextDataModule(L.LightningDataModule):
         eos = self.tokenizer.eos_token_id
         ids = self.tokenizer([d.text for d in documents], add_special_tokens=False)["input_ids"]
         dtype = np.uint16 if len(self.tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
-        tokens = np.fromiter(
-            (t for doc in ids for t in (*doc, eos)), dtype=dtype, count=sum(len(d) + 1 for d in ids)
-        )
+        tokens = np.fromiter((t for doc in ids for t in (*doc, eos)), dtype=dtype, count=sum(len(d) + 1 for d in ids))
         with atomic_file(file) as f:
             f.write(np.array([np.dtype(dtype).itemsize], dtype=np.uint8).tobytes())
             f.write(tokens.tobytes())
@@ -224,9 +218,7 @@ class TextDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.val_set, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers
-        )
+        return DataLoader(self.val_set, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
 
     def test_dataloader(self) -> DataLoader:
         """zoo keeps no separate test split of a pretraining corpus: ``zoo test`` reports the val split."""

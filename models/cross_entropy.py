@@ -61,9 +61,7 @@ def _chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     for start in range(0, hidden.shape[0], rows):
         logits = (hidden[start : start + rows] @ weight.T).to(precise)
         t = targets[start : start + rows]
-        total = total + torch.nn.functional.cross_entropy(
-            logits, t, ignore_index=IGNORE_INDEX, reduction="sum"
-        )
+        total = total + torch.nn.functional.cross_entropy(logits, t, ignore_index=IGNORE_INDEX, reduction="sum")
     return total / count
 
 

@@ -54,8 +54,7 @@ class GPTNeoXConfig:
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
-                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
-                f"{self.num_attention_heads}"
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
             )
         if self.tie_word_embeddings:
             raise ConfigError("tie_word_embeddings=True is not supported: Pythia's head is untied")
@@ -270,9 +269,7 @@ class GPTNeoX(nn.Module):
         """Entries a KV cache needs: one per block application in the forward pass."""
         return self.config.num_hidden_layers
 
-    def new_cache(
-        self, batch_size: int, max_length: int, dtype: torch.dtype | None = None, device=None
-    ) -> KVCache:
+    def new_cache(self, batch_size: int, max_length: int, dtype: torch.dtype | None = None, device=None) -> KVCache:
         c = self.config
         return KVCache(
             self.num_attention_calls,
@@ -332,9 +329,7 @@ class GPTNeoX(nn.Module):
     ) -> torch.Tensor:
         """Logits (B, T, vocab); or, given ``targets`` (B, T; -100 ignored), their mean cross-entropy,
         computed fused with the output head (:mod:`zoo.models.cross_entropy`) without materialising logits."""
-        h = self.hidden_states(
-            input_ids, position_ids=position_ids, attention_mask=attention_mask, cache=cache
-        )
+        h = self.hidden_states(input_ids, position_ids=position_ids, attention_mask=attention_mask, cache=cache)
         if targets is not None:
             return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
         return self.lm_head(h)

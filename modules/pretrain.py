@@ -85,9 +85,7 @@ class PretrainModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = build_adamw(self.model, self.optim_config)
-        total = (
-            self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
-        )
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
         c = self.optim_config
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, c.warmup_steps, int(total), c.min_lr_ratio)

@@ -23,7 +23,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with atomic_file(path) as f:
             torch.save(checkpoint, f)
 
-    def load_checkpoint(
-        self, path: _PATH, map_location: Any = None, weights_only: bool | None = None
-    ) -> dict:
+    def load_checkpoint(self, path: _PATH, map_location: Any = None, weights_only: bool | None = None) -> dict:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)

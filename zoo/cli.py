@@ -97,9 +97,7 @@ def _single_choice_overrides(overrides: list[str]) -> tuple[list[list[str]], lis
     except OverrideParseException as e:
         fail(f"cannot parse the overrides: {str(e).splitlines()[0]}")
     base = [
-        f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
-        if o.is_sweep_override()
-        else o.input_line
+        f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
         for o in parsed
     ]
     combos = [base]
@@ -244,9 +242,7 @@ def hub_command(args: list[str]) -> None:
             entry = hub.entry(opts.name)
             print(entry.card)
             for relative, digest in entry.manifest["files"].items():
-                print(
-                    f"  {relative:32s} {(entry.path / relative).stat().st_size:>12,d} B  sha256 {digest[:16]}…"
-                )
+                print(f"  {relative:32s} {(entry.path / relative).stat().st_size:>12,d} B  sha256 {digest[:16]}…")
             print(f"verified: every sha256 matches ({entry.path})")
         else:
             from rich.console import Console
@@ -256,9 +252,7 @@ def hub_command(args: list[str]) -> None:
             for entry in hub.entries():
                 if isinstance(entry, Entry):
                     m = entry.manifest
-                    table.add_row(
-                        entry.name, m.get("arch", "?"), m.get("created", "?"), str(entry.path.parent)
-                    )
+                    table.add_row(entry.name, m.get("arch", "?"), m.get("created", "?"), str(entry.path.parent))
                 else:
                     table.add_row("[red]unreadable[/red]", "", "", str(entry))
             Console(width=160).print(table)

@@ -93,9 +93,7 @@ class Entry:
         """Raise unless every listed file exists with its sha256 and no other file is present."""
         listed = self.manifest["files"]
         present = {
-            p.relative_to(self.path).as_posix()
-            for p in self.path.rglob("*")
-            if p.is_file() and p.name != MANIFEST
+            p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file() and p.name != MANIFEST
         }
         if unlisted := sorted(present - set(listed)):
             raise HubError(f"hub entry {self.name!r}: file(s) not in its manifest: {', '.join(unlisted)}")
@@ -134,9 +132,7 @@ class Entry:
 
 
 class Hub:
-    def __init__(
-        self, store: str | os.PathLike | None = None, registries: tuple[Path, ...] | None = None
-    ) -> None:
+    def __init__(self, store: str | os.PathLike | None = None, registries: tuple[Path, ...] | None = None) -> None:
         self.store = Path(store).expanduser() if store else default_store()
         self.registries = registries if registries is not None else (builtin_registry(),)
 
@@ -179,9 +175,7 @@ class Hub:
         if (target / MANIFEST).exists() and not overwrite:
             raise HubError(f"hub entry {name!r} exists in {self.store}; pass --force to replace it")
         with atomic_directory(target) as tmp:
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp / "model.safetensors"
-            )
+            save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp / "model.safetensors")
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             if tokenizer_dir is not None:
                 (tmp / "tokenizer").mkdir()
@@ -191,9 +185,7 @@ class Hub:
             parameters = sum(t.numel() for t in state_dict.values())
             front = {"name": name, "arch": config["arch"], "parameters": parameters, "source": source, **card}
             (tmp / "card.md").write_text(_card_text(front))
-            files = {
-                p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()
-            }
+            files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
             manifest = {
                 "name": name,
                 "arch": config["arch"],
@@ -212,9 +204,7 @@ class Hub:
         checkpoint = read_lightning_checkpoint(checkpoint_path)
         hparams = checkpoint.get("hyper_parameters", {})
         if "model" not in hparams:
-            raise HubError(
-                f"{checkpoint_path}: no model config in its hyper_parameters (not a zoo checkpoint?)"
-            )
+            raise HubError(f"{checkpoint_path}: no model config in its hyper_parameters (not a zoo checkpoint?)")
         config = {k: v for k, v in dict(hparams["model"]).items() if k != "init_from"}
         state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
         tokenizer_dir = run_dir / "tokenizer" if run_dir and (run_dir / "tokenizer").is_dir() else None
@@ -227,9 +217,7 @@ class Hub:
             "data": _plain(checkpoint.get("datamodule_hyper_parameters", {})),
             "optim": _plain(hparams.get("optim") or {}),
         }
-        return self._write(
-            name, config, state, tokenizer_dir, card, str(checkpoint_path.resolve()), overwrite
-        )
+        return self._write(name, config, state, tokenizer_dir, card, str(checkpoint_path.resolve()), overwrite)
 
     def pull(self, source: str, name: str | None = None, overwrite: bool = False) -> Entry:
         """Import ``hf:ORG/NAME`` (downloaded) or a local directory (HF format, or a copied hub entry)."""
@@ -240,9 +228,7 @@ class Hub:
         else:
             directory = Path(source).expanduser()
             if not directory.is_dir():
-                raise HubError(
-                    f"{directory}: not a directory (pull takes a local model directory or hf:ORG/NAME)"
-                )
+                raise HubError(f"{directory}: not a directory (pull takes a local model directory or hf:ORG/NAME)")
             default_name = directory.name
         name = validate_name(name or default_name)
         if (directory / MANIFEST).is_file():
@@ -262,16 +248,12 @@ class Hub:
 
         entry = self.entry(name)
         if entry.config.get("arch") != "gpt_neox":
-            raise HubError(
-                f"hub entry {name!r} is a {entry.config.get('arch')!r} model: only gpt_neox exports to HF"
-            )
+            raise HubError(f"hub entry {name!r} is a {entry.config.get('arch')!r} model: only gpt_neox exports to HF")
         out = Path(out_dir).expanduser()
         config = config_from_dict(entry.config)
         with atomic_directory(out) as tmp:
             (tmp / "config.json").write_text(json.dumps(gpt_neox_config_to_hf(config), indent=2) + "\n")
-            save_file(
-                gpt_neox_state_dict_to_hf(entry.state_dict()), tmp / "model.safetensors", {"format": "pt"}
-            )
+            save_file(gpt_neox_state_dict_to_hf(entry.state_dict()), tmp / "model.safetensors", {"format": "pt"})
             if entry.tokenizer_dir.is_dir():
                 for file in entry.tokenizer_dir.iterdir():
                     shutil.copyfile(file, tmp / file.name)
@@ -289,9 +271,7 @@ def read_lightning_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated, corrupted or non-checkpoint file: say which one
-        raise HubError(
-            f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})"
-        ) from None
+        raise HubError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
 def _locate_checkpoint(source: Path) -> tuple[Path, Path | None]:
@@ -351,9 +331,7 @@ def _download_hf(repo_id: str) -> Path:
             )
         )
     except Exception as e:  # offline, unknown repo, gated: one line that says which
-        raise HubError(
-            f"hf:{repo_id}: download failed ({type(e).__name__}: {str(e).splitlines()[0]})"
-        ) from None
+        raise HubError(f"hf:{repo_id}: download failed ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
 def _plain(value: Any) -> Any:

@@ -56,9 +56,7 @@ def model_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str
     if values.get("vocab_size") is None:
         values["vocab_size"] = -(-vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
     elif values["vocab_size"] < vocab:
-        raise ConfigError(
-            f"model.vocab_size={values['vocab_size']} is smaller than the tokenizer's {vocab} tokens"
-        )
+        raise ConfigError(f"model.vocab_size={values['vocab_size']} is smaller than the tokenizer's {vocab} tokens")
     return values
 
 

@@ -83,9 +83,7 @@ def shard_for_strategy(module: L.LightningModule, model: nn.Module) -> None:
     fully_shard(model, mesh=mesh)
 
 
-def clip_grad_norm(
-    strategy: L.pytorch.strategies.Strategy, model: nn.Module, max_norm: float
-) -> torch.Tensor:
+def clip_grad_norm(strategy: L.pytorch.strategies.Strategy, model: nn.Module, max_norm: float) -> torch.Tensor:
     """Clip the global gradient norm to ``max_norm`` (``inf``: only measure it); returns the norm before."""
     if isinstance(strategy, FSDPStrategy):
         # FSDP1 holds flat sharded gradients: only the wrapper knows the global norm.

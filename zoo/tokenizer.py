@@ -35,9 +35,7 @@ def load_tokenizer(source: str | os.PathLike) -> PreTrainedTokenizerFast:
     elif path.is_dir():
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     else:
-        raise FileNotFoundError(
-            f"tokenizer not found: {path} (expected tokenizer.json or a tokenizer folder)"
-        )
+        raise FileNotFoundError(f"tokenizer not found: {path} (expected tokenizer.json or a tokenizer folder)")
     return _with_special_tokens(tokenizer)
 
 

@@ -36,9 +36,7 @@ def test_without_gradients_it_is_the_plain_loss():
     hidden, weight = torch.randn(50, 8), torch.randn(11, 8)
     targets = torch.randint(0, 11, (50,))
     with torch.no_grad():
-        torch.testing.assert_close(
-            linear_cross_entropy(hidden, weight, targets), _reference(hidden, weight, targets)
-        )
+        torch.testing.assert_close(linear_cross_entropy(hidden, weight, targets), _reference(hidden, weight, targets))
 
 
 def test_under_bf16_autocast_it_tracks_the_unfused_head():

@@ -92,9 +92,7 @@ def test_cached_decoding_equals_full_forward():
     with torch.no_grad():
         full = model(ids)
         cache = model.new_cache(2, 30)
-        steps = [model(ids[:, :7], cache=cache)] + [
-            model(ids[:, t : t + 1], cache=cache) for t in range(7, 30)
-        ]
+        steps = [model(ids[:, :7], cache=cache)] + [model(ids[:, t : t + 1], cache=cache) for t in range(7, 30)]
     assert (torch.cat(steps, dim=1) - full).abs().max() <= 1e-5
 
 
