@@ -1,6 +1,88 @@
 import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 # Tests never reach a hub: without this every lookup hangs for tens of seconds before failing.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# A tiny model and short blocks: a CLI run takes seconds on 2 cores.
+TINY_OVERRIDES = [
+    "model.hidden_size=32",
+    "model.num_hidden_layers=2",
+    "model.num_attention_heads=2",
+    "model.intermediate_size=64",
+    "data.seq_len=64",
+    "data.batch_size=8",
+    "data.vocab_size=512",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    """Overrides that make ``zoo fit`` train a tiny model on short blocks."""
+    return list(TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def zoo_cache(tmp_path_factory) -> Path:
+    """One cache for the session: the embedded corpus is tokenized (and its BPE trained) once."""
+    return tmp_path_factory.mktemp("zoo_cache")
+
+
+@pytest.fixture(autouse=True)
+def zoo_env(zoo_cache, tmp_path, monkeypatch) -> dict[str, str]:
+    """Every test has its own hub store and the session's cache: nothing lands in the user's directories."""
+    monkeypatch.setenv("ZOO_CACHE", str(zoo_cache))
+    monkeypatch.setenv("ZOO_HUB", str(tmp_path / "hub"))
+    return dict(os.environ)
+
+
+def _run_zoo(args, cwd, env, timeout=300, check=True) -> subprocess.CompletedProcess:
+    process = subprocess.run(
+        [sys.executable, "-m", "zoo", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and process.returncode != 0:
+        raise AssertionError(f"zoo {' '.join(args)} failed ({process.returncode}):\n{process.stderr[-3000:]}")
+    return process
+
+
+@pytest.fixture
+def run_zoo(zoo_env, tmp_path):
+    """Run the ``zoo`` command in ``tmp_path`` as a user would; returns the finished process."""
+
+    def run(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+        return _run_zoo(args, tmp_path, zoo_env, timeout, check)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def trained_run(zoo_cache, tmp_path_factory) -> Path:
+    """The run directory of one short ``zoo fit`` of the tiny model, shared by the tests that only read it."""
+    cwd = tmp_path_factory.mktemp("trained")
+    env = {**os.environ, "ZOO_CACHE": str(zoo_cache), "ZOO_HUB": str(cwd / "hub")}
+    _run_zoo(["fit", *TINY_OVERRIDES, "debug=limit", "name=tiny"], cwd, env)
+    (hydra,) = list((cwd / "runs" / "tiny").rglob(".hydra"))
+    return hydra.parent
+
+
+@pytest.fixture
+def shared_data():
+    """``shared_data("gsm8k/test.jsonl")``: a path under ../shared/data, or a skip that says it is absent."""
+
+    def find(relative: str) -> Path:
+        path = SHARED_DATA / relative
+        if not path.exists():
+            pytest.skip(f"{path} is absent (the shared data sets live beside the project in CI, not in a checkout)")
+        return path
+
+    return find

@@ -13,6 +13,7 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from zoo.errors import ConfigError
 from zoo.files import atomic_file
 
 
@@ -24,4 +25,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, f)
 
     def load_checkpoint(self, path: _PATH, map_location: Any = None, weights_only: bool | None = None) -> dict:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        except FileNotFoundError:
+            raise ConfigError(f"checkpoint not found: {path}") from None
+        except Exception as e:  # truncated, corrupted, or not a checkpoint: name the file
+            raise ConfigError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None

@@ -131,10 +131,10 @@ def check_overrides(overrides: list[str]) -> None:
 
 
 def _composition_error(error: Exception) -> str:
-    from omegaconf.errors import ConfigKeyError
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     cause = error.__cause__ or error
-    if isinstance(cause, ConfigKeyError) and getattr(cause, "full_key", None):
+    if isinstance(cause, ConfigKeyError | ConfigAttributeError) and cause.full_key:
         key = cause.full_key
         return f"unknown key '{key}' (to add a new key, write +{key}=VALUE)"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]

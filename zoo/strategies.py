@@ -13,6 +13,7 @@ Blocks are found through each model class's ``block_class`` attribute (``zoo.mod
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 import lightning as L
@@ -20,6 +21,8 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 from torch import nn
 from torch.distributed.tensor import DTensor
+
+log = logging.getLogger("zoo")
 
 
 def block_classes() -> set[type[nn.Module]]:
@@ -76,11 +79,21 @@ def shard_for_strategy(module: L.LightningModule, model: nn.Module) -> None:
     from torch.distributed.fsdp import fully_shard
 
     mesh = module.device_mesh["data_parallel"]
-    blocks = tuple(block_classes())
-    for submodule in model.modules():
-        if isinstance(submodule, blocks):
-            fully_shard(submodule, mesh=mesh)
+    blocks = [m for m in model.modules() if isinstance(m, tuple(block_classes()))]
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
+    local = sum(p.to_local().numel() for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    log.info(
+        "fsdp2: %d blocks sharded over %d ranks; rank %d holds %d of %d parameters (%.1f%%)",
+        len(blocks),
+        mesh.size(),
+        mesh.get_local_rank(),
+        local,
+        total,
+        100 * local / total,
+    )
 
 
 def clip_grad_norm(strategy: L.pytorch.strategies.Strategy, model: nn.Module, max_norm: float) -> torch.Tensor:

@@ -1,0 +1,39 @@
+"""The embedded corpus and the locally trained byte-level BPE."""
+
+from transformers import AutoTokenizer
+
+from zoo.corpus import embedded_corpus
+from zoo.tokenizer import EOS, PAD, cached_bpe, load_tokenizer, train_bpe
+
+
+def test_embedded_corpus_is_large_deterministic_english():
+    documents = embedded_corpus()
+    text = "\n".join(d.text for d in documents)
+    assert len(documents) > 300 and len(text) > 1_000_000
+    assert [d.name for d in documents] == [d.name for d in embedded_corpus()]
+    words = text.lower().split()
+    assert words.count("the") > 0.02 * len(words)  # English prose, not code
+
+
+def test_bpe_round_trips_text_and_follows_neox_conventions(tmp_path):
+    texts = ["the answer is 42", "naïve café – ü€ emoji 🙂", "def f(x):\n    return x * 2"] * 50
+    tokenizer = train_bpe(texts, vocab_size=300)
+    assert tokenizer.convert_tokens_to_ids(EOS) == 0 and tokenizer.convert_tokens_to_ids(PAD) == 1
+    for text in texts[:3]:
+        assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    tokenizer.save_pretrained(tmp_path / "tok")
+    reloaded = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert reloaded(texts[1])["input_ids"] == tokenizer(texts[1])["input_ids"]
+    assert load_tokenizer(tmp_path / "tok" / "tokenizer.json").eos_token_id == 0
+
+
+def test_cached_bpe_is_trained_once_per_text_and_size(tmp_path):
+    texts = ["one two three four five six seven"] * 20
+    first = cached_bpe(texts, 280, tmp_path)
+    directories = list(tmp_path.iterdir())
+    stamp = (directories[0] / "tokenizer.json").stat().st_mtime_ns
+    again = cached_bpe(texts, 280, tmp_path)
+    assert (directories[0] / "tokenizer.json").stat().st_mtime_ns == stamp
+    assert again("one two")["input_ids"] == first("one two")["input_ids"]
+    cached_bpe(texts + ["more"], 280, tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2
