@@ -13,17 +13,19 @@ from __future__ import annotations
 import torch
 
 IGNORE_INDEX = -100
-LOGITS_PER_CHUNK = 1 << 25  # fp32 elements of one chunk's logits (128 MiB)
+# fp32 logits held at once: 128 MiB on a CPU; 1 GiB on a GPU, where fewer, larger chunks keep the matmuls
+# efficient and the fp32 weight-gradient accumulation (one read-modify-write of V × H per chunk) cheap.
+LOGITS_PER_CHUNK = {"cpu": 1 << 25, "cuda": 1 << 28}
 
 
-def _chunk_rows(vocab_size: int) -> int:
-    return max(64, LOGITS_PER_CHUNK // vocab_size)
+def _chunk_rows(vocab_size: int, device: torch.device) -> int:
+    return max(64, LOGITS_PER_CHUNK.get(device.type, 1 << 25) // vocab_size)
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        rows = _chunk_rows(weight.shape[0])
+        rows = _chunk_rows(weight.shape[0], hidden.device)
         count = (targets != IGNORE_INDEX).sum().clamp(min=1)
         precise = torch.promote_types(weight.dtype, torch.float32)  # fp32, or fp64 if given fp64
         loss_sum = torch.zeros((), dtype=precise, device=hidden.device)
@@ -54,7 +56,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 
 
 def _chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    rows = _chunk_rows(weight.shape[0])
+    rows = _chunk_rows(weight.shape[0], hidden.device)
     count = (targets != IGNORE_INDEX).sum().clamp(min=1)
     precise = torch.promote_types(weight.dtype, torch.float32)
     total = torch.zeros((), dtype=precise, device=hidden.device)
