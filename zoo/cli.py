@@ -40,6 +40,9 @@ def fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
+PRESET_DESCRIPTIONS: dict[str, str] = {}
+
+
 def register_presets() -> None:
     """Make the paper presets of every model family selectable as ``model=NAME``."""
     from hydra.core.config_store import ConfigStore
@@ -49,6 +52,10 @@ def register_presets() -> None:
     store = ConfigStore.instance()
     for name, config in PRESETS.items():
         store.store(group="model", name=name, node={**config.to_dict(), "init_from": None})
+        PRESET_DESCRIPTIONS[name] = (
+            f"EleutherAI/{name}: {config.num_hidden_layers} layers x {config.hidden_size}, vocab "
+            f"{config.vocab_size} (its config.json)"
+        )
 
 
 # -- listing ------------------------------------------------------------------------------------------------
@@ -65,7 +72,7 @@ def group_options(group: str) -> list[str]:
 def _description(group: str, option: str) -> str:
     file = resources.files(CONFIG_MODULE) / group / f"{option}.yaml"
     if not file.is_file():
-        return "preset from zoo.models (EleutherAI's config.json)"
+        return PRESET_DESCRIPTIONS.get(option, "")
     for line in file.read_text().splitlines():
         if line.startswith("#") and not line.startswith("# @package"):
             return line.lstrip("# ").strip()
