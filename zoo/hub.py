@@ -260,11 +260,19 @@ class Hub:
         return out
 
 
+def resolve_entry(spec: str | os.PathLike) -> Entry:
+    """The verified entry named by ``hub:NAME`` or found at an entry directory's path."""
+    spec = str(spec)
+    if spec.startswith("hub:"):
+        return Hub().entry(spec[4:])
+    entry = Entry.open(Path(spec).expanduser())
+    entry.verify()
+    return entry
+
+
 def load_weights(spec: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Verified weights of ``hub:NAME`` or of a hub entry directory."""
-    spec = str(spec)
-    entry = Hub().entry(spec[4:]) if spec.startswith("hub:") else Entry.open(Path(spec).expanduser())
-    return entry.state_dict()
+    return resolve_entry(spec).state_dict()
 
 
 def read_lightning_checkpoint(path: Path) -> dict[str, Any]:

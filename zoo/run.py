@@ -21,27 +21,18 @@ from omegaconf import DictConfig, OmegaConf
 from zoo.checkpoint_io import AtomicCheckpointIO
 from zoo.errors import ConfigError
 from zoo.files import atomic_file
+from zoo.hub import resolve_entry
 
 log = logging.getLogger("zoo")
 
 VOCAB_MULTIPLE = 64  # embedding rows are padded to a multiple of this, as Pythia pads 50277 to 50304
 
 
-def _entry_for(init_from: str):
-    from zoo.hub import Entry, Hub
-
-    if init_from.startswith("hub:"):
-        return Hub().entry(init_from[4:])
-    entry = Entry.open(Path(init_from).expanduser())
-    entry.verify()
-    return entry
-
-
 def build_data(cfg: DictConfig) -> L.LightningDataModule:
     overrides = {}
     init_from = cfg.model.get("init_from")
-    if init_from and cfg.data.get("tokenizer", "absent") is None:
-        entry = _entry_for(init_from)
+    if init_from and "tokenizer" in cfg.data and cfg.data.tokenizer is None:
+        entry = resolve_entry(init_from)
         if entry.tokenizer_dir.is_dir():
             overrides["tokenizer"] = str(entry.tokenizer_dir)  # the checkpoint's own tokenizer
     return instantiate(cfg.data, **overrides)
@@ -50,7 +41,7 @@ def build_data(cfg: DictConfig) -> L.LightningDataModule:
 def model_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, Any]:
     values = OmegaConf.to_container(cfg.model, resolve=True)
     if init_from := values.get("init_from"):
-        values = {**_entry_for(init_from).config, "init_from": init_from}
+        values = {**resolve_entry(init_from).config, "init_from": init_from}
         log.info("model: architecture and weights from %s", init_from)
     vocab = datamodule.vocab_size
     if values.get("vocab_size") is None:

@@ -84,3 +84,20 @@ def test_multirun_sweeps_every_value(run_zoo, tiny, tmp_path):
     assert len(runs) == 2
     learning_rates = sorted(json.loads((r / "metrics.json").read_text())["train/lr"] for r in runs)
     assert learning_rates[1] > 5 * learning_rates[0]
+
+
+def test_validate_and_test_a_checkpoint(run_zoo, tiny, trained_run, tmp_path):
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    for command, stage in (("validate", "val"), ("test", "test")):
+        run_zoo(
+            command,
+            *tiny,
+            f"ckpt_path={trained_run}",
+            f"name={command}",
+            "trainer.limit_val_batches=2",
+            "trainer.limit_test_batches=2",
+        )
+        (run_dir,) = _run_dirs(tmp_path / "runs" / command)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        # last.ckpt holds the weights of the run's final validation; the test split is the val split
+        assert abs(metrics[f"{stage}/loss"] - trained["val/loss"]) < 1e-5
