@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from torchmetrics.aggregation import MeanMetric
 
+from zoo.hub import load_weights
 from zoo.models import build_model, config_from_dict
 from zoo.optim import OptimConfig, build_adamw, warmup_cosine
 from zoo.strategies import clip_grad_norm, shard_for_strategy
@@ -51,8 +52,6 @@ class PretrainModule(L.LightningModule):
             return
         self.model = build_model(self.model_config)
         if self.init_from:
-            from zoo.hub import load_weights
-
             self.model.load_state_dict(load_weights(self.init_from))
         shard_for_strategy(self, self.model)
         self.loss_fn = torch.compile(causal_lm_loss) if self.hparams.compile else causal_lm_loss
