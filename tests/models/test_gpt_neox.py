@@ -76,18 +76,21 @@ def test_left_padding_matches_transformers():
     assert torch.isfinite(got).all()
 
 
+def _small(layers: int, seed: int) -> GPTNeoX:
+    torch.manual_seed(seed)
+    config = GPTNeoXConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=40,
+    )
+    return GPTNeoX(config).eval()
+
+
 def test_cached_decoding_equals_full_forward():
-    torch.manual_seed(3)
-    model = GPTNeoX(
-        GPTNeoXConfig(
-            vocab_size=50,
-            hidden_size=32,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=40,
-        )
-    ).eval()
+    model = _small(layers=3, seed=3)
     ids = torch.randint(0, 50, (2, 30))
     with torch.no_grad():
         full = model(ids)
@@ -97,17 +100,7 @@ def test_cached_decoding_equals_full_forward():
 
 
 def test_cache_can_drop_finished_rows():
-    torch.manual_seed(4)
-    model = GPTNeoX(
-        GPTNeoXConfig(
-            vocab_size=50,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=40,
-        )
-    ).eval()
+    model = _small(layers=2, seed=4)
     ids = torch.randint(0, 50, (3, 12))
     with torch.no_grad():
         full = model(ids)
@@ -119,16 +112,7 @@ def test_cache_can_drop_finished_rows():
 
 
 def test_cache_overflow_is_an_error():
-    model = GPTNeoX(
-        GPTNeoXConfig(
-            vocab_size=20,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=16,
-        )
-    )
+    model = _small(layers=1, seed=0)
     cache = model.new_cache(1, 4)
     with pytest.raises(ValueError, match="KV cache overflow"):
         model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
