@@ -12,11 +12,14 @@ from typing import Any
 from torch import nn
 
 from zoo.errors import ConfigError
-
-from .gpt_neox import GPTNeoX, GPTNeoXConfig
+from zoo.models.gpt_neox import GPTNeoX, GPTNeoXConfig
+from zoo.models.mesh import MeSH, MeSHConfig
+from zoo.models.recursive import RecursiveConfig, RecursiveGPTNeoX
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     GPTNeoXConfig.arch: GPTNeoX,
+    RecursiveConfig.arch: RecursiveGPTNeoX,
+    MeSHConfig.arch: MeSH,
 }
 
 
@@ -37,4 +40,14 @@ def build_model(config) -> nn.Module:
     return ARCHITECTURES[config.arch](config)
 
 
-__all__ = ["ARCHITECTURES", "GPTNeoX", "GPTNeoXConfig", "build_model", "config_from_dict"]
+__all__ = [
+    "ARCHITECTURES",
+    "GPTNeoX",
+    "GPTNeoXConfig",
+    "MeSH",
+    "MeSHConfig",
+    "RecursiveConfig",
+    "RecursiveGPTNeoX",
+    "build_model",
+    "config_from_dict",
+]

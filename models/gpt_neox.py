@@ -19,7 +19,7 @@ GPT-2 scheme): every weight ~ N(0, ``initializer_range``), output projections of
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -68,11 +68,12 @@ class GPTNeoXConfig:
         return int(self.head_dim * self.rotary_pct)
 
     def to_dict(self) -> dict:
-        return {"arch": self.arch, **asdict(self)}
+        """``arch`` and every field a user sets (derived fields are left out: they follow from the rest)."""
+        return {"arch": self.arch, **{f.name: getattr(self, f.name) for f in fields(self) if f.init}}
 
     @classmethod
     def field_names(cls) -> set[str]:
-        return {f.name for f in fields(cls)}
+        return {f.name for f in fields(cls) if f.init}
 
 
 def _pythia(hidden: int, layers: int, heads: int) -> GPTNeoXConfig:
@@ -138,6 +139,21 @@ class KVCache:
         """Keep only the batch rows ``rows`` (to drop finished sequences while decoding)."""
         self.keys = self.keys[:, rows]
         self.values = self.values[:, rows]
+
+
+@dataclass
+class StateTrace:
+    """The hidden states one forward pass goes through, recorded for the loop probes (``zoo.probes``).
+
+    ``states``: named (B, T, hidden) states in the order they occur. ``updates``: for each stage (a block, or
+    a recursive model's prelude, core loop and coda) the state it received and the state it produced.
+    """
+
+    states: dict[str, torch.Tensor] = field(default_factory=dict)
+    updates: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def stage(self, name: str, before: torch.Tensor, after: torch.Tensor) -> None:
+        self.updates[name] = (before, after)
 
 
 @dataclass
@@ -255,7 +271,7 @@ class GPTNeoX(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.build_blocks(config)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.rotary = Rotary(config.rotary_dim, config.rotary_emb_base, config.max_position_embeddings)
@@ -263,6 +279,10 @@ class GPTNeoX(nn.Module):
 
     # Blocks that distributed strategies wrap or shard one by one.
     block_class = Block
+
+    def build_blocks(self, config: GPTNeoXConfig) -> None:
+        """The transformer blocks; variants (recursive, MeSH) lay them out differently."""
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
 
     @property
     def num_attention_calls(self) -> int:
@@ -296,11 +316,28 @@ class GPTNeoX(nn.Module):
         cos, sin = self.rotary(position_ids, dtype)
         return AttentionInputs(cos, sin, attention_mask(mask, T, past, input_ids.device), cache)
 
-    def body(self, x: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(input_ids)
+
+    def body(self, x: torch.Tensor, inputs: AttentionInputs, trace: StateTrace | None = None) -> torch.Tensor:
         """The blocks between embedding and final norm; variants (recursive, MeSH) replace this."""
+        if trace is not None:
+            trace.states["h_emb"] = x
         for i, block in enumerate(self.blocks):
-            x = block(x, inputs, i)
+            y = block(x, inputs, i)
+            if trace is not None:
+                trace.stage(f"block{i + 1}", x, y)
+                trace.states[f"h{i + 1}"] = y
+            x = y
         return x
+
+    @torch.no_grad()
+    def trace(self, input_ids: torch.Tensor) -> StateTrace:
+        """Run the blocks on ``input_ids`` and record every state they pass through."""
+        trace = StateTrace()
+        x = self.embed_tokens(input_ids)
+        self.body(x, self.attention_inputs(input_ids, None, None, None, x.dtype), trace)
+        return trace
 
     def hidden_states(
         self,
@@ -311,7 +348,7 @@ class GPTNeoX(nn.Module):
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Final-normed hidden states (B, T, hidden); advances ``cache`` by T positions."""
-        x = self.embed(input_ids)
+        x = self.embed_tokens(input_ids)
         inputs = self.attention_inputs(input_ids, position_ids, attention_mask, cache, x.dtype)
         x = self.norm(self.body(x, inputs))
         if cache is not None:

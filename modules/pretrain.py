@@ -45,6 +45,7 @@ class PretrainModule(L.LightningModule):
         self.model: torch.nn.Module | None = None
         self.val_loss = MeanMetric()
         self.tokens_seen = 0
+        self.timed_tokens, self.timed_seconds = 0, 0.0  # steps between consecutive batch ends
         self._last_batch_end: float | None = None
 
     def configure_model(self) -> None:
@@ -73,6 +74,8 @@ class PretrainModule(L.LightningModule):
         now = time.perf_counter()
         if self._last_batch_end is not None:
             self.log("train/tokens_per_s", tokens / (now - self._last_batch_end))
+            self.timed_tokens += tokens
+            self.timed_seconds += now - self._last_batch_end
         self._last_batch_end = now
         self.log("train/tokens", float(self.tokens_seen))
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
@@ -90,6 +93,11 @@ class PretrainModule(L.LightningModule):
             optimizer, lambda step: warmup_cosine(step, c.warmup_steps, int(total), c.min_lr_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    @property
+    def mean_tokens_per_s(self) -> float:
+        """Training throughput over the whole run (all ranks), evaluation time excluded."""
+        return self.timed_tokens / self.timed_seconds if self.timed_seconds else 0.0
 
     # -- evaluation -------------------------------------------------------------------------------------
     def _evaluate(self, tokens: torch.Tensor) -> None:

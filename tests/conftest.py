@@ -12,10 +12,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-# A tiny model and short blocks: a CLI run takes seconds on 2 cores.
-TINY_OVERRIDES = [
+# A tiny model and short blocks: a CLI run takes seconds on 2 cores. The width settings fit every model
+# family; the plain stack also takes a depth.
+TINY_WIDTH = [
     "model.hidden_size=32",
-    "model.num_hidden_layers=2",
     "model.num_attention_heads=2",
     "model.intermediate_size=64",
     "data.seq_len=64",
@@ -24,12 +24,19 @@ TINY_OVERRIDES = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
 ]
+TINY_OVERRIDES = [*TINY_WIDTH, "model.num_hidden_layers=2"]
 
 
 @pytest.fixture
 def tiny() -> list[str]:
     """Overrides that make ``zoo fit`` train a tiny model on short blocks."""
     return list(TINY_OVERRIDES)
+
+
+@pytest.fixture
+def tiny_width() -> list[str]:
+    """Overrides that shrink any model family (plain, recursive, MeSH) and its data for a seconds-long run."""
+    return list(TINY_WIDTH)
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ commands:
   test [OVERRIDES]       evaluate on the test split
   ls                     the config groups and their options
   hub push|list|show|pull|export ...   the checkpoint hub (zoo hub --help)
+  probe SOURCE           loop probes of a run, .ckpt or hub:NAME on validation text (zoo probe --help)
 
 overrides (Hydra): model=mesh  trainer.max_steps=50  data.path=corpus.txt  +trainer.profiler=simple
   -m / --multirun sweeps:  zoo fit -m module.optim.lr=1e-3,3e-3
@@ -47,15 +48,17 @@ def register_presets() -> None:
     """Make the paper presets of every model family selectable as ``model=NAME``."""
     from hydra.core.config_store import ConfigStore
 
-    from zoo.models.gpt_neox import PRESETS
+    from zoo.models import gpt_neox, mesh, recursive
 
     store = ConfigStore.instance()
-    for name, config in PRESETS.items():
-        store.store(group="model", name=name, node={**config.to_dict(), "init_from": None})
-        PRESET_DESCRIPTIONS[name] = (
-            f"EleutherAI/{name}: {config.num_hidden_layers} layers x {config.hidden_size}, vocab "
-            f"{config.vocab_size} (its config.json)"
-        )
+    for presets in (gpt_neox.PRESETS, recursive.PRESETS, mesh.PRESETS):
+        for name, config in presets.items():
+            store.store(group="model", name=name, node={**config.to_dict(), "init_from": None})
+            PRESET_DESCRIPTIONS[name] = (
+                f"EleutherAI/{name}: {config.num_hidden_layers} layers x {config.hidden_size} (its config.json)"
+                if config.arch == "gpt_neox"
+                else f"MeSH paper: {config.arch} {config.layout} on Pythia's {config.hidden_size}-wide dims"
+            )
 
 
 # -- listing ------------------------------------------------------------------------------------------------
@@ -267,6 +270,58 @@ def hub_command(args: list[str]) -> None:
         _user_error(e)
 
 
+# -- probes -------------------------------------------------------------------------------------------------
+def probe_command(args: list[str]) -> None:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from zoo.datamodules.text import TextDataModule
+    from zoo.hub import load_model
+    from zoo.probes import figures, loop_probes
+
+    parser = argparse.ArgumentParser(prog="zoo probe", description="the MeSH paper's loop probes of a model")
+    parser.add_argument("source", help="a run directory, a .ckpt file, hub:NAME or a hub entry directory")
+    parser.add_argument("--samples", type=int, default=16, help="validation sequences to average over")
+    parser.add_argument("--seq-len", type=int, help="tokens per sequence (default: the training setting)")
+    parser.add_argument("--data", help="a text file or folder (default: the data the model was trained on)")
+    parser.add_argument("--figures", help="write the probe figures as PNG files into this directory")
+    opts = parser.parse_args(args)
+    try:
+        loaded = load_model(opts.source)
+        if loaded.tokenizer_dir is None:
+            raise ConfigError(f"{opts.source}: no tokenizer saved with this checkpoint")
+        data = {k: v for k, v in loaded.data.items() if k in ("path", "dataset", "dataset_config", "text_field")}
+        if opts.data:
+            data = {"path": opts.data}
+        seq_len = opts.seq_len or loaded.data.get("seq_len", 128)
+        datamodule = TextDataModule(**data, tokenizer=str(loaded.tokenizer_dir), seq_len=seq_len)
+        datamodule.setup()
+        split = datamodule.val_set if len(datamodule.val_set) else datamodule.train_set
+        blocks = [split[i] for i in range(min(opts.samples, len(split)))]
+        report = loop_probes(loaded.model.eval(), torch.stack(blocks)[:, :-1])
+    except ZooError as e:
+        _user_error(e)
+    console = Console(width=120)
+    console.print(f"{type(loaded.model).__name__} on {len(blocks)} validation sequences of {seq_len} tokens")
+    updates = Table("stage", "relative update (mean ± std)", box=None, pad_edge=False)
+    for stage, mean, std in zip(report.stages, report.update_mean, report.update_std, strict=True):
+        updates.add_row(stage, f"{mean:.4f} ± {std:.4f}")
+    console.print(updates)
+    states = Table("state", "CKA with next", "σ10/σ1", "σ25/σ1", f"σ{report.spectra.shape[1]}/σ1", box=None)
+    for i, name in enumerate(report.states):
+        following = f"{report.cka[i, i + 1]:.4f}" if i + 1 < len(report.states) else ""
+        spectrum = report.spectra[i]
+        states.add_row(name, following, *(f"{spectrum[min(k, len(spectrum)) - 1]:.4f}" for k in (10, 25, 50)))
+    console.print(states)
+    if opts.figures:
+        out = Path(opts.figures)
+        out.mkdir(parents=True, exist_ok=True)
+        for tag, figure in figures(report).items():
+            figure.savefig(out / f"{tag.split('/')[-1]}.png", dpi=120)
+        console.print(f"figures written to {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
@@ -283,8 +338,10 @@ def main(argv: list[str] | None = None) -> None:
         list_groups()
     elif command == "hub":
         hub_command(rest)
+    elif command == "probe":
+        probe_command(rest)
     else:
-        fail(f"unknown command {command!r}; commands: fit, validate, test, ls, hub")
+        fail(f"unknown command {command!r}; commands: fit, validate, test, ls, hub, probe")
 
 
 if __name__ == "__main__":

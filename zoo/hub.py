@@ -119,6 +119,14 @@ class Entry:
     def card(self) -> str:
         return (self.path / "card.md").read_text()
 
+    @property
+    def card_metadata(self) -> dict[str, Any]:
+        """The card's YAML front matter (metrics, data, optimizer, ...)."""
+        text = self.card
+        if not text.startswith("---\n") or "\n---\n" not in text[4:]:
+            return {}
+        return yaml.safe_load(text[4 : text.index("\n---\n", 4)]) or {}
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         self.verify()
         return load_file(self.path / "model.safetensors")
@@ -202,11 +210,8 @@ class Hub:
         validate_name(name)
         checkpoint_path, run_dir = _locate_checkpoint(Path(source).expanduser())
         checkpoint = read_lightning_checkpoint(checkpoint_path)
-        hparams = checkpoint.get("hyper_parameters", {})
-        if "model" not in hparams:
-            raise HubError(f"{checkpoint_path}: no model config in its hyper_parameters (not a zoo checkpoint?)")
-        config = {k: v for k, v in dict(hparams["model"]).items() if k != "init_from"}
-        state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        config, state = _model_state(checkpoint, checkpoint_path)
+        hparams = checkpoint["hyper_parameters"]
         tokenizer_dir = run_dir / "tokenizer" if run_dir and (run_dir / "tokenizer").is_dir() else None
         metrics_file = run_dir / "metrics.json" if run_dir else None
         metrics = json.loads(metrics_file.read_text()) if metrics_file and metrics_file.is_file() else {}
@@ -270,6 +275,31 @@ def resolve_entry(spec: str | os.PathLike) -> Entry:
     return entry
 
 
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer_dir: Path | None
+    data: dict[str, Any]  # the data settings it was trained with, where known
+
+
+def load_model(source: str | os.PathLike) -> LoadedModel:
+    """A model from ``hub:NAME``, a hub entry directory, a run directory or a Lightning ``.ckpt`` file."""
+    from zoo.models import build_model, config_from_dict
+
+    path = Path(str(source)).expanduser()
+    if str(source).startswith("hub:") or (path / MANIFEST).is_file():
+        entry = resolve_entry(source)
+        tokenizer = entry.tokenizer_dir if entry.tokenizer_dir.is_dir() else None
+        return LoadedModel(entry.build_model(), tokenizer, entry.card_metadata.get("data") or {})
+    checkpoint_path, run_dir = _locate_checkpoint(path)
+    checkpoint = read_lightning_checkpoint(checkpoint_path)
+    config, state = _model_state(checkpoint, checkpoint_path)
+    model = build_model(config_from_dict(config))
+    model.load_state_dict(state)
+    tokenizer = run_dir / "tokenizer" if run_dir and (run_dir / "tokenizer").is_dir() else None
+    return LoadedModel(model, tokenizer, checkpoint.get("datamodule_hyper_parameters", {}))
+
+
 def load_weights(spec: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Verified weights of ``hub:NAME`` or of a hub entry directory."""
     return resolve_entry(spec).state_dict()
@@ -280,6 +310,16 @@ def read_lightning_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated, corrupted or non-checkpoint file: say which one
         raise HubError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def _model_state(checkpoint: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The model config and the network's weights in a zoo Lightning checkpoint."""
+    model = checkpoint.get("hyper_parameters", {}).get("model")
+    if model is None:
+        raise HubError(f"{path}: no model config in its hyper_parameters (not a zoo checkpoint?)")
+    config = {k: v for k, v in dict(model).items() if k != "init_from"}
+    state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    return config, state
 
 
 def _locate_checkpoint(source: Path) -> tuple[Path, Path | None]:

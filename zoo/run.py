@@ -18,6 +18,7 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from zoo.callbacks.probes import LoopProbes
 from zoo.checkpoint_io import AtomicCheckpointIO
 from zoo.errors import ConfigError
 from zoo.files import atomic_file
@@ -90,6 +91,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
             enable_version_counter=False,
         ),
     ]
+    if cfg.probes.every_n_steps:
+        callbacks.append(LoopProbes(cfg.probes.every_n_steps, cfg.probes.samples))
     strategy = instantiate(cfg.strategy)
     log.info(
         "trainer: strategy %s, %s",
@@ -124,9 +127,19 @@ def run(command: str, cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         trainer.test(module, datamodule=datamodule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics["global_step"] = trainer.global_step
+    metrics.update(_model_size(module.model))
+    if command == "fit":
+        metrics["train/mean_tokens_per_s"] = module.mean_tokens_per_s
     if trainer.is_global_zero:
         with atomic_file(run_dir / "metrics.json", "w") as f:
             json.dump(metrics, f, indent=2)
         log.info("run dir: %s", run_dir)
         log.info("metrics: %s", ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
     return metrics
+
+
+def _model_size(model) -> dict[str, int]:
+    """Parameters, and those outside the input embedding and output head (the MeSH paper's Table 5 count)."""
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.embed.weight.numel() + model.lm_head.weight.numel()
+    return {"model/parameters": total, "model/non_embedding_parameters": total - embedding}

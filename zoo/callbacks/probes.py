@@ -1,0 +1,59 @@
+"""A callback that runs the loop probes (``zoo.probes``) on a fixed validation batch every N training steps and
+logs them to TensorBoard: scalars (``probe/...``) and figures (relative updates, CKA matrix, spectra).
+
+The batch is the first ``samples`` blocks of the validation split, fixed for the whole run so that the
+probes of different steps are comparable. Sharded models (FSDP1/FSDP2) are not probed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+from zoo.probes import figures, loop_probes
+
+log = logging.getLogger("zoo")
+
+
+class LoopProbes(L.Callback):
+    def __init__(self, every_n_steps: int = 100, samples: int = 8, figures_every_n_probes: int = 1) -> None:
+        self.every_n_steps, self.samples, self.figures_every = every_n_steps, samples, figures_every_n_probes
+        self.batch: torch.Tensor | None = None
+        self.probes_done = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if isinstance(trainer.strategy, FSDPStrategy | ModelParallelStrategy):
+            log.info("loop probes: off for a sharded model")
+            self.every_n_steps = 0
+            return
+        val = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
+        blocks = [block for batch in (val or []) for block in batch][: self.samples]
+        if not blocks:
+            log.info("loop probes: off, no validation data")
+            self.every_n_steps = 0
+            return
+        self.batch = torch.stack(blocks)[:, :-1]
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        step = trainer.global_step
+        if not self.every_n_steps or step % self.every_n_steps or not trainer.is_global_zero:
+            return
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        report = loop_probes(model, self.batch.to(pl_module.device))
+        model.train(was_training)
+        for logger in trainer.loggers:
+            logger.log_metrics(report.scalars(), step=step)
+        tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if tensorboard is not None and self.probes_done % self.figures_every == 0:
+            import matplotlib.pyplot as plt
+
+            for tag, figure in figures(report).items():
+                tensorboard.experiment.add_figure(tag, figure, global_step=step)
+                plt.close(figure)
+        self.probes_done += 1
