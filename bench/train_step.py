@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
+from timing import flops_per_token, matmul_peak, train_throughput
 from transformers import GPTNeoXConfig as HFConfig
 from transformers import GPTNeoXForCausalLM
 
@@ -32,47 +32,6 @@ TINY = GPTNeoXConfig(
     intermediate_size=512,
     max_position_embeddings=2048,
 )
-
-
-def flops_per_token(c: GPTNeoXConfig, seq: int) -> float:
-    per_block = 4 * c.hidden_size**2 + 2 * c.hidden_size * c.intermediate_size
-    n = c.num_hidden_layers * per_block + c.vocab_size * c.hidden_size
-    return 6 * n + 12 * c.num_hidden_layers * c.hidden_size * seq
-
-
-def matmul_peak(device: str) -> float:
-    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ a
-    torch.cuda.synchronize()
-    start, n = time.perf_counter(), 20
-    for _ in range(n):
-        a @ a
-    torch.cuda.synchronize()
-    return n * 2 * 8192**3 / (time.perf_counter() - start)
-
-
-def measure(name, forward, params, tokens, steps, warmup, device, bf16) -> float:
-    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device == "cuda" or None)
-
-    def step():
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            loss = forward(tokens)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(warmup):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
-    return tokens.numel() / seconds
 
 
 def main() -> None:
@@ -113,31 +72,16 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
         "threads": torch.get_num_threads(),
     }
-    results["hf_eager"] = measure("hf", hf_step, peer.parameters(), tokens, args.steps, args.warmup, device, bf16)
-    results["zoo_eager"] = measure("zoo", zoo_step, ours.parameters(), tokens, args.steps, args.warmup, device, bf16)
-    if args.compile:
-        results["hf_compiled"] = measure(
-            "hf+compile",
-            torch.compile(hf_step),
-            peer.parameters(),
-            tokens,
-            args.steps,
-            args.warmup + 2,
-            device,
-            bf16,
-        )
-        results["zoo_compiled"] = measure(
-            "zoo+compile",
-            torch.compile(zoo_step),
-            ours.parameters(),
-            tokens,
-            args.steps,
-            args.warmup + 2,
-            device,
-            bf16,
-        )
+    timing = dict(tokens=tokens, steps=args.steps, device=device, bf16=bf16)
+    results["hf_eager"] = train_throughput(hf_step, peer.parameters(), warmup=args.warmup, **timing)
+    results["zoo_eager"] = train_throughput(zoo_step, ours.parameters(), warmup=args.warmup, **timing)
+    if args.compile:  # the first calls compile: two more warm-up steps
+        compiled = dict(warmup=args.warmup + 2, **timing)
+        results["hf_compiled"] = train_throughput(torch.compile(hf_step), peer.parameters(), **compiled)
+        results["zoo_compiled"] = train_throughput(torch.compile(zoo_step), ours.parameters(), **compiled)
     peak = matmul_peak(device) if device == "cuda" else None
-    fpt = flops_per_token(config, args.seq)
+    c = config
+    fpt = flops_per_token(c.hidden_size, c.intermediate_size, c.vocab_size, c.num_hidden_layers, args.seq)
     print(
         f"\n{args.model} batch {args.batch} x seq {args.seq} on {results['gpu'] or 'CPU'} "
         f"({'bf16 autocast' if bf16 else 'fp32'}, {results['threads']} threads)"

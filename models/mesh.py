@@ -71,21 +71,22 @@ class MeSH(RecursiveGPTNeoX):
             r = F.softmax(F.linear(h, read.weight.float(), read.bias.float()), dim=-1)
         return w.to(state.dtype), r.to(state.dtype)
 
-    @staticmethod
-    def write_read(
-        buffer: torch.Tensor, value: torch.Tensor, w: torch.Tensor, r: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 5 and the read: ``m_b += value · w_b`` for every slot, then ``Σ_b m_b · r_b``."""
-        buffer = buffer + w.unsqueeze(-1) * value.unsqueeze(-2)  # (B, T, slots, D)
-        return buffer, torch.einsum("btsd,bts->btd", buffer, r)
-
     def body(self, h_emb: torch.Tensor, inputs: AttentionInputs, trace: StateTrace | None = None) -> torch.Tensor:
         c = self.config
         x = self.prelude_stage(h_emb, inputs, trace)
-        # Eq. 2: slot 0 holds the embeddings, the others start empty.
-        empty = h_emb.new_zeros(*h_emb.shape[:-1], c.slots - 1, h_emb.shape[-1])
-        buffer = torch.cat([h_emb.unsqueeze(-2), empty], dim=-2)
-        buffer, h = self.write_read(buffer, x, *self.routing(x, 0))  # the transitional cycle
+        # The buffer after n writes is m_b = [b = 0]·h_emb + Σ_i w_i,b · v_i (Eq. 2 and Eq. 5), so a read is
+        # Σ_b r_b m_b = r_0·h_emb + Σ_i (w_i · r) v_i: zoo keeps the written values and their write weights
+        # instead of the (slots × hidden) buffer, which gives the same numbers with less memory traffic.
+        written: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def write_read(value: torch.Tensor, w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+            written.append((value, w))
+            h = h_emb * r[..., :1]
+            for v, w_v in written:
+                h = h + v * (w_v * r).sum(-1, keepdim=True)
+            return h
+
+        h = write_read(x, *self.routing(x, 0))  # the transitional cycle
         if trace is not None:
             trace.states["h0"] = h
         for t in range(c.num_loops):
@@ -93,7 +94,7 @@ class MeSH(RecursiveGPTNeoX):
             h_m = self.run_stage(self.core, h, inputs, self.core_entry(t))  # Eq. 4
             if trace is not None:
                 trace.stage(f"core{t + 1}", h, h_m)
-            buffer, h = self.write_read(buffer, h_m, w, r)
+            h = write_read(h_m, w, r)  # Eq. 5, then the read from the updated buffer
             if trace is not None:
                 trace.states[f"h{t + 1}"] = h
         return self.coda_stage(h, inputs, trace)

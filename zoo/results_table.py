@@ -73,7 +73,7 @@ class ResultsTable(Callback):
 
         def cell(value: Any) -> str:
             if isinstance(value, float):
-                return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+                return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
             return f"{value:,}" if isinstance(value, int) else str(value)
 
         lines = [f"# {self.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -94,7 +94,9 @@ class ResultsTable(Callback):
         curves.set_xlabel("step")
         curves.set_ylabel("validation loss")
         curves.legend(fontsize=8)
-        bars.bar([row["variant"] for row in rows], [row.get(bar_title) or 0 for row in rows])
+        heights = [row.get(bar_title) or 0 for row in rows]
+        bars.bar([row["variant"] for row in rows], heights)
+        bars.set_ylim(0.95 * min(heights), 1.02 * max(heights))  # the differences, not the distance from zero
         bars.set_ylabel(bar_title)
         bars.tick_params(axis="x", rotation=20)
         figure.suptitle(self.title)

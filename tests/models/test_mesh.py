@@ -81,16 +81,37 @@ def test_one_accumulating_slot_reproduces_the_residual_recurrence(layout):
         torch.testing.assert_close(mesh(ids), residual(ids), rtol=0, atol=1e-5)
 
 
-def test_the_read_uses_the_updated_buffer():
-    torch.manual_seed(1)
-    buffer = torch.randn(1, 2, 3, 4)
-    value = torch.randn(1, 2, 4)
-    w = torch.softmax(torch.randn(1, 2, 3), -1)
-    r = torch.softmax(torch.randn(1, 2, 3), -1)
-    new_buffer, h = MeSH.write_read(buffer, value, w, r)
-    for b in range(3):
-        torch.testing.assert_close(new_buffer[:, :, b], buffer[:, :, b] + value * w[..., b : b + 1])
-    torch.testing.assert_close(h, sum(new_buffer[:, :, b] * r[..., b : b + 1] for b in range(3)))
+def _buffer_forward(model, ids):
+    """MeSH written literally from the notes' pseudocode: an explicit (slots x hidden) buffer per token."""
+    c = model.config
+    inputs = model.attention_inputs(ids, None, None, None, torch.float32)
+    h_emb = model.embed_tokens(ids)
+    x = model.run_stage(model.prelude, h_emb, inputs, 0)
+    buffer = torch.zeros(*h_emb.shape[:2], c.slots, c.hidden_size)
+    buffer[:, :, 0] = h_emb  # Eq. 2
+    w, r = model.routing(x, 0)
+    buffer = buffer + w[..., None] * x[:, :, None]  # transitional write
+    h = (buffer * r[..., None]).sum(2)  # and read
+    for t in range(c.num_loops):
+        w, r = model.routing(h, t + 1)  # Eq. 3
+        h_m = model.run_stage(model.core, h, inputs, model.core_entry(t))  # Eq. 4
+        buffer = buffer + w[..., None] * h_m[:, :, None]  # Eq. 5: every slot b gets h_m * w_b
+        h = (buffer * r[..., None]).sum(2)  # read from the updated buffer
+    out = model.run_stage(model.coda, h, inputs, model.core_entry(c.num_loops))
+    return model.lm_head(model.norm(out))
+
+
+@pytest.mark.parametrize("layout, slots", [("1+2R2+1", None), ("0+1R4+1", 3), ("2+1R1+0", 7)])
+def test_forward_equals_the_explicit_buffer_equations(layout, slots):
+    torch.manual_seed(5)
+    model = MeSH(MeSHConfig(**DIMS, layout=layout, buffer_slots=slots)).eval()
+    with torch.no_grad():  # routers far from uniform, so that every slot matters
+        for router in [*model.write_routers, *model.read_routers]:
+            router.weight.normal_(0, 0.5)
+            router.bias.normal_(0, 1.0)
+    ids = torch.randint(0, 90, (2, 13))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), _buffer_forward(model, ids), rtol=1e-5, atol=1e-5)
 
 
 def test_cached_decoding_equals_the_full_forward():

@@ -1,0 +1,58 @@
+"""Timing helpers shared by the benchmarks in this folder (run them as ``python bench/<name>.py``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+
+
+def train_throughput(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    params: Iterable[torch.nn.Parameter],
+    tokens: torch.Tensor,
+    steps: int,
+    warmup: int,
+    device: str,
+    bf16: bool,
+) -> float:
+    """Tokens per second of training steps (loss, backward, AdamW — fused on CUDA) on ``tokens`` (B, T + 1)."""
+    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device == "cuda" or None)
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(tokens)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (tokens.shape[1] - 1) * tokens.shape[0] * steps / (time.perf_counter() - start)
+
+
+def matmul_peak(device: str) -> float:
+    """Measured bf16 matmul FLOP/s (8192³ products), the denominator of MFU."""
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ a
+    torch.cuda.synchronize()
+    start, n = time.perf_counter(), 20
+    for _ in range(n):
+        a @ a
+    torch.cuda.synchronize()
+    return n * 2 * 8192**3 / (time.perf_counter() - start)
+
+
+def flops_per_token(hidden: int, intermediate: int, vocab: int, compute_layers: int, seq: int) -> float:
+    """PaLM's count: 6·N + 12·L·H·T, N the parameters of the applied blocks and the output head."""
+    n = compute_layers * (4 * hidden**2 + 2 * hidden * intermediate) + vocab * hidden
+    return 6 * n + 12 * compute_layers * hidden * seq
