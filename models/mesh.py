@@ -11,7 +11,13 @@ Equations (paper §3, as transcribed in the project's notes):
 - before the loop a transitional write-read cycle with its own router pair stores the prelude's output and
   reads ``h^(0)``; after the last iteration's read, ``h^(K)`` goes to the coda.
 
-So there are N_loop + 1 router pairs, each two ``Linear(hidden, B)`` with bias: ``2·(N_loop+1)·(D·B + B)``
+The buffer is linear in what was written: after writes of v_1 … v_n with weights w_1 … w_n,
+``m_b = [b = 0]·h_emb + Σ_i w_i,b · v_i``, so a read is ``r_0·h_emb + Σ_i (w_i · r) v_i``. zoo computes reads
+that way, from the written values and their write weights, instead of materialising the (slots × hidden)
+buffer: the same numbers (a test checks them against the explicit buffer) with a fraction of the memory
+traffic (MeSH costs 4.7% over the recursive base model on a CPU, 12.9% with the explicit buffer).
+
+Routers: N_loop + 1 pairs (the transitional cycle, then one per loop), each two ``Linear(hidden, B)`` with bias: ``2·(N_loop+1)·(D·B + B)``
 parameters (61,470 for Pythia-1.4B ``4+8R2+4`` with B = 5). ``B`` defaults to ``N_loop + 3`` (the paper's
 Table 3 ablation). Router logits and softmax are computed in fp32 under autocast (a precaution the paper does
 not state). Router initialisation is not published: zoo draws weights from N(0, initializer_range) and sets
