@@ -17,11 +17,11 @@ that way, from the written values and their write weights, instead of materialis
 buffer: the same numbers (a test checks them against the explicit buffer) with a fraction of the memory
 traffic (MeSH costs 4.7% over the recursive base model on a CPU, 12.9% with the explicit buffer).
 
-Routers: N_loop + 1 pairs (the transitional cycle, then one per loop), each two ``Linear(hidden, B)`` with bias: ``2·(N_loop+1)·(D·B + B)``
-parameters (61,470 for Pythia-1.4B ``4+8R2+4`` with B = 5). ``B`` defaults to ``N_loop + 3`` (the paper's
-Table 3 ablation). Router logits and softmax are computed in fp32 under autocast (a precaution the paper does
-not state). Router initialisation is not published: zoo draws weights from N(0, initializer_range) and sets
-biases to 0, so routing starts near uniform.
+Routers: N_loop + 1 pairs (the transitional cycle, then one per loop), each two ``Linear(hidden, B)`` with
+bias: ``2·(N_loop+1)·(D·B + B)`` parameters (61,470 for Pythia-1.4B ``4+8R2+4`` with B = 5). ``B`` defaults
+to ``N_loop + 3`` (the paper's Table 3 ablation). Router logits and softmax are computed in fp32 under autocast
+(a precaution the paper does not state). Router initialisation is not published: zoo draws weights from
+N(0, initializer_range) and sets biases to 0, so routing starts near uniform.
 """
 
 from __future__ import annotations
