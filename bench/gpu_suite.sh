@@ -10,7 +10,7 @@
 #   bash bench/gpu_suite.sh
 #   SECTIONS="recursive experiment" EXPERIMENT_STEPS=150 bash bench/gpu_suite.sh
 set -uo pipefail
-OUT=${OUT:-gpu_results}
+OUT=$(realpath -m "${OUT:-gpu_results}")
 SECTIONS=${SECTIONS:-train_step tests fit recursive experiment}
 MODEL=${MODEL:-pythia-160m}
 BATCH=${BATCH:-16}
@@ -64,7 +64,7 @@ fi
 if has recursive; then
   echo "== recursive family at 160m, $BATCH x $SEQ =="
   (cd bench && python3 recursive.py --size 160m --batch "$BATCH" --seq "$SEQ" --steps 10 --rounds 2 --compile \
-    --json "../$OUT/recursive.jsonl") 2>&1 | tee "$OUT/recursive.log" || status=1
+    --json "$OUT/recursive.jsonl") 2>&1 | tee "$OUT/recursive.log" || status=1
 fi
 
 if has experiment; then

@@ -11,6 +11,7 @@ Logged: ``train/loss``, ``train/grad_norm`` (before clipping), ``train/lr``, ``t
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from typing import Any
 
@@ -45,7 +46,7 @@ class PretrainModule(L.LightningModule):
         self.model: torch.nn.Module | None = None
         self.val_loss = MeanMetric()
         self.tokens_seen = 0
-        self.timed_tokens, self.timed_seconds = 0, 0.0  # steps between consecutive batch ends
+        self.step_rates: list[float] = []  # tokens/s of every step timed so far
         self._last_batch_end: float | None = None
 
     def configure_model(self) -> None:
@@ -73,9 +74,8 @@ class PretrainModule(L.LightningModule):
         # on a GPU the queue of launched kernels is bounded, so in steady state this is the true rate.
         now = time.perf_counter()
         if self._last_batch_end is not None:
-            self.log("train/tokens_per_s", tokens / (now - self._last_batch_end))
-            self.timed_tokens += tokens
-            self.timed_seconds += now - self._last_batch_end
+            self.step_rates.append(tokens / (now - self._last_batch_end))
+            self.log("train/tokens_per_s", self.step_rates[-1])
         self._last_batch_end = now
         self.log("train/tokens", float(self.tokens_seen))
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
@@ -95,9 +95,10 @@ class PretrainModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     @property
-    def mean_tokens_per_s(self) -> float:
-        """Training throughput over the whole run (all ranks), evaluation time excluded."""
-        return self.timed_tokens / self.timed_seconds if self.timed_seconds else 0.0
+    def median_tokens_per_s(self) -> float:
+        """The typical training step's throughput (all ranks): the median is blind to the steps that also
+        compiled, probed, evaluated or saved a checkpoint."""
+        return statistics.median(self.step_rates) if self.step_rates else 0.0
 
     # -- evaluation -------------------------------------------------------------------------------------
     def _evaluate(self, tokens: torch.Tensor) -> None:

@@ -31,6 +31,7 @@ def _job_label(job_dir: Path, label_keys: list[str]) -> str:
 def _val_curve(job_dir: Path) -> tuple[list[int], list[float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its directory watcher is chatty at INFO
     events = EventAccumulator(str(job_dir / "tb"))
     events.Reload()
     if "val/loss" not in events.Tags().get("scalars", []):

@@ -129,7 +129,7 @@ def run(command: str, cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     metrics["global_step"] = trainer.global_step
     metrics.update(_model_size(module.model))
     if command == "fit":
-        metrics["train/mean_tokens_per_s"] = module.mean_tokens_per_s
+        metrics["train/median_tokens_per_s"] = module.median_tokens_per_s
     if trainer.is_global_zero:
         with atomic_file(run_dir / "metrics.json", "w") as f:
             json.dump(metrics, f, indent=2)
