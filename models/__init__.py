@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from zoo.errors import ConfigError
+from zoo.models import gpt_neox, mesh, recursive
 from zoo.models.gpt_neox import GPTNeoX, GPTNeoXConfig
 from zoo.models.mesh import MeSH, MeSHConfig
 from zoo.models.recursive import RecursiveConfig, RecursiveGPTNeoX
@@ -21,6 +22,8 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     RecursiveConfig.arch: RecursiveGPTNeoX,
     MeSHConfig.arch: MeSH,
 }
+# Named configurations from the papers (``zoo fit model=NAME``), every family's together.
+PRESETS = {**gpt_neox.PRESETS, **recursive.PRESETS, **mesh.PRESETS}
 
 
 def config_from_dict(values: Mapping[str, Any]):
@@ -46,6 +49,7 @@ __all__ = [
     "GPTNeoXConfig",
     "MeSH",
     "MeSHConfig",
+    "PRESETS",
     "RecursiveConfig",
     "RecursiveGPTNeoX",
     "build_model",

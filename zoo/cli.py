@@ -48,17 +48,16 @@ def register_presets() -> None:
     """Make the paper presets of every model family selectable as ``model=NAME``."""
     from hydra.core.config_store import ConfigStore
 
-    from zoo.models import gpt_neox, mesh, recursive
+    from zoo.models import PRESETS
 
     store = ConfigStore.instance()
-    for presets in (gpt_neox.PRESETS, recursive.PRESETS, mesh.PRESETS):
-        for name, config in presets.items():
-            store.store(group="model", name=name, node={**config.to_dict(), "init_from": None})
-            PRESET_DESCRIPTIONS[name] = (
-                f"EleutherAI/{name}: {config.num_hidden_layers} layers x {config.hidden_size} (its config.json)"
-                if config.arch == "gpt_neox"
-                else f"MeSH paper: {config.arch} {config.layout} on Pythia's {config.hidden_size}-wide dims"
-            )
+    for name, config in PRESETS.items():
+        store.store(group="model", name=name, node={**config.to_dict(), "init_from": None})
+        PRESET_DESCRIPTIONS[name] = (
+            f"EleutherAI/{name}: {config.num_hidden_layers} layers x {config.hidden_size} (its config.json)"
+            if config.arch == "gpt_neox"
+            else f"MeSH paper: {config.arch} {config.layout} on Pythia's {config.hidden_size}-wide dims"
+        )
 
 
 # -- listing ------------------------------------------------------------------------------------------------

@@ -49,6 +49,9 @@ def model_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str
         values["vocab_size"] = -(-vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
     elif values["vocab_size"] < vocab:
         raise ConfigError(f"model.vocab_size={values['vocab_size']} is smaller than the tokenizer's {vocab} tokens")
+    seq_len, positions = datamodule.hparams.get("seq_len"), values.get("max_position_embeddings")
+    if seq_len and positions and seq_len > positions:
+        raise ConfigError(f"data.seq_len={seq_len} exceeds the model's max_position_embeddings={positions}")
     return values
 
 

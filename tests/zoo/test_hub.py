@@ -101,17 +101,21 @@ def test_pull_from_the_hf_hub_offline_fails_in_one_line(run_zoo):
     assert process.stderr.strip().startswith("zoo: error: hf:EleutherAI/pythia-14m: download failed")
 
 
-def test_fit_from_a_hub_entry_starts_from_its_weights(run_zoo, tiny, hf_directory, tmp_path):
+def test_fit_from_a_hub_entry_starts_from_its_weights(run_zoo, hf_directory, tmp_path):
     directory, _ = hf_directory
     run_zoo("hub", "pull", str(directory), "--name", "start")
+    too_long = run_zoo("fit", "model.init_from=hub:start", check=False)
+    assert too_long.returncode == 2
+    assert "data.seq_len=128 exceeds the model's max_position_embeddings=64" in too_long.stderr
     run_zoo(
         "fit",
-        *tiny[4:],
         "model.init_from=hub:start",
+        "data.seq_len=32",
         "trainer.max_steps=1",
         "name=warm",
         "module.optim.lr=0.0",
         "trainer.limit_val_batches=0",
+        "probes.every_n_steps=0",
     )
     (hydra,) = list((tmp_path / "runs" / "warm").rglob(".hydra"))
     state = torch.load(hydra.parent / "checkpoints" / "last.ckpt", weights_only=True)
