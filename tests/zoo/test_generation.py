@@ -1,0 +1,126 @@
+"""The native decoder against a slow full-forward reference, and its stop, sampling and early-stop rules."""
+
+import pytest
+import torch
+
+from zoo.generation import NativeEngine, SamplingParams, sample_tokens
+from zoo.models import GPTNeoX, GPTNeoXConfig, MeSH, MeSHConfig
+
+DIMS = dict(vocab_size=60, hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=96)
+
+
+def _model(kind="gpt_neox", seed=0):
+    torch.manual_seed(seed)
+    if kind == "mesh":
+        return MeSH(MeSHConfig(**DIMS, layout="1+1R2+1")).eval()
+    return GPTNeoX(GPTNeoXConfig(**DIMS, num_hidden_layers=2)).eval()
+
+
+def _slow_greedy(model, prompt, steps):
+    """Full forward over the whole sequence at every step, one prompt at a time, no cache."""
+    tokens, logprobs = list(prompt), []
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(torch.tensor([tokens]))[0, -1]
+            token = int(logits.argmax())
+            logprobs.append(torch.log_softmax(logits, -1)[token].item())
+            tokens.append(token)
+    return tokens[len(prompt) :], logprobs
+
+
+PROMPTS = [[5, 9, 2], [7], [1, 2, 3, 4, 5, 6, 7, 8], [40, 41]]
+
+
+@pytest.mark.parametrize("kind", ["gpt_neox", "mesh"])
+def test_greedy_equals_the_slow_reference(kind):
+    model = _model(kind)
+    result = NativeEngine(model).generate(PROMPTS, n=2, params=SamplingParams(max_new_tokens=12, temperature=0))
+    assert len(result.samples) == 8 and result.unfinished_prompts == []
+    for sample in result.samples:
+        expected_tokens, expected_logprobs = _slow_greedy(model, PROMPTS[sample.prompt_index], 12)
+        assert sample.token_ids == expected_tokens
+        assert sample.logprobs == pytest.approx(expected_logprobs, abs=1e-4)
+        assert sample.finish_reason == "length"
+
+
+def test_sampled_logprobs_are_the_tempered_policy_of_the_sampled_tokens():
+    model = _model(seed=1)
+    params = SamplingParams(max_new_tokens=10, temperature=0.7, top_p=0.9, top_k=20, seed=3)
+    result = NativeEngine(model).generate(PROMPTS, n=3, params=params)
+    for sample in result.samples:
+        sequence = torch.tensor([PROMPTS[sample.prompt_index] + sample.token_ids])
+        with torch.no_grad():
+            logits = model(sequence)[0, len(PROMPTS[sample.prompt_index]) - 1 : -1] / 0.7
+        expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(sample.token_ids)[:, None]).squeeze(1)
+        torch.testing.assert_close(torch.tensor(sample.logprobs), expected, atol=1e-4, rtol=0)
+
+
+def test_a_seed_makes_sampling_reproducible():
+    engine = NativeEngine(_model(seed=2))
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=11)
+    first = [s.token_ids for s in engine.generate(PROMPTS, 4, params).samples]
+    assert first == [s.token_ids for s in engine.generate(PROMPTS, 4, params).samples]
+    assert len({tuple(t) for t in first}) > 4  # and the samples of a prompt differ
+
+
+def test_top_k_one_is_greedy_and_top_p_keeps_the_nucleus():
+    logits = torch.tensor([[3.0, 2.0, 1.0, -5.0]])
+    tokens, _ = sample_tokens(logits.expand(200, 4), SamplingParams(temperature=1.0, top_k=1), None)
+    assert (tokens == 0).all()
+    probabilities = torch.softmax(logits, -1)[0]  # 0.665, 0.245, 0.090, 0.0002
+    tokens, _ = sample_tokens(logits.expand(2000, 4), SamplingParams(temperature=1.0, top_p=0.8), None)
+    assert set(tokens.tolist()) == {0, 1} and probabilities[:2].sum() > 0.8
+
+
+def test_stop_tokens_end_rows_early_and_the_batch_shrinks():
+    model = _model(seed=3)
+    greedy = NativeEngine(model).generate([[5, 9, 2]], 1, SamplingParams(max_new_tokens=12, temperature=0))
+    stop = greedy.samples[0].token_ids[4]
+    params = SamplingParams(max_new_tokens=12, temperature=0, stop_token_ids=(stop,))
+    result = NativeEngine(model).generate([[5, 9, 2], [40, 41]], 1, params)
+    first = result.samples[0]
+    assert first.finish_reason == "stop" and first.token_ids[-1] == stop
+    assert len(first.token_ids) == greedy.samples[0].token_ids.index(stop) + 1
+    assert result.generated_tokens == sum(len(s.token_ids) for s in result.samples)
+
+
+class _CharTokenizer:
+    def decode(self, ids):
+        return "".join(chr(97 + i % 26) for i in ids)
+
+
+def test_stop_strings_are_found_in_the_decoded_tail():
+    model = _model(seed=4)
+    engine = NativeEngine(model, tokenizer=_CharTokenizer())
+    text = _CharTokenizer().decode(
+        engine.generate([[1]], 1, SamplingParams(max_new_tokens=10, temperature=0)).samples[0].token_ids
+    )
+    result = engine.generate([[1]], 1, SamplingParams(max_new_tokens=10, temperature=0, stop_strings=(text[3:5],)))
+    sample = result.samples[0]
+    assert sample.finish_reason == "stop" and _CharTokenizer().decode(sample.token_ids).endswith(text[3:5])
+
+
+def test_quota_of_finished_groups_stops_early_and_returns_the_rest():
+    model = _model(seed=5)
+    greedy = NativeEngine(model).generate(PROMPTS, 1, SamplingParams(max_new_tokens=20, temperature=0))
+    stop = greedy.samples[0].token_ids[2]
+    first_stop = {s.prompt_index: s.token_ids.index(stop) if stop in s.token_ids else 99 for s in greedy.samples}
+    earliest = min(first_stop.values())
+    params = SamplingParams(max_new_tokens=20, temperature=0, stop_token_ids=(stop,))
+    result = NativeEngine(model).generate(PROMPTS, 2, params, finished_groups_quota=1)
+    finished = {s.prompt_index for s in result.samples}
+    assert finished == {p for p, step in first_stop.items() if step == earliest}
+    assert len(result.samples) == 2 * len(finished) and all(s.finish_reason == "stop" for s in result.samples)
+    assert sorted(result.unfinished_prompts) == [p for p in range(4) if p not in finished]
+    assert result.decode_steps == earliest + 1
+
+
+def test_load_weights_changes_what_it_generates():
+    source, target = _model(seed=6), _model(seed=7)
+    engine = NativeEngine(target)
+    params = SamplingParams(max_new_tokens=6, temperature=0)
+    before = engine.generate(PROMPTS, 1, params).samples
+    engine.load_weights(source.named_parameters())
+    after = engine.generate(PROMPTS, 1, params).samples
+    expected = NativeEngine(source).generate(PROMPTS, 1, params).samples
+    assert [s.token_ids for s in after] == [s.token_ids for s in expected] != [s.token_ids for s in before]

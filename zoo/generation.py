@@ -1,0 +1,200 @@
+"""zoo's own batched decoder, the default (``native``) rollout engine: every zoo model, CPU and GPU.
+
+``NativeEngine.generate(prompts, n, params)`` samples ``n`` completions of every prompt:
+
+- each prompt is prefilled once, then its KV cache is copied to its ``n`` rows (left padding, attention mask
+  and position ids keep rows of different prompt lengths exact);
+- decoding samples with temperature, top-k and top-p (temperature 0 is greedy) from a seeded generator;
+- a row finishes on a stop token (kept in the output), a stop string (checked on the decoded tail) or
+  ``max_new_tokens``; finished rows leave the batch and their cache rows are dropped, so no decode step is
+  spent on them;
+- with ``finished_groups_quota`` it stops as soon as that many prompts have all ``n`` completions finished and
+  returns the other prompts as unfinished (what tail batching needs).
+
+Per-token log-probs are ``log softmax(logits / temperature)`` of the sampled token (of the raw logits when
+greedy), before top-k / top-p truncation: the same quantity a trainer computes from its own forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k
+    stop_token_ids: tuple[int, ...] = ()
+    stop_strings: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class Sample:
+    prompt_index: int
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" (a stop token or string) or "length"
+
+
+@dataclass
+class GenerationResult:
+    samples: list[Sample]  # grouped by prompt, in prompt order, n per finished prompt
+    unfinished_prompts: list[int] = field(default_factory=list)  # left out by an early stop
+    decode_steps: int = 0
+    generated_tokens: int = 0
+
+
+def sample_tokens(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next tokens (n,) and their log-probs (n,) from last-position logits (n, V)."""
+    logits = logits.float()
+    if params.temperature == 0:
+        tokens = logits.argmax(-1)
+        return tokens, torch.log_softmax(logits, -1).gather(1, tokens[:, None]).squeeze(1)
+    scaled = logits / params.temperature
+    logprobs = torch.log_softmax(scaled, -1)
+    if params.top_k:
+        kth = torch.topk(scaled, min(params.top_k, scaled.shape[-1]), dim=-1).values[:, -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if params.top_p < 1.0:
+        ordered, order = torch.sort(scaled, descending=True, dim=-1)
+        probs = torch.softmax(ordered, -1)
+        outside = probs.cumsum(-1) - probs > params.top_p  # keep the smallest prefix whose mass reaches top_p
+        scaled = scaled.scatter(1, order, ordered.masked_fill(outside, float("-inf")))
+    # inverse-CDF sampling: one uniform draw per row (torch.multinomial draws one per vocabulary entry)
+    cdf = torch.softmax(scaled, -1).cumsum(-1)
+    uniform = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+    tokens = torch.searchsorted(cdf, uniform).squeeze(1).clamp(max=cdf.shape[-1] - 1)
+    return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
+
+
+class NativeEngine:
+    """Generates with a zoo model in this process. ``load_weights`` copies new weights into it."""
+
+    def __init__(self, model: nn.Module, tokenizer=None, dtype: torch.dtype | None = None) -> None:
+        self.model, self.tokenizer, self.dtype = model, tokenizer, dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in weights:
+                params[name].copy_(tensor)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        n: int,
+        params: SamplingParams,
+        finished_groups_quota: int | None = None,
+    ) -> GenerationResult:
+        model, device = self.model, self.device
+        was_training = model.training
+        model.eval()
+        try:
+            return self._generate(model, device, prompts, n, params, finished_groups_quota)
+        finally:
+            model.train(was_training)
+
+    def _generate(self, model, device, prompts, n, params, quota) -> GenerationResult:
+        generator = torch.Generator(device).manual_seed(params.seed) if params.seed is not None else None
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        width = int(lengths.max())
+        ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+        mask = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+        for i, prompt in enumerate(prompts):  # left padding: every prompt ends at the same column
+            ids[i, width - len(prompt) :] = torch.tensor(prompt, device=device)
+            mask[i, width - len(prompt) :] = 1
+        total = width + params.max_new_tokens
+        cache = model.new_cache(len(prompts), total, dtype=self.dtype, device=device)
+        padded = bool((lengths != width).any())  # without padding, plain causal attention needs no mask
+        with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            hidden = model.hidden_states(
+                ids,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                attention_mask=mask if padded else None,
+                cache=cache,
+            )
+            logits = model.lm_head(hidden[:, -1])
+
+        # every prompt's prefill, copied to its n rows
+        rows = torch.arange(len(prompts), device=device).repeat_interleave(n)
+        cache.select(rows)
+        logits, mask, positions = logits[rows], mask[rows], lengths[rows]
+        owner = rows.tolist()  # prompt of each active row
+        active = list(range(len(rows)))  # sample index of each active row
+        outputs = [[] for _ in rows]
+        logprob_lists = [[] for _ in rows]
+        reasons: list[str | None] = [None] * len(rows)
+        remaining = [n] * len(prompts)
+        done_prompts: list[int] = []
+        stop_tokens = set(params.stop_token_ids)
+        steps = 0
+        while active:
+            tokens, logprobs = sample_tokens(logits, params, generator)
+            finished_rows = []
+            for row, (sample, token, logprob) in enumerate(
+                zip(active, tokens.tolist(), logprobs.tolist(), strict=True)
+            ):
+                outputs[sample].append(token)
+                logprob_lists[sample].append(logprob)
+                if token in stop_tokens or self._hit_stop_string(outputs[sample], params.stop_strings):
+                    reasons[sample] = "stop"
+                elif len(outputs[sample]) >= params.max_new_tokens:
+                    reasons[sample] = "length"
+                else:
+                    continue
+                finished_rows.append(row)
+                remaining[owner[sample]] -= 1
+                if remaining[owner[sample]] == 0:
+                    done_prompts.append(owner[sample])
+            steps += 1
+            if quota is not None and len(done_prompts) >= quota:
+                break
+            if finished_rows:
+                leaving = set(finished_rows)
+                keep = [r for r in range(len(active)) if r not in leaving]
+                if not keep:
+                    break
+                index = torch.tensor(keep, device=device)
+                cache.select(index)
+                tokens, mask, positions = tokens[index], mask[index], positions[index]
+                active = [active[r] for r in keep]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1) if padded else mask
+            with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                hidden = model.hidden_states(
+                    tokens[:, None],
+                    position_ids=positions[:, None],
+                    attention_mask=mask if padded else None,
+                    cache=cache,
+                )
+                logits = model.lm_head(hidden[:, -1])
+            positions = positions + 1
+
+        finished = set(done_prompts)
+        samples = [
+            Sample(owner[s], outputs[s], logprob_lists[s], reasons[s]) for s in range(len(rows)) if owner[s] in finished
+        ]
+        unfinished = [p for p in range(len(prompts)) if p not in finished]
+        generated = sum(len(o) for o in outputs)
+        return GenerationResult(samples, unfinished, steps, generated)
+
+    def _hit_stop_string(self, tokens: list[int], stop_strings: tuple[str, ...]) -> bool:
+        if not stop_strings:
+            return False
+        if self.tokenizer is None:
+            raise ValueError("stop strings need the engine's tokenizer")
+        tail = self.tokenizer.decode(tokens[-max(len(s) for s in stop_strings) - 2 :])
+        return any(s in tail for s in stop_strings)
