@@ -33,7 +33,7 @@ from zoo.corpus import Document, embedded_corpus
 from zoo.errors import DataError
 from zoo.files import atomic_file, cache_dir
 from zoo.loader import ResumableLoader
-from zoo.tokenizer import cached_bpe, load_tokenizer
+from zoo.tokenizer import tokenizer_for
 
 _FORMAT_VERSION = "text-v1"
 _TEXT_SUFFIXES = {".txt", ".md"}
@@ -158,11 +158,8 @@ class TextDataModule(L.LightningDataModule):
             return
         h = self.hparams
         train_docs, val_docs = split_documents(self._documents(), h.val_fraction, h.seed)
-        if h.tokenizer:
-            self.tokenizer = load_tokenizer(h.tokenizer)
-        else:
-            texts = [d.text for d in train_docs]
-            self.tokenizer = cached_bpe(texts, h.vocab_size, self.cache_root.parent / "tokenizers")
+        texts = [d.text for d in train_docs]
+        self.tokenizer = tokenizer_for(h.tokenizer, texts, h.vocab_size, self.cache_root.parent / "tokenizers")
 
         digest = hashlib.sha256(_FORMAT_VERSION.encode())
         digest.update(self.tokenizer.backend_tokenizer.to_str().encode())

@@ -243,19 +243,28 @@ class Block(nn.Module):
 
 
 def attention_mask(
-    attention_mask: torch.Tensor | None, num_new: int, past: int, device: torch.device
+    attention_mask: torch.Tensor | None,
+    num_new: int,
+    past: int,
+    device: torch.device,
+    segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Boolean mask (B or 1, 1, T, past + T) for sdpa, or None when plain causal attention is exact.
 
     ``attention_mask`` (B, past + T) marks real tokens with 1 and padding with 0. Every query may always see
     itself, so a padding query never has an empty row (its output is unused, but must not be NaN).
+    ``segment_ids`` (B, T) separates sequences packed into one row: a token attends within its segment only.
     """
-    if attention_mask is None and (past == 0 or num_new == 1):
+    if attention_mask is None and segment_ids is None and (past == 0 or num_new == 1):
         return None
     total = past + num_new
     query_pos = torch.arange(past, total, device=device)[:, None]
     key_pos = torch.arange(total, device=device)[None, :]
     mask = (key_pos <= query_pos)[None, None]
+    if segment_ids is not None:
+        if past:
+            raise ValueError("packed segments cannot be combined with a KV cache")
+        mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
     if attention_mask is not None:
         mask = mask & attention_mask[:, None, None, :total].bool()
         mask = mask | (key_pos == query_pos)[None, None]
@@ -308,13 +317,14 @@ class GPTNeoX(nn.Module):
         mask: torch.Tensor | None,
         cache: KVCache | None,
         dtype: torch.dtype,
+        segment_ids: torch.Tensor | None = None,
     ) -> AttentionInputs:
         T = input_ids.shape[1]
         past = cache.length if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
         cos, sin = self.rotary(position_ids, dtype)
-        return AttentionInputs(cos, sin, attention_mask(mask, T, past, input_ids.device), cache)
+        return AttentionInputs(cos, sin, attention_mask(mask, T, past, input_ids.device, segment_ids), cache)
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed(input_ids)
@@ -346,10 +356,11 @@ class GPTNeoX(nn.Module):
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final-normed hidden states (B, T, hidden); advances ``cache`` by T positions."""
         x = self.embed_tokens(input_ids)
-        inputs = self.attention_inputs(input_ids, position_ids, attention_mask, cache, x.dtype)
+        inputs = self.attention_inputs(input_ids, position_ids, attention_mask, cache, x.dtype, segment_ids)
         x = self.norm(self.body(x, inputs))
         if cache is not None:
             cache.advance(input_ids.shape[1])
@@ -363,10 +374,14 @@ class GPTNeoX(nn.Module):
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab); or, given ``targets`` (B, T; -100 ignored), their mean cross-entropy,
-        computed fused with the output head (:mod:`zoo.models.cross_entropy`) without materialising logits."""
-        h = self.hidden_states(input_ids, position_ids=position_ids, attention_mask=attention_mask, cache=cache)
+        computed fused with the output head (:mod:`zoo.models.cross_entropy`) without materialising logits.
+        ``segment_ids`` (with ``position_ids`` restarting per segment) isolates sequences packed in a row."""
+        h = self.hidden_states(
+            input_ids, position_ids=position_ids, attention_mask=attention_mask, cache=cache, segment_ids=segment_ids
+        )
         if targets is not None:
             return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
         return self.lm_head(h)

@@ -24,10 +24,31 @@ from zoo.models import build_model, config_from_dict
 from zoo.optim import OptimConfig, build_adamw, warmup_cosine
 from zoo.strategies import clip_grad_norm, shard_for_strategy
 
+Batch = torch.Tensor | dict[str, torch.Tensor]
 
-def causal_lm_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of ``tokens`` (B, T + 1), through the model's fused loss head."""
-    return model(tokens[:, :-1], targets=tokens[:, 1:])
+
+def causal_lm_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean next-token cross-entropy through the model's fused loss head, of a block of tokens (B, T + 1) or of
+    packed examples (``input_ids``, ``targets`` with -100 where nothing is learned, ``position_ids``,
+    ``segment_ids``; see ``zoo.datamodules.sft``)."""
+    if isinstance(batch, dict):
+        return model(
+            batch["input_ids"],
+            targets=batch["targets"],
+            position_ids=batch["position_ids"],
+            segment_ids=batch["segment_ids"],
+        )
+    return model(batch[:, :-1], targets=batch[:, 1:])
+
+
+def _tokens(batch: Batch) -> int:
+    """Input positions of a batch (padding of packed rows included)."""
+    return batch["input_ids"].numel() if isinstance(batch, dict) else batch[:, 1:].numel()
+
+
+def _targets(batch: Batch) -> int:
+    """Positions that carry a loss."""
+    return int((batch["targets"] != -100).sum()) if isinstance(batch, dict) else batch[:, 1:].numel()
 
 
 class PretrainModule(L.LightningModule):
@@ -62,13 +83,13 @@ class PretrainModule(L.LightningModule):
         return self.model(input_ids, **kwargs)
 
     # -- training ---------------------------------------------------------------------------------------
-    def training_step(self, tokens: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        loss = self.loss_fn(self.model, tokens)
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss = self.loss_fn(self.model, batch)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: torch.Tensor, batch_idx: int) -> None:
-        tokens = (batch.shape[1] - 1) * batch.shape[0] * self.trainer.world_size
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        tokens = _tokens(batch) * self.trainer.world_size
         self.tokens_seen += tokens
         # Throughput from one batch end to the next covers a whole step (data, forward, backward, optimizer);
         # on a GPU the queue of launched kernels is bounded, so in steady state this is the true rate.
@@ -101,9 +122,8 @@ class PretrainModule(L.LightningModule):
         return statistics.median(self.step_rates) if self.step_rates else 0.0
 
     # -- evaluation -------------------------------------------------------------------------------------
-    def _evaluate(self, tokens: torch.Tensor) -> None:
-        loss = causal_lm_loss(self.model, tokens)
-        self.val_loss.update(loss, weight=tokens[:, 1:].numel())
+    def _evaluate(self, batch: Batch) -> None:
+        self.val_loss.update(causal_lm_loss(self.model, batch), weight=_targets(batch))
 
     def _log_evaluation(self, stage: str) -> None:
         loss = self.val_loss.compute()
@@ -114,14 +134,14 @@ class PretrainModule(L.LightningModule):
     def on_validation_start(self) -> None:
         self._last_batch_end = None  # the step after an evaluation would count the evaluation's time
 
-    def validation_step(self, tokens: torch.Tensor, batch_idx: int) -> None:
-        self._evaluate(tokens)
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch)
 
     def on_validation_epoch_end(self) -> None:
         self._log_evaluation("val")
 
-    def test_step(self, tokens: torch.Tensor, batch_idx: int) -> None:
-        self._evaluate(tokens)
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch)
 
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test")

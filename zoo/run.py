@@ -23,19 +23,29 @@ from zoo.checkpoint_io import AtomicCheckpointIO
 from zoo.errors import ConfigError
 from zoo.files import atomic_file
 from zoo.hub import resolve_entry
+from zoo.modules.pretrain import PretrainModule
 
 log = logging.getLogger("zoo")
 
 VOCAB_MULTIPLE = 64  # embedding rows are padded to a multiple of this, as Pythia pads 50277 to 50304
 
 
-def build_data(cfg: DictConfig) -> L.LightningDataModule:
+def _model_tokenizer(cfg: DictConfig, command: str) -> Path | None:
+    """The tokenizer that comes with the weights: the hub entry of ``model.init_from``, or the run directory of
+    the checkpoint that validate/test evaluate."""
+    if init_from := cfg.model.get("init_from"):
+        directory = resolve_entry(init_from).tokenizer_dir
+    elif command != "fit" and cfg.ckpt_path:
+        directory = checkpoint_file(cfg.ckpt_path).parent.parent / "tokenizer"
+    else:
+        return None
+    return directory if directory.is_dir() else None
+
+
+def build_data(cfg: DictConfig, command: str) -> L.LightningDataModule:
     overrides = {}
-    init_from = cfg.model.get("init_from")
-    if init_from and "tokenizer" in cfg.data and cfg.data.tokenizer is None:
-        entry = resolve_entry(init_from)
-        if entry.tokenizer_dir.is_dir():
-            overrides["tokenizer"] = str(entry.tokenizer_dir)  # the checkpoint's own tokenizer
+    if "tokenizer" in cfg.data and cfg.data.tokenizer is None and (tokenizer := _model_tokenizer(cfg, command)):
+        overrides["tokenizer"] = str(tokenizer)  # the weights' own tokenizer
     return instantiate(cfg.data, **overrides)
 
 
@@ -88,12 +98,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         ModelCheckpoint(
             dirpath=checkpoints,
             filename="best",
-            monitor="val/loss",
-            mode="min",
+            monitor=cfg.checkpoint.monitor,
+            mode=cfg.checkpoint.mode,
             save_top_k=cfg.checkpoint.save_top_k,
             enable_version_counter=False,
         ),
     ]
+    if cfg.get("rollout"):
+        callbacks.append(instantiate(cfg.rollout))
     if cfg.probes.every_n_steps:
         callbacks.append(LoopProbes(cfg.probes.every_n_steps, cfg.probes.samples))
     strategy = instantiate(cfg.strategy)
@@ -114,7 +126,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
 
 def run(command: str, cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_data(cfg)
+    datamodule = build_data(cfg, command)
     module = build_module(command, cfg, datamodule)
     trainer = build_trainer(cfg, run_dir)
     if trainer.is_global_zero and datamodule.tokenizer is not None:
@@ -131,7 +143,7 @@ def run(command: str, cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics["global_step"] = trainer.global_step
     metrics.update(_model_size(module.model))
-    if command == "fit":
+    if command == "fit" and isinstance(module, PretrainModule):
         metrics["train/median_tokens_per_s"] = module.median_tokens_per_s
     if trainer.is_global_zero:
         with atomic_file(run_dir / "metrics.json", "w") as f:

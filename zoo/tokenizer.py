@@ -78,3 +78,8 @@ def cached_bpe(texts: list[str], vocab_size: int, root: Path | None = None) -> P
         with atomic_directory(directory) as tmp:
             tokenizer.save_pretrained(str(tmp))
     return load_tokenizer(directory)
+
+
+def tokenizer_for(spec: str | None, texts: list[str], vocab_size: int, root: Path | None = None):
+    """The tokenizer ``spec`` names (file, folder or ``hub:NAME``), or a BPE trained (once) on ``texts``."""
+    return load_tokenizer(spec) if spec else cached_bpe(texts, vocab_size, root)

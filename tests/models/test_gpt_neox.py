@@ -145,3 +145,15 @@ def test_depth_aware_init_scales_output_projections():
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="not divisible"):
         GPTNeoXConfig(hidden_size=30, num_attention_heads=4)
+
+
+def test_packed_segments_equal_separate_sequences():
+    model = _small(layers=2, seed=9)
+    a, b = torch.randint(0, 50, (1, 7)), torch.randint(0, 50, (1, 5))
+    packed = torch.cat([a, b], 1)
+    segments = torch.tensor([[0] * 7 + [1] * 5])
+    positions = torch.tensor([list(range(7)) + list(range(5))])
+    with torch.no_grad():
+        together = model(packed, position_ids=positions, segment_ids=segments)
+        torch.testing.assert_close(together[:, :7], model(a), atol=1e-5, rtol=0)
+        torch.testing.assert_close(together[:, 7:], model(b), atol=1e-5, rtol=0)

@@ -31,11 +31,12 @@ class LoopProbes(L.Callback):
             self.every_n_steps = 0
             return
         val = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
-        blocks = [block for batch in (val or []) for block in batch][: self.samples]
-        if not blocks:
-            log.info("loop probes: off, no validation data")
+        first = next(iter(val), None) if val is not None else None
+        if not isinstance(first, torch.Tensor):
+            log.info("loop probes: off, the validation data are not blocks of tokens")
             self.every_n_steps = 0
             return
+        blocks = [block for batch in val for block in batch][: self.samples]
         self.batch = torch.stack(blocks)[:, :-1]
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:

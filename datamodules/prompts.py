@@ -1,0 +1,83 @@
+"""Prompts of a verifiable task for RL (:mod:`zoo.rl.tasks`): each batch is a list of problems, ``batch_size``
+prompts per optimizer step, each with its tokenized prompt and its reference answer.
+
+The tokenizer is the policy's (``tokenizer``; ``zoo fit`` passes the one of ``model.init_from``); without one,
+a BPE of ``vocab_size`` is trained on the task's text. The training order is seeded and resumable
+(:class:`zoo.loader.ResumableLoader`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from zoo.files import cache_dir
+from zoo.loader import ResumableLoader
+from zoo.rl.tasks import TASKS, Problem, encode_prompts, load_problems
+from zoo.tokenizer import tokenizer_for
+
+
+def _as_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return batch
+
+
+class PromptDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        task: str = "arithmetic",
+        path: str | None = None,
+        val_path: str | None = None,
+        tokenizer: str | None = None,
+        vocab_size: int = 512,
+        train_size: int = 20000,
+        val_size: int = 200,
+        batch_size: int = 16,
+        seed: int = 1234,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.reward = TASKS[task].reward if task in TASKS else None
+        self.tokenizer = None
+        self.train_problems: list[Problem] = []
+        self.val_problems: list[Problem] = []
+
+    def prepare_data(self) -> None:
+        if self.tokenizer is not None:
+            return
+        h = self.hparams
+        self.train_problems, self.val_problems = load_problems(
+            h.task, h.path, h.val_path, h.train_size, h.val_size, h.seed
+        )
+        texts = [p.prompt + p.solution for p in self.train_problems]
+        self.tokenizer = tokenizer_for(h.tokenizer, texts, h.vocab_size, cache_dir() / "tokenizers")
+        self.reward = TASKS[h.task].reward
+
+    @property
+    def vocab_size(self) -> int:
+        self.prepare_data()
+        return len(self.tokenizer)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()
+        self.train_set = encode_prompts(self.tokenizer, self.train_problems)
+        self.val_set = encode_prompts(self.tokenizer, self.val_problems)
+        self.val_prompts = self.val_set  # for pass@k, under the name the SFT data uses
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        return ResumableLoader(
+            self.train_set,
+            self.hparams.batch_size,
+            seed=self.hparams.seed,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+            collate_fn=_as_list,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.hparams.batch_size, collate_fn=_as_list)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

@@ -1,0 +1,128 @@
+"""Supervised fine-tuning on a task's worked solutions (:mod:`zoo.rl.tasks`): prompt masking and packing.
+
+Every example is ``prompt + solution + EOS``; the loss covers the solution and EOS only (prompt targets are
+-100). Examples are packed whole, in a fixed order, into rows of ``seq_len`` tokens; each row carries
+``segment_ids`` and ``position_ids`` that restart per example, so packed examples do not attend to each other
+and see the positions they would see alone. An example longer than ``seq_len`` is an error naming it.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from zoo.errors import DataError
+from zoo.files import cache_dir
+from zoo.loader import ResumableLoader
+from zoo.rl.tasks import TASKS, Problem, encode_prompts, load_problems
+from zoo.tokenizer import tokenizer_for
+
+IGNORE = -100
+
+
+def pack(examples: list[tuple[list[int], list[int]]], seq_len: int) -> list[dict[str, torch.Tensor]]:
+    """Pack (inputs, targets) pairs of equal length into rows of ``seq_len``, first fit in order."""
+    rows, current = [], []
+    for inputs, targets in examples:
+        if len(inputs) > seq_len:
+            raise DataError(f"an example of {len(inputs)} tokens does not fit data.seq_len={seq_len}")
+        if sum(len(i) for i, _ in current) + len(inputs) > seq_len:
+            rows.append(current)
+            current = []
+        current.append((inputs, targets))
+    if current:
+        rows.append(current)
+    packed = []
+    for row in rows:
+        used = sum(len(i) for i, _ in row)
+        pad = seq_len - used
+        packed.append(
+            {
+                "input_ids": torch.tensor([t for i, _ in row for t in i] + [0] * pad),
+                "targets": torch.tensor([t for _, y in row for t in y] + [IGNORE] * pad),
+                "position_ids": torch.tensor([p for i, _ in row for p in range(len(i))] + list(range(pad))),
+                "segment_ids": torch.tensor([s for s, (i, _) in enumerate(row) for _ in i] + [len(row)] * pad),
+            }
+        )
+    return packed
+
+
+class _Rows(Dataset):
+    def __init__(self, rows: list[dict[str, torch.Tensor]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.rows[index]
+
+
+class SFTDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        task: str = "arithmetic",
+        path: str | None = None,
+        val_path: str | None = None,
+        tokenizer: str | None = None,
+        vocab_size: int = 512,
+        train_size: int = 20000,
+        val_size: int = 200,
+        seq_len: int = 128,
+        batch_size: int = 16,
+        seed: int = 1234,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer = None
+
+    def prepare_data(self) -> None:
+        if self.tokenizer is not None:
+            return
+        h = self.hparams
+        self.train_problems, self.val_problems = load_problems(
+            h.task, h.path, h.val_path, h.train_size, h.val_size, h.seed
+        )
+        texts = [p.prompt + p.solution for p in self.train_problems]
+        self.tokenizer = tokenizer_for(h.tokenizer, texts, h.vocab_size, cache_dir() / "tokenizers")
+        self.reward = TASKS[h.task].reward
+
+    @property
+    def vocab_size(self) -> int:
+        self.prepare_data()
+        return len(self.tokenizer)
+
+    def examples(self, problems: list[Problem]) -> list[tuple[list[int], list[int]]]:
+        """(inputs, targets) per problem: targets are the next tokens, -100 where the prompt is predicted."""
+        prompts = self.tokenizer([p.prompt for p in problems], add_special_tokens=False)["input_ids"]
+        solutions = self.tokenizer([p.solution for p in problems], add_special_tokens=False)["input_ids"]
+        eos = self.tokenizer.eos_token_id
+        out = []
+        for prompt, solution in zip(prompts, solutions, strict=True):
+            sequence = prompt + solution + [eos]
+            labels = [IGNORE] * len(prompt) + solution + [eos]
+            out.append((sequence[:-1], labels[1:]))
+        return out
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()
+        self.train_set = _Rows(pack(self.examples(self.train_problems), self.hparams.seq_len))
+        self.val_set = _Rows(pack(self.examples(self.val_problems), self.hparams.seq_len))
+        self.val_prompts = encode_prompts(self.tokenizer, self.val_problems)  # for pass@k
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        return ResumableLoader(
+            self.train_set,
+            self.hparams.batch_size,
+            seed=self.hparams.seed,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.hparams.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

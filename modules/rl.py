@@ -1,0 +1,285 @@
+"""The RL base module: every RL method in zoo is this loop with one stage replaced.
+
+Each training step takes a batch of prompts (``zoo.datamodules.prompts``) and runs four stages, each a method a
+subclass may override:
+
+1. :meth:`rollout`: ``G`` completions per prompt from the rollout callback's engine (``zoo.callbacks.rollout``);
+2. :meth:`score`: the task's reward per completion (``zoo.rl.rewards``; a reward that throws or hangs scores 0
+   and is counted);
+3. :meth:`advantages`: one of ``zoo.rl.advantages`` (GRPO by default);
+4. :meth:`loss`: the PPO-clip policy loss (``zoo.rl.losses``) with optional KL to a frozen reference,
+   entropy bonus and truncated importance sampling against the engine's log-probs.
+
+The loss stage runs ``ppo_epochs`` passes over the batch in minibatches of ``minibatch_size`` sequences, one
+optimizer step per minibatch (manual optimization: Lightning's ``global_step`` counts these steps). With one
+epoch and one minibatch the update is on-policy and the ratio is 1.
+
+After every validation run: pass@k of the policy on the validation prompts (greedy by default).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics.aggregation import MeanMetric
+
+from zoo.errors import ConfigError
+from zoo.generation import SamplingParams
+from zoo.hub import load_weights
+from zoo.models import build_model, config_from_dict
+from zoo.optim import OptimConfig, build_adamw, warmup_cosine
+from zoo.rl import advantages as estimators
+from zoo.rl.evaluation import evaluate_pass_at_k
+from zoo.rl.losses import kl_penalty, ppo_clip_loss
+from zoo.rl.rewards import RewardRunner
+from zoo.rl.rollout import RolloutBatch, assemble, token_logprobs
+from zoo.strategies import clip_grad_norm
+
+
+@dataclass
+class RolloutConfig:
+    n: int = 8  # completions per prompt (the group size)
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp
+    clip_low: float = 0.2
+    clip_high: float = 0.2  # DAPO's clip-higher: 0.28
+    aggregation: str = "token_mean"  # token_mean (DAPO) | seq_mean_token_mean (GRPO) | seq_mean_token_sum
+    ppo_epochs: int = 1
+    minibatch_size: int | None = None  # sequences per optimizer step; None: the whole rollout batch
+    kl_coef: float = 0.0  # > 0 keeps a frozen reference policy
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+    tis_cap: float | None = 2.0  # truncated importance sampling against the engine's log-probs; None: off
+    reward_timeout_s: float = 10.0
+
+
+@dataclass
+class EvaluationConfig:
+    n: int = 1
+    ks: list[int] = field(default_factory=lambda: [1])
+    temperature: float = 0.0
+    max_new_tokens: int = 64
+
+
+def _config(cls, values: dict | None, key: str):
+    values = dict(values or {})
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ConfigError(f"unknown {key} setting(s): {', '.join(unknown)}")
+    return cls(**values)
+
+
+class RLModule(L.LightningModule):
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optim: dict[str, Any] | None = None,
+        rollout: dict[str, Any] | None = None,
+        algorithm: dict[str, Any] | None = None,
+        evaluation: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        model = dict(model)
+        self.init_from = model.pop("init_from", None)
+        self.model_config = config_from_dict(model)
+        self.optim_config = _config(OptimConfig, optim, "module.optim") if optim else OptimConfig(lr=1e-5)
+        self.rollout_config = _config(RolloutConfig, rollout, "module.rollout")
+        self.algorithm = _config(AlgorithmConfig, algorithm, "module.algorithm")
+        self.evaluation = _config(EvaluationConfig, evaluation, "module.evaluation")
+        if self.algorithm.advantage not in (*estimators.SEQUENCE_ESTIMATORS, "reinforce_pp"):
+            raise ConfigError(f"unknown module.algorithm.advantage {self.algorithm.advantage!r}")
+        self.model: torch.nn.Module | None = None  # the policy
+        self.reference: torch.nn.Module | None = None
+        self.val_metrics = torch.nn.ModuleDict()
+        self.rewards: RewardRunner | None = None
+
+    # -- setup ------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.model = build_model(self.model_config)
+        if self.init_from:
+            self.model.load_state_dict(load_weights(self.init_from))
+        if self.algorithm.kl_coef > 0:
+            self.reference = copy.deepcopy(self.model).requires_grad_(False).eval()
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        self.rewards = RewardRunner(datamodule.reward, timeout_s=self.algorithm.reward_timeout_s)
+        for k in self.evaluation.ks:
+            self.val_metrics[f"pass@{k}"] = MeanMetric()
+        self.val_metrics["reward"] = MeanMetric()
+        self.val_metrics["length"] = MeanMetric()
+
+    @property
+    def rollout_callback(self):
+        from zoo.callbacks.rollout import RolloutCallback
+
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, RolloutCallback):
+                return callback
+        raise ConfigError("RL modules need the rollout callback: choose rollout=native")
+
+    @property
+    def tokenizer(self):
+        return self.trainer.datamodule.tokenizer
+
+    def sampling_params(self) -> SamplingParams:
+        """Sampling seeded by the step and rank, so that a resumed run draws what the original would have."""
+        c = self.rollout_config
+        seed = self.global_step * 1_000_003 + self.global_rank
+        return SamplingParams(
+            c.max_new_tokens, c.temperature, c.top_p, c.top_k, stop_token_ids=(self.tokenizer.eos_token_id,), seed=seed
+        )
+
+    # -- the four stages --------------------------------------------------------------------------------
+    def rollout(self, problems: list[dict[str, Any]]) -> tuple[RolloutBatch, list[str]]:
+        """Stage 1: G completions per prompt; the batch laid out for the trainer, and the decoded texts."""
+        prompts = [p["prompt_ids"] for p in problems]
+        result = self.rollout_callback.generate(self, prompts, self.rollout_config.n, self.sampling_params())
+        texts = [self.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in result.samples]
+        return assemble(prompts, result.samples, self.device), texts
+
+    def score(self, problems: list[dict[str, Any]], batch: RolloutBatch, texts: list[str]) -> torch.Tensor:
+        """Stage 2: one reward per completion."""
+        owners = batch.prompt_index.tolist()
+        result = self.rewards.score(
+            [problems[i]["prompt"] for i in owners], texts, [problems[i]["reference"] for i in owners]
+        )
+        self.log_dict({"reward/failures": float(result.failures), "reward/timeouts": float(result.timeouts)})
+        for name, values in result.parts.items():
+            self.log(f"reward/{name}", values.mean())
+        return result.scores.to(self.device)
+
+    def advantages(self, batch: RolloutBatch) -> torch.Tensor:
+        """Stage 3: token-level advantages (N, L)."""
+        kind, n = self.algorithm.advantage, self.rollout_config.n
+        if kind == "reinforce_pp":
+            return estimators.reinforce_pp_baseline_advantages(batch.rewards, n, batch.response_mask)
+        sequence = estimators.SEQUENCE_ESTIMATORS[kind](batch.rewards, n)
+        return estimators.expand_to_tokens(sequence, batch.response_mask)
+
+    def loss(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Stage 4: the policy loss of a minibatch, and what to log about it."""
+        a = self.algorithm
+        logprobs, entropy = token_logprobs(
+            self.model, batch.input_ids, self.rollout_config.temperature, with_entropy=a.entropy_coef > 0
+        )
+        old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
+        loss, stats = ppo_clip_loss(
+            logprobs,
+            old,
+            batch.advantages,
+            batch.response_mask,
+            a.clip_low,
+            a.clip_high,
+            a.aggregation,
+            rollout_logprobs=batch.rollout_logprobs,
+            tis_cap=a.tis_cap,
+            max_length=self.rollout_config.max_new_tokens,
+        )
+        logs = {
+            "policy/clip_fraction": stats.clip_fraction,
+            "policy/approx_kl": stats.approx_kl,
+            "policy/pg_loss": loss.detach(),
+        }
+        mask = batch.response_mask
+        if self.reference is not None:
+            kl = kl_penalty(logprobs, batch.ref_logprobs, a.kl_estimator)
+            kl_mean = (kl * mask).sum() / mask.sum().clamp(min=1)
+            loss = loss + a.kl_coef * kl_mean
+            logs["policy/kl_to_reference"] = kl_mean.detach()
+        if entropy is not None:
+            entropy_mean = (entropy * mask).sum() / mask.sum().clamp(min=1)
+            loss = loss - a.entropy_coef * entropy_mean
+            logs["policy/entropy"] = entropy_mean.detach()
+        return loss, logs
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def prepare(self, batch: RolloutBatch) -> None:
+        """Log-probs the loss compares against, computed before any update of this batch."""
+        a = self.algorithm
+        several_updates = a.ppo_epochs > 1 or (a.minibatch_size or len(batch)) < len(batch)
+        with torch.no_grad():
+            if several_updates:
+                batch.old_logprobs = token_logprobs(self.model, batch.input_ids, self.rollout_config.temperature)[0]
+            if self.reference is not None:
+                batch.ref_logprobs = token_logprobs(self.reference, batch.input_ids, self.rollout_config.temperature)[0]
+
+    def training_step(self, problems: list[dict[str, Any]], batch_idx: int) -> None:
+        batch, texts = self.rollout(problems)
+        batch.rewards = self.score(problems, batch, texts)
+        batch.advantages = self.advantages(batch)
+        self.prepare(batch)
+        self.log_dict(
+            {
+                "reward/mean": batch.rewards.mean(),
+                "reward/std": batch.rewards.std() if len(batch) > 1 else torch.zeros(()),
+                "reward/solved_groups": (batch.rewards.view(-1, self.rollout_config.n).max(1).values > 0.5)
+                .float()
+                .mean(),
+            },
+            prog_bar=True,
+        )
+        optimizer, schedule = self.optimizers(), self.lr_schedulers()
+        size = self.algorithm.minibatch_size or len(batch)
+        generator = torch.Generator().manual_seed(self.global_step)
+        for _ in range(self.algorithm.ppo_epochs):
+            for minibatch in batch.minibatches(size, generator if size < len(batch) else None):
+                loss, logs = self.loss(minibatch)
+                self.manual_backward(loss)
+                norm = clip_grad_norm(self.trainer.strategy, self.model, self.optim_config.grad_clip or math.inf)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                schedule.step()
+                self.log_dict(
+                    {
+                        **logs,
+                        "train/loss": loss.detach(),
+                        "train/grad_norm": norm,
+                        "train/lr": schedule.get_last_lr()[0],
+                    }
+                )
+
+    def configure_optimizers(self):
+        optimizer = build_adamw(self.model, self.optim_config)
+        c = self.optim_config
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, c.warmup_steps, total, c.min_lr_ratio)
+        )
+        return [optimizer], [schedule]
+
+    # -- evaluation -------------------------------------------------------------------------------------
+    def validation_step(self, problems: list[dict[str, Any]], batch_idx: int) -> None:
+        e = self.evaluation
+        params = SamplingParams(
+            e.max_new_tokens, e.temperature, stop_token_ids=(self.tokenizer.eos_token_id,), seed=batch_idx
+        )
+        results = evaluate_pass_at_k(
+            self.rollout_callback.engine, self.tokenizer, problems, self.rewards, params, e.n, e.ks
+        )
+        for name, values in results.items():
+            self.val_metrics[name].update(values)
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in self.val_metrics.items():
+            self.log(f"val/{name}", metric.compute())
+            metric.reset()
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self.model(input_ids, **kwargs)

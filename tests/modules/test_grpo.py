@@ -1,0 +1,86 @@
+"""GRPO end to end in a Lightning Trainer: on a bandit-like task the mean reward rises; failures are counted."""
+
+import lightning as L
+import pytest
+import torch
+
+from zoo.callbacks.rollout import RolloutCallback
+from zoo.datamodules.prompts import PromptDataModule
+from zoo.modules.grpo import GRPOModule
+
+POLICY = dict(
+    arch="gpt_neox",
+    vocab_size=64,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=64,
+)
+
+
+class _Rewards(L.Callback):
+    def __init__(self):
+        self.history = []
+
+    def on_train_batch_end(self, trainer, *args):
+        self.history.append(trainer.callback_metrics["reward/mean"].item())
+
+
+def _fit(reward, steps, tmp_path, **module):
+    torch.manual_seed(0)
+    data = PromptDataModule(task="arithmetic", train_size=2000, val_size=16, batch_size=16, vocab_size=64)
+    data.prepare_data()
+    data.reward = reward
+    grpo = GRPOModule(
+        POLICY, optim=dict(lr=1e-3, warmup_steps=5, weight_decay=0.0), rollout=dict(n=8, max_new_tokens=4), **module
+    )
+    record = _Rewards()
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+        callbacks=[RolloutCallback(), record],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(grpo, datamodule=data)
+    return record.history, trainer
+
+
+def test_reward_rises_on_a_bandit_task(tmp_path):
+    # reward 1 when the answer starts with "7": about 1 in 16 samples at the start
+    history, _ = _fit(lambda p, c, r: float(c.strip().startswith("7")), 120, tmp_path)
+    first, last = sum(history[:10]) / 10, sum(history[-10:]) / 10
+    assert first < 0.1 and last > 0.6  # 0.04 → 0.8 when written
+
+
+def test_a_reward_that_throws_scores_zero_and_training_goes_on(tmp_path):
+    def flaky(prompt, completion, reference):
+        if "1" in completion:
+            raise ValueError("cannot score this")
+        return 1.0
+
+    history, trainer = _fit(flaky, 3, tmp_path)
+    assert len(history) == 3 and trainer.callback_metrics["reward/failures"] > 0
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        dict(advantage="rloo", ppo_epochs=2, minibatch_size=32, kl_coef=0.1),
+        dict(advantage="reinforce_pp", entropy_coef=0.01, clip_high=0.28),
+    ],
+)
+def test_other_estimators_and_loss_terms_train(tmp_path, algorithm):
+    history, trainer = _fit(lambda p, c, r: float(c.strip().startswith("7")), 4, tmp_path, algorithm=algorithm)
+    metrics = trainer.callback_metrics
+    updates_per_rollout = algorithm.get("ppo_epochs", 1) * (128 // algorithm.get("minibatch_size", 128))
+    assert trainer.global_step == len(history) * updates_per_rollout  # one optimizer step per minibatch
+    assert torch.isfinite(metrics["train/loss"])
+    assert ("policy/kl_to_reference" in metrics) == ("kl_coef" in algorithm)
+    assert ("policy/entropy" in metrics) == ("entropy_coef" in algorithm)

@@ -1,0 +1,71 @@
+"""pass@k of a policy on a set of prompts with a task's reward.
+
+For every prompt ``n`` completions are sampled (greedy when ``temperature`` is 0, then ``n`` is 1); a completion
+is correct when its reward exceeds 0.5. pass@k uses the unbiased estimator of Chen et al. (2021):
+``1 − C(n − c, k) / C(n, k)`` for ``c`` correct completions out of ``n``, averaged over prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import comb
+from typing import Any
+
+import torch
+
+from zoo.generation import NativeEngine, SamplingParams
+from zoo.rl.rewards import RewardRunner
+
+
+def pass_at_k(n: int, correct: int, k: int) -> float:
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per prompt, got {n}")
+    if n - correct < k:
+        return 1.0
+    return 1.0 - comb(n - correct, k) / comb(n, k)
+
+
+def evaluate_pass_at_k(
+    engine: NativeEngine,
+    tokenizer: Any,
+    problems: Sequence[dict[str, Any]],
+    reward: RewardRunner,
+    params: SamplingParams,
+    n: int = 1,
+    ks: Sequence[int] = (1,),
+) -> dict[str, torch.Tensor]:
+    """Per-prompt tensors: ``pass@k`` for every k, ``reward`` (mean over the n completions), ``length``."""
+    result = engine.generate([p["prompt_ids"] for p in problems], n, params)
+    texts = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in result.samples]
+    prompts = [problems[s.prompt_index]["prompt"] for s in result.samples]
+    references = [problems[s.prompt_index]["reference"] for s in result.samples]
+    scores = reward.score(prompts, texts, references).scores.view(len(problems), n)
+    correct = (scores > 0.5).sum(1).tolist()
+    out = {f"pass@{k}": torch.tensor([pass_at_k(n, c, k) for c in correct]) for k in ks}
+    out["reward"] = scores.mean(1)
+    out["length"] = torch.tensor([len(s.token_ids) for s in result.samples], dtype=torch.float).view(-1, n).mean(1)
+    return out
+
+
+def evaluate_on_validation_prompts(
+    model: torch.nn.Module, datamodule: Any, settings: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """pass@k of ``model`` on ``datamodule.val_prompts`` with its reward and tokenizer. ``settings``: ``n``,
+    ``ks``, ``temperature``, ``max_new_tokens``; generation stops at the tokenizer's EOS."""
+    tokenizer = datamodule.tokenizer
+    params = SamplingParams(
+        max_new_tokens=settings.get("max_new_tokens", 64),
+        temperature=settings.get("temperature", 0.0),
+        stop_token_ids=(tokenizer.eos_token_id,),
+        seed=settings.get("seed", 0),
+    )
+    n = settings.get("n", 1)
+    return evaluate_pass_at_k(
+        NativeEngine(model, tokenizer),
+        tokenizer,
+        datamodule.val_prompts,
+        RewardRunner(datamodule.reward),
+        params,
+        n,
+        settings.get("ks", [1]),
+    )

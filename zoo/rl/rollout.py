@@ -1,0 +1,82 @@
+"""Rollout data: completions sampled for a batch of prompts, laid out for the trainer.
+
+Each of the N = prompts × G sequences is ``prompt + completion``, right-padded to a common length L + 1.
+Everything per token lives in *target* positions (L of them): position t holds the token at t + 1 and the
+log-probs of predicting it, so ``response_mask`` marks the completion's tokens there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+
+from zoo.generation import Sample
+from zoo.rl.losses import token_entropy
+
+
+@dataclass
+class RolloutBatch:
+    input_ids: torch.Tensor  # (N, L + 1) prompt + completion, right-padded with 0
+    response_mask: torch.Tensor  # (N, L) 1 where the target is a completion token
+    rollout_logprobs: torch.Tensor  # (N, L) the engine's log-probs of the completion tokens
+    prompt_index: torch.Tensor  # (N,) which prompt of the batch
+    rewards: torch.Tensor | None = None  # (N,)
+    advantages: torch.Tensor | None = None  # (N, L)
+    old_logprobs: torch.Tensor | None = None  # (N, L) the trainer's, before this batch's updates
+    ref_logprobs: torch.Tensor | None = None  # (N, L) the frozen reference's
+    old_values: torch.Tensor | None = None  # (N, L) a critic's, before the updates
+    returns: torch.Tensor | None = None  # (N, L) value targets
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.input_ids[:, 1:]
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, rows: torch.Tensor) -> RolloutBatch:
+        return replace(
+            self, **{f.name: getattr(self, f.name)[rows] for f in fields(self) if getattr(self, f.name) is not None}
+        )
+
+    def minibatches(self, size: int, generator: torch.Generator | None = None) -> Iterator[RolloutBatch]:
+        order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
+        for start in range(0, len(self), size):
+            yield self.select(order[start : start + size].to(self.input_ids.device))
+
+    def to(self, device: Any) -> RolloutBatch:
+        return replace(
+            self,
+            **{f.name: getattr(self, f.name).to(device) for f in fields(self) if getattr(self, f.name) is not None},
+        )
+
+
+def assemble(prompts: Sequence[Sequence[int]], samples: Sequence[Sample], device: Any = None) -> RolloutBatch:
+    """Lay out ``samples`` (grouped by prompt, as the engines return them) for the trainer."""
+    sequences = [list(prompts[s.prompt_index]) + s.token_ids for s in samples]
+    width = max(len(q) for q in sequences)
+    input_ids = torch.zeros(len(samples), width, dtype=torch.long)
+    mask = torch.zeros(len(samples), width - 1)
+    rollout_logprobs = torch.zeros(len(samples), width - 1)
+    for row, (sequence, sample) in enumerate(zip(sequences, samples, strict=True)):
+        start = len(prompts[sample.prompt_index]) - 1  # target position of the first completion token
+        input_ids[row, : len(sequence)] = torch.tensor(sequence)
+        mask[row, start : start + len(sample.token_ids)] = 1
+        rollout_logprobs[row, start : start + len(sample.token_ids)] = torch.tensor(sample.logprobs)
+    prompt_index = torch.tensor([s.prompt_index for s in samples])
+    return RolloutBatch(input_ids, mask, rollout_logprobs, prompt_index).to(device or "cpu")
+
+
+def token_logprobs(
+    model: torch.nn.Module, input_ids: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (N, L) of every target token under ``log softmax(logits / temperature)``, and optionally the
+    entropy of that distribution at every position."""
+    logits = model(input_ids[:, :-1]).float()
+    if temperature not in (0, 1):
+        logits = logits / temperature
+    logprobs = torch.log_softmax(logits, -1).gather(2, input_ids[:, 1:, None]).squeeze(2)
+    return logprobs, token_entropy(logits) if with_entropy else None

@@ -1,0 +1,192 @@
+"""Verifiable tasks: problems with a prompt, a reference answer and a worked solution (for SFT), plus the reward
+that checks a completion.
+
+Generated offline, any number, seeded:
+
+- ``arithmetic``: ``"37+48="`` → ``"85"``: sums and differences of ``digits``-digit numbers;
+- ``countdown``: ``"Use 3 7 8 to make 29:"`` → an expression using each number once, e.g. ``"3*7+8"``
+  (the reward evaluates the expression; any correct one scores 1).
+
+Read from JSONL, one problem per line (a malformed row stops with its file and line):
+
+- ``gsm8k``: ``{"question", "answer"}``, the final answer after ``####``;
+- ``math``: ``{"problem", "answer"}`` (AIME/AMC style) or ``{"problem", "solution"}`` (MATH/Minerva style,
+  the reference is the solution's ``\\boxed{}``), checked with math-verify.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import operator
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from zoo.errors import DataError
+from zoo.rl.rewards import exact_match_reward, gsm8k_reward, math_reward
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompt: str
+    reference: str
+    solution: str  # what a supervised example answers (the reference, or a worked solution)
+
+
+def arithmetic_problems(count: int, seed: int, digits: int = 2) -> list[Problem]:
+    rng = random.Random(seed)
+    low, high = 10 ** (digits - 1), 10**digits - 1
+    problems = []
+    for _ in range(count):
+        a, b = rng.randint(low, high), rng.randint(low, high)
+        if rng.random() < 0.5:
+            problems.append(Problem(f"{a}+{b}=", str(a + b), str(a + b)))
+        else:
+            a, b = max(a, b), min(a, b)
+            problems.append(Problem(f"{a}-{b}=", str(a - b), str(a - b)))
+    return problems
+
+
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+
+
+def _evaluate(node: ast.AST) -> tuple[int, list[int]]:
+    """Value and the numbers used, of an expression of integers, +, − and × only."""
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body)
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return node.value, [node.value]
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        left, left_numbers = _evaluate(node.left)
+        right, right_numbers = _evaluate(node.right)
+        return _OPERATORS[type(node.op)](left, right), left_numbers + right_numbers
+    raise ValueError("not an expression of integers and + - *")
+
+
+def countdown_problems(count: int, seed: int, numbers: int = 3) -> list[Problem]:
+    rng = random.Random(seed)
+    problems = []
+    while len(problems) < count:
+        values = [rng.randint(1, 9) for _ in range(numbers)]
+        ops = [rng.choice("+-*") for _ in range(numbers - 1)]
+        expression = str(values[0]) + "".join(f"{op}{v}" for op, v in zip(ops, values[1:], strict=True))
+        target = _evaluate(ast.parse(expression, mode="eval"))[0]
+        if target > 0:
+            shown = " ".join(map(str, sorted(values)))
+            problems.append(Problem(f"Use {shown} to make {target}:", f"{shown}|{target}", expression))
+    return problems
+
+
+def countdown_reward(prompt: str, completion: str, reference: str) -> float:
+    """1 when the completion's first line is an expression that uses exactly the given numbers and hits the
+    target; 0 otherwise."""
+    shown, target = reference.split("|")
+    try:
+        value, used = _evaluate(ast.parse(completion.strip().split("\n")[0], mode="eval"))
+    except (SyntaxError, ValueError, RecursionError):
+        return 0.0
+    return float(value == int(target) and sorted(used) == sorted(map(int, shown.split())))
+
+
+def _rows(path: Path) -> list[tuple[int, dict]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{number}: a row must be a JSON object")
+            rows.append((number, row))
+    return rows
+
+
+def _field(path: Path, number: int, row: dict, *names: str) -> str:
+    for name in names:
+        if isinstance(row.get(name), str | int | float):
+            return str(row[name])
+    raise DataError(f"{path}:{number}: no field {' or '.join(repr(n) for n in names)} in this row")
+
+
+def gsm8k_problems(path: str | Path, template: str = "Question: {question}\nAnswer:") -> list[Problem]:
+    path = Path(path)
+    problems = []
+    for number, row in _rows(path):
+        question, answer = _field(path, number, row, "question"), _field(path, number, row, "answer")
+        if "####" not in answer:
+            raise DataError(f"{path}:{number}: the answer has no '####' final-answer marker")
+        problems.append(Problem(template.format(question=question), answer, " " + answer))
+    return problems
+
+
+_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}")
+
+
+def math_problems(path: str | Path, template: str = "Problem: {problem}\nSolution:") -> list[Problem]:
+    path = Path(path)
+    problems = []
+    for number, row in _rows(path):
+        problem = _field(path, number, row, "problem", "question")
+        if "answer" in row:
+            reference = str(row["answer"])
+            solution = str(row.get("solution", f"The answer is $\\boxed{{{reference}}}$."))
+        else:
+            solution = _field(path, number, row, "solution")
+            boxed = _BOXED.findall(solution)
+            if not boxed:
+                raise DataError(f"{path}:{number}: no 'answer' field and no \\boxed{{}} in the solution")
+            reference = boxed[-1]
+        problems.append(Problem(template.format(problem=problem), reference, " " + solution))
+    return problems
+
+
+@dataclass(frozen=True)
+class Task:
+    reward: Callable[[str, str, str], float]
+    generated: bool  # True: made by a generator; False: read from data.path
+
+
+TASKS: dict[str, Task] = {
+    "arithmetic": Task(exact_match_reward, generated=True),
+    "countdown": Task(countdown_reward, generated=True),
+    "gsm8k": Task(gsm8k_reward, generated=False),
+    "math": Task(math_reward, generated=False),
+}
+GENERATORS = {"arithmetic": arithmetic_problems, "countdown": countdown_problems}
+READERS = {"gsm8k": gsm8k_problems, "math": math_problems}
+
+
+def load_problems(
+    task: str, path: str | None, val_path: str | None, train_size: int, val_size: int, seed: int
+) -> tuple[list[Problem], list[Problem]]:
+    """Train and validation problems of ``task``: generated with disjoint prompts, or read from JSONL (the
+    validation file, or else the last ``val_size`` rows of the training file)."""
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    if task in GENERATORS:
+        val = GENERATORS[task](val_size, seed + 1)
+        held_out = {p.prompt for p in val}
+        train = [p for p in GENERATORS[task](train_size + val_size, seed) if p.prompt not in held_out][:train_size]
+        return train, val
+    if not path:
+        raise DataError(f"task {task!r} reads its problems from data.path (a .jsonl file)")
+    if not Path(path).is_file():
+        raise DataError(f"data.path not found: {path}")
+    train = READERS[task](path)
+    if val_path:
+        return train[:train_size], READERS[task](val_path)[:val_size]
+    if len(train) <= val_size:
+        raise DataError(f"{path}: {len(train)} problems, not enough to hold out {val_size} for validation")
+    return train[:-val_size][:train_size], train[-val_size:]
+
+
+def encode_prompts(tokenizer, problems: list[Problem]) -> list[dict]:
+    """The form RL batches and evaluations use: prompt text, reference, prompt token ids."""
+    ids = tokenizer([p.prompt for p in problems], add_special_tokens=False)["input_ids"]
+    return [{"prompt": p.prompt, "reference": p.reference, "prompt_ids": i} for p, i in zip(problems, ids, strict=True)]
