@@ -73,7 +73,7 @@ class EvaluationConfig:
     max_new_tokens: int = 64
 
 
-def _config(cls, values: dict | None, key: str):
+def config_section(cls, values: dict | None, key: str):
     values = dict(values or {})
     unknown = sorted(set(values) - {f.name for f in fields(cls)})
     if unknown:
@@ -96,10 +96,10 @@ class RLModule(L.LightningModule):
         model = dict(model)
         self.init_from = model.pop("init_from", None)
         self.model_config = config_from_dict(model)
-        self.optim_config = _config(OptimConfig, optim, "module.optim") if optim else OptimConfig(lr=1e-5)
-        self.rollout_config = _config(RolloutConfig, rollout, "module.rollout")
-        self.algorithm = _config(AlgorithmConfig, algorithm, "module.algorithm")
-        self.evaluation = _config(EvaluationConfig, evaluation, "module.evaluation")
+        self.optim_config = config_section(OptimConfig, optim, "module.optim") if optim else OptimConfig(lr=1e-5)
+        self.rollout_config = config_section(RolloutConfig, rollout, "module.rollout")
+        self.algorithm = config_section(AlgorithmConfig, algorithm, "module.algorithm")
+        self.evaluation = config_section(EvaluationConfig, evaluation, "module.evaluation")
         if self.algorithm.advantage not in (*estimators.SEQUENCE_ESTIMATORS, "reinforce_pp"):
             raise ConfigError(f"unknown module.algorithm.advantage {self.algorithm.advantage!r}")
         self.model: torch.nn.Module | None = None  # the policy
@@ -173,6 +173,8 @@ class RLModule(L.LightningModule):
         sequence = estimators.SEQUENCE_ESTIMATORS[kind](batch.rewards, n)
         return estimators.expand_to_tokens(sequence, batch.response_mask)
 
+    kl_in_loss = True  # GRPO's place for the KL to the reference; PPO puts it in the reward instead
+
     def loss(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Stage 4: the policy loss of a minibatch, and what to log about it."""
         a = self.algorithm
@@ -198,7 +200,7 @@ class RLModule(L.LightningModule):
             "policy/pg_loss": loss.detach(),
         }
         mask = batch.response_mask
-        if self.reference is not None:
+        if self.reference is not None and self.kl_in_loss:
             kl = kl_penalty(logprobs, batch.ref_logprobs, a.kl_estimator)
             kl_mean = (kl * mask).sum() / mask.sum().clamp(min=1)
             loss = loss + a.kl_coef * kl_mean
@@ -223,8 +225,8 @@ class RLModule(L.LightningModule):
     def training_step(self, problems: list[dict[str, Any]], batch_idx: int) -> None:
         batch, texts = self.rollout(problems)
         batch.rewards = self.score(problems, batch, texts)
-        batch.advantages = self.advantages(batch)
         self.prepare(batch)
+        batch.advantages = self.advantages(batch)
         self.log_dict(
             {
                 "reward/mean": batch.rewards.mean(),
@@ -242,7 +244,7 @@ class RLModule(L.LightningModule):
             for minibatch in batch.minibatches(size, generator if size < len(batch) else None):
                 loss, logs = self.loss(minibatch)
                 self.manual_backward(loss)
-                norm = clip_grad_norm(self.trainer.strategy, self.model, self.optim_config.grad_clip or math.inf)
+                norm = clip_grad_norm(self.trainer.strategy, self.trainable(), self.optim_config.grad_clip or math.inf)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 schedule.step()
@@ -256,13 +258,17 @@ class RLModule(L.LightningModule):
                 )
 
     def configure_optimizers(self):
-        optimizer = build_adamw(self.model, self.optim_config)
+        optimizer = build_adamw(self.trainable(), self.optim_config)
         c = self.optim_config
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, c.warmup_steps, total, c.min_lr_ratio)
         )
         return [optimizer], [schedule]
+
+    def trainable(self) -> torch.nn.Module:
+        """What the optimizer updates (the policy; PPO adds its critic)."""
+        return self.model
 
     # -- evaluation -------------------------------------------------------------------------------------
     def validation_step(self, problems: list[dict[str, Any]], batch_idx: int) -> None:

@@ -134,9 +134,28 @@ def check_overrides(overrides: list[str]) -> None:
                         fail(f"unknown {o.key_or_group} {str(value)!r}; options: {', '.join(options)}")
         for combo in combos:
             try:
-                compose("fit", overrides=combo, return_hydra_config=True)
+                cfg = compose("fit", overrides=combo, return_hydra_config=True)
             except (HydraException, OmegaConfBaseException) as e:
                 fail(_composition_error(e))
+            missing = _missing_keys(cfg)
+            if missing:
+                fail(f"{missing[0]} must be set, e.g. {missing[0]}=... ({', '.join(missing)} missing)")
+
+
+def _missing_keys(node, prefix: str = "") -> list[str]:
+    """Keys still set to ``???`` (values a user must give), without resolving any interpolation."""
+    from omegaconf import OmegaConf
+
+    missing = []
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        if path == "hydra":
+            continue
+        if OmegaConf.is_missing(node, key):
+            missing.append(path)
+        elif not OmegaConf.is_interpolation(node, key) and OmegaConf.is_dict(node[key]):
+            missing.extend(_missing_keys(node[key], f"{path}."))
+    return missing
 
 
 def _composition_error(error: Exception) -> str:

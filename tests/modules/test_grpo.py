@@ -84,3 +84,35 @@ def test_other_estimators_and_loss_terms_train(tmp_path, algorithm):
     assert torch.isfinite(metrics["train/loss"])
     assert ("policy/kl_to_reference" in metrics) == ("kl_coef" in algorithm)
     assert ("policy/entropy" in metrics) == ("entropy_coef" in algorithm)
+
+
+def test_ppo_with_a_critic_raises_the_reward_too(tmp_path):
+    from zoo.modules.ppo import PPOModule
+
+    torch.manual_seed(0)
+    data = PromptDataModule(task="arithmetic", train_size=2000, val_size=16, batch_size=16, vocab_size=64)
+    data.prepare_data()
+    data.reward = lambda p, c, r: float(c.strip().startswith("7"))
+    ppo = PPOModule(
+        POLICY,
+        optim=dict(lr=1e-3, warmup_steps=5, weight_decay=0.0),
+        rollout=dict(n=8, max_new_tokens=4),
+        algorithm=dict(kl_coef=0.01),
+    )
+    record = _Rewards()
+    trainer = L.Trainer(
+        max_steps=120,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+        callbacks=[RolloutCallback(), record],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(ppo, datamodule=data)
+    first, last = sum(record.history[:10]) / 10, sum(record.history[-10:]) / 10
+    assert first < 0.1 and last > 0.5
+    assert torch.isfinite(trainer.callback_metrics["critic/value_loss"])

@@ -70,3 +70,52 @@ def test_sft_then_grpo_through_the_hub(run_zoo, tmp_path):
     )
     assert "val/pass@1" in json.loads((_run_dir(tmp_path / "runs" / "check") / "metrics.json").read_text())
     assert validated.returncode == 0
+
+
+def test_ppo_from_the_command_line(run_zoo, tmp_path):
+    run_zoo(
+        "fit",
+        "model=ppo",
+        *SMALL,
+        "data.vocab_size=64",
+        "data.train_size=200",
+        "data.val_size=8",
+        "trainer.max_steps=3",
+        "trainer.limit_val_batches=0",
+        "module.rollout.max_new_tokens=4",
+    )
+    metrics = json.loads((_run_dir(tmp_path / "runs" / "ppo") / "metrics.json").read_text())
+    assert metrics["global_step"] == 3 and "critic/value_loss" in metrics and "reward/mean" in metrics
+
+
+def test_a_task_that_needs_a_file_says_so_in_one_line(run_zoo):
+    process = run_zoo("fit", "model=grpo", "data=gsm8k", check=False)
+    assert process.returncode == 2
+    assert process.stderr.strip() == "zoo: error: data.path must be set, e.g. data.path=... (data.path missing)"
+
+
+def test_gsm8k_prompts_from_the_shared_data(run_zoo, tmp_path, shared_data):
+    path = shared_data("gsm8k/test.jsonl")
+    run_zoo(
+        "fit",
+        "model=grpo",
+        *SMALL,
+        "data=gsm8k",
+        f"data.path={path}",
+        "data.val_size=8",
+        "data.vocab_size=300",
+        "data.train_size=64",
+        "trainer.max_steps=1",
+        "trainer.limit_val_batches=0",
+        "module.rollout.n=2",
+        "module.rollout.max_new_tokens=4",
+    )
+    metrics = json.loads((_run_dir(tmp_path / "runs" / "grpo") / "metrics.json").read_text())
+    assert metrics["global_step"] == 1 and metrics["reward/failures"] == 0
+
+
+def test_a_malformed_jsonl_row_names_file_and_line(run_zoo, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?"}\n')
+    process = run_zoo("fit", "model=grpo", "data=gsm8k", f"data.path={bad}", check=False)
+    assert process.returncode == 2 and f"{bad}:2: no field 'answer'" in process.stderr
