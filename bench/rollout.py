@@ -15,22 +15,9 @@ import json
 import time
 
 import torch
-from transformers import GPTNeoXConfig as HFConfig
-from transformers import GPTNeoXForCausalLM
+from timing import gpt_neox_pair
 
-from zoo.convert import gpt_neox_config_to_hf, gpt_neox_state_dict_from_hf
 from zoo.generation import NativeEngine, SamplingParams
-from zoo.models import GPTNeoX, GPTNeoXConfig
-from zoo.models.gpt_neox import PRESETS
-
-TINY = GPTNeoXConfig(
-    vocab_size=4096,
-    hidden_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=512,
-    max_position_embeddings=2048,
-)
 
 
 def timed(fn, device: str) -> float:
@@ -54,13 +41,10 @@ def main() -> None:
     parser.add_argument("--json", help="append the results as one JSON line to this file")
     args = parser.parse_args()
     device, dtype = args.device, {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    config = TINY if args.model == "tiny" else PRESETS[args.model]
     torch.manual_seed(0)
-    hf_config = HFConfig(**{k: v for k, v in gpt_neox_config_to_hf(config).items() if k != "torch_dtype"})
-    hf_config._attn_implementation = "sdpa"
-    peer = GPTNeoXForCausalLM(hf_config).to(device=device, dtype=dtype).eval()
-    ours = GPTNeoX(config).to(device=device, dtype=dtype).eval()
-    ours.load_state_dict(gpt_neox_state_dict_from_hf(peer.state_dict()))
+    config, peer, ours = gpt_neox_pair(args.model, device, dtype)
+    peer.eval()
+    ours.eval()
     prompts = torch.randint(2, config.vocab_size, (args.batch, args.prompt), device=device)
     engine = NativeEngine(ours)
     params = SamplingParams(max_new_tokens=args.new, temperature=1.0, seed=0)

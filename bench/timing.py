@@ -6,6 +6,34 @@ import time
 from collections.abc import Callable, Iterable
 
 import torch
+from transformers import GPTNeoXConfig as HFConfig
+from transformers import GPTNeoXForCausalLM
+
+from zoo.convert import gpt_neox_config_to_hf, gpt_neox_state_dict_from_hf
+from zoo.models import GPTNeoX, GPTNeoXConfig
+from zoo.models.gpt_neox import PRESETS
+
+# The CPU benchmarks' model: Pythia-14M's width at 4 blocks with a 4,096-token vocabulary.
+TINY = GPTNeoXConfig(
+    vocab_size=4096,
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=512,
+    max_position_embeddings=2048,
+)
+
+
+def gpt_neox_pair(name: str, device: str, dtype: torch.dtype = torch.float32):
+    """transformers' GPTNeoXForCausalLM (sdpa attention) and zoo's GPTNeoX holding the same random weights,
+    for ``tiny`` or a Pythia preset name; returns (config, transformers model, zoo model)."""
+    config = TINY if name == "tiny" else PRESETS[name]
+    hf_config = HFConfig(**{k: v for k, v in gpt_neox_config_to_hf(config).items() if k != "torch_dtype"})
+    hf_config._attn_implementation = "sdpa"
+    peer = GPTNeoXForCausalLM(hf_config).to(device=device, dtype=dtype)
+    ours = GPTNeoX(config).to(device=device, dtype=dtype)
+    ours.load_state_dict(gpt_neox_state_dict_from_hf(peer.state_dict()))
+    return config, peer, ours
 
 
 def train_throughput(

@@ -16,22 +16,7 @@ import argparse
 import json
 
 import torch
-from timing import flops_per_token, matmul_peak, train_throughput
-from transformers import GPTNeoXConfig as HFConfig
-from transformers import GPTNeoXForCausalLM
-
-from zoo.convert import gpt_neox_config_to_hf, gpt_neox_state_dict_from_hf
-from zoo.models import GPTNeoX, GPTNeoXConfig
-from zoo.models.gpt_neox import PRESETS
-
-TINY = GPTNeoXConfig(
-    vocab_size=4096,
-    hidden_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=512,
-    max_position_embeddings=2048,
-)
+from timing import flops_per_token, gpt_neox_pair, matmul_peak, train_throughput
 
 
 def main() -> None:
@@ -49,13 +34,8 @@ def main() -> None:
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
 
-    config = TINY if args.model == "tiny" else PRESETS[args.model]
     torch.manual_seed(0)
-    hf_config = HFConfig(**{k: v for k, v in gpt_neox_config_to_hf(config).items() if k != "torch_dtype"})
-    hf_config._attn_implementation = "sdpa"
-    peer = GPTNeoXForCausalLM(hf_config).to(device)
-    ours = GPTNeoX(config).to(device)
-    ours.load_state_dict(gpt_neox_state_dict_from_hf(peer.state_dict()))
+    config, peer, ours = gpt_neox_pair(args.model, device)
     tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), device=device)
 
     def zoo_step(t):  # zoo's training path: the fused output head + cross-entropy

@@ -38,8 +38,8 @@ class PromptDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.reward = TASKS[task].reward if task in TASKS else None
         self.tokenizer = None
+        self.reward = None
         self.train_problems: list[Problem] = []
         self.val_problems: list[Problem] = []
 
@@ -65,19 +65,14 @@ class PromptDataModule(L.LightningDataModule):
         self.val_set = encode_prompts(self.tokenizer, self.val_problems)
         self.val_prompts = self.val_set  # for pass@k, under the name the SFT data uses
 
+    collate = staticmethod(_as_list)  # problems stay a list of dicts (SFT rows use the default collation)
+
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        return ResumableLoader(
-            self.train_set,
-            self.hparams.batch_size,
-            seed=self.hparams.seed,
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
-            collate_fn=_as_list,
-        )
+        h = self.hparams
+        return ResumableLoader.for_trainer(self.train_set, h.batch_size, h.seed, self.trainer, collate_fn=self.collate)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.hparams.batch_size, collate_fn=_as_list)
+        return DataLoader(self.val_set, batch_size=self.hparams.batch_size, collate_fn=self.collate)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -8,15 +8,12 @@ and see the positions they would see alone. An example longer than ``seq_len`` i
 
 from __future__ import annotations
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import DataError
-from zoo.files import cache_dir
-from zoo.loader import ResumableLoader
-from zoo.rl.tasks import TASKS, Problem, encode_prompts, load_problems
-from zoo.tokenizer import tokenizer_for
+from zoo.rl.tasks import Problem, encode_prompts
 
 IGNORE = -100
 
@@ -59,7 +56,11 @@ class _Rows(Dataset):
         return self.rows[index]
 
 
-class SFTDataModule(L.LightningDataModule):
+class SFTDataModule(PromptDataModule):
+    """The task's problems and tokenizer as :class:`PromptDataModule` has them, served as packed examples."""
+
+    collate = None  # rows of tensors: the default collation
+
     def __init__(
         self,
         task: str = "arithmetic",
@@ -73,25 +74,8 @@ class SFTDataModule(L.LightningDataModule):
         batch_size: int = 16,
         seed: int = 1234,
     ) -> None:
-        super().__init__()
+        super().__init__(task, path, val_path, tokenizer, vocab_size, train_size, val_size, batch_size, seed)
         self.save_hyperparameters()
-        self.tokenizer = None
-
-    def prepare_data(self) -> None:
-        if self.tokenizer is not None:
-            return
-        h = self.hparams
-        self.train_problems, self.val_problems = load_problems(
-            h.task, h.path, h.val_path, h.train_size, h.val_size, h.seed
-        )
-        texts = [p.prompt + p.solution for p in self.train_problems]
-        self.tokenizer = tokenizer_for(h.tokenizer, texts, h.vocab_size, cache_dir() / "tokenizers")
-        self.reward = TASKS[h.task].reward
-
-    @property
-    def vocab_size(self) -> int:
-        self.prepare_data()
-        return len(self.tokenizer)
 
     def examples(self, problems: list[Problem]) -> list[tuple[list[int], list[int]]]:
         """(inputs, targets) per problem: targets are the next tokens, -100 where the prompt is predicted."""
@@ -110,19 +94,3 @@ class SFTDataModule(L.LightningDataModule):
         self.train_set = _Rows(pack(self.examples(self.train_problems), self.hparams.seq_len))
         self.val_set = _Rows(pack(self.examples(self.val_problems), self.hparams.seq_len))
         self.val_prompts = encode_prompts(self.tokenizer, self.val_problems)  # for pass@k
-
-    def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        return ResumableLoader(
-            self.train_set,
-            self.hparams.batch_size,
-            seed=self.hparams.seed,
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.hparams.batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()

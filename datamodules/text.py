@@ -204,14 +204,8 @@ class TextDataModule(L.LightningDataModule):
     # -- loaders --------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         h = self.hparams
-        trainer = self.trainer
-        return ResumableLoader(
-            self.train_set,
-            h.batch_size,
-            seed=h.seed,
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
-            num_workers=h.num_workers,
+        return ResumableLoader.for_trainer(
+            self.train_set, h.batch_size, h.seed, self.trainer, num_workers=h.num_workers
         )
 
     def val_dataloader(self) -> DataLoader:

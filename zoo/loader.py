@@ -65,6 +65,12 @@ class ResumableLoader(DataLoader):
         self.order = order
         self.batches_done = 0
 
+    @classmethod
+    def for_trainer(cls, dataset: Dataset, batch_size: int, seed: int, trainer: Any, **kwargs: Any) -> ResumableLoader:
+        """This rank's share of ``dataset`` under ``trainer`` (the whole of it without one)."""
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return cls(dataset, batch_size, seed=seed, rank=rank, world_size=world_size, **kwargs)
+
     def __iter__(self) -> Iterator[Any]:
         self.batches_done = self.order.start // self.batch_size
         for batch in super().__iter__():

@@ -27,12 +27,12 @@ class _Rewards(L.Callback):
         self.history.append(trainer.callback_metrics["reward/mean"].item())
 
 
-def _fit(reward, steps, tmp_path, **module):
+def _fit(reward, steps, tmp_path, module_class=GRPOModule, **module):
     torch.manual_seed(0)
     data = PromptDataModule(task="arithmetic", train_size=2000, val_size=16, batch_size=16, vocab_size=64)
     data.prepare_data()
     data.reward = reward
-    grpo = GRPOModule(
+    grpo = module_class(
         POLICY, optim=dict(lr=1e-3, warmup_steps=5, weight_decay=0.0), rollout=dict(n=8, max_new_tokens=4), **module
     )
     record = _Rewards()
@@ -89,30 +89,13 @@ def test_other_estimators_and_loss_terms_train(tmp_path, algorithm):
 def test_ppo_with_a_critic_raises_the_reward_too(tmp_path):
     from zoo.modules.ppo import PPOModule
 
-    torch.manual_seed(0)
-    data = PromptDataModule(task="arithmetic", train_size=2000, val_size=16, batch_size=16, vocab_size=64)
-    data.prepare_data()
-    data.reward = lambda p, c, r: float(c.strip().startswith("7"))
-    ppo = PPOModule(
-        POLICY,
-        optim=dict(lr=1e-3, warmup_steps=5, weight_decay=0.0),
-        rollout=dict(n=8, max_new_tokens=4),
+    history, trainer = _fit(
+        lambda p, c, r: float(c.strip().startswith("7")),
+        120,
+        tmp_path,
+        module_class=PPOModule,
         algorithm=dict(kl_coef=0.01),
     )
-    record = _Rewards()
-    trainer = L.Trainer(
-        max_steps=120,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        enable_model_summary=False,
-        callbacks=[RolloutCallback(), record],
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(ppo, datamodule=data)
-    first, last = sum(record.history[:10]) / 10, sum(record.history[-10:]) / 10
+    first, last = sum(history[:10]) / 10, sum(history[-10:]) / 10
     assert first < 0.1 and last > 0.5
     assert torch.isfinite(trainer.callback_metrics["critic/value_loss"])
