@@ -20,7 +20,6 @@ The whole source is held in memory while it is tokenized (fine up to a few GB of
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from zoo.corpus import Document, embedded_corpus
 from zoo.errors import DataError
 from zoo.files import atomic_file, cache_dir
+from zoo.jsonl import read_jsonl
 from zoo.loader import ResumableLoader
 from zoo.tokenizer import tokenizer_for
 
@@ -63,18 +63,10 @@ def read_documents(path: str | os.PathLike, text_field: str = "text") -> list[Do
 
 def _jsonl_documents(file: Path, text_field: str) -> list[Document]:
     documents = []
-    with open(file, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{file}:{line_number}: not valid JSON ({e.msg})") from None
-            text = row.get(text_field) if isinstance(row, dict) else None
-            if not isinstance(text, str):
-                raise DataError(f"{file}:{line_number}: no string field {text_field!r} in this row")
-            documents.append(Document(f"{file}:{line_number}", text))
+    for line_number, row in read_jsonl(file):
+        if not isinstance(row.get(text_field), str):
+            raise DataError(f"{file}:{line_number}: no string field {text_field!r} in this row")
+        documents.append(Document(f"{file}:{line_number}", row[text_field]))
     return documents
 
 

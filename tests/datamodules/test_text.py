@@ -34,7 +34,7 @@ def test_jsonl_txt_and_folders_become_documents(tmp_path):
 
 @pytest.mark.parametrize(
     "line, message",
-    [("{not json", "not valid JSON"), ('{"body": "x"}', "no string field 'text'"), ("[1, 2]", "no str")],
+    [("{not json", "not valid JSON"), ('{"body": "x"}', "no string field 'text'"), ("[1, 2]", "must be a JSON object")],
 )
 def test_a_malformed_row_is_an_error_naming_file_and_line(tmp_path, line, message):
     path = tmp_path / "data.jsonl"

@@ -17,7 +17,6 @@ Read from JSONL, one problem per line (a malformed row stops with its file and l
 from __future__ import annotations
 
 import ast
-import json
 import operator
 import random
 import re
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoo.errors import DataError
+from zoo.jsonl import read_jsonl
 from zoo.rl.rewards import exact_match_reward, gsm8k_reward, math_reward
 
 
@@ -91,22 +91,6 @@ def countdown_reward(prompt: str, completion: str, reference: str) -> float:
     return float(value == int(target) and sorted(used) == sorted(map(int, shown.split())))
 
 
-def _rows(path: Path) -> list[tuple[int, dict]]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: a row must be a JSON object")
-            rows.append((number, row))
-    return rows
-
-
 def _field(path: Path, number: int, row: dict, *names: str) -> str:
     for name in names:
         if isinstance(row.get(name), str | int | float):
@@ -117,7 +101,7 @@ def _field(path: Path, number: int, row: dict, *names: str) -> str:
 def gsm8k_problems(path: str | Path, template: str = "Question: {question}\nAnswer:") -> list[Problem]:
     path = Path(path)
     problems = []
-    for number, row in _rows(path):
+    for number, row in read_jsonl(path):
         question, answer = _field(path, number, row, "question"), _field(path, number, row, "answer")
         if "####" not in answer:
             raise DataError(f"{path}:{number}: the answer has no '####' final-answer marker")
@@ -131,7 +115,7 @@ _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}")
 def math_problems(path: str | Path, template: str = "Problem: {problem}\nSolution:") -> list[Problem]:
     path = Path(path)
     problems = []
-    for number, row in _rows(path):
+    for number, row in read_jsonl(path):
         problem = _field(path, number, row, "problem", "question")
         if "answer" in row:
             reference = str(row["answer"])
