@@ -19,8 +19,8 @@ import lightning as L
 import torch
 from torchmetrics.aggregation import MeanMetric
 
-from zoo.hub import load_weights
-from zoo.models import build_model, config_from_dict
+from zoo.hub import build_initialized
+from zoo.models import config_from_dict
 from zoo.optim import OptimConfig, build_adamw, warmup_cosine
 from zoo.strategies import clip_grad_norm, shard_for_strategy
 
@@ -73,9 +73,7 @@ class PretrainModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        self.model = build_model(self.model_config)
-        if self.init_from:
-            self.model.load_state_dict(load_weights(self.init_from))
+        self.model = build_initialized(self.model_config, self.init_from)
         shard_for_strategy(self, self.model)
         self.loss_fn = torch.compile(causal_lm_loss) if self.hparams.compile else causal_lm_loss
 

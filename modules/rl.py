@@ -30,8 +30,8 @@ from torchmetrics.aggregation import MeanMetric
 
 from zoo.errors import ConfigError
 from zoo.generation import SamplingParams
-from zoo.hub import load_weights
-from zoo.models import build_model, config_from_dict
+from zoo.hub import build_initialized
+from zoo.models import config_from_dict
 from zoo.optim import OptimConfig, build_adamw, warmup_cosine
 from zoo.rl import advantages as estimators
 from zoo.rl.evaluation import evaluate_pass_at_k
@@ -111,9 +111,7 @@ class RLModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        self.model = build_model(self.model_config)
-        if self.init_from:
-            self.model.load_state_dict(load_weights(self.init_from))
+        self.model = build_initialized(self.model_config, self.init_from)
         if self.algorithm.kl_coef > 0:
             self.reference = copy.deepcopy(self.model).requires_grad_(False).eval()
 

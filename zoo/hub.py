@@ -300,6 +300,16 @@ def load_model(source: str | os.PathLike) -> LoadedModel:
     return LoadedModel(model, tokenizer, checkpoint.get("datamodule_hyper_parameters", {}))
 
 
+def build_initialized(config: Any, init_from: str | None) -> torch.nn.Module:
+    """The network of ``config``; with ``init_from`` (``hub:NAME`` or an entry directory), holding its weights."""
+    from zoo.models import build_model
+
+    model = build_model(config)
+    if init_from:
+        model.load_state_dict(load_weights(init_from))
+    return model
+
+
 def load_weights(spec: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Verified weights of ``hub:NAME`` or of a hub entry directory."""
     return resolve_entry(spec).state_dict()
