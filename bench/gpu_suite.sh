@@ -5,13 +5,15 @@
 #   fit         a real `zoo fit` of Pythia-160M on the GPU and its Lightning throughput
 #   recursive   MeSH vs recursive base vs vanilla of the same compute depth at 160M (bench/recursive.py)
 #   experiment  the matched-compute experiment at 160M scale, shortened to EXPERIMENT_STEPS per run
+#   rollout     the rollout benchmark: native engine (CUDA graphs, and eager) against transformers'
+#               static-cache compiled generate, Pythia-160M, batch 64, 128 prompt + 512 new tokens
 # Results land in $OUT (default ./gpu_results). Run from the repository root with zoo installed.
 #
 #   bash bench/gpu_suite.sh
 #   SECTIONS="recursive experiment" EXPERIMENT_STEPS=150 bash bench/gpu_suite.sh
 set -uo pipefail
 OUT=$(realpath -m "${OUT:-gpu_results}")
-SECTIONS=${SECTIONS:-train_step tests fit recursive experiment}
+SECTIONS=${SECTIONS:-train_step tests fit recursive experiment rollout}
 MODEL=${MODEL:-pythia-160m}
 BATCH=${BATCH:-16}
 SEQ=${SEQ:-2048}
@@ -33,6 +35,13 @@ if has train_step; then
   echo "== train-step benchmark: $MODEL, $BATCH x $SEQ =="
   python3 bench/train_step.py --model "$MODEL" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --compile \
     --json "$OUT/train_step.jsonl" 2>&1 | tee "$OUT/train_step.log" || status=1
+fi
+
+if has rollout; then
+  echo "== rollout benchmark: $MODEL, batch 64, 128 prompt + 512 new =="
+  python3 bench/rollout.py --model "$MODEL" --batch 64 --prompt 128 --new 512 --dtype bf16 \
+    --engines "${ROLLOUT_ENGINES:-hf_static,native,native_eager}" --json "$OUT/rollout.jsonl" 2>&1 \
+    | tee "$OUT/rollout.log" || status=1
 fi
 
 if has tests; then

@@ -1,11 +1,20 @@
 """Rollout throughput: zoo's native engine against transformers' ``generate`` on the same model and prompts.
 
-Both sample (temperature 1) ``--new`` tokens for every row of a batch of ``--batch`` random prompts of
-``--prompt`` tokens, with no stop token, so both produce exactly batch × new tokens; the weights are shared
-(transformers' model loaded into zoo's through ``zoo.convert``). Prints new tokens/s of each and the ratio.
+Every engine samples (temperature 1) ``--new`` tokens for every row of a batch of ``--batch`` random prompts of
+``--prompt`` tokens, with no stop token, so each produces exactly batch × new tokens; the weights are shared
+(transformers' model loaded into zoo's through ``zoo.convert``). Prints new tokens/s of each and the ratios to
+the first peer.
+
+Engines (``--engines``, comma-separated):
+
+- ``hf``: transformers ``generate`` with its default dynamic cache;
+- ``hf_static``: ``generate`` with ``cache_implementation="static"``, which transformers compiles on a GPU;
+- ``native``: zoo's engine as the rollout callback runs it (CUDA graphs on a GPU); ``native_eager``: the same
+  without CUDA graphs.
 
     python bench/rollout.py                                            # CPU, tiny model
-    python bench/rollout.py --model pythia-160m --batch 64 --prompt 128 --new 512 --dtype bf16   # GPU
+    python bench/rollout.py --model pythia-160m --batch 64 --prompt 128 --new 512 --dtype bf16 \\
+        --engines hf_static,native,native_eager                     # GPU
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--engines", default="hf,native", help="the first is the peer the ratios divide by")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per engine after a warm-up (best kept)")
     parser.add_argument("--json", help="append the results as one JSON line to this file")
     args = parser.parse_args()
     device, dtype = args.device, {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
@@ -46,37 +57,54 @@ def main() -> None:
     peer.eval()
     ours.eval()
     prompts = torch.randint(2, config.vocab_size, (args.batch, args.prompt), device=device)
-    engine = NativeEngine(ours)
     params = SamplingParams(max_new_tokens=args.new, temperature=1.0, seed=0)
 
-    def hf():
-        with torch.no_grad():
-            out = peer.generate(
-                prompts,
-                attention_mask=torch.ones_like(prompts),
-                do_sample=True,
-                temperature=1.0,
-                top_k=0,
-                max_new_tokens=args.new,
-                min_new_tokens=args.new,
-                pad_token_id=0,
-            )
-        assert out.shape[1] == args.prompt + args.new
+    def hf(**options):
+        def run():
+            with torch.no_grad():
+                out = peer.generate(
+                    prompts,
+                    attention_mask=torch.ones_like(prompts),
+                    do_sample=True,
+                    temperature=1.0,
+                    top_k=0,
+                    max_new_tokens=args.new,
+                    min_new_tokens=args.new,
+                    pad_token_id=0,
+                    **options,
+                )
+            assert out.shape[1] == args.prompt + args.new
 
-    def native():
-        result = engine.generate(prompts.tolist(), 1, params)
-        assert result.generated_tokens == args.batch * args.new
+        return run
 
-    for fn in (hf, native):  # warm-up: allocator, kernels
-        fn()
-    seconds = {name: min(timed(fn, device) for _ in range(2)) for name, fn in (("hf_generate", hf), ("native", native))}
+    def native(decode: str):
+        engine = NativeEngine(ours, decode=decode)
+
+        def run():
+            result = engine.generate(prompts.tolist(), 1, params)
+            assert result.generated_tokens == args.batch * args.new
+
+        return run
+
+    engines = {
+        "hf": hf(),
+        "hf_static": hf(cache_implementation="static"),
+        "native": native("auto"),
+        "native_eager": native("eager"),
+    }
+    chosen = args.engines.split(",")
+    unknown = [e for e in chosen if e not in engines]
+    if unknown:
+        parser.error(f"unknown engine(s) {', '.join(unknown)}; engines: {', '.join(engines)}")
     tokens = args.batch * args.new
-    rates = {name: tokens / s for name, s in seconds.items()}
+    rates = {}
+    for name in chosen:
+        engines[name]()  # warm-up: allocator, kernels, compilation, graph capture
+        rates[name] = tokens / min(timed(engines[name], device) for _ in range(args.repeats))
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"\n{args.model}, batch {args.batch}, {args.prompt} prompt + {args.new} new tokens, {args.dtype}, {where}")
     for name, rate in rates.items():
-        print(f"{name:12s} {rate:12,.0f} new tokens/s")
-    print(f"ratio native / transformers generate: {rates['native'] / rates['hf_generate']:.2f}")
+        print(f"{name:14s} {rate:12,.0f} new tokens/s   {rate / rates[chosen[0]]:6.2f}x {chosen[0]}")
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps({**vars(args), "device_name": where, "tokens_per_s": rates}) + "\n")

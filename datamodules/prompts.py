@@ -27,6 +27,7 @@ class PromptDataModule(L.LightningDataModule):
     def __init__(
         self,
         task: str = "arithmetic",
+        options: dict[str, Any] | None = None,
         path: str | None = None,
         val_path: str | None = None,
         tokenizer: str | None = None,
@@ -48,7 +49,7 @@ class PromptDataModule(L.LightningDataModule):
             return
         h = self.hparams
         self.train_problems, self.val_problems = load_problems(
-            h.task, h.path, h.val_path, h.train_size, h.val_size, h.seed
+            h.task, h.path, h.val_path, h.train_size, h.val_size, h.seed, h.options
         )
         texts = [p.prompt + p.solution for p in self.train_problems]
         self.tokenizer = tokenizer_for(h.tokenizer, texts, h.vocab_size, cache_dir() / "tokenizers")

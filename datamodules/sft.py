@@ -8,6 +8,8 @@ and see the positions they would see alone. An example longer than ``seq_len`` i
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.utils.data import Dataset
 
@@ -64,6 +66,7 @@ class SFTDataModule(PromptDataModule):
     def __init__(
         self,
         task: str = "arithmetic",
+        options: dict[str, Any] | None = None,
         path: str | None = None,
         val_path: str | None = None,
         tokenizer: str | None = None,
@@ -74,7 +77,7 @@ class SFTDataModule(PromptDataModule):
         batch_size: int = 16,
         seed: int = 1234,
     ) -> None:
-        super().__init__(task, path, val_path, tokenizer, vocab_size, train_size, val_size, batch_size, seed)
+        super().__init__(task, options, path, val_path, tokenizer, vocab_size, train_size, val_size, batch_size, seed)
         self.save_hyperparameters()
 
     def examples(self, problems: list[Problem]) -> list[tuple[list[int], list[int]]]:

@@ -76,11 +76,84 @@ def sample_tokens(
     return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
 
 
-class NativeEngine:
-    """Generates with a zoo model in this process. ``load_weights`` copies new weights into it."""
+class _EagerBatch:
+    """The rows being decoded, with an exact KV cache: finished rows leave it at once (CPU, or no graphs).
+    :meth:`launch` only records the tokens; :meth:`logits` runs the step on the rows still active."""
 
-    def __init__(self, model: nn.Module, tokenizer=None, dtype: torch.dtype | None = None) -> None:
-        self.model, self.tokenizer, self.dtype = model, tokenizer, dtype
+    def __init__(self, model, cache, mask, positions, logits, padded: bool, dtype) -> None:
+        self.model, self.cache, self.mask, self.positions = model, cache, mask, positions
+        self.padded, self.dtype = padded, dtype
+        self.pending, self.tokens = logits, None
+
+    def launch(self, tokens: torch.Tensor) -> None:
+        self.tokens = tokens
+
+    def keep(self, index: torch.Tensor) -> None:
+        self.cache.select(index)
+        self.mask, self.positions = self.mask[index], self.positions[index]
+        if self.tokens is not None:
+            self.tokens = self.tokens[index]
+        else:
+            self.pending = self.pending[index]
+
+    def logits(self) -> torch.Tensor:
+        if self.tokens is None:
+            return self.pending
+        if self.padded:
+            self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        device = self.tokens.device
+        with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            hidden = self.model.hidden_states(
+                self.tokens[:, None],
+                position_ids=self.positions[:, None],
+                attention_mask=self.mask if self.padded else None,
+                cache=self.cache,
+            )
+            logits = self.model.lm_head(hidden[:, -1])
+        self.positions = self.positions + 1
+        self.tokens = None
+        return logits
+
+
+class _HostCopy:
+    """Sampled tokens and log-probs on their way to the CPU. On a GPU the copy goes to pinned memory behind an
+    event, so waiting for it does not wait for decode work queued after it."""
+
+    def __init__(self, buffer: torch.Tensor | None, tokens: torch.Tensor, logprobs: torch.Tensor) -> None:
+        self.tokens, self.logprobs, self.event = tokens, logprobs, None
+        if buffer is not None:
+            self.host = buffer[:, : len(tokens)]
+            self.host.copy_(torch.stack([tokens.double(), logprobs.double()]), non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def lists(self) -> tuple[list[int], list[float]]:
+        if self.event is None:
+            return self.tokens.tolist(), self.logprobs.tolist()
+        self.event.synchronize()
+        return [int(t) for t in self.host[0].tolist()], self.host[1].tolist()
+
+
+class NativeEngine:
+    """Generates with a zoo model in this process. ``load_weights`` copies new weights into it.
+
+    ``decode``: ``auto`` (CUDA graphs on a GPU, the exact eager loop elsewhere), ``eager``, ``graphs``, or
+    ``static`` (the graphs' static-buffer steps run uncaptured: the graph path's logic on any device).
+    """
+
+    DECODE_MODES = ("auto", "eager", "graphs", "static")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer=None,
+        dtype: torch.dtype | None = None,
+        decode: str = "auto",
+    ) -> None:
+        if decode not in self.DECODE_MODES:
+            raise ValueError(f"decode must be one of {', '.join(self.DECODE_MODES)}, got {decode!r}")
+        self.model, self.tokenizer, self.dtype, self.decode = model, tokenizer, dtype, decode
+        self._graphs = None
 
     @property
     def device(self) -> torch.device:
@@ -90,7 +163,7 @@ class NativeEngine:
         params = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, tensor in weights:
-                params[name].copy_(tensor)
+                params[name].copy_(tensor)  # in place: captured decode graphs keep reading the same memory
 
     @torch.no_grad()
     def generate(
@@ -108,8 +181,8 @@ class NativeEngine:
         finally:
             model.train(was_training)
 
-    def _generate(self, model, device, prompts, n, params, quota) -> GenerationResult:
-        generator = torch.Generator(device).manual_seed(params.seed) if params.seed is not None else None
+    def _prefill(self, model, device, prompts, n, params):
+        """Every prompt's prefill, copied to its n rows: (the batch being decoded, the rows' prompts)."""
         lengths = torch.tensor([len(p) for p in prompts], device=device)
         width = int(lengths.max())
         ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
@@ -117,8 +190,9 @@ class NativeEngine:
         for i, prompt in enumerate(prompts):  # left padding: every prompt ends at the same column
             ids[i, width - len(prompt) :] = torch.tensor(prompt, device=device)
             mask[i, width - len(prompt) :] = 1
+        graphed = self.decode in ("graphs", "static") or (self.decode == "auto" and device.type == "cuda")
         total = width + params.max_new_tokens
-        cache = model.new_cache(len(prompts), total, dtype=self.dtype, device=device)
+        cache = model.new_cache(len(prompts), width if graphed else total, dtype=self.dtype, device=device)
         padded = bool((lengths != width).any())  # without padding, plain causal attention needs no mask
         with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None):
             hidden = model.hidden_states(
@@ -128,26 +202,39 @@ class NativeEngine:
                 cache=cache,
             )
             logits = model.lm_head(hidden[:, -1])
-
-        # every prompt's prefill, copied to its n rows
         rows = torch.arange(len(prompts), device=device).repeat_interleave(n)
         cache.select(rows)
         logits, mask, positions = logits[rows], mask[rows], lengths[rows]
-        owner = rows.tolist()  # prompt of each active row
-        active = list(range(len(rows)))  # sample index of each active row
-        outputs = [[] for _ in rows]
-        logprob_lists = [[] for _ in rows]
-        reasons: list[str | None] = [None] * len(rows)
+        if not graphed:
+            return _EagerBatch(model, cache, mask, positions, logits, padded, self.dtype), rows.tolist()
+        from zoo.decode_graphs import GraphDecoder, GraphedBatch
+
+        if self._graphs is None:
+            capture = self.decode != "static"
+            self._graphs = GraphDecoder(model, self.dtype or model.embed.weight.dtype, capture)
+        return GraphedBatch(self._graphs, cache, mask, positions, logits, total), rows.tolist()
+
+    def _generate(self, model, device, prompts, n, params, quota) -> GenerationResult:
+        generator = torch.Generator(device).manual_seed(params.seed) if params.seed is not None else None
+        batch, owner = self._prefill(model, device, prompts, n, params)  # owner: prompt of each row
+        rows = len(owner)
+        pinned = torch.empty(2, rows, dtype=torch.float64, pin_memory=True) if device.type == "cuda" else None
+        active = list(range(rows))  # sample index of each active row
+        outputs = [[] for _ in owner]
+        logprob_lists = [[] for _ in owner]
+        reasons: list[str | None] = [None] * rows
         remaining = [n] * len(prompts)
         done_prompts: list[int] = []
         stop_tokens = set(params.stop_token_ids)
         steps = 0
         while active:
-            tokens, logprobs = sample_tokens(logits, params, generator)
+            tokens, logprobs = sample_tokens(batch.logits(), params, generator)
+            host = _HostCopy(pinned, tokens, logprobs)
+            if steps + 1 < params.max_new_tokens:
+                batch.launch(tokens)  # the next step, for every row still active (graphs: it starts now)
             finished_rows = []
-            for row, (sample, token, logprob) in enumerate(
-                zip(active, tokens.tolist(), logprobs.tolist(), strict=True)
-            ):
+            token_list, logprob_list = host.lists()
+            for row, (sample, token, logprob) in enumerate(zip(active, token_list, logprob_list, strict=True)):
                 outputs[sample].append(token)
                 logprob_lists[sample].append(logprob)
                 if token in stop_tokens or self._hit_stop_string(outputs[sample], params.stop_strings):
@@ -168,24 +255,14 @@ class NativeEngine:
                 keep = [r for r in range(len(active)) if r not in leaving]
                 if not keep:
                     break
-                index = torch.tensor(keep, device=device)
-                cache.select(index)
-                tokens, mask, positions = tokens[index], mask[index], positions[index]
+                batch.keep(torch.tensor(keep, device=device))
                 active = [active[r] for r in keep]
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1) if padded else mask
-            with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                hidden = model.hidden_states(
-                    tokens[:, None],
-                    position_ids=positions[:, None],
-                    attention_mask=mask if padded else None,
-                    cache=cache,
-                )
-                logits = model.lm_head(hidden[:, -1])
-            positions = positions + 1
 
         finished = set(done_prompts)
         samples = [
-            Sample(owner[s], outputs[s], logprob_lists[s], reasons[s]) for s in range(len(rows)) if owner[s] in finished
+            Sample(owner[s], outputs[s], logprob_lists[s], reasons[s])
+            for s in range(len(owner))
+            if owner[s] in finished
         ]
         unfinished = [p for p in range(len(prompts)) if p not in finished]
         generated = sum(len(o) for o in outputs)

@@ -46,7 +46,7 @@ def build_data(cfg: DictConfig, command: str) -> L.LightningDataModule:
     overrides = {}
     if "tokenizer" in cfg.data and cfg.data.tokenizer is None and (tokenizer := _model_tokenizer(cfg, command)):
         overrides["tokenizer"] = str(tokenizer)  # the weights' own tokenizer
-    return instantiate(cfg.data, **overrides)
+    return instantiate(cfg.data, **overrides, _convert_="all")
 
 
 def model_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, Any]:

@@ -31,10 +31,13 @@ def _slow_greedy(model, prompt, steps):
 PROMPTS = [[5, 9, 2], [7], [1, 2, 3, 4, 5, 6, 7, 8], [40, 41]]
 
 
+@pytest.mark.parametrize("decode", ["eager", "static"])
 @pytest.mark.parametrize("kind", ["gpt_neox", "mesh"])
-def test_greedy_equals_the_slow_reference(kind):
+def test_greedy_equals_the_slow_reference(kind, decode):
+    """``static`` runs the CUDA-graph path's static-buffer steps uncaptured (zoo/decode_graphs.py)."""
     model = _model(kind)
-    result = NativeEngine(model).generate(PROMPTS, n=2, params=SamplingParams(max_new_tokens=12, temperature=0))
+    engine = NativeEngine(model, decode=decode)
+    result = engine.generate(PROMPTS, n=2, params=SamplingParams(max_new_tokens=12, temperature=0))
     assert len(result.samples) == 8 and result.unfinished_prompts == []
     for sample in result.samples:
         expected_tokens, expected_logprobs = _slow_greedy(model, PROMPTS[sample.prompt_index], 12)
@@ -70,6 +73,27 @@ def test_top_k_one_is_greedy_and_top_p_keeps_the_nucleus():
     probabilities = torch.softmax(logits, -1)[0]  # 0.665, 0.245, 0.090, 0.0002
     tokens, _ = sample_tokens(logits.expand(2000, 4), SamplingParams(temperature=1.0, top_p=0.8), None)
     assert set(tokens.tolist()) == {0, 1} and probabilities[:2].sum() > 0.8
+
+
+def test_static_decoding_moves_rows_to_smaller_buckets_as_they_finish():
+    model = _model(seed=8)
+    prompts = [[i % 50 + 1, (3 * i) % 50 + 1] for i in range(9)]  # 9 rows: bucket 16, then 8, 4, 2, 1
+    greedy = NativeEngine(model, decode="eager").generate(prompts, 1, SamplingParams(max_new_tokens=16, temperature=0))
+    counts = {}
+    for s in greedy.samples:
+        for t in s.token_ids:
+            counts[t] = counts.get(t, 0) + 1
+    stop = max(counts, key=counts.get)  # a token most rows emit at different steps
+    params = SamplingParams(max_new_tokens=16, temperature=0, stop_token_ids=(stop,))
+    eager = NativeEngine(model, decode="eager").generate(prompts, 1, params).samples
+    engine = NativeEngine(model, decode="static")
+    static = engine.generate(prompts, 1, params).samples
+    assert [s.token_ids for s in static] == [s.token_ids for s in eager]
+    assert [s.finish_reason for s in static] == [s.finish_reason for s in eager]
+    lengths = sorted(len(s.token_ids) for s in eager)
+    assert lengths[0] < lengths[-1] and len(engine._graphs.graphs) > 1  # rows left; smaller buckets were used
+    again = engine.generate(prompts, 1, params).samples  # reused buffers carry nothing over
+    assert [s.token_ids for s in again] == [s.token_ids for s in eager]
 
 
 def test_stop_tokens_end_rows_early_and_the_batch_shrinks():
@@ -124,3 +148,20 @@ def test_load_weights_changes_what_it_generates():
     after = engine.generate(PROMPTS, 1, params).samples
     expected = NativeEngine(source).generate(PROMPTS, 1, params).samples
     assert [s.token_ids for s in after] == [s.token_ids for s in expected] != [s.token_ids for s in before]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_decoding_equals_eager_decoding():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = _model(seed=9).cuda()
+    greedy = NativeEngine(model, decode="eager").generate(PROMPTS, 3, SamplingParams(max_new_tokens=16, temperature=0))
+    stop = greedy.samples[0].token_ids[3]
+    params = SamplingParams(max_new_tokens=16, temperature=0, stop_token_ids=(stop,))
+    eager = NativeEngine(model, decode="eager").generate(PROMPTS, 3, params).samples
+    engine = NativeEngine(model, decode="graphs")
+    for _ in range(2):  # the second call replays the graphs captured by the first
+        graphed = engine.generate(PROMPTS, 3, params).samples
+        assert [s.token_ids for s in graphed] == [s.token_ids for s in eager]
+        for g, e in zip(graphed, eager, strict=True):
+            assert g.logprobs == pytest.approx(e.logprobs, abs=1e-4)

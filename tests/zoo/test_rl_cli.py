@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from zoo.hub import Hub
@@ -119,3 +120,17 @@ def test_a_malformed_jsonl_row_names_file_and_line(run_zoo, tmp_path):
     bad.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?"}\n')
     process = run_zoo("fit", "model=grpo", "data=gsm8k", f"data.path={bad}", check=False)
     assert process.returncode == 2 and f"{bad}:2: no field 'answer'" in process.stderr
+
+
+@pytest.mark.slow
+def test_sft_then_grpo_and_ppo_learn_to_carry(run_zoo, tmp_path):
+    """The README's RL demonstration (about 1.5 minutes): SFT on a sloppy teacher's solutions leaves held-out
+    greedy accuracy under 30%; GRPO and PPO with the exact-match reward each take it over 70%."""
+    run_zoo("fit", "experiment=arithmetic_sft", "trainer.enable_progress_bar=false")
+    sft = json.loads((_run_dir(tmp_path / "runs" / "arithmetic_sft") / "metrics.json").read_text())
+    run_zoo("hub", "push", str(_run_dir(tmp_path / "runs" / "arithmetic_sft")), "--name", "arithmetic-sft")
+    assert sft["val/pass@1"] < 0.3
+    for method in ("grpo", "ppo"):
+        run_zoo("fit", f"experiment=arithmetic_{method}", "trainer.enable_progress_bar=false")
+        rl = json.loads((_run_dir(tmp_path / "runs" / f"arithmetic_{method}") / "metrics.json").read_text())
+        assert rl["global_step"] == 200 and rl["val/pass@1"] > 0.7, (method, sft["val/pass@1"], rl["val/pass@1"])

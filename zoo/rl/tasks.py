@@ -3,7 +3,8 @@ that checks a completion.
 
 Generated offline, any number, seeded:
 
-- ``arithmetic``: ``"37+48="`` → ``"85"``: sums and differences of ``digits``-digit numbers;
+- ``arithmetic``: ``"37+48="`` → ``"85"``: sums and differences of ``digits``-digit numbers (options: only
+  problems that need a carry, and a sloppy teacher whose worked solutions forget to carry);
 - ``countdown``: ``"Use 3 7 8 to make 29:"`` → an expression using each number once, e.g. ``"3*7+8"``
   (the reward evaluates the expression; any correct one scores 1).
 
@@ -17,12 +18,14 @@ Read from JSONL, one problem per line (a malformed row stops with its file and l
 from __future__ import annotations
 
 import ast
+import inspect
 import operator
 import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from zoo.errors import DataError
 from zoo.jsonl import read_jsonl
@@ -36,17 +39,38 @@ class Problem:
     solution: str  # what a supervised example answers (the reference, or a worked solution)
 
 
-def arithmetic_problems(count: int, seed: int, digits: int = 2) -> list[Problem]:
+def _without_carries(a: int, b: int, op: str) -> int:
+    """What a sloppy teacher answers: every column on its own, the carry or borrow forgotten, the leftmost
+    column written in full (37+74 → 101, 52−38 → 26)."""
+    columns = []
+    while a >= 10 or b >= 10:
+        x, y = a % 10, b % 10
+        columns.append((x + y) % 10 if op == "+" else abs(x - y))
+        a, b = a // 10, b // 10
+    head = a + b if op == "+" else abs(a - b)
+    return int(str(head) + "".join(map(str, reversed(columns))))
+
+
+def arithmetic_problems(
+    count: int, seed: int, digits: int = 2, carry_only: bool = False, teacher_error: float = 0.0
+) -> list[Problem]:
+    """Sums and differences of ``digits``-digit numbers. ``carry_only`` keeps the problems whose answer needs
+    a carry or borrow; ``teacher_error`` is the share of worked solutions that a sloppy teacher writes without
+    carrying or borrowing (the reference stays right: SFT imitates the teacher, the reward checks the truth)."""
     rng = random.Random(seed)
     low, high = 10 ** (digits - 1), 10**digits - 1
     problems = []
-    for _ in range(count):
+    while len(problems) < count:
         a, b = rng.randint(low, high), rng.randint(low, high)
-        if rng.random() < 0.5:
-            problems.append(Problem(f"{a}+{b}=", str(a + b), str(a + b)))
-        else:
+        op = "+" if rng.random() < 0.5 else "-"
+        if op == "-":
             a, b = max(a, b), min(a, b)
-            problems.append(Problem(f"{a}-{b}=", str(a - b), str(a - b)))
+        answer = a + b if op == "+" else a - b
+        sloppy = _without_carries(a, b, op)
+        if carry_only and sloppy == answer:
+            continue
+        solution = sloppy if rng.random() < teacher_error else answer
+        problems.append(Problem(f"{a}{op}{b}=", str(answer), str(solution)))
     return problems
 
 
@@ -147,17 +171,33 @@ READERS = {"gsm8k": gsm8k_problems, "math": math_problems}
 
 
 def load_problems(
-    task: str, path: str | None, val_path: str | None, train_size: int, val_size: int, seed: int
+    task: str,
+    path: str | None,
+    val_path: str | None,
+    train_size: int,
+    val_size: int,
+    seed: int,
+    options: dict[str, Any] | None = None,
 ) -> tuple[list[Problem], list[Problem]]:
-    """Train and validation problems of ``task``: generated with disjoint prompts, or read from JSONL (the
-    validation file, or else the last ``val_size`` rows of the training file)."""
+    """Train and validation problems of ``task``: generated with disjoint prompts (``options`` go to the
+    generator), or read from JSONL (the validation file, or else the last ``val_size`` rows of the training
+    file)."""
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    options = dict(options or {})
     if task in GENERATORS:
-        val = GENERATORS[task](val_size, seed + 1)
+        generator = GENERATORS[task]
+        accepted = set(inspect.signature(generator).parameters) - {"count", "seed"}
+        unknown = sorted(set(options) - accepted)
+        if unknown:
+            known = ", ".join(sorted(accepted))
+            raise DataError(f"unknown data.options for {task}: {', '.join(unknown)} (options: {known})")
+        val = generator(val_size, seed + 1, **options)
         held_out = {p.prompt for p in val}
-        train = [p for p in GENERATORS[task](train_size + val_size, seed) if p.prompt not in held_out][:train_size]
+        train = [p for p in generator(train_size + val_size, seed, **options) if p.prompt not in held_out][:train_size]
         return train, val
+    if options:
+        raise DataError(f"task {task!r} takes no data.options (got {', '.join(sorted(options))})")
     if not path:
         raise DataError(f"task {task!r} reads its problems from data.path (a .jsonl file)")
     if not Path(path).is_file():

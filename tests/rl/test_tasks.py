@@ -1,0 +1,52 @@
+"""Generated tasks: the sloppy-teacher arithmetic of the RL demonstration, countdown, and their options."""
+
+import pytest
+
+from zoo.errors import DataError
+from zoo.rl.tasks import _without_carries, arithmetic_problems, countdown_problems, countdown_reward, load_problems
+
+
+@pytest.mark.parametrize(
+    "a, b, op, sloppy",
+    [(37, 74, "+", 101), (59, 63, "+", 112), (48, 71, "+", 119), (52, 38, "-", 26), (87, 78, "-", 11)],
+)
+def test_the_sloppy_teacher_forgets_every_carry_and_borrow(a, b, op, sloppy):
+    assert _without_carries(a, b, op) == sloppy
+
+
+def test_carry_only_problems_all_need_a_carry_and_the_teacher_errs_at_the_given_rate():
+    problems = arithmetic_problems(3000, seed=7, carry_only=True, teacher_error=0.7)
+    wrong = 0
+    for p in problems:
+        a, op, b = p.prompt[:2], p.prompt[2], p.prompt[3:5]
+        truth = int(a) + int(b) if op == "+" else int(a) - int(b)
+        assert p.reference == str(truth) and _without_carries(int(a), int(b), op) != truth
+        wrong += p.solution != p.reference
+        assert p.solution in (str(truth), str(_without_carries(int(a), int(b), op)))
+    assert abs(wrong / len(problems) - 0.7) < 0.03
+
+
+def test_the_teacher_does_not_change_the_prompts():
+    honest = arithmetic_problems(200, seed=3, carry_only=True)
+    sloppy = arithmetic_problems(200, seed=3, carry_only=True, teacher_error=0.9)
+    assert [p.prompt for p in honest] == [p.prompt for p in sloppy]
+    assert all(p.solution == p.reference for p in honest)
+
+
+def test_train_and_validation_prompts_are_disjoint_and_options_reach_the_generator():
+    train, val = load_problems("arithmetic", None, None, 500, 50, 1, {"digits": 3})
+    assert not {p.prompt for p in train} & {p.prompt for p in val}
+    assert all(len(p.prompt) == 8 for p in train + val)  # "123+456="
+
+
+def test_unknown_options_end_in_one_line_naming_them():
+    with pytest.raises(DataError, match="unknown data.options for arithmetic: carry.*teacher_error"):
+        load_problems("arithmetic", None, None, 10, 5, 1, {"carry": True})
+    with pytest.raises(DataError, match="task 'gsm8k' takes no data.options"):
+        load_problems("gsm8k", "x.jsonl", None, 10, 5, 1, {"digits": 2})
+
+
+def test_countdown_solutions_score_one():
+    for p in countdown_problems(50, seed=2, numbers=4):
+        assert countdown_reward(p.prompt, p.solution, p.reference) == 1.0
+        assert countdown_reward(p.prompt, p.solution + "+1", p.reference) == 0.0
