@@ -269,9 +269,24 @@ class NativeEngine:
         return GenerationResult(samples, unfinished, steps, generated)
 
     def _hit_stop_string(self, tokens: list[int], stop_strings: tuple[str, ...]) -> bool:
-        if not stop_strings:
-            return False
-        if self.tokenizer is None:
-            raise ValueError("stop strings need the engine's tokenizer")
-        tail = self.tokenizer.decode(tokens[-max(len(s) for s in stop_strings) - 2 :])
-        return any(s in tail for s in stop_strings)
+        return hits_stop_string(self.tokenizer, tokens, stop_strings)
+
+
+def hits_stop_string(tokenizer, tokens: list[int], stop_strings: tuple[str, ...]) -> bool:
+    """Whether the decoded tail of ``tokens`` contains one of ``stop_strings``."""
+    if not stop_strings:
+        return False
+    if tokenizer is None:
+        raise ValueError("stop strings need the engine's tokenizer")
+    tail = tokenizer.decode(tokens[-max(len(s) for s in stop_strings) - 2 :])
+    return any(s in tail for s in stop_strings)
+
+
+def finish(tokenizer, tokens: Sequence[int], params: SamplingParams) -> tuple[int, str]:
+    """Where a completion ends under ``params``' stop rules, and why: (number of tokens kept, finish reason).
+    For engines that generate past a row's end (padding it), to cut their output the native engine's way."""
+    stop_tokens = set(params.stop_token_ids)
+    for i, token in enumerate(tokens):
+        if token in stop_tokens or hits_stop_string(tokenizer, list(tokens[: i + 1]), params.stop_strings):
+            return i + 1, "stop"
+    return min(len(tokens), params.max_new_tokens), "length"

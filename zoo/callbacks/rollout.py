@@ -2,7 +2,10 @@
 weights in step with the policy, and logs what was generated.
 
 - ``engine: native`` (default): :class:`zoo.generation.NativeEngine` on a private copy of the policy (every zoo
-  model, CPU and GPU), optionally in ``dtype`` (e.g. bf16 on a GPU).
+  model, CPU and GPU; CUDA graphs on a GPU), optionally in ``dtype`` (e.g. bf16 on a GPU);
+  ``engine: hf``: transformers' ``generate`` on the same weights (:mod:`zoo.engines.hf`);
+  ``engine: vllm``: vLLM (:mod:`zoo.engines.vllm`, the ``vllm`` extra). ``engine_options`` go to the engine
+  (native: ``decode``; vllm: ``vllm.LLM`` arguments such as ``gpu_memory_utilization``).
 - After every ``sync_every`` optimizer steps the policy's weights are copied into the engine (gathered first
   when the policy is sharded); in between the engine samples from a slightly older policy, which the RL
   losses can correct with truncated importance sampling.
@@ -23,11 +26,11 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.distributed.tensor import DTensor
 
+from zoo.engines import ENGINES
 from zoo.errors import ConfigError
 from zoo.generation import GenerationResult, NativeEngine, SamplingParams
 
 log = logging.getLogger("zoo")
-ENGINES = ("native",)
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
@@ -40,12 +43,14 @@ class RolloutCallback(L.Callback):
         engine: str = "native",
         sync_every: int = 1,
         dtype: str | None = None,
+        engine_options: dict | None = None,
         log_samples: int = 3,
         log_samples_every: int = 20,
     ) -> None:
         if engine not in ENGINES:
             raise ConfigError(f"rollout engine {engine!r} is not available; engines: {', '.join(ENGINES)}")
         self.engine_name, self.sync_every = engine, sync_every
+        self.engine_options = dict(engine_options or {})
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         if dtype is not None and dtype not in dtypes:
             raise ConfigError(f"rollout dtype {dtype!r} is not one of {', '.join(dtypes)}")
@@ -66,18 +71,33 @@ class RolloutCallback(L.Callback):
             self.sync(pl_module, trainer.global_step)
 
     def build(self, pl_module: L.LightningModule) -> None:
+        policy, tokenizer = pl_module.model, pl_module.trainer.datamodule.tokenizer
+        options = self.engine_options
+        if self.engine_name == "native":
+            self.engine = NativeEngine(self._replica(pl_module), tokenizer=tokenizer, dtype=self.dtype, **options)
+        elif self.engine_name == "hf":
+            from zoo.engines.hf import HFEngine
+
+            self.engine = HFEngine(policy.config, tokenizer, device=pl_module.device, dtype=self.dtype, **options)
+        else:
+            from zoo.engines.vllm import VLLMEngine
+
+            weights = ((name, _full(p.detach())) for name, p in policy.named_parameters())
+            self.engine = VLLMEngine(policy.config, weights, tokenizer, dtype=self.dtype, **options)
+        self.sync(pl_module, step=pl_module.global_step)
+        log.info("rollout: %s engine, weights synced every %d step(s)", self.engine_name, self.sync_every)
+
+    def _replica(self, pl_module: L.LightningModule) -> torch.nn.Module:
+        """The native engine's private copy of the policy (rebuilt whole when the policy is sharded)."""
         policy = pl_module.model
-        replica = copy.deepcopy(policy) if not any(isinstance(p, DTensor) for p in policy.parameters()) else None
-        if replica is None:  # a sharded policy: rebuild it whole, then fill it with gathered weights
+        if any(isinstance(p, DTensor) for p in policy.parameters()):
             from zoo.models import build_model
 
             replica = build_model(policy.config).to(pl_module.device)
+        else:
+            replica = copy.deepcopy(policy)
         replica.requires_grad_(False)
-        if self.dtype is not None:
-            replica.to(self.dtype)
-        self.engine = NativeEngine(replica, tokenizer=pl_module.trainer.datamodule.tokenizer, dtype=self.dtype)
-        self.sync(pl_module, step=pl_module.global_step)
-        log.info("rollout: %s engine, weights synced every %d step(s)", self.engine_name, self.sync_every)
+        return replica.to(self.dtype) if self.dtype is not None else replica
 
     def sync(self, pl_module: L.LightningModule, step: int) -> None:
         self.engine.load_weights((name, _full(p.detach())) for name, p in pl_module.model.named_parameters())

@@ -1,0 +1,96 @@
+"""The ``hf`` rollout engine: transformers' ``generate`` on a ``GPTNeoXForCausalLM`` that holds the policy's
+weights (Pythia policies; recursive and MeSH models have no transformers counterpart: use ``native``).
+
+- Prompts are left-padded into one batch; ``num_return_sequences=n`` gives each prompt's n completions in
+  prompt order, as the engine interface requires.
+- Sampling follows :class:`zoo.generation.SamplingParams` (temperature 0: greedy); stop tokens go to
+  ``eos_token_id``, stop strings to ``stop_strings``. transformers pads a finished row to the batch's length,
+  so each completion is cut where the native engine would have stopped it (:func:`zoo.generation.finish`).
+- Log-probs: ``log softmax(logits / temperature)`` of the sampled tokens from the raw logits
+  (``output_logits``), before top-k / top-p: the quantity the trainer computes.
+- A seed fixes the draw without touching the process's global random state (``torch.random.fork_rng``).
+- No early stop on a quota of finished groups: ``generate`` decides when the batch ends (tail batching needs
+  ``native`` or ``vllm``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from zoo.convert import gpt_neox_config_to_hf, gpt_neox_state_dict_to_hf
+from zoo.errors import ConfigError
+from zoo.generation import GenerationResult, Sample, SamplingParams, finish
+
+
+class HFEngine:
+    def __init__(self, config, tokenizer=None, device=None, dtype: torch.dtype | None = None) -> None:
+        from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+        if getattr(config, "arch", None) != "gpt_neox":
+            raise ConfigError(f"the hf engine serves Pythia (gpt_neox) policies, not {config.arch!r}: use native")
+        hf_config = GPTNeoXConfig(**{k: v for k, v in gpt_neox_config_to_hf(config).items() if k != "torch_dtype"})
+        self.model = GPTNeoXForCausalLM(hf_config).to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.pad_id = config.eos_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in gpt_neox_state_dict_to_hf(dict(weights)).items():
+                params["lm_head.weight" if name == "embed_out.weight" else name].copy_(tensor)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        n: int,
+        params: SamplingParams,
+        finished_groups_quota: int | None = None,
+    ) -> GenerationResult:
+        if finished_groups_quota is not None:
+            raise ConfigError("the hf engine cannot stop at a quota of finished groups: use native or vllm")
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, width - len(prompt) :] = torch.tensor(prompt)
+            mask[i, width - len(prompt) :] = 1
+        greedy = params.temperature == 0
+        options = dict(
+            do_sample=not greedy,
+            max_new_tokens=params.max_new_tokens,
+            num_return_sequences=1 if greedy else n,  # greedy: one completion, repeated n times below
+            pad_token_id=self.pad_id,
+            eos_token_id=list(params.stop_token_ids) or None,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        if not greedy:
+            options.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        if params.stop_strings:
+            options.update(stop_strings=list(params.stop_strings), tokenizer=self.tokenizer)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            out = self.model.generate(ids.to(self.device), attention_mask=mask.to(self.device), **options)
+        new = out.sequences[:, width:]
+        logits = torch.stack(out.logits, dim=1).float()  # (rows, steps, V)
+        if not greedy:
+            logits = logits / params.temperature
+        logprobs = torch.log_softmax(logits, -1).gather(2, new[:, : logits.shape[1], None]).squeeze(2)
+        copies = n if greedy else 1
+        per_prompt = n // copies
+        samples, generated = [], 0
+        for row, (tokens, row_logprobs) in enumerate(zip(new.tolist(), logprobs.tolist(), strict=True)):
+            kept, reason = finish(self.tokenizer, tokens, params)
+            for _ in range(copies):
+                samples.append(Sample(row // per_prompt, tokens[:kept], row_logprobs[:kept], reason))
+            generated += kept * copies
+        return GenerationResult(samples, [], decode_steps=new.shape[1], generated_tokens=generated)

@@ -1,0 +1,110 @@
+"""The ``vllm`` rollout engine (``pip install 'zoo[vllm]'``; imported only when chosen): vLLM's offline
+``LLM`` serving the policy's weights, for GPU rollouts at scale. Pythia (gpt_neox) policies only: vLLM has no
+recursive or MeSH model.
+
+- Start: the policy is written as a transformers GPT-NeoX directory (config, safetensors weights, the
+  tokenizer) in a temporary folder and ``vllm.LLM(model=that folder, ...)`` loads it. ``logprobs_mode`` is
+  ``processed_logprobs`` so that the returned log-probs are those of the temperature-scaled distribution, as
+  the trainer computes them; other ``LLM`` arguments come from the rollout config's ``engine_options``.
+- ``generate``: token-id prompts (``{"prompt_token_ids": ...}``) with one ``SamplingParams(n=...,
+  logprobs=0)`` (the sampled token's log-prob); stop strings stay in the output, like the native engine's.
+- ``load_weights``: the policy's tensors under transformers' names, handed to every vLLM worker through
+  ``LLM.collective_rpc`` with a function that calls the worker model's ``load_weights`` (vLLM's documented
+  path for RLHF weight updates). The tensors travel by the RPC's serialisation: simple, and fine for one
+  GPU; a multi-GPU deployment would broadcast over NCCL instead.
+- No early stop on a quota of finished groups yet (``LLM.generate`` runs every request to its end).
+
+Tested here against a fake ``vllm`` module (tests/zoo/test_engines.py); the real engine runs only in the
+``gpu`` test where vLLM is installed. It has not been run on a GPU by this project yet (README).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from zoo.convert import gpt_neox_config_to_hf, gpt_neox_state_dict_to_hf
+from zoo.errors import ConfigError
+from zoo.generation import GenerationResult, Sample, SamplingParams
+
+
+def _load_into_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
+    """Runs inside each vLLM worker (``collective_rpc`` passes the worker first)."""
+    worker.model_runner.model.load_weights(weights=weights)
+
+
+class VLLMEngine:
+    def __init__(
+        self,
+        config,
+        weights: Iterable[tuple[str, torch.Tensor]],
+        tokenizer=None,
+        dtype: torch.dtype | None = None,
+        **llm_options: Any,
+    ) -> None:
+        try:
+            import vllm
+        except ImportError as error:
+            raise ConfigError(f"rollout engine 'vllm' needs vLLM: pip install 'zoo[vllm]' ({error})") from None
+        if getattr(config, "arch", None) != "gpt_neox":
+            raise ConfigError(f"the vllm engine serves Pythia (gpt_neox) policies, not {config.arch!r}: use native")
+        self.vllm, self.tokenizer = vllm, tokenizer
+        self.directory = Path(tempfile.mkdtemp(prefix="zoo-vllm-"))
+        hf_config = gpt_neox_config_to_hf(config)
+        hf_config["torch_dtype"] = str(dtype or torch.float32).removeprefix("torch.")
+        (self.directory / "config.json").write_text(json.dumps(hf_config, indent=2))
+        state = {k: v.detach().to("cpu").contiguous() for k, v in gpt_neox_state_dict_to_hf(dict(weights)).items()}
+        save_file(state, self.directory / "model.safetensors", {"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(self.directory)
+        options = {"logprobs_mode": "processed_logprobs", "seed": 0, **llm_options}
+        self.llm = vllm.LLM(model=str(self.directory), tokenizer=str(self.directory), **options)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        hf = list(gpt_neox_state_dict_to_hf(dict(weights)).items())
+        self.llm.collective_rpc(_load_into_worker, args=(hf,))
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        n: int,
+        params: SamplingParams,
+        finished_groups_quota: int | None = None,
+    ) -> GenerationResult:
+        if finished_groups_quota is not None:
+            raise ConfigError("the vllm engine cannot stop at a quota of finished groups yet: use native")
+        sampling = self.vllm.SamplingParams(
+            n=n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k if params.top_k > 0 else -1,
+            max_tokens=params.max_new_tokens,
+            stop_token_ids=list(params.stop_token_ids),
+            stop=list(params.stop_strings) or None,
+            include_stop_str_in_output=True,
+            seed=params.seed,
+            logprobs=0,
+        )
+        requests = [{"prompt_token_ids": list(p)} for p in prompts]
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        samples, generated = [], 0
+        for index, request in enumerate(outputs):
+            for completion in request.outputs:
+                tokens = list(completion.token_ids)
+                logprobs = [step[token].logprob for step, token in zip(completion.logprobs, tokens, strict=True)]
+                reason = "stop" if completion.finish_reason == "stop" else "length"
+                samples.append(Sample(index, tokens, logprobs, reason))
+                generated += len(tokens)
+        return GenerationResult(
+            samples, [], decode_steps=max((len(s.token_ids) for s in samples), default=0), generated_tokens=generated
+        )
+
+    def close(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
