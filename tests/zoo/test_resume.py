@@ -20,38 +20,88 @@ def _run_dir(root):
     return hydra.parent
 
 
-def test_killed_and_resumed_run_matches_an_uninterrupted_run(run_zoo, tiny, zoo_env, tmp_path):
-    run_zoo("fit", *tiny, *RUN, "name=full")
-    full = _run_dir(tmp_path / "runs" / "full")
-
+def _kill_after_first_checkpoint(args, name, tmp_path, zoo_env, max_steps):
+    """Start ``zoo fit ARGS name=NAME``, SIGKILL it once it has saved a checkpoint; its run directory."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "zoo", "fit", *tiny, *RUN, "name=killed"],
+        [sys.executable, "-m", "zoo", "fit", *args, f"name={name}"],
         cwd=tmp_path,
         env=zoo_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 240
-    while not list((tmp_path / "runs").glob("killed/*/checkpoints/last.ckpt")):
+    while not list((tmp_path / "runs").glob(f"{name}/*/checkpoints/last.ckpt")):
         assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed = _run_dir(tmp_path / "runs" / "killed")
+    killed = _run_dir(tmp_path / "runs" / name)
     assert not (killed / "metrics.json").exists()
     step_at_kill = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert 0 < step_at_kill < 150
+    assert 0 < step_at_kill < max_steps
+    return killed
 
-    run_zoo("fit", f"resume={killed}")
+
+def _assert_same_end(full, resumed, keys):
     expected = json.loads((full / "metrics.json").read_text())
-    resumed = json.loads((killed / "metrics.json").read_text())
-    assert resumed["global_step"] == expected["global_step"] == 150
-    assert resumed["train/loss"] == pytest.approx(expected["train/loss"], abs=1e-6)
-    assert resumed["val/loss"] == pytest.approx(expected["val/loss"], abs=1e-6)
+    got = json.loads((resumed / "metrics.json").read_text())
+    assert got["global_step"] == expected["global_step"]
+    for key in keys:
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
     final = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    again = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    again = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for name, tensor in final.items():
         torch.testing.assert_close(again[name], tensor, rtol=0, atol=1e-6)
+
+
+def test_killed_and_resumed_run_matches_an_uninterrupted_run(run_zoo, tiny, zoo_env, tmp_path):
+    run_zoo("fit", *tiny, *RUN, "name=full")
+    killed = _kill_after_first_checkpoint([*tiny, *RUN], "killed", tmp_path, zoo_env, 150)
+    run_zoo("fit", f"resume={killed}")
+    _assert_same_end(_run_dir(tmp_path / "runs" / "full"), killed, ["train/loss", "val/loss"])
+
+
+SMALL = [
+    "model.hidden_size=32",
+    "model.num_hidden_layers=2",
+    "model.num_attention_heads=2",
+    "model.intermediate_size=64",
+    "data.vocab_size=64",
+    "module.evaluation.max_new_tokens=6",
+    "trainer.enable_progress_bar=false",
+]
+GRPO = [
+    "model=grpo",
+    "model.init_from=hub:resume-sft",
+    "data.train_size=300",
+    "data.val_size=8",
+    "data.batch_size=4",
+    "module.rollout.n=4",
+    "module.rollout.max_new_tokens=6",
+    "module.evaluation.max_new_tokens=6",
+    "trainer.enable_progress_bar=false",
+    "module.algorithm.ppo_epochs=2",
+    "module.algorithm.minibatch_size=8",  # two minibatches per epoch: four optimizer steps per rollout
+    "trainer.max_steps=40",
+    "trainer.val_check_interval=5",
+    "checkpoint.every_n_train_steps=8",
+]
+
+
+def test_a_killed_grpo_run_resumes_exactly(run_zoo, zoo_env, tmp_path):
+    """Rollouts (seeded by the step), the prompt order, minibatch shuffles and the optimizer all continue."""
+    sft = ["data.train_size=2000", "data.batch_size=32", "data.seq_len=64", "trainer.max_steps=150"]
+    run_zoo("fit", "model=sft", *SMALL, *sft, "trainer.val_check_interval=150", "name=sft")
+    run_zoo("hub", "push", str(_run_dir(tmp_path / "runs" / "sft")), "--name", "resume-sft")  # a policy with rewards
+    run_zoo("fit", *GRPO, "name=full")
+    full = _run_dir(tmp_path / "runs" / "full")
+    start = torch.load(_run_dir(tmp_path / "runs" / "sft") / "checkpoints" / "last.ckpt", weights_only=True)
+    end = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
+    moved = (end["state_dict"]["model.embed.weight"] - start["state_dict"]["model.embed.weight"]).abs().max()
+    assert moved > 1e-4  # GRPO changed the policy, so a resume that drew other rollouts would end elsewhere
+    killed = _kill_after_first_checkpoint(GRPO, "killed", tmp_path, zoo_env, 40)
+    run_zoo("fit", f"resume={killed}")
+    _assert_same_end(full, killed, ["train/loss", "reward/mean", "val/pass@1"])
 
 
 def test_resume_of_a_directory_that_is_not_a_run_is_one_line(run_zoo, tmp_path):
