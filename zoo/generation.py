@@ -8,8 +8,10 @@
 - a row finishes on a stop token (kept in the output), a stop string (checked on the decoded tail) or
   ``max_new_tokens``; finished rows leave the batch and their cache rows are dropped, so no decode step is
   spent on them;
-- with ``finished_groups_quota`` it stops as soon as that many prompts have all ``n`` completions finished and
-  returns the other prompts as unfinished (what tail batching needs).
+- a prompt is complete once ``group_complete_at`` of its ``n`` completions (default all) have finished; its
+  other rows are aborted then. With ``finished_groups_quota`` it stops as soon as that many prompts are
+  complete and returns the others as unfinished (what tail batching needs): the first ``quota`` to complete,
+  each with its first ``group_complete_at`` finished completions, in prompt and sample order.
 
 Per-token log-probs are ``log softmax(logits / temperature)`` of the sampled token (of the raw logits when
 greedy), before top-k / top-p truncation: the same quantity a trainer computes from its own forward pass.
@@ -172,12 +174,16 @@ class NativeEngine:
         n: int,
         params: SamplingParams,
         finished_groups_quota: int | None = None,
+        group_complete_at: int | None = None,
     ) -> GenerationResult:
         model, device = self.model, self.device
+        complete_at = group_complete_at or n
+        if not 1 <= complete_at <= n:
+            raise ValueError(f"group_complete_at={group_complete_at} must lie in [1, n={n}]")
         was_training = model.training
         model.eval()
         try:
-            return self._generate(model, device, prompts, n, params, finished_groups_quota)
+            return self._generate(model, device, prompts, n, params, finished_groups_quota, complete_at)
         finally:
             model.train(was_training)
 
@@ -214,7 +220,7 @@ class NativeEngine:
             self._graphs = GraphDecoder(model, self.dtype or model.embed.weight.dtype, capture)
         return GraphedBatch(self._graphs, cache, mask, positions, logits, total), rows.tolist()
 
-    def _generate(self, model, device, prompts, n, params, quota) -> GenerationResult:
+    def _generate(self, model, device, prompts, n, params, quota, complete_at) -> GenerationResult:
         generator = torch.Generator(device).manual_seed(params.seed) if params.seed is not None else None
         batch, owner = self._prefill(model, device, prompts, n, params)  # owner: prompt of each row
         rows = len(owner)
@@ -223,8 +229,8 @@ class NativeEngine:
         outputs = [[] for _ in owner]
         logprob_lists = [[] for _ in owner]
         reasons: list[str | None] = [None] * rows
-        remaining = [n] * len(prompts)
-        done_prompts: list[int] = []
+        finished_of: list[list[int]] = [[] for _ in prompts]  # each prompt's finished samples, in finishing order
+        done_prompts: list[int] = []  # prompts with ``complete_at`` finished samples, in completion order
         stop_tokens = set(params.stop_token_ids)
         steps = 0
         while active:
@@ -232,9 +238,9 @@ class NativeEngine:
             host = _HostCopy(pinned, tokens, logprobs)
             if steps + 1 < params.max_new_tokens:
                 batch.launch(tokens)  # the next step, for every row still active (graphs: it starts now)
-            finished_rows = []
             token_list, logprob_list = host.lists()
-            for row, (sample, token, logprob) in enumerate(zip(active, token_list, logprob_list, strict=True)):
+            completed = set()
+            for sample, token, logprob in zip(active, token_list, logprob_list, strict=True):
                 outputs[sample].append(token)
                 logprob_lists[sample].append(logprob)
                 if token in stop_tokens or self._hit_stop_string(outputs[sample], params.stop_strings):
@@ -243,28 +249,28 @@ class NativeEngine:
                     reasons[sample] = "length"
                 else:
                     continue
-                finished_rows.append(row)
-                remaining[owner[sample]] -= 1
-                if remaining[owner[sample]] == 0:
-                    done_prompts.append(owner[sample])
+                prompt = owner[sample]
+                if len(finished_of[prompt]) < complete_at:
+                    finished_of[prompt].append(sample)
+                    if len(finished_of[prompt]) == complete_at:
+                        done_prompts.append(prompt)
+                        completed.add(prompt)
             steps += 1
             if quota is not None and len(done_prompts) >= quota:
                 break
-            if finished_rows:
-                leaving = set(finished_rows)
-                keep = [r for r in range(len(active)) if r not in leaving]
+            # finished rows leave, and so do the surplus rows of prompts that just completed (aborted)
+            keep = [r for r, s in enumerate(active) if reasons[s] is None and owner[s] not in completed]
+            if len(keep) < len(active):
                 if not keep:
                     break
                 batch.keep(torch.tensor(keep, device=device))
                 active = [active[r] for r in keep]
 
-        finished = set(done_prompts)
+        returned = sorted(done_prompts[:quota] if quota is not None else done_prompts)
         samples = [
-            Sample(owner[s], outputs[s], logprob_lists[s], reasons[s])
-            for s in range(len(owner))
-            if owner[s] in finished
+            Sample(p, outputs[s], logprob_lists[s], reasons[s]) for p in returned for s in sorted(finished_of[p])
         ]
-        unfinished = [p for p in range(len(prompts)) if p not in finished]
+        unfinished = sorted(set(range(len(prompts))) - set(returned))
         generated = sum(len(o) for o in outputs)
         return GenerationResult(samples, unfinished, steps, generated)
 

@@ -165,3 +165,22 @@ def test_cuda_graph_decoding_equals_eager_decoding():
         assert [s.token_ids for s in graphed] == [s.token_ids for s in eager]
         for g, e in zip(graphed, eager, strict=True):
             assert g.logprobs == pytest.approx(e.logprobs, abs=1e-4)
+
+
+def test_a_group_completes_with_its_first_finishers_and_its_other_rows_are_aborted():
+    model = _model(seed=5)
+    full = NativeEngine(model).generate(PROMPTS, 4, SamplingParams(max_new_tokens=20, temperature=1.0, seed=4))
+    stop = max(range(60), key=lambda t: sum(t in s.token_ids for s in full.samples))  # a common token
+    params = SamplingParams(max_new_tokens=20, temperature=1.0, seed=4, stop_token_ids=(stop,))
+    for prompt in PROMPTS:  # one prompt per call: its rows see the same draws until the group completes
+        every = NativeEngine(model).generate([prompt], 4, params).samples
+        early = NativeEngine(model).generate([prompt], 4, params, group_complete_at=2)
+        first = sorted(sorted(range(4), key=lambda j: (len(every[j].token_ids), j))[:2])
+        assert [s.token_ids for s in early.samples] == [every[j].token_ids for j in first]
+        assert early.decode_steps == len(every[first[-1]].token_ids) == max(len(s.token_ids) for s in early.samples)
+    quota = NativeEngine(model).generate(PROMPTS, 4, params, finished_groups_quota=2, group_complete_at=3)
+    returned = sorted({s.prompt_index for s in quota.samples})
+    assert len(returned) == 2 and [s.prompt_index for s in quota.samples] == [returned[0]] * 3 + [returned[1]] * 3
+    assert all(s.finish_reason in ("stop", "length") for s in quota.samples)
+    assert quota.unfinished_prompts == [p for p in range(4) if p not in returned]
+    assert quota.generated_tokens < NativeEngine(model).generate(PROMPTS, 4, params).generated_tokens

@@ -22,17 +22,20 @@ def _run_dir(root):
     return hydra.parent
 
 
-def test_sft_then_grpo_through_the_hub(run_zoo, tmp_path):
+def test_pretrain_then_sft_then_grpo_through_the_hub(run_zoo, tmp_path, trained_run):
+    """zoo's own chain: a pretrained tiny Pythia → hub → SFT on arithmetic → hub → GRPO → hub."""
+    run_zoo("hub", "push", str(trained_run), "--name", "tiny-base")
     run_zoo(
         "fit",
         "model=sft",
-        *SMALL,
-        "data.vocab_size=64",
+        "model.init_from=hub:tiny-base",
         "data.train_size=500",
         "data.val_size=16",
+        "data.seq_len=64",
         "trainer.max_steps=20",
         "trainer.val_check_interval=10",
         "module.evaluation.max_new_tokens=6",
+        "trainer.enable_progress_bar=false",
     )
     sft = _run_dir(tmp_path / "runs" / "sft")
     metrics = json.loads((sft / "metrics.json").read_text())
@@ -57,7 +60,11 @@ def test_sft_then_grpo_through_the_hub(run_zoo, tmp_path):
     for key in ("reward/mean", "rollout/tokens_per_s", "rollout/length_mean", "policy/clip_fraction", "val/pass@1"):
         assert key in metrics, key
     checkpoint = torch.load(grpo / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["hyper_parameters"]["model"]["hidden_size"] == 32  # the SFT entry's architecture
+    base = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    architecture = {k: v for k, v in checkpoint["hyper_parameters"]["model"].items() if k != "init_from"}
+    assert architecture == {k: v for k, v in base["hyper_parameters"]["model"].items() if k != "init_from"}
+    tokenizer = (trained_run / "tokenizer" / "tokenizer.json").read_text()
+    assert (grpo / "tokenizer" / "tokenizer.json").read_text() == tokenizer  # the base's tokenizer all along
     run_zoo("hub", "push", str(grpo), "--name", "tiny-grpo")
     assert Hub().entry("tiny-grpo").config["arch"] == "gpt_neox"
 
