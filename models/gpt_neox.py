@@ -182,11 +182,11 @@ class Rotary(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first ``cos.shape[-1]`` channels of ``x`` (B, H, T, D) by the half-rotation rule."""
+    """Rotate the first ``cos.shape[-1]`` channels of ``x``'s last dimension by the half-rotation rule;
+    ``cos`` and ``sin`` broadcast against ``x``."""
     rot_dim = cos.shape[-1]
     x_rot, x_pass = x[..., :rot_dim], x[..., rot_dim:]
     x1, x2 = x_rot.chunk(2, dim=-1)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     rotated = x_rot * cos + torch.cat([-x2, x1], dim=-1) * sin
     return torch.cat([rotated, x_pass], dim=-1)
 
@@ -202,10 +202,11 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, inputs: AttentionInputs, cache_entry: int) -> torch.Tensor:
         B, T, C = x.shape
         # NeoX layout: per head the fused projection holds [q | k | v] (litgpt calls it interleaved).
-        qkv = self.qkv(x).view(B, T, self.num_heads, 3 * self.head_dim).transpose(1, 2)
-        q, k, v = qkv.split(self.head_dim, dim=-1)
-        q = apply_rotary(q, inputs.cos, inputs.sin)
-        k = apply_rotary(k, inputs.cos, inputs.sin)
+        qkv = self.qkv(x).view(B, T, self.num_heads, 3, self.head_dim)
+        # queries and keys rotated together: (B, T, H, 2, D) against cos/sin (B, T, 1, 1, rotary)
+        qk = apply_rotary(qkv[:, :, :, :2], inputs.cos[:, :, None, None], inputs.sin[:, :, None, None])
+        q, k = qk.transpose(1, 2).unbind(3)
+        v = qkv[:, :, :, 2].transpose(1, 2)
         if inputs.cache is not None:
             k, v = inputs.cache.update(cache_entry, k, v)
         if inputs.mask is None:

@@ -167,7 +167,7 @@ class NativeEngine:
             for name, tensor in weights:
                 params[name].copy_(tensor)  # in place: captured decode graphs keep reading the same memory
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self,
         prompts: Sequence[Sequence[int]],
