@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import lightning as L
@@ -37,7 +37,7 @@ from zoo.rl import advantages as estimators
 from zoo.rl.evaluation import evaluate_pass_at_k
 from zoo.rl.losses import kl_penalty, ppo_clip_loss
 from zoo.rl.rewards import RewardRunner
-from zoo.rl.rollout import RolloutBatch, assemble, token_logprobs
+from zoo.rl.rollout import RolloutBatch, Round, assemble, token_logprobs
 from zoo.strategies import clip_grad_norm
 
 
@@ -145,12 +145,31 @@ class RLModule(L.LightningModule):
         )
 
     # -- the four stages --------------------------------------------------------------------------------
-    def rollout(self, problems: list[dict[str, Any]]) -> tuple[RolloutBatch, list[str]]:
-        """Stage 1: G completions per prompt; the batch laid out for the trainer, and the decoded texts."""
+    def rollout(
+        self,
+        problems: list[dict[str, Any]],
+        n: int | None = None,
+        finished_groups_quota: int | None = None,
+        group_complete_at: int | None = None,
+    ) -> Round:
+        """Stage 1: ``n`` completions per prompt (default: the group size G). With a quota the engine stops once
+        that many prompts have ``group_complete_at`` finished completions (what samplers ask for); the round
+        keeps those prompts and their completions."""
         prompts = [p["prompt_ids"] for p in problems]
-        result = self.rollout_callback.generate(self, prompts, self.rollout_config.n, self.sampling_params())
-        texts = [self.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in result.samples]
-        return assemble(prompts, result.samples, self.device), texts
+        result = self.rollout_callback.generate(
+            self,
+            prompts,
+            n or self.rollout_config.n,
+            self.sampling_params(),
+            finished_groups_quota=finished_groups_quota,
+            group_complete_at=group_complete_at,
+        )
+        kept = sorted({s.prompt_index for s in result.samples})
+        position = {p: i for i, p in enumerate(kept)}
+        samples = [replace(s, prompt_index=position[s.prompt_index]) for s in result.samples]
+        texts = [self.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in samples]
+        batch = assemble([prompts[p] for p in kept], samples, self.device)
+        return Round([problems[p] for p in kept], batch, texts, [problems[p] for p in result.unfinished_prompts])
 
     def score(self, problems: list[dict[str, Any]], batch: RolloutBatch, texts: list[str]) -> torch.Tensor:
         """Stage 2: one reward per completion."""
@@ -220,8 +239,15 @@ class RLModule(L.LightningModule):
             if self.reference is not None:
                 batch.ref_logprobs = token_logprobs(self.reference, batch.input_ids, self.rollout_config.temperature)[0]
 
+    @property
+    def sampler(self):
+        """The sampler callback that decides which prompts each step trains (tail batching), if any."""
+        return next((c for c in self.trainer.callbacks if hasattr(c, "next_round")), None)
+
     def training_step(self, problems: list[dict[str, Any]], batch_idx: int) -> None:
-        batch, texts = self.rollout(problems)
+        sampler = self.sampler
+        step = sampler.next_round(self) if sampler is not None else self.rollout(problems)
+        problems, batch, texts = step.problems, step.batch, step.texts
         batch.rewards = self.score(problems, batch, texts)
         self.prepare(batch)
         batch.advantages = self.advantages(batch)

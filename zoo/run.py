@@ -106,6 +106,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     ]
     if cfg.get("rollout"):
         callbacks.append(instantiate(cfg.rollout))
+    if cfg.get("sampler"):
+        callbacks.append(instantiate(cfg.sampler))
     if cfg.probes.every_n_steps:
         callbacks.append(LoopProbes(cfg.probes.every_n_steps, cfg.probes.samples))
     strategy = instantiate(cfg.strategy)

@@ -88,20 +88,24 @@ GRPO = [
 ]
 
 
-def test_a_killed_grpo_run_resumes_exactly(run_zoo, zoo_env, tmp_path):
-    """Rollouts (seeded by the step), the prompt order, minibatch shuffles and the optimizer all continue."""
+@pytest.mark.parametrize("sampler", [[], ["sampler=tail_batching"]], ids=["synchronous", "tail_batching"])
+def test_a_killed_grpo_run_resumes_exactly(run_zoo, zoo_env, tmp_path, sampler):
+    """Rollouts (seeded by the step), the prompt order, minibatch shuffles, the optimizer and the sampler's
+    queue and position all continue."""
     sft = ["data.train_size=2000", "data.batch_size=32", "data.seq_len=64", "trainer.max_steps=150"]
     run_zoo("fit", "model=sft", *SMALL, *sft, "trainer.val_check_interval=150", "name=sft")
     run_zoo("hub", "push", str(_run_dir(tmp_path / "runs" / "sft")), "--name", "resume-sft")  # a policy with rewards
-    run_zoo("fit", *GRPO, "name=full")
+    run_zoo("fit", *GRPO, *sampler, "name=full")
     full = _run_dir(tmp_path / "runs" / "full")
     start = torch.load(_run_dir(tmp_path / "runs" / "sft") / "checkpoints" / "last.ckpt", weights_only=True)
     end = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
     moved = (end["state_dict"]["model.embed.weight"] - start["state_dict"]["model.embed.weight"]).abs().max()
     assert moved > 1e-4  # GRPO changed the policy, so a resume that drew other rollouts would end elsewhere
-    killed = _kill_after_first_checkpoint(GRPO, "killed", tmp_path, zoo_env, 40)
+    killed = _kill_after_first_checkpoint([*GRPO, *sampler], "killed", tmp_path, zoo_env, 40)
     run_zoo("fit", f"resume={killed}")
-    _assert_same_end(full, killed, ["train/loss", "reward/mean", "val/pass@1"])
+    keys = ["train/loss", "reward/mean", "val/pass@1"]
+    keys += ["sampler/queue_size", "sampler/long_rounds"] if sampler else []
+    _assert_same_end(full, killed, keys)
 
 
 def test_resume_of_a_directory_that_is_not_a_run_is_one_line(run_zoo, tmp_path):

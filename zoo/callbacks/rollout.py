@@ -115,10 +115,14 @@ class RolloutCallback(L.Callback):
         n: int,
         params: SamplingParams,
         finished_groups_quota: int | None = None,
+        group_complete_at: int | None = None,
         log_prefix: str = "rollout",
     ) -> GenerationResult:
         start = time.perf_counter()
-        result = self.engine.generate(prompts, n, params, finished_groups_quota)
+        if group_complete_at is None:  # every engine takes a quota; only the native one a partial group
+            result = self.engine.generate(prompts, n, params, finished_groups_quota)
+        else:
+            result = self.engine.generate(prompts, n, params, finished_groups_quota, group_complete_at)
         seconds = time.perf_counter() - start
         self.rollouts += 1
         self._log(pl_module, result, seconds, log_prefix)
@@ -131,6 +135,7 @@ class RolloutCallback(L.Callback):
         reasons = Counter(s.finish_reason for s in result.samples)
         metrics = {
             f"{prefix}/tokens_per_s": result.generated_tokens / max(seconds, 1e-9),
+            f"{prefix}/seconds": seconds,
             f"{prefix}/length_mean": lengths.mean().item(),
             f"{prefix}/length_max": lengths.max().item(),
             **{f"{prefix}/finish_{r}": reasons[r] / len(lengths) for r in ("stop", "length")},

@@ -54,6 +54,18 @@ class RolloutBatch:
         )
 
 
+@dataclass
+class Round:
+    """What one training step trains: the prompts whose groups completed, their completions laid out for the
+    trainer (``batch.prompt_index`` indexes ``problems``) and decoded, and the launched prompts that did not
+    complete (an early-stopped round returns them; a sampler queues them)."""
+
+    problems: list[Any]
+    batch: RolloutBatch
+    texts: list[str]
+    unfinished: list[Any]
+
+
 def assemble(prompts: Sequence[Sequence[int]], samples: Sequence[Sample], device: Any = None) -> RolloutBatch:
     """Lay out ``samples`` (grouped by prompt, as the engines return them) for the trainer."""
     sequences = [list(prompts[s.prompt_index]) + s.token_ids for s in samples]
