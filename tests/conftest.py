@@ -93,3 +93,25 @@ def shared_data():
         return path
 
     return find
+
+
+@pytest.fixture
+def cpu_trainer(tmp_path):
+    """``cpu_trainer(**settings)``: an in-process CPU Trainer without logger, progress bar, summary, checkpoints
+    or sanity validation (what the module tests fit with); ``settings`` override any of those."""
+    import lightning as L
+
+    def make(**settings) -> L.Trainer:
+        quiet = dict(
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,
+            default_root_dir=tmp_path,
+        )
+        return L.Trainer(**{**quiet, **settings})
+
+    return make

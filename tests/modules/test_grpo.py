@@ -27,7 +27,7 @@ class _Rewards(L.Callback):
         self.history.append(trainer.callback_metrics["reward/mean"].item())
 
 
-def _fit(reward, steps, tmp_path, module_class=GRPOModule, **module):
+def _fit(reward, steps, cpu_trainer, module_class=GRPOModule, **module):
     torch.manual_seed(0)
     data = PromptDataModule(task="arithmetic", train_size=2000, val_size=16, batch_size=16, vocab_size=64)
     data.prepare_data()
@@ -36,36 +36,25 @@ def _fit(reward, steps, tmp_path, module_class=GRPOModule, **module):
         POLICY, optim=dict(lr=1e-3, warmup_steps=5, weight_decay=0.0), rollout=dict(n=8, max_new_tokens=4), **module
     )
     record = _Rewards()
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        enable_model_summary=False,
-        callbacks=[RolloutCallback(), record],
-        default_root_dir=tmp_path,
-    )
+    trainer = cpu_trainer(max_steps=steps, limit_val_batches=0, callbacks=[RolloutCallback(), record])
     trainer.fit(grpo, datamodule=data)
     return record.history, trainer
 
 
-def test_reward_rises_on_a_bandit_task(tmp_path):
+def test_reward_rises_on_a_bandit_task(cpu_trainer):
     # reward 1 when the answer starts with "7": about 1 in 16 samples at the start
-    history, _ = _fit(lambda p, c, r: float(c.strip().startswith("7")), 120, tmp_path)
+    history, _ = _fit(lambda p, c, r: float(c.strip().startswith("7")), 120, cpu_trainer)
     first, last = sum(history[:10]) / 10, sum(history[-10:]) / 10
     assert first < 0.1 and last > 0.6  # 0.04 → 0.8 when written
 
 
-def test_a_reward_that_throws_scores_zero_and_training_goes_on(tmp_path):
+def test_a_reward_that_throws_scores_zero_and_training_goes_on(cpu_trainer):
     def flaky(prompt, completion, reference):
         if "1" in completion:
             raise ValueError("cannot score this")
         return 1.0
 
-    history, trainer = _fit(flaky, 3, tmp_path)
+    history, trainer = _fit(flaky, 3, cpu_trainer)
     assert len(history) == 3 and trainer.callback_metrics["reward/failures"] > 0
 
 
@@ -76,8 +65,8 @@ def test_a_reward_that_throws_scores_zero_and_training_goes_on(tmp_path):
         dict(advantage="reinforce_pp", entropy_coef=0.01, clip_high=0.28),
     ],
 )
-def test_other_estimators_and_loss_terms_train(tmp_path, algorithm):
-    history, trainer = _fit(lambda p, c, r: float(c.strip().startswith("7")), 4, tmp_path, algorithm=algorithm)
+def test_other_estimators_and_loss_terms_train(cpu_trainer, algorithm):
+    history, trainer = _fit(lambda p, c, r: float(c.strip().startswith("7")), 4, cpu_trainer, algorithm=algorithm)
     metrics = trainer.callback_metrics
     updates_per_rollout = algorithm.get("ppo_epochs", 1) * (128 // algorithm.get("minibatch_size", 128))
     assert trainer.global_step == len(history) * updates_per_rollout  # one optimizer step per minibatch
@@ -86,13 +75,13 @@ def test_other_estimators_and_loss_terms_train(tmp_path, algorithm):
     assert ("policy/entropy" in metrics) == ("entropy_coef" in algorithm)
 
 
-def test_ppo_with_a_critic_raises_the_reward_too(tmp_path):
+def test_ppo_with_a_critic_raises_the_reward_too(cpu_trainer):
     from zoo.modules.ppo import PPOModule
 
     history, trainer = _fit(
         lambda p, c, r: float(c.strip().startswith("7")),
         120,
-        tmp_path,
+        cpu_trainer,
         module_class=PPOModule,
         algorithm=dict(kl_coef=0.01),
     )

@@ -5,7 +5,6 @@ import sys
 import types
 from dataclasses import dataclass
 
-import lightning as L
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -195,23 +194,13 @@ def test_without_vllm_the_engine_says_how_to_install_it(monkeypatch):
 
 
 @pytest.mark.parametrize("engine", ["hf", "vllm"])
-def test_grpo_trains_with_the_engine_and_keeps_its_weights_in_step(engine, fake_vllm, tmp_path):
+def test_grpo_trains_with_the_engine_and_keeps_its_weights_in_step(engine, fake_vllm, cpu_trainer):
     torch.manual_seed(0)
     data = PromptDataModule(task="arithmetic", train_size=200, val_size=8, batch_size=4, vocab_size=64)
     policy = dict(arch="gpt_neox", **{**DIMS, "vocab_size": 64}, num_hidden_layers=2)
     module = GRPOModule(policy, optim=dict(lr=1e-3, warmup_steps=1), rollout=dict(n=2, max_new_tokens=4))
     callback = RolloutCallback(engine=engine)
-    trainer = L.Trainer(
-        max_steps=3,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        enable_model_summary=False,
-        callbacks=[callback],
-        default_root_dir=tmp_path,
-    )
+    trainer = cpu_trainer(max_steps=3, limit_val_batches=0, callbacks=[callback])
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 3 and "reward/mean" in trainer.callback_metrics
     embed = module.model.embed.weight

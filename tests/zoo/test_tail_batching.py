@@ -99,42 +99,31 @@ class _Start(L.Callback):
         self.weights = [p.detach().clone() for p in module.model.parameters()]
 
 
-def _fit(tmp_path, sampler, steps=6):
+def _fit(cpu_trainer, sampler, steps=6):
     torch.manual_seed(0)
     data = PromptDataModule(task="arithmetic", train_size=64, val_size=8, batch_size=4, vocab_size=64)
     data.prepare_data()
     data.reward = lambda p, c, r: float(c.strip().startswith("1"))  # a reward the random policy sometimes earns
     module = GRPOModule(POLICY, optim=dict(lr=1e-3, warmup_steps=1), rollout=dict(n=4, max_new_tokens=5))
     callbacks = [RolloutCallback(), _Start()] + ([sampler] if sampler is not None else [])
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        default_root_dir=tmp_path,
-    )
+    trainer = cpu_trainer(max_steps=steps, limit_val_batches=0, callbacks=callbacks)
     trainer.fit(module, datamodule=data)
     module.start_weights = callbacks[1].weights
     return module, trainer
 
 
-def test_grpo_with_ratios_of_one_equals_grpo_without_a_sampler(tmp_path):
-    plain, _ = _fit(tmp_path / "plain", None)
-    sampled, _ = _fit(tmp_path / "sampled", TailBatching(1.0, 1.0))
+def test_grpo_with_ratios_of_one_equals_grpo_without_a_sampler(cpu_trainer):
+    plain, _ = _fit(cpu_trainer, None)
+    sampled, _ = _fit(cpu_trainer, TailBatching(1.0, 1.0))
     for (name, a), (_, b) in zip(plain.model.named_parameters(), sampled.model.named_parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     moved = [not torch.equal(a, b) for a, b in zip(plain.model.parameters(), plain.start_weights, strict=True)]
     assert any(moved)  # training changed the policy, so equal weights mean equal steps
 
 
-def test_grpo_with_tail_batching_runs_short_and_long_rounds(tmp_path):
+def test_grpo_with_tail_batching_runs_short_and_long_rounds(cpu_trainer):
     sampler = TailBatching(1.5, 1.5)
-    _, trainer = _fit(tmp_path, sampler, steps=8)
+    _, trainer = _fit(cpu_trainer, sampler, steps=8)
     metrics = trainer.callback_metrics
     assert metrics["sampler/short_rounds"] + metrics["sampler/long_rounds"] == 8
     assert sampler.batcher.long_rounds >= 1  # η_P = 1.5 queues 2 prompts per short round: a long round by step 3
