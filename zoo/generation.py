@@ -117,23 +117,26 @@ class _EagerBatch:
         return logits
 
 
+RUNNING, STOPPED, AT_LENGTH = 0, 1, 2  # per-row codes of a decode step
+
+
 class _HostCopy:
-    """Sampled tokens and log-probs on their way to the CPU. On a GPU the copy goes to pinned memory behind an
+    """A decode step's per-row codes on their way to the CPU. On a GPU the copy goes to pinned memory behind an
     event, so waiting for it does not wait for decode work queued after it."""
 
-    def __init__(self, buffer: torch.Tensor | None, tokens: torch.Tensor, logprobs: torch.Tensor) -> None:
-        self.tokens, self.logprobs, self.event = tokens, logprobs, None
+    def __init__(self, buffer: torch.Tensor | None, codes: torch.Tensor) -> None:
+        self.codes, self.event = codes, None
         if buffer is not None:
-            self.host = buffer[:, : len(tokens)]
-            self.host.copy_(torch.stack([tokens.double(), logprobs.double()]), non_blocking=True)
+            self.host = buffer[: len(codes)]
+            self.host.copy_(codes, non_blocking=True)
             self.event = torch.cuda.Event()
             self.event.record()
 
-    def lists(self) -> tuple[list[int], list[float]]:
+    def list(self) -> list[int]:
         if self.event is None:
-            return self.tokens.tolist(), self.logprobs.tolist()
+            return self.codes.tolist()
         self.event.synchronize()
-        return [int(t) for t in self.host[0].tolist()], self.host[1].tolist()
+        return self.host.tolist()
 
 
 class NativeEngine:
@@ -223,56 +226,75 @@ class NativeEngine:
     def _generate(self, model, device, prompts, n, params, quota, complete_at) -> GenerationResult:
         generator = torch.Generator(device).manual_seed(params.seed) if params.seed is not None else None
         batch, owner = self._prefill(model, device, prompts, n, params)  # owner: prompt of each row
-        rows = len(owner)
-        pinned = torch.empty(2, rows, dtype=torch.float64, pin_memory=True) if device.type == "cuda" else None
+        rows, budget = len(owner), params.max_new_tokens
+        # every active row has generated the same number of tokens, so step t writes column t of these
+        tokens_out = torch.zeros(rows, budget, dtype=torch.long, device=device)
+        logprobs_out = torch.zeros(rows, budget, dtype=torch.float32, device=device)
+        stop_ids = torch.tensor(params.stop_token_ids, dtype=torch.long, device=device)
+        pinned = torch.empty(rows, dtype=torch.int8, pin_memory=True) if device.type == "cuda" else None
         active = list(range(rows))  # sample index of each active row
-        outputs = [[] for _ in owner]
-        logprob_lists = [[] for _ in owner]
+        active_index = torch.arange(rows, device=device)
+        lengths = [budget] * rows
         reasons: list[str | None] = [None] * rows
         finished_of: list[list[int]] = [[] for _ in prompts]  # each prompt's finished samples, in finishing order
         done_prompts: list[int] = []  # prompts with ``complete_at`` finished samples, in completion order
-        stop_tokens = set(params.stop_token_ids)
         steps = 0
         while active:
             tokens, logprobs = sample_tokens(batch.logits(), params, generator)
-            host = _HostCopy(pinned, tokens, logprobs)
-            if steps + 1 < params.max_new_tokens:
+            tokens_out[active_index, steps] = tokens
+            logprobs_out[active_index, steps] = logprobs.float()
+            codes = torch.isin(tokens, stop_ids).to(torch.int8)
+            if steps + 1 >= budget:
+                codes = torch.where(codes == STOPPED, codes, torch.full_like(codes, AT_LENGTH))
+            host = _HostCopy(pinned, codes)
+            if steps + 1 < budget:
                 batch.launch(tokens)  # the next step, for every row still active (graphs: it starts now)
-            token_list, logprob_list = host.lists()
+            row_codes = host.list()
+            if params.stop_strings:
+                texts = tokens_out[active_index, : steps + 1].tolist()
+                row_codes = [
+                    STOPPED if c != STOPPED and self._hit_stop_string(t, params.stop_strings) else c
+                    for c, t in zip(row_codes, texts, strict=True)
+                ]
+            steps += 1
             completed = set()
-            for sample, token, logprob in zip(active, token_list, logprob_list, strict=True):
-                outputs[sample].append(token)
-                logprob_lists[sample].append(logprob)
-                if token in stop_tokens or self._hit_stop_string(outputs[sample], params.stop_strings):
-                    reasons[sample] = "stop"
-                elif len(outputs[sample]) >= params.max_new_tokens:
-                    reasons[sample] = "length"
-                else:
+            for sample, code in zip(active, row_codes, strict=True):
+                if code == RUNNING:
                     continue
+                lengths[sample], reasons[sample] = steps, "stop" if code == STOPPED else "length"
                 prompt = owner[sample]
                 if len(finished_of[prompt]) < complete_at:
                     finished_of[prompt].append(sample)
                     if len(finished_of[prompt]) == complete_at:
                         done_prompts.append(prompt)
                         completed.add(prompt)
-            steps += 1
             if quota is not None and len(done_prompts) >= quota:
                 break
             # finished rows leave, and so do the surplus rows of prompts that just completed (aborted)
             keep = [r for r, s in enumerate(active) if reasons[s] is None and owner[s] not in completed]
+            for s in active:
+                if reasons[s] is None and owner[s] in completed:
+                    lengths[s] = steps  # aborted here
             if len(keep) < len(active):
                 if not keep:
                     break
-                batch.keep(torch.tensor(keep, device=device))
+                index = torch.tensor(keep, device=device)
+                batch.keep(index)
+                active_index = active_index[index]
                 active = [active[r] for r in keep]
 
+        for sample in active:  # rows still running at an early stop
+            lengths[sample] = steps
         returned = sorted(done_prompts[:quota] if quota is not None else done_prompts)
+        chosen = [s for p in returned for s in sorted(finished_of[p])]
+        token_lists = tokens_out[chosen].tolist() if chosen else []
+        logprob_lists = logprobs_out[chosen].tolist() if chosen else []
         samples = [
-            Sample(p, outputs[s], logprob_lists[s], reasons[s]) for p in returned for s in sorted(finished_of[p])
+            Sample(owner[s], token_lists[i][: lengths[s]], logprob_lists[i][: lengths[s]], reasons[s])
+            for i, s in enumerate(chosen)
         ]
         unfinished = sorted(set(range(len(prompts))) - set(returned))
-        generated = sum(len(o) for o in outputs)
-        return GenerationResult(samples, unfinished, steps, generated)
+        return GenerationResult(samples, unfinished, steps, sum(lengths))
 
     def _hit_stop_string(self, tokens: list[int], stop_strings: tuple[str, ...]) -> bool:
         return hits_stop_string(self.tokenizer, tokens, stop_strings)

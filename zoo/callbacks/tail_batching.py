@@ -16,8 +16,8 @@ No prompt is dropped or trained twice; only the order changes, and training stay
 it is plain synchronous batching, step for step.
 
 Choices where the paper is silent: fresh prompts follow the same seeded per-epoch order the training loader
-would give (so η = 1 reproduces a run without the sampler), and an epoch's last prompts that cannot fill a
-short round wait for the next epoch's order, like the loader's ``drop_last``. The queue is FIFO. With a
+would give (so η = 1 reproduces a run without the sampler); an epoch's last prompts are skipped when fewer
+than P0 (the loader's ``drop_last``) and otherwise topped up from the next epoch's order. The queue is FIFO. With a
 sampler, the training loader only paces Lightning's steps; its batches are not used. The queue, the position
 in the prompt order and the round counters are saved in checkpoints, so a resumed run continues exactly.
 
@@ -108,15 +108,20 @@ class PromptStream:
         return self._current
 
     def take(self, count: int, at_least: int) -> list[int]:
-        order = self._epoch_order()
-        left = len(order) - self.position
-        if left < at_least:  # the epoch's tail cannot fill a round: the next epoch begins
-            self.epoch, self.position, self._current = self.epoch + 1, 0, None
+        """``count`` prompts in order. An epoch's tail shorter than ``at_least`` is skipped (the loader's
+        ``drop_last``); a longer one is topped up from the next epoch's order."""
+        taken: list[int] = []
+        while len(taken) < count:
             order = self._epoch_order()
-            if len(order) < at_least:
-                raise ConfigError(f"{len(order)} training prompts per rank cannot fill a round of {at_least}")
-        taken = order[self.position : self.position + count]
-        self.position += len(taken)
+            left = len(order) - self.position
+            if left == 0 or (not taken and left < at_least):
+                self.epoch, self.position, self._current = self.epoch + 1, 0, None
+                if len(self._epoch_order()) < at_least:
+                    raise ConfigError(f"{len(self._epoch_order())} training prompts per rank cannot fill a round")
+                continue
+            more = order[self.position : self.position + count - len(taken)]
+            self.position += len(more)
+            taken.extend(more)
         return taken
 
     def state_dict(self) -> dict[str, int]:
