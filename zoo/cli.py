@@ -18,7 +18,7 @@ from pathlib import Path
 from zoo.errors import ConfigError, ZooError
 
 CONFIG_MODULE = "zoo.configs"
-GROUPS = ("model", "module", "data", "rollout", "trainer", "strategy", "logger", "experiment", "debug")
+GROUPS = ("model", "module", "data", "rollout", "sampler", "trainer", "strategy", "logger", "experiment", "debug")
 USAGE = """usage: zoo COMMAND [ARGS]
 
 commands:
