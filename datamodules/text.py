@@ -150,7 +150,7 @@ class TextDataModule(L.LightningDataModule):
             return
         h = self.hparams
         train_docs, val_docs = split_documents(self._documents(), h.val_fraction, h.seed)
-        texts = [d.text for d in train_docs]
+        texts = self.tokenizer_texts(train_docs)
         self.tokenizer = tokenizer_for(h.tokenizer, texts, h.vocab_size, self.cache_root.parent / "tokenizers")
 
         digest = hashlib.sha256(_FORMAT_VERSION.encode())
@@ -165,6 +165,10 @@ class TextDataModule(L.LightningDataModule):
             if not file.is_file():
                 self._tokenize_to(file, docs)
             self.arrays[split] = file
+
+    def tokenizer_texts(self, train_documents: list[Document]) -> list[str]:
+        """What a tokenizer trained for this data learns from (subclasses add their own text)."""
+        return [d.text for d in train_documents]
 
     def _tokenize_to(self, file: Path, documents: list[Document]) -> None:
         eos = self.tokenizer.eos_token_id

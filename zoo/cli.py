@@ -28,6 +28,7 @@ commands:
   ls                     the config groups and their options
   hub push|list|show|pull|export ...   the checkpoint hub (zoo hub --help)
   probe SOURCE           loop probes of a run, .ckpt or hub:NAME on validation text (zoo probe --help)
+  infusion analyze SWEEP collapse points and their scaling law for a knowledge-infusion sweep
 
 overrides (Hydra): model=mesh  trainer.max_steps=50  data.path=corpus.txt  +trainer.profiler=simple
   -m / --multirun sweeps:  zoo fit -m module.optim.lr=1e-3,3e-3
@@ -340,6 +341,24 @@ def probe_command(args: list[str]) -> None:
         console.print(f"figures written to {out}")
 
 
+# -- knowledge infusion ---------------------------------------------------------------------------------------
+def infusion_command(args: list[str]) -> None:
+    from zoo.infusion import write_report
+
+    parser = argparse.ArgumentParser(prog="zoo infusion", description="knowledge-infusion sweeps")
+    sub = parser.add_subparsers(dest="action", required=True)
+    analyze = sub.add_parser("analyze", help="collapse points, the scaling law and its prediction")
+    analyze.add_argument("sweep", help="the sweep directory (its runs' metrics.json are read)")
+    analyze.add_argument("--delta", type=float, default=0.2, help="collapse: retention below (1 - delta) x k=0")
+    opts = parser.parse_args(args)
+    try:
+        text, out = write_report(Path(opts.sweep), opts.delta)
+    except ZooError as e:
+        _user_error(e)
+    print(text)
+    print(f"wrote infusion.md, infusion.json, infusion.png and tensorboard/ in {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
@@ -358,8 +377,10 @@ def main(argv: list[str] | None = None) -> None:
         hub_command(rest)
     elif command == "probe":
         probe_command(rest)
+    elif command == "infusion":
+        infusion_command(rest)
     else:
-        fail(f"unknown command {command!r}; commands: fit, validate, test, ls, hub, probe")
+        fail(f"unknown command {command!r}; commands: fit, validate, test, ls, hub, probe, infusion")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from zoo.callbacks.fact_recall import FactRecall
 from zoo.callbacks.probes import LoopProbes
 from zoo.checkpoint_io import AtomicCheckpointIO
 from zoo.errors import ConfigError
@@ -110,6 +111,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         callbacks.append(instantiate(cfg.sampler))
     if cfg.probes.every_n_steps:
         callbacks.append(LoopProbes(cfg.probes.every_n_steps, cfg.probes.samples))
+    if "recall_facts" in cfg.data:  # knowledge data: retention and acquisition after every validation
+        callbacks.append(FactRecall())
     strategy = instantiate(cfg.strategy)
     log.info(
         "trainer: strategy %s, %s",

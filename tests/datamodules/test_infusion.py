@@ -1,0 +1,94 @@
+"""The knowledge world, the infusion mixture and fact recall (knowledge-infusion pretraining, issue 6)."""
+
+import pytest
+import torch
+
+from zoo.callbacks.fact_recall import recall_accuracy
+from zoo.datamodules.infusion import InfusionDataModule
+from zoo.errors import DataError
+from zoo.knowledge import build_world
+from zoo.models import GPTNeoX, GPTNeoXConfig
+
+
+def test_the_world_is_deterministic_and_general_and_domain_share_nothing():
+    world = build_world(50, 40, seed=3)
+    assert world == build_world(50, 40, seed=3) and world != build_world(50, 40, seed=4)
+    assert len(world.general) == 150 and len(world.domain) == 120
+    general_words = {f.entity for f in world.general} | {f.value for f in world.general}
+    domain_words = {f.entity for f in world.domain} | {f.value for f in world.domain}
+    assert not general_words & domain_words
+    assert len({f.entity for f in world.general}) == 50  # full names are unique
+    fact = world.general[0]
+    statements = fact.statements()
+    assert len(statements) == 4 and all(fact.entity in s and fact.value in s for s in statements)
+    assert statements[-1] == f"{fact.question()} {fact.value}."
+
+
+def _data(**settings):
+    defaults = dict(general_entities=40, domain_entities=40, train_tokens=60_000, vocab_size=512, seq_len=64)
+    data = InfusionDataModule(**{**defaults, **settings})
+    data.setup()
+    return data
+
+
+def _decoded_stream(data):
+    return data.tokenizer.decode(torch.cat([data.train_set[i][:-1] for i in range(len(data.train_set))]).tolist())
+
+
+def test_the_stream_holds_the_infused_facts_and_nothing_more():
+    data = _data(domain_facts=30, general_repeats=2, domain_repeats=3)
+    text = _decoded_stream(data)
+    infused, left_out = data.world.domain[:30], data.world.domain[30:]
+    for fact in infused:
+        assert text.count(f"{fact.question()} {fact.value}.") == 3
+    assert all(fact.entity not in text for fact in left_out)
+    for fact in data.world.general[:20]:
+        assert text.count(f"{fact.question()} {fact.value}.") == 2
+    assert data.stats["infusion/domain_facts"] == 30 and 0 < data.stats["infusion/domain_share"] < 1
+    assert len(data.train_set) * 64 <= 60_000 < (len(data.train_set) + 2) * 64  # the token budget
+    assert _decoded_stream(_data(domain_facts=30, general_repeats=2, domain_repeats=3)) == text  # deterministic
+
+
+def test_bad_amounts_are_one_line_errors():
+    with pytest.raises(DataError, match=r"data.domain_facts=500 must lie in \[0, 120\]"):
+        InfusionDataModule(general_entities=40, domain_entities=40, domain_facts=500)
+    with pytest.raises(DataError, match="smaller than the knowledge alone"):
+        _data(train_tokens=1_000, domain_facts=10)
+
+
+def test_recall_is_multiple_choice_over_the_relation_values():
+    data = _data(domain_facts=0, general_repeats=2)
+    facts = data.recall_sets()["general"][:20]
+    assert "domain" not in data.recall_sets()  # nothing infused, nothing to ask
+
+    class Oracle(torch.nn.Module):
+        """Puts all its mass on the tokens of the true answer after each question."""
+
+        def __init__(self, answers):
+            super().__init__()
+            self.answers, self.anchor = answers, torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, ids):
+            logits = torch.full((*ids.shape, len(data.tokenizer)), -10.0)
+            for row, sequence in enumerate(ids.tolist()):
+                for prompt, answer in self.answers:
+                    if sequence[: len(prompt)] == prompt:
+                        for i, token in enumerate(answer):
+                            logits[row, len(prompt) - 1 + i, token] = 10.0
+            return logits
+
+    tokenize = lambda text: data.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    oracle = Oracle([(tokenize(f.question()), tokenize(" " + f.value)) for f in facts])
+    assert recall_accuracy(oracle, data.tokenizer, facts) == 1.0
+    torch.manual_seed(0)
+    untrained = GPTNeoX(
+        GPTNeoXConfig(
+            vocab_size=len(data.tokenizer),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )
+    assert recall_accuracy(untrained, data.tokenizer, facts) < 0.5  # about chance (1/10 to 1/24)

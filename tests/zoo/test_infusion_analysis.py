@@ -1,0 +1,64 @@
+"""The infusion analysis: collapse points by the README's definition, the power-law fit and its prediction,
+and `zoo infusion analyze` on a sweep directory of runs."""
+
+import json
+import math
+
+import pytest
+
+from zoo.errors import ConfigError
+from zoo.infusion import RunResult, analyze, collapse_point, fit_power_law, read_runs
+
+
+def test_collapse_point_interpolates_where_retention_crosses_the_line():
+    # retention 0.8 without infusion; the line is 0.64; it is crossed between 100 (0.70) and 1000 (0.40)
+    point = collapse_point([0, 10, 100, 1000], [0.8, 0.79, 0.70, 0.40], delta=0.2)
+    t = (0.70 - 0.64) / (0.70 - 0.40)
+    assert point == pytest.approx(math.exp(math.log(100) + t * (math.log(1000) - math.log(100))))
+    assert collapse_point([0, 50], [0.8, 0.4]) == pytest.approx(50 * (0.8 - 0.64) / (0.8 - 0.4))  # linear from 0
+    assert collapse_point([0, 10, 100], [0.8, 0.78, 0.7]) is None  # never collapses in the sweep
+    with pytest.raises(ConfigError, match="domain_facts=0"):
+        collapse_point([10, 100], [0.8, 0.5])
+
+
+def _sweep(alpha=0.7, a=-2.0, sizes=(1e4, 4e4, 1.6e5, 6.4e5)):
+    """Runs whose retention falls from 0.9 to 0.1 along a logistic in log k centred on exp(a) * N^alpha: every
+    size crosses the collapse line at the same offset from its centre, so the fit must find alpha."""
+    amounts = [0] + [round(10 ** (i / 4)) for i in range(4, 24)]
+    results = []
+    for size in sizes:
+        star = math.exp(a + alpha * math.log(size))
+        for k in amounts:
+            z = min(3 * (math.log(star) - math.log(max(k, 1e-9))), 700.0)  # > 0 before the centre
+            retention = 0.9 - 0.8 / (1 + math.exp(z))
+            results.append(RunResult(f"{size}-{k}", size, k, retention, None))
+    return results
+
+
+def test_the_fit_recovers_a_known_law_and_predicts_the_largest_size():
+    analysis = analyze(_sweep(alpha=0.7, a=-2.0))
+    assert analysis.alpha == pytest.approx(0.7, abs=0.05)  # interpolating a curved drop costs a little
+    assert analysis.held_out == 6.4e5 and analysis.relative_error < 0.15
+    a, alpha = fit_power_law([1.0, 10.0, 100.0], [3.0, 30.0, 300.0])
+    assert alpha == pytest.approx(1.0) and a == pytest.approx(math.log(3.0))
+
+
+def test_zoo_infusion_analyze_writes_the_table_the_fit_and_the_plot(run_zoo, tmp_path):
+    sweep = tmp_path / "sweep"
+    for i, r in enumerate(_sweep(sizes=(1e4, 4e4, 1.6e5))):
+        run = sweep / f"{i}_run"
+        run.mkdir(parents=True)
+        metrics = {
+            "recall/general": r.retention,
+            "infusion/domain_facts": r.domain_facts,
+            "model/non_embedding_parameters": r.parameters,
+        }
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    assert len(read_runs(sweep)) == 3 * 21
+    process = run_zoo("infusion", "analyze", str(sweep))
+    assert "relative error" in process.stdout
+    summary = json.loads((sweep / "infusion.json").read_text())
+    assert summary["alpha"] == pytest.approx(0.7, abs=0.05)
+    assert (sweep / "infusion.png").stat().st_size > 10_000 and list((sweep / "tensorboard").iterdir())
+    empty = run_zoo("infusion", "analyze", str(tmp_path / "nothing"), check=False)
+    assert empty.returncode == 2 and "no finished infusion runs" in empty.stderr
