@@ -162,7 +162,10 @@ def figure(results: list[RunResult], analysis: Analysis):
         right.plot(grid, np.exp(analysis.a + analysis.alpha * np.log(grid)), label=f"fit, α = {analysis.alpha:.2f}")
         right.plot([analysis.held_out], [analysis.predicted], "x", markersize=10, label="prediction")
     right.set(xscale="log", yscale="log", xlabel="non-embedding parameters", ylabel="domain facts", title="Collapse")
-    right.legend()
+    if right.lines:
+        right.legend()
+    else:
+        right.text(0.5, 0.5, "no collapse point in the sweep", ha="center", transform=right.transAxes)
     fig.tight_layout()
     return fig
 

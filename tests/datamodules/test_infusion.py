@@ -1,5 +1,7 @@
 """The knowledge world, the infusion mixture and fact recall (knowledge-infusion pretraining, issue 6)."""
 
+import json
+
 import pytest
 import torch
 
@@ -92,3 +94,26 @@ def test_recall_is_multiple_choice_over_the_relation_values():
         )
     )
     assert recall_accuracy(untrained, data.tokenizer, facts) < 0.5  # about chance (1/10 to 1/24)
+
+
+def test_an_infusion_run_logs_retention_acquisition_and_the_amount(run_zoo, tiny, tmp_path):
+    run_zoo(
+        "fit",
+        "data=infusion",
+        *tiny,
+        "data.general_entities=20",
+        "data.domain_entities=20",
+        "data.domain_facts=12",
+        "data.general_repeats=2",
+        "data.domain_repeats=2",
+        "data.train_tokens=40000",
+        "data.recall_facts=10",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=4",
+        "probes.every_n_steps=0",
+        "name=infusion",
+    )
+    (metrics,) = list((tmp_path / "runs" / "infusion").rglob("metrics.json"))
+    values = json.loads(metrics.read_text())
+    assert 0 <= values["recall/general"] <= 1 and 0 <= values["recall/domain"] <= 1
+    assert values["infusion/domain_facts"] == 12 and 0 < values["infusion/domain_share"] < 1
