@@ -253,7 +253,7 @@ class NativeEngine:
             if params.stop_strings:
                 texts = tokens_out[active_index, : steps + 1].tolist()
                 row_codes = [
-                    STOPPED if c != STOPPED and self._hit_stop_string(t, params.stop_strings) else c
+                    STOPPED if c != STOPPED and hits_stop_string(self.tokenizer, t, params.stop_strings) else c
                     for c, t in zip(row_codes, texts, strict=True)
                 ]
             steps += 1
@@ -295,9 +295,6 @@ class NativeEngine:
         ]
         unfinished = sorted(set(range(len(prompts))) - set(returned))
         return GenerationResult(samples, unfinished, steps, sum(lengths))
-
-    def _hit_stop_string(self, tokens: list[int], stop_strings: tuple[str, ...]) -> bool:
-        return hits_stop_string(self.tokenizer, tokens, stop_strings)
 
 
 def hits_stop_string(tokenizer, tokens: list[int], stop_strings: tuple[str, ...]) -> bool:

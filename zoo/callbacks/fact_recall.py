@@ -23,15 +23,14 @@ def recall_accuracy(model: torch.nn.Module, tokenizer, facts: Sequence[Fact], ba
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    sequences, spans, owners, candidates = [], [], [], []
-    for index, fact in enumerate(facts):
+    sequences, spans, truth = [], [], []
+    for fact in facts:
         prompt = tokenizer(fact.question(), add_special_tokens=False)["input_ids"]
         for value in fact.relation.values:
             answer = tokenizer(" " + value, add_special_tokens=False)["input_ids"]
             sequences.append(prompt + answer)
             spans.append((len(prompt), len(prompt) + len(answer)))
-            owners.append(index)
-            candidates.append(value == fact.value)
+        truth.append(fact.relation.values.index(fact.value))
     scores = torch.empty(len(sequences))
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start : start + batch_size]
@@ -45,10 +44,8 @@ def recall_accuracy(model: torch.nn.Module, tokenizer, facts: Sequence[Fact], ba
             scores[start + row] = logprobs[row, begin - 1 : end - 1].gather(1, targets[:, None]).sum()
     model.train(was_training)
     metric = MeanMetric()
-    owners_t, truth = torch.tensor(owners), torch.tensor(candidates)
-    for index in range(len(facts)):
-        mine = owners_t == index
-        metric.update(float(truth[mine][scores[mine].argmax()]))
+    per_fact = scores.split([len(f.relation.values) for f in facts])  # each fact's candidates, in value order
+    metric.update(torch.tensor([float(s.argmax() == t) for s, t in zip(per_fact, truth, strict=True)]))
     return float(metric.compute())
 
 

@@ -119,10 +119,7 @@ class RolloutCallback(L.Callback):
         log_prefix: str = "rollout",
     ) -> GenerationResult:
         start = time.perf_counter()
-        if group_complete_at is None:  # every engine takes a quota; only the native one a partial group
-            result = self.engine.generate(prompts, n, params, finished_groups_quota)
-        else:
-            result = self.engine.generate(prompts, n, params, finished_groups_quota, group_complete_at)
+        result = self.engine.generate(prompts, n, params, finished_groups_quota, group_complete_at)
         seconds = time.perf_counter() - start
         self.rollouts += 1
         self._log(pl_module, result, seconds, log_prefix)

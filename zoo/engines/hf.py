@@ -52,9 +52,10 @@ class HFEngine:
         n: int,
         params: SamplingParams,
         finished_groups_quota: int | None = None,
+        group_complete_at: int | None = None,
     ) -> GenerationResult:
-        if finished_groups_quota is not None:
-            raise ConfigError("the hf engine cannot stop at a quota of finished groups: use native or vllm")
+        if finished_groups_quota is not None or group_complete_at not in (None, n):
+            raise ConfigError("the hf engine cannot stop a round early (quota, partial groups): use native")
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros(len(prompts), width, dtype=torch.long)

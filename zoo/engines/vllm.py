@@ -77,9 +77,10 @@ class VLLMEngine:
         n: int,
         params: SamplingParams,
         finished_groups_quota: int | None = None,
+        group_complete_at: int | None = None,
     ) -> GenerationResult:
-        if finished_groups_quota is not None:
-            raise ConfigError("the vllm engine cannot stop at a quota of finished groups yet: use native")
+        if finished_groups_quota is not None or group_complete_at not in (None, n):
+            raise ConfigError("the vllm engine cannot stop a round early (quota, partial groups) yet: use native")
         sampling = self.vllm.SamplingParams(
             n=n,
             temperature=params.temperature,
