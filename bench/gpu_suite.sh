@@ -7,13 +7,15 @@
 #   experiment  the matched-compute experiment at 160M scale, shortened to EXPERIMENT_STEPS per run
 #   rollout     the rollout benchmark: native engine (CUDA graphs, and eager) against transformers'
 #               static-cache compiled generate, Pythia-160M, batch 64, 128 prompt + 512 new tokens
+#   infusion    experiment=infusion_sweep_gpu shortened to INFUSION_STEPS steps at each size, with
+#               INFUSION_FACTS domain facts: its throughput and the full GPU sweep's cost from it
 # Results land in $OUT (default ./gpu_results). Run from the repository root with zoo installed.
 #
 #   bash bench/gpu_suite.sh
 #   SECTIONS="recursive experiment" EXPERIMENT_STEPS=150 bash bench/gpu_suite.sh
 set -uo pipefail
 OUT=$(realpath -m "${OUT:-gpu_results}")
-SECTIONS=${SECTIONS:-train_step tests fit recursive experiment rollout}
+SECTIONS=${SECTIONS:-train_step tests fit recursive experiment rollout infusion}
 MODEL=${MODEL:-pythia-160m}
 BATCH=${BATCH:-16}
 SEQ=${SEQ:-2048}
@@ -21,6 +23,9 @@ STEPS=${STEPS:-15}
 FIT_STEPS=${FIT_STEPS:-80}
 FIT_ARGS=${FIT_ARGS:-experiment=pythia160m_gpu}
 EXPERIMENT_STEPS=${EXPERIMENT_STEPS:-1200}
+INFUSION_STEPS=${INFUSION_STEPS:-150}
+INFUSION_FACTS=${INFUSION_FACTS:-24000}
+INFUSION_MODELS=${INFUSION_MODELS:-pythia-14m pythia-70m pythia-160m pythia-410m}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 status=0
@@ -82,5 +87,39 @@ if has experiment; then
     trainer.val_check_interval="$((EXPERIMENT_STEPS / 2))" trainer.enable_progress_bar=false \
     probes.every_n_steps="$((EXPERIMENT_STEPS / 2))" 2>&1 | tee "$OUT/experiment.log" || status=1
   cp runs/mesh_matched_compute_gpu/*/results.md runs/mesh_matched_compute_gpu/*/results.png "$OUT/" 2>/dev/null
+fi
+if has infusion; then
+  echo "== knowledge infusion at GPU scale: $INFUSION_STEPS steps per size, $INFUSION_FACTS domain facts =="
+  for size in $INFUSION_MODELS; do
+    start=$(date +%s)
+    python3 -m zoo fit experiment=infusion_sweep_gpu hydra.mode=RUN model="$size" \
+      data.domain_facts="$INFUSION_FACTS" trainer.max_steps="$INFUSION_STEPS" \
+      trainer.val_check_interval="$INFUSION_STEPS" checkpoint.every_n_train_steps="$INFUSION_STEPS" \
+      trainer.log_every_n_steps=10 trainer.enable_progress_bar=false name="gpu_infusion_$size" 2>&1 \
+      | tail -n 5 | tee -a "$OUT/infusion.log" || status=1
+    echo "$size $(($(date +%s) - start))" >> "$OUT/infusion_wall.txt"
+  done
+  python3 - "$OUT" <<'EOF' || status=1
+import glob, json, statistics, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+full_tokens, runs_per_size, summary = 60_000_000, 7, {}
+walls = dict(line.split() for line in open(f"{sys.argv[1]}/infusion_wall.txt"))
+for size, wall in walls.items():
+    events = EventAccumulator(sorted(glob.glob(f"runs/gpu_infusion_{size}/*/tb"))[-1])
+    events.Reload()
+    rates = [e.value for e in events.Scalars("train/tokens_per_s")]
+    rate = statistics.median(rates[len(rates) // 2 :])  # after compilation
+    summary[size] = {
+        "wall_s_short_run": int(wall),
+        "tokens_per_s": rate,
+        "full_run_min": full_tokens / rate / 60,
+        "recall_general": events.Scalars("recall/general")[-1].value,
+        "recall_domain": events.Scalars("recall/domain")[-1].value,
+    }
+summary["full_sweep_h"] = sum(runs_per_size * s["full_run_min"] for s in summary.values()) / 60
+print(json.dumps(summary, indent=2))
+json.dump(summary, open(f"{sys.argv[1]}/infusion_summary.json", "w"), indent=2)
+EOF
 fi
 exit $status

@@ -343,13 +343,15 @@ def probe_command(args: list[str]) -> None:
 
 # -- knowledge infusion ---------------------------------------------------------------------------------------
 def infusion_command(args: list[str]) -> None:
-    from zoo.infusion import write_report
+    from zoo.infusion import DEFAULT_DELTA, write_report
 
     parser = argparse.ArgumentParser(prog="zoo infusion", description="knowledge-infusion sweeps")
     sub = parser.add_subparsers(dest="action", required=True)
     analyze = sub.add_parser("analyze", help="collapse points, the scaling law and its prediction")
     analyze.add_argument("sweep", help="the sweep directory (its runs' metrics.json are read)")
-    analyze.add_argument("--delta", type=float, default=0.2, help="collapse: retention below (1 - delta) x k=0")
+    analyze.add_argument(
+        "--delta", type=float, default=DEFAULT_DELTA, help="collapse: retention below (1 - delta) x its value at k=0"
+    )
     opts = parser.parse_args(args)
     try:
         text, out = write_report(Path(opts.sweep), opts.delta)

@@ -5,10 +5,12 @@ The paper does not publish its definitions or its law's form; zoo's, which the R
 
 - **retention** R(N, k): general-fact recall (``recall/general``, multiple choice) at the end of a run of a
   model with N non-embedding parameters that was infused with k domain facts;
-- **collapse point** k*(N): the infusion at which retention first falls below (1 − δ)·R(N, 0), δ = 0.2 by
-  default, interpolated between the two swept amounts around it (in log k, or linearly from k = 0); ``None``
-  when retention never falls that far in the sweep. The collapse point is also the **optimal infusion**: the
-  most domain knowledge the model takes before it forgets;
+- **collapse point** k*(N): the infusion at which retention first falls below (1 − δ)·R(N, 0), interpolated
+  between the two swept amounts around it (in log k, or linearly from k = 0); ``None`` when retention never
+  falls that far in the sweep. δ = 0.5 by default: half the retention lost, a collapse rather than a dip. (Chosen
+  after the first CPU sweep, where δ = 0.2 was within single runs' noise - neighbouring amounts differ by up to
+  0.07 recall - and ordered the two largest sizes wrongly; the README reports δ = 0.2, 0.3 and 0.5.) The collapse
+  point is also the **optimal infusion**: the most domain knowledge the model takes before it forgets;
 - **scaling law**: log k* = a + α · log N, fitted by least squares on every size but the largest (a power law,
   as the data-mixing phase-transition literature finds for critical mixing ratios); its prediction for the
   largest size is compared with that size's measured collapse point.
@@ -24,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from zoo.errors import ConfigError
+
+DEFAULT_DELTA = 0.5
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ def read_runs(sweep: Path) -> list[RunResult]:
     return results
 
 
-def collapse_point(amounts: list[int], retentions: list[float], delta: float = 0.2) -> float | None:
+def collapse_point(amounts: list[int], retentions: list[float], delta: float = DEFAULT_DELTA) -> float | None:
     """The infusion at which retention first falls below (1 − delta) × its value at k = 0."""
     pairs = sorted(zip(amounts, retentions, strict=True))
     if pairs[0][0] != 0:
@@ -97,7 +101,7 @@ class Analysis:
         return abs(self.predicted - self.measured) / self.measured
 
 
-def analyze(results: list[RunResult], delta: float = 0.2) -> Analysis:
+def analyze(results: list[RunResult], delta: float = DEFAULT_DELTA) -> Analysis:
     sizes = sorted({r.parameters for r in results})
     collapse = {}
     for size in sizes:
@@ -170,7 +174,7 @@ def figure(results: list[RunResult], analysis: Analysis):
     return fig
 
 
-def write_report(sweep: Path, delta: float = 0.2) -> tuple[str, Path]:
+def write_report(sweep: Path, delta: float = DEFAULT_DELTA) -> tuple[str, Path]:
     """Analyse the sweep under ``sweep``; write infusion.md, infusion.json, infusion.png and a TensorBoard
     event file into it. Returns the table and the folder."""
     from torch.utils.tensorboard import SummaryWriter

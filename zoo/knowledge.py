@@ -28,9 +28,10 @@ class Relation:
 
 
 def _words(rng: random.Random, count: int, syllables: int, exclude: set[str]) -> list[str]:
-    """``count`` new capitalised words of ``syllables`` syllables, none in ``exclude`` (which grows)."""
-    if count > len(_SYLLABLES) ** syllables // 2:
-        raise ValueError(f"{count} words of {syllables} syllables would exhaust the name space")
+    """``count`` new capitalised words of ``syllables`` syllables, none in ``exclude`` (which grows); one
+    syllable more while they would take over half the name space (so large worlds stay quick to draw)."""
+    while count + len(exclude) > len(_SYLLABLES) ** syllables // 2:
+        syllables += 1
     words: list[str] = []
     while len(words) < count:
         word = "".join(rng.choice(_SYLLABLES) for _ in range(syllables)).capitalize()

@@ -26,6 +26,11 @@ def test_the_world_is_deterministic_and_general_and_domain_share_nothing():
     assert statements[-1] == f"{fact.question()} {fact.value}."
 
 
+def test_a_world_larger_than_three_syllable_names_allow_still_has_unique_names():
+    world = build_world(2000, 8000, seed=0)  # the GPU sweep's world: 10,000 entities
+    assert len({f.entity for f in world.general}) == 2000 and len({f.entity for f in world.domain}) == 8000
+
+
 def _data(**settings):
     defaults = dict(general_entities=40, domain_entities=40, train_tokens=60_000, vocab_size=512, seq_len=64)
     data = InfusionDataModule(**{**defaults, **settings})
@@ -38,17 +43,33 @@ def _decoded_stream(data):
 
 
 def test_the_stream_holds_the_infused_facts_and_nothing_more():
-    data = _data(domain_facts=30, general_repeats=2, domain_repeats=3)
+    data = _data(domain_facts=30, general_repeats=4, domain_repeats=3)
     text = _decoded_stream(data)
     infused, left_out = data.world.domain[:30], data.world.domain[30:]
     for fact in infused:
         assert text.count(f"{fact.question()} {fact.value}.") == 3
     assert all(fact.entity not in text for fact in left_out)
-    for fact in data.world.general[:20]:
-        assert text.count(f"{fact.question()} {fact.value}.") == 2
     assert data.stats["infusion/domain_facts"] == 30 and 0 < data.stats["infusion/domain_share"] < 1
     assert len(data.train_set) * 64 <= 60_000 < (len(data.train_set) + 2) * 64  # the token budget
-    assert _decoded_stream(_data(domain_facts=30, general_repeats=2, domain_repeats=3)) == text  # deterministic
+    assert _decoded_stream(_data(domain_facts=30, general_repeats=4, domain_repeats=3)) == text  # deterministic
+
+
+def test_the_infusion_displaces_the_general_corpus_text_and_facts_alike():
+    plain, infused = _data(domain_facts=0, general_repeats=4), _data(domain_facts=30, general_repeats=4)
+    plain_text, infused_text = _decoded_stream(plain), _decoded_stream(infused)
+    keep = 1 - infused.stats["infusion/domain_share"]
+    assert 0.3 < keep < 0.9
+    assert infused.stats["infusion/general_tokens"] == pytest.approx(
+        keep * plain.stats["infusion/general_tokens"], rel=0.02
+    )
+    for fact in plain.world.general:
+        question = f"{fact.question()} {fact.value}."
+        assert plain_text.count(question) == 4
+        assert infused_text.count(question) in (int(4 * keep), int(4 * keep) + 1)  # every fact loses about the same
+    text_share = lambda data: (
+        1 - (data.stats["infusion/general_tokens"] + data.stats["infusion/domain_tokens"]) / 60_000
+    )  # noqa: E731
+    assert text_share(infused) == pytest.approx(keep * text_share(plain), rel=0.02)  # the text shrinks as much
 
 
 def test_bad_amounts_are_one_line_errors():

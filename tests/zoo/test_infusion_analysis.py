@@ -15,7 +15,8 @@ def test_collapse_point_interpolates_where_retention_crosses_the_line():
     point = collapse_point([0, 10, 100, 1000], [0.8, 0.79, 0.70, 0.40], delta=0.2)
     t = (0.70 - 0.64) / (0.70 - 0.40)
     assert point == pytest.approx(math.exp(math.log(100) + t * (math.log(1000) - math.log(100))))
-    assert collapse_point([0, 50], [0.8, 0.4]) == pytest.approx(50 * (0.8 - 0.64) / (0.8 - 0.4))  # linear from 0
+    assert collapse_point([0, 50], [0.8, 0.4], delta=0.2) == pytest.approx(50 * (0.8 - 0.64) / (0.8 - 0.4))  # from 0
+    assert collapse_point([0, 50], [0.8, 0.2]) == pytest.approx(50 * (0.8 - 0.4) / (0.8 - 0.2))  # default: half lost
     assert collapse_point([0, 10, 100], [0.8, 0.78, 0.7]) is None  # never collapses in the sweep
     with pytest.raises(ConfigError, match="domain_facts=0"):
         collapse_point([10, 100], [0.8, 0.5])
@@ -62,3 +63,31 @@ def test_zoo_infusion_analyze_writes_the_table_the_fit_and_the_plot(run_zoo, tmp
     assert (sweep / "infusion.png").stat().st_size > 10_000 and list((sweep / "tensorboard").iterdir())
     empty = run_zoo("infusion", "analyze", str(tmp_path / "nothing"), check=False)
     assert empty.returncode == 2 and "no finished infusion runs" in empty.stderr
+
+
+@pytest.mark.parametrize("experiment", ["infusion_sweep", "infusion_sweep_mesh", "infusion_sweep_gpu"])
+def test_the_sweeps_compose_and_the_mesh_arm_matches_the_pythia_widths(experiment):
+    from hydra import compose, initialize_config_module
+
+    from zoo.cli import CONFIG_MODULE, register_presets
+
+    register_presets()
+
+    def model(experiment: str, name: str):
+        return compose("fit", overrides=[f"experiment={experiment}", f"model={name}"]).model
+
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        sweep = compose("fit", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+        models = sweep.hydra.sweeper.params.model.split(",")
+        amounts = [int(k) for k in sweep.hydra.sweeper.params["data.domain_facts"].split(",")]
+        assert amounts[0] == 0 and amounts == sorted(amounts)  # every size needs its un-infused run
+        assert amounts[-1] <= 3 * sweep.data.domain_entities
+        widths = [model(experiment, name).hidden_size for name in models]
+        assert widths == sorted(widths) and len(set(widths)) == len(widths)
+        if experiment == "infusion_sweep_mesh":
+            for name, width in zip(models, widths, strict=True):
+                assert model(experiment, name).layout == "1+2R2+1"  # 4 distinct blocks, like its Pythia twin
+                twin = model("infusion_sweep", name.replace("mesh_", ""))
+                assert (twin.hidden_size, twin.num_hidden_layers) == (width, 4)
+            pythia = compose("fit", overrides=["experiment=infusion_sweep"])
+            assert sweep.data == pythia.data and sweep.trainer.max_steps == pythia.trainer.max_steps
