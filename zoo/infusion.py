@@ -28,6 +28,7 @@ import numpy as np
 from zoo.errors import ConfigError
 
 DEFAULT_DELTA = 0.5
+SENSITIVITY_DELTAS = (0.2, 0.3, 0.5)  # the report repeats the analysis at these, to show how much hangs on δ
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,16 @@ def analyze(results: list[RunResult], delta: float = DEFAULT_DELTA) -> Analysis:
     return analysis
 
 
+def sensitivity(results: list[RunResult], analysis: Analysis) -> list[Analysis]:
+    """The analysis at every δ of SENSITIVITY_DELTAS and the chosen one, in order."""
+    deltas = sorted({*SENSITIVITY_DELTAS, analysis.delta})
+    return [analysis if d == analysis.delta else analyze(results, d) for d in deltas]
+
+
+def _count(value: float | None) -> str:
+    return f"{value:,.0f}" if value is not None else "none"
+
+
 def table(results: list[RunResult], analysis: Analysis) -> str:
     lines = [
         f"Collapse point: retention below {1 - analysis.delta:.0%} of the un-infused model's.",
@@ -140,6 +151,20 @@ def table(results: list[RunResult], analysis: Analysis) -> str:
             f"Predicted collapse point at N = {analysis.held_out:,.0f}: {analysis.predicted:.0f}; measured: {measured};"
             f" relative error {error}.",
         ]
+    lines += [
+        "",
+        "Sensitivity to δ (collapse points by size, smallest first; the fit on all but the largest):",
+        "",
+        "| δ | collapse points | α | predicted | measured | error |",
+        "|---|---|---|---|---|---|",
+    ]
+    for other in sensitivity(results, analysis):
+        alpha = f"{other.alpha:.2f}" if other.alpha is not None else "–"
+        error = f"{other.relative_error:.1%}" if other.relative_error is not None else "–"
+        points = " / ".join(_count(other.collapse[size]) for size in other.sizes)
+        lines.append(
+            f"| {other.delta:g} | {points} | {alpha} | {_count(other.predicted)} | {_count(other.measured)} | {error} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -150,13 +175,17 @@ def figure(results: list[RunResult], analysis: Analysis):
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    origin = min((r.domain_facts for r in results if r.domain_facts > 0), default=2) / 2  # where k = 0 is drawn
     for size in analysis.sizes:
         runs = sorted((r for r in results if r.parameters == size), key=lambda r: r.domain_facts)
-        amounts = [max(r.domain_facts, 1) for r in runs]
+        amounts = [r.domain_facts or origin for r in runs]
         left.plot(amounts, [r.retention for r in runs], marker="o", label=f"N = {size:,.0f}")
         if analysis.collapse[size] is not None:
             left.axvline(analysis.collapse[size], linestyle=":", color=left.lines[-1].get_color())
-    left.set(xscale="log", xlabel="domain facts infused (0 drawn at 1)", ylabel="general recall", title="Retention")
+    left.set(xscale="log", xlabel="domain facts infused", ylabel="general recall", title="Retention")
+    swept = sorted({r.domain_facts for r in results})
+    left.set_xticks([k or origin for k in swept], [f"{k:,}" for k in swept])
+    left.minorticks_off()
     left.legend()
     known = [(s, k) for s, k in analysis.collapse.items() if k is not None]
     if known:
@@ -185,6 +214,10 @@ def write_report(sweep: Path, delta: float = DEFAULT_DELTA) -> tuple[str, Path]:
     (sweep / "infusion.md").write_text(text)
     summary = {**asdict(analysis), "relative_error": analysis.relative_error, "runs": [asdict(r) for r in results]}
     summary["collapse"] = {str(k): v for k, v in analysis.collapse.items()}
+    summary["sensitivity"] = [
+        {**asdict(a), "collapse": {str(k): v for k, v in a.collapse.items()}, "relative_error": a.relative_error}
+        for a in sensitivity(results, analysis)
+    ]
     (sweep / "infusion.json").write_text(json.dumps(summary, indent=2) + "\n")
     fig = figure(results, analysis)
     fig.savefig(sweep / "infusion.png", dpi=120)

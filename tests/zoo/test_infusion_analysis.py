@@ -59,7 +59,13 @@ def test_zoo_infusion_analyze_writes_the_table_the_fit_and_the_plot(run_zoo, tmp
     process = run_zoo("infusion", "analyze", str(sweep))
     assert "relative error" in process.stdout
     summary = json.loads((sweep / "infusion.json").read_text())
-    assert summary["alpha"] == pytest.approx(0.7, abs=0.05)
+    assert summary["alpha"] == pytest.approx(0.7, abs=0.05) and summary["delta"] == 0.5
+    # the law holds at every line here, so every δ of the sensitivity table finds it
+    assert [a["delta"] for a in summary["sensitivity"]] == [0.2, 0.3, 0.5]
+    assert all(a["alpha"] == pytest.approx(0.7, abs=0.1) for a in summary["sensitivity"])
+    assert "| 0.3 |" in process.stdout
+    chosen = run_zoo("infusion", "analyze", str(sweep), "--delta", "0.4")
+    assert "below 60% of the un-infused" in chosen.stdout and "| 0.4 |" in chosen.stdout
     assert (sweep / "infusion.png").stat().st_size > 10_000 and list((sweep / "tensorboard").iterdir())
     empty = run_zoo("infusion", "analyze", str(tmp_path / "nothing"), check=False)
     assert empty.returncode == 2 and "no finished infusion runs" in empty.stderr
