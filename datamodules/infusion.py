@@ -97,8 +97,9 @@ class InfusionDataModule(TextDataModule):
 
     def _stream(self, text: np.ndarray) -> np.ndarray:
         h = self.hparams
-        general = self._units([s for f in self.world.general for s in f.statements()] * h.general_repeats)
-        domain = self._units([s for f in self.infused for s in f.statements()] * h.domain_repeats)
+        # each statement tokenized once; its repeats share the token list (the shuffle only reorders units)
+        general = self._units([s for f in self.world.general for s in f.statements()]) * h.general_repeats
+        domain = self._units([s for f in self.infused for s in f.statements()]) * h.domain_repeats
         domain_tokens = sum(map(len, domain))
         general = general[: round(len(general) * max(0.0, 1 - domain_tokens / h.train_tokens))]
         general_tokens = sum(map(len, general))

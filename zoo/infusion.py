@@ -128,7 +128,9 @@ def _count(value: float | None) -> str:
     return f"{value:,.0f}" if value is not None else "none"
 
 
-def table(results: list[RunResult], analysis: Analysis) -> str:
+def table(results: list[RunResult], analysis: Analysis, variants: list[Analysis]) -> str:
+    """The report: every run, the collapse points, the fit and its prediction, and ``variants`` (the
+    :func:`sensitivity` analyses) side by side."""
     lines = [
         f"Collapse point: retention below {1 - analysis.delta:.0%} of the un-infused model's.",
         "",
@@ -158,7 +160,7 @@ def table(results: list[RunResult], analysis: Analysis) -> str:
         "| δ | collapse points | α | predicted | measured | error |",
         "|---|---|---|---|---|---|",
     ]
-    for other in sensitivity(results, analysis):
+    for other in variants:
         alpha = f"{other.alpha:.2f}" if other.alpha is not None else "–"
         error = f"{other.relative_error:.1%}" if other.relative_error is not None else "–"
         points = " / ".join(_count(other.collapse[size]) for size in other.sizes)
@@ -210,13 +212,14 @@ def write_report(sweep: Path, delta: float = DEFAULT_DELTA) -> tuple[str, Path]:
 
     results = read_runs(sweep)
     analysis = analyze(results, delta)
-    text = table(results, analysis)
+    variants = sensitivity(results, analysis)
+    text = table(results, analysis, variants)
     (sweep / "infusion.md").write_text(text)
     summary = {**asdict(analysis), "relative_error": analysis.relative_error, "runs": [asdict(r) for r in results]}
     summary["collapse"] = {str(k): v for k, v in analysis.collapse.items()}
     summary["sensitivity"] = [
         {**asdict(a), "collapse": {str(k): v for k, v in a.collapse.items()}, "relative_error": a.relative_error}
-        for a in sensitivity(results, analysis)
+        for a in variants
     ]
     (sweep / "infusion.json").write_text(json.dumps(summary, indent=2) + "\n")
     fig = figure(results, analysis)
