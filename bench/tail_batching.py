@@ -39,7 +39,7 @@ RATIOS = (1.0, 1.125, 1.25, 1.5)
 
 def run_epoch(batcher: TailBatcher, prompts: list[int], round_fn) -> tuple[float, int, int]:
     """Rounds until every prompt of ``prompts`` is trained once: (rollout time, trained samples, rounds).
-    ``round_fn(launch) -> (seconds, completed prompts)``."""
+    ``round_fn(launch) -> (seconds, positions in launch.prompts of the completed prompts)``."""
     position = 0
 
     def fresh(count: int, at_least: int) -> list[int]:
@@ -78,11 +78,11 @@ class Simulator:
         lengths = {p: sorted(self.length(p) for _ in range(launch.n)) for p in launch.prompts}
         if launch.quota is None:
             end = max(max(v) for v in lengths.values())
-            return self._cost(end, lengths, {}), list(launch.prompts)
+            return self._cost(end, lengths, {}), list(range(len(launch.prompts)))
         complete = {p: v[launch.complete_at - 1] for p, v in lengths.items()}
         order = sorted(range(len(launch.prompts)), key=lambda i: (complete[launch.prompts[i]], i))
-        done = [launch.prompts[i] for i in sorted(order[: launch.quota])]
-        end = max(complete[p] for p in done)
+        done = sorted(order[: launch.quota])
+        end = max(complete[launch.prompts[i]] for i in done)
         return self._cost(end, lengths, {p: complete[p] for p in launch.prompts}), done
 
     def _cost(self, end: int, lengths: dict[int, list[int]], abort_at: dict[int, int]) -> float:
@@ -189,8 +189,7 @@ def real(args) -> None:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - begin
             longest.append(max(len(s.token_ids) for s in result.samples))
-            kept = sorted({s.prompt_index for s in result.samples})
-            return seconds, [launch.prompts[i] for i in kept]
+            return seconds, sorted({s.prompt_index for s in result.samples})
 
         batcher = TailBatcher(args.p0, args.r0, eta, eta)
         seconds, trained, rounds = run_epoch(batcher, order, round_fn)

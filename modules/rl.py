@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import lightning as L
@@ -37,7 +37,7 @@ from zoo.rl import advantages as estimators
 from zoo.rl.evaluation import evaluate_pass_at_k
 from zoo.rl.losses import kl_penalty, ppo_clip_loss
 from zoo.rl.rewards import RewardRunner
-from zoo.rl.rollout import RolloutBatch, Round, assemble, token_logprobs
+from zoo.rl.rollout import RolloutBatch, Round, token_logprobs
 from zoo.strategies import clip_grad_norm
 
 
@@ -123,6 +123,11 @@ class RLModule(L.LightningModule):
         self.val_metrics["reward"] = MeanMetric()
         self.val_metrics["length"] = MeanMetric()
 
+    def teardown(self, stage: str) -> None:
+        if self.rewards is not None:
+            self.rewards.close()
+            self.rewards = None
+
     @property
     def rollout_callback(self):
         from zoo.callbacks.rollout import RolloutCallback
@@ -155,21 +160,15 @@ class RLModule(L.LightningModule):
         """Stage 1: ``n`` completions per prompt (default: the group size G). With a quota the engine stops once
         that many prompts have ``group_complete_at`` finished completions (what samplers ask for); the round
         keeps those prompts and their completions."""
-        prompts = [p["prompt_ids"] for p in problems]
         result = self.rollout_callback.generate(
             self,
-            prompts,
+            [p["prompt_ids"] for p in problems],
             n or self.rollout_config.n,
             self.sampling_params(),
             finished_groups_quota=finished_groups_quota,
             group_complete_at=group_complete_at,
         )
-        kept = sorted({s.prompt_index for s in result.samples})
-        position = {p: i for i, p in enumerate(kept)}
-        samples = [replace(s, prompt_index=position[s.prompt_index]) for s in result.samples]
-        texts = [self.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in samples]
-        batch = assemble([prompts[p] for p in kept], samples, self.device)
-        return Round([problems[p] for p in kept], batch, texts, [problems[p] for p in result.unfinished_prompts])
+        return Round.from_generation(problems, result, self.tokenizer, self.device)
 
     def score(self, problems: list[dict[str, Any]], batch: RolloutBatch, texts: list[str]) -> torch.Tensor:
         """Stage 2: one reward per completion."""

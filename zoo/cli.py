@@ -256,6 +256,7 @@ def hub_command(args: list[str]) -> None:
     export = sub.add_parser("export", help="write an entry as an HF model directory")
     export.add_argument("name")
     export.add_argument("out_dir")
+    export.add_argument("--force", action="store_true", help="overwrite the model files in a non-empty directory")
     opts = parser.parse_args(args)
     hub = Hub(opts.store)
     try:
@@ -266,7 +267,7 @@ def hub_command(args: list[str]) -> None:
             entry = hub.pull(opts.source, opts.name, overwrite=opts.force)
             print(f"pulled {opts.source} -> {entry.path}")
         elif opts.action == "export":
-            print(f"exported {opts.name} -> {hub.export_hf(opts.name, opts.out_dir)}")
+            print(f"exported {opts.name} -> {hub.export_hf(opts.name, opts.out_dir, overwrite=opts.force)}")
         elif opts.action == "show":
             entry = hub.entry(opts.name)
             print(entry.card)

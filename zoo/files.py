@@ -1,10 +1,16 @@
-"""Where zoo keeps its files, and how it writes them so that a crash never leaves half a file behind."""
+"""Where zoo keeps its files, and how it writes them so that a crash never leaves half a file behind.
+
+Temporaries are hidden siblings of their target named with the writing process's id (``.NAME.PID.XXXX.tmp``).
+A process killed mid-write leaves its temporary behind; the next write into the same directory removes the
+temporaries of processes that no longer run, and readers that list a directory skip hidden names.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -27,12 +33,42 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[^.]+\.(tmp|old)$")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete the temporaries that killed writers left in ``directory`` (those of running processes stay)."""
+    with contextlib.suppress(OSError):
+        for child in directory.iterdir():
+            match = _TEMPORARY.match(child.name)
+            if match and int(match.group(1)) != os.getpid() and not _running(int(match.group(1))):
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator:
     """Open a temporary file beside ``path``; on success it is fsynced and renamed over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -51,11 +87,13 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Fill a temporary directory beside ``path``; on success it replaces ``path`` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    remove_stale_temporaries(path.parent)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp"))
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".old"))
+            old.rmdir()
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

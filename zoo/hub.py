@@ -33,11 +33,11 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
 from zoo import __version__
 from zoo.errors import ZooError
-from zoo.files import atomic_directory, cache_dir, sha256_file
+from zoo.files import atomic_directory, atomic_file, cache_dir, sha256_file
 
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -90,12 +90,14 @@ class Entry:
         return cls(manifest.get("name", path.name), path, manifest, read_only)
 
     def verify(self) -> None:
-        """Raise unless every listed file exists with its sha256 and no other file is present."""
+        """Raise unless every listed file exists with its sha256 and no other file is present: any file but the
+        top-level manifest that the manifest does not list, by relative path, is tampering."""
         listed = self.manifest["files"]
-        present = {
-            p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file() and p.name != MANIFEST
-        }
-        if unlisted := sorted(present - set(listed)):
+        for relative in listed:
+            if not isinstance(relative, str) or relative.startswith("/") or ".." in relative.split("/"):
+                raise HubError(f"hub entry {self.name!r}: its manifest lists a path outside the entry: {relative!r}")
+        present = {p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if not p.is_dir()}
+        if unlisted := sorted(present - set(listed) - {MANIFEST}):
             raise HubError(f"hub entry {self.name!r}: file(s) not in its manifest: {', '.join(unlisted)}")
         for relative, expected in listed.items():
             file = self.path / relative
@@ -150,7 +152,8 @@ class Hub:
         for root, read_only in [(self.store, False), *((r, True) for r in self.registries)]:
             if not root.is_dir():
                 continue
-            for path in sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()):
+            # hidden names are the temporaries of pushes in progress or killed: never entries
+            for path in sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()):
                 try:
                     found.append(Entry.open(path, read_only))
                 except HubError as e:
@@ -182,6 +185,7 @@ class Hub:
         target = self.store / name
         if (target / MANIFEST).exists() and not overwrite:
             raise HubError(f"hub entry {name!r} exists in {self.store}; pass --force to replace it")
+        check_weights(config, state_dict, source)
         with atomic_directory(target) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp / "model.safetensors")
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -246,8 +250,10 @@ class Hub:
         tokenizer = directory if any((directory / f).is_file() for f in _TOKENIZER_FILES) else None
         return self._write(name, config, state, tokenizer, {"imported_from": source}, source, overwrite)
 
-    def export_hf(self, name: str, out_dir: str | os.PathLike) -> Path:
-        """Write entry ``name`` as an HF model directory that ``AutoModelForCausalLM`` loads."""
+    def export_hf(self, name: str, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write entry ``name`` as an HF model directory that ``AutoModelForCausalLM`` loads. A directory that
+        already holds files is refused unless ``overwrite``, and then only the files written here are replaced:
+        nothing else in it is touched."""
         from zoo.convert import gpt_neox_config_to_hf, gpt_neox_state_dict_to_hf
         from zoo.models import config_from_dict
 
@@ -255,13 +261,20 @@ class Hub:
         if entry.config.get("arch") != "gpt_neox":
             raise HubError(f"hub entry {name!r} is a {entry.config.get('arch')!r} model: only gpt_neox exports to HF")
         out = Path(out_dir).expanduser()
+        if out.exists() and not out.is_dir():
+            raise HubError(f"{out}: exists and is not a directory")
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise HubError(f"{out}: not empty; pass --force to overwrite the model files in it (nothing else)")
         config = config_from_dict(entry.config)
-        with atomic_directory(out) as tmp:
-            (tmp / "config.json").write_text(json.dumps(gpt_neox_config_to_hf(config), indent=2) + "\n")
-            save_file(gpt_neox_state_dict_to_hf(entry.state_dict()), tmp / "model.safetensors", {"format": "pt"})
-            if entry.tokenizer_dir.is_dir():
-                for file in entry.tokenizer_dir.iterdir():
-                    shutil.copyfile(file, tmp / file.name)
+        files = {
+            "config.json": (json.dumps(gpt_neox_config_to_hf(config), indent=2) + "\n").encode(),
+            "model.safetensors": save(gpt_neox_state_dict_to_hf(entry.state_dict()), {"format": "pt"}),
+        }
+        if entry.tokenizer_dir.is_dir():
+            files |= {file.name: file.read_bytes() for file in sorted(entry.tokenizer_dir.iterdir())}
+        for file_name, content in files.items():
+            with atomic_file(out / file_name) as f:
+                f.write(content)
         return out
 
 
@@ -319,7 +332,25 @@ def read_lightning_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated, corrupted or non-checkpoint file: say which one
-        raise HubError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise HubError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def check_weights(config: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights that do not fill the network of ``config``: a tensor missing, unexpected, or misshapen."""
+    from zoo.models import build_model, config_from_dict
+
+    with torch.device("meta"):
+        expected = build_model(config_from_dict(config)).state_dict()
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    problems += [
+        f"{k} has shape {tuple(state[k].shape)}, the config needs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise HubError(f"{source}: weights do not match its config: {'; '.join(problems[:3])}{more}")
 
 
 def _model_state(checkpoint: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -357,10 +388,16 @@ def _read_hf_directory(directory: Path) -> tuple[dict[str, Any], dict[str, torch
         raise HubError(f"{directory / 'config.json'}: {e}") from None
     state: dict[str, torch.Tensor] = {}
     for file in _weight_files(directory):
-        if file.suffix == ".safetensors":
-            state.update(load_file(file))
-        else:
-            state.update(torch.load(file, map_location="cpu", weights_only=True))
+        try:
+            if file.suffix == ".safetensors":
+                weights = load_file(file)
+            else:
+                weights = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, corrupt, or not weights at all: name the file
+            raise HubError(f"{file}: not readable weights ({type(e).__name__}: {_first_line(e)})") from None
+        if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+            raise HubError(f"{file}: not a table of named tensors")
+        state.update(weights)
     try:
         state = gpt_neox_state_dict_from_hf(state)
     except ValueError as e:
@@ -389,7 +426,12 @@ def _download_hf(repo_id: str) -> Path:
             )
         )
     except Exception as e:  # offline, unknown repo, gated: one line that says which
-        raise HubError(f"hf:{repo_id}: download failed ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise HubError(f"hf:{repo_id}: download failed ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else "no message"
 
 
 def _plain(value: Any) -> Any:

@@ -1,9 +1,15 @@
 """Rewards on real answers (GSM8K, math-verify) and the runner's handling of rewards that throw or hang."""
 
 import json
+import math
+import subprocess
+import sys
+import threading
 import time
 
+import numpy as np
 import pytest
+import torch
 
 from zoo.rl.rewards import (
     FormatReward,
@@ -83,3 +89,73 @@ def test_runner_reports_named_parts():
     batch = RewardRunner(reward).score(["", ""], ["x", "y"], ["", ""])
     assert batch.scores.tolist() == [1.5, 1.0]
     assert batch.parts["b"].tolist() == [1.0, 0.0]
+
+
+def test_hung_calls_do_not_starve_the_healthy_ones():
+    never = threading.Event()
+    runner = RewardRunner(lambda p, c, r: never.wait() if c == "h" else 1.0, timeout_s=0.5, workers=2)
+    start = time.monotonic()
+    batch = runner.score(["p"] * 4, ["h", "h", "ok", "ok"], ["r"] * 4)
+    assert batch.scores.tolist() == [0.0, 0.0, 1.0, 1.0] and (batch.timeouts, batch.failures) == (2, 0)
+    assert time.monotonic() - start < 1.0  # one limit, not one per call
+    assert runner.score(["p"], ["ok"], ["r"]).scores.tolist() == [1.0]  # the hung workers were replaced
+
+
+@pytest.mark.parametrize("workers", [1, 4, 20])
+def test_a_batch_of_hung_calls_takes_one_limit_per_round_of_workers(workers):
+    never = threading.Event()
+    runner = RewardRunner(lambda p, c, r: never.wait() if c.startswith("h") else 1.0, timeout_s=0.2, workers=workers)
+    completions = [f"h{i}" for i in range(20)] + ["ok"] * 5
+    start = time.monotonic()
+    batch = runner.score(["p"] * 25, completions, ["r"] * 25)
+    elapsed = time.monotonic() - start
+    assert batch.timeouts == 20 and batch.scores[20:].tolist() == [1.0] * 5
+    assert 0.2 <= elapsed < 0.2 * math.ceil(20 / workers) + 0.5  # today's sequential waits took 20 limits
+
+
+def test_a_hung_reward_does_not_keep_the_process_alive():
+    script = (
+        "import threading; from zoo.rl.rewards import RewardRunner; "
+        "r = RewardRunner(lambda p, c, x: threading.Event().wait(), timeout_s=0.2, workers=2); "
+        "print(r.score(['p'] * 3, ['c'] * 3, ['x'] * 3).timeouts)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "3", done.stderr
+
+
+@pytest.mark.parametrize(
+    "result, reason",
+    [
+        (float("nan"), "not finite"),
+        (float("inf"), "not finite"),
+        (-float("inf"), "not finite"),
+        (None, "not a number"),
+        ("abc", "not a number"),
+        ([1.0], "not a number"),
+        ((1.0,), "reward tuple"),
+        ((1.0, 2.0), "reward tuple"),
+        ((1.0, {"a": 1.0}, 3), "reward tuple"),
+        ((float("nan"), {"a": 1.0}), "not finite"),
+        ((1.0, {"a": float("inf")}), "sub-score 'a' is not finite"),
+        ((1.0, {"a": "x"}), "sub-score 'a' is not a number"),
+        ({"score": 1.0}, "not a number"),
+    ],
+)
+def test_results_that_are_not_finite_scores_score_zero_and_are_counted(result, reason):
+    runner = RewardRunner(lambda p, c, r: result if c == "bad" else (1.0, {"a": 0.5}), timeout_s=2, workers=2)
+    batch = runner.score(["p"] * 3, ["ok", "bad", "ok"], ["r"] * 3)
+    assert batch.scores.tolist() == [1.0, 0.0, 1.0] and (batch.failures, batch.timeouts) == (1, 0)
+    assert reason in batch.errors[0]
+    assert batch.parts["a"].tolist() == [0.5, 0.0, 0.5]
+
+
+@pytest.mark.parametrize("result", [True, 1, np.float32(1.0), np.int64(1), torch.tensor(1.0)])
+def test_numbers_of_any_real_type_are_scores(result):
+    batch = RewardRunner(lambda p, c, r: result).score(["p"], ["c"], ["r"])
+    assert batch.scores.tolist() == [1.0] and batch.failures == 0
+
+
+def test_a_weighted_reward_with_a_non_finite_part_fails_as_a_whole():
+    reward = WeightedReward({"a": (1.0, lambda p, c, r: 1.0), "b": (0.5, lambda p, c, r: float("nan"))})
+    batch = RewardRunner(reward).score(["p"], ["c"], ["r"])
+    assert batch.scores.tolist() == [0.0] and batch.failures == 1 and "not finite" in batch.errors[0]

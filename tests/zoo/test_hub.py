@@ -1,9 +1,13 @@
 """The checkpoint hub: push, list, show, pull, export, verification, and starting a run from an entry."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXForCausalLM
 from transformers import GPTNeoXConfig as HFConfig
 
@@ -122,3 +126,103 @@ def test_fit_from_a_hub_entry_starts_from_its_weights(run_zoo, hf_directory, tmp
     assert state["hyper_parameters"]["model"]["hidden_size"] == 32  # the entry's architecture, not the group's
     assert torch.equal(state["state_dict"]["model.embed.weight"], Hub().entry("start").state_dict()["embed.weight"])
     assert (hydra.parent / "tokenizer" / "tokenizer.json").read_text() == (directory / "tokenizer.json").read_text()
+
+
+def test_names_with_dot_dot_inside_are_refused():
+    with pytest.raises(HubError, match="invalid hub name"):
+        validate_name("a..b")
+    assert validate_name("a.b-c_1") == "a.b-c_1"
+
+
+@pytest.mark.parametrize("file", ["config.json", "card.md", "tokenizer/tokenizer.json", "model.safetensors"])
+def test_every_listed_file_is_sha256_checked(hf_directory, file):
+    entry = Hub().pull(str(hf_directory[0]), name="checked")
+    with open(entry.path / file, "ab") as f:
+        f.write(b" ")
+    with pytest.raises(HubError, match=f"{file} fails its sha256 check"):
+        Hub().entry("checked")
+
+
+@pytest.mark.parametrize("extra", ["manifest.json.bak", "tokenizer/manifest.json", "sub/manifest.json", ".hidden"])
+def test_any_file_the_manifest_does_not_list_is_tampering(hf_directory, extra):
+    entry = Hub().pull(str(hf_directory[0]), name="tampered")
+    (entry.path / extra).parent.mkdir(exist_ok=True)
+    (entry.path / extra).write_text("{}")
+    with pytest.raises(HubError, match=f"not in its manifest: {extra}"):
+        Hub().entry("tampered")
+
+
+def test_a_manifest_listing_paths_outside_the_entry_is_refused(hf_directory):
+    entry = Hub().pull(str(hf_directory[0]), name="escape")
+    manifest = json.loads((entry.path / "manifest.json").read_text())
+    manifest["files"]["../outside"] = "0" * 64
+    (entry.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(HubError, match="outside the entry"):
+        Hub().entry("escape")
+
+
+def test_export_never_deletes_what_the_target_holds(run_zoo, hf_directory, tmp_path):
+    Hub().pull(str(hf_directory[0]), name="mini")
+    home = tmp_path / "home"
+    (home / "notes").mkdir(parents=True)
+    (home / "notes" / "thesis.tex").write_text("years of work")
+    (home / "config.json").write_text("an old config")
+    refused = run_zoo("hub", "export", "mini", str(home), check=False)
+    assert refused.returncode == 2 and "not empty" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert (home / "config.json").read_text() == "an old config"
+    run_zoo("hub", "export", "mini", str(home), "--force")
+    assert (home / "notes" / "thesis.tex").read_text() == "years of work"  # only the model's files were written
+    assert json.loads((home / "config.json").read_text())["model_type"] == "gpt_neox"
+    assert AutoModelForCausalLM.from_pretrained(str(home)).config.hidden_size == 32
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run_zoo("hub", "export", "mini", str(empty))  # an empty or new directory needs no --force
+    assert (empty / "model.safetensors").is_file()
+
+
+def test_pull_refuses_weights_that_do_not_fill_the_config(hf_directory, tmp_path):
+    directory, model = hf_directory
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text((directory / "config.json").read_text())
+    save_file({"gpt_neox.embed_in.weight": model.gpt_neox.embed_in.weight.detach()}, partial / "model.safetensors")
+    with pytest.raises(HubError, match="weights do not match its config: missing blocks.0"):
+        Hub().pull(str(partial))
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    head = "lm_head.weight" if "lm_head.weight" in state else "embed_out.weight"  # transformers 5 / 4 name
+    state[head] = state[head][:, :16].contiguous()
+    save_file(state, partial / "model.safetensors")
+    with pytest.raises(HubError, match=r"lm_head.weight has shape \(320, 16\), the config needs \(320, 32\)"):
+        Hub().pull(str(partial))
+    assert Hub().entries() == []  # nothing was published
+
+
+@pytest.mark.parametrize("content", [b"not a pickle at all", "pickle of a string"])
+def test_pull_of_a_bin_that_is_not_weights_fails_in_one_line(run_zoo, hf_directory, tmp_path, content):
+    directory = tmp_path / "bad"
+    directory.mkdir()
+    (directory / "config.json").write_text((hf_directory[0] / "config.json").read_text())
+    if isinstance(content, str):
+        torch.save({"weights": content}, directory / "pytorch_model.bin")
+    else:
+        (directory / "pytorch_model.bin").write_bytes(content)
+    process = run_zoo("hub", "pull", str(directory), check=False)
+    assert process.returncode == 2 and len(process.stderr.strip().splitlines()) == 1
+    assert "pytorch_model.bin: not" in process.stderr
+
+
+def test_a_killed_push_leaves_nothing_in_the_list_and_its_leftovers_are_removed(hf_directory, zoo_env):
+    hub = Hub()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has ended: its temporaries are stale
+    leftover = hub.store / f".half.{pid}.abc123.tmp"
+    (leftover / "tokenizer").mkdir(parents=True)
+    (leftover / "manifest.json").write_text(json.dumps({"name": "half", "files": {}}))
+    stale_file = hub.store / f".other.{pid}.xyz.tmp"
+    stale_file.write_bytes(b"half a file")
+    live = hub.store / f".busy.{os.getpid()}.q.tmp"  # this process's own write in progress: left alone
+    live.mkdir()
+    assert hub.entries() == []
+    hub.pull(str(hf_directory[0]), name="whole")
+    assert [e.name for e in hub.entries()] == ["whole"]
+    assert not leftover.exists() and not stale_file.exists() and live.exists()

@@ -77,13 +77,15 @@ class TailBatcher:
         return Launch(prompts, math.ceil(self.response_ratio * r0 - 1e-9), p0, r0, long=False)
 
     def finish(self, launch: Launch, completed: Sequence[int]) -> None:
-        """Record a round's outcome: ``completed`` are the launched prompts that were trained."""
+        """Record a round's outcome: ``completed`` are the positions in ``launch.prompts`` of the prompts that
+        were trained. Positions, because a launch may hold one prompt twice (an epoch's tail topped up from the
+        next epoch): each occurrence is trained or queued on its own."""
         if launch.long:
             self.long_rounds += 1
             return
         self.short_rounds += 1
         done = set(completed)
-        self.queue.extend(p for p in launch.prompts if p not in done)
+        self.queue.extend(p for i, p in enumerate(launch.prompts) if i not in done)
 
     def state_dict(self) -> dict[str, Any]:
         return {"queue": list(self.queue), "short_rounds": self.short_rounds, "long_rounds": self.long_rounds}
@@ -153,8 +155,7 @@ class TailBatching(L.Callback):
         launch = self.batcher.plan(self.stream.take)
         problems = [self.problems[i] for i in launch.prompts]
         step = module.rollout(problems, launch.n, launch.quota, launch.complete_at)
-        trained = {id(p) for p in step.problems}
-        self.batcher.finish(launch, [i for i, p in zip(launch.prompts, problems, strict=True) if id(p) in trained])
+        self.batcher.finish(launch, step.kept)
         lengths = step.batch.response_mask.sum(1)
         module.log_dict(
             {

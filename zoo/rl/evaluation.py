@@ -59,13 +59,16 @@ def evaluate_on_validation_prompts(
         stop_token_ids=(tokenizer.eos_token_id,),
         seed=settings.get("seed", 0),
     )
-    n = settings.get("n", 1)
-    return evaluate_pass_at_k(
-        NativeEngine(model, tokenizer),
-        tokenizer,
-        datamodule.val_prompts,
-        RewardRunner(datamodule.reward),
-        params,
-        n,
-        settings.get("ks", [1]),
-    )
+    rewards = RewardRunner(datamodule.reward)
+    try:
+        return evaluate_pass_at_k(
+            NativeEngine(model, tokenizer),
+            tokenizer,
+            datamodule.val_prompts,
+            rewards,
+            params,
+            settings.get("n", 1),
+            settings.get("ks", [1]),
+        )
+    finally:
+        rewards.close()

@@ -1,8 +1,9 @@
 """Rewards: ``(prompt, completion, reference) → float`` (or ``(float, {name: sub-score})``), and a runner that
 scores a batch with a time limit per call.
 
-A reward that raises or exceeds its time limit scores 0; the runner counts both and training goes on.
-(A timed-out call cannot be killed: its thread finishes in the background and its result is dropped.)
+A reward that raises, returns something other than a finite number (NaN, inf, None, a string, a list, a malformed
+``(score, parts)`` tuple) or exceeds its time limit scores 0; the runner counts it, logs why, and training goes
+on. See :class:`RewardRunner` for how hung calls are handled.
 
 Rewards shipped here:
 
@@ -16,15 +17,21 @@ Rewards shipped here:
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
+import math
+import numbers
+import queue
 import re
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 RewardFn = Callable[[str, str, str], "float | tuple[float, dict[str, float]]"]
+log = logging.getLogger(__name__)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
@@ -81,59 +88,153 @@ class WeightedReward:
     parts: dict[str, tuple[float, RewardFn]]
 
     def __call__(self, prompt: str, completion: str, reference: str) -> tuple[float, dict[str, float]]:
-        scores = {name: _value(fn(prompt, completion, reference)) for name, (_, fn) in self.parts.items()}
+        scores = {name: checked(fn(prompt, completion, reference))[0] for name, (_, fn) in self.parts.items()}
         return sum(self.parts[name][0] * s for name, s in scores.items()), scores
 
 
-def _value(result: float | tuple[float, dict[str, float]]) -> float:
-    return float(result[0] if isinstance(result, tuple) else result)
+class InvalidReward(ValueError):
+    """A reward returned something that is not a score."""
+
+
+def _finite(value: Any, what: str) -> float:
+    if isinstance(value, numbers.Real) or (hasattr(value, "numel") and value.numel() == 1):
+        number = float(value)
+        if math.isfinite(number):
+            return number
+        raise InvalidReward(f"{what} is not finite: {number}")
+    raise InvalidReward(f"{what} is not a number: {type(value).__name__} {str(value)[:60]!r}")
+
+
+def checked(result: Any) -> tuple[float, dict[str, float]]:
+    """A reward's result as ``(score, {name: sub-score})``, every number finite; :class:`InvalidReward` otherwise."""
+    if not isinstance(result, tuple):
+        return _finite(result, "the score"), {}
+    if len(result) != 2 or not isinstance(result[1], dict):
+        raise InvalidReward(f"a reward tuple must be (score, {{name: sub-score}}), got {str(result)[:60]}")
+    parts = {str(name): _finite(value, f"sub-score {name!r}") for name, value in result[1].items()}
+    return _finite(result[0], "the score"), parts
 
 
 @dataclass
 class RewardBatch:
     scores: torch.Tensor  # (N,)
     parts: dict[str, torch.Tensor] = field(default_factory=dict)  # name → (N,)
-    failures: int = 0  # calls that raised
+    failures: int = 0  # calls that raised or returned something that is not a finite score
     timeouts: int = 0  # calls that ran past the limit
-    errors: list[str] = field(default_factory=list)  # the first few messages, for the log
+    errors: list[str] = field(default_factory=list)  # the first few reasons, for the log
+
+
+class _Call:
+    """One reward call of a batch, as the runner and its workers see it."""
+
+    __slots__ = ("index", "args", "started", "outcome", "results")
+
+    def __init__(self, index: int, args: tuple[str, str, str], results: queue.SimpleQueue) -> None:
+        self.index, self.args, self.results = index, args, results
+        self.started: float | None = None  # monotonic time a worker took it
+        self.outcome: str | None = None  # "done" or "timeout", whichever is decided first
 
 
 class RewardRunner:
-    """Score completions with ``reward`` in a thread pool, ``timeout_s`` per call."""
+    """Score completions with ``reward`` on ``workers`` daemon threads, at most ``timeout_s`` per call.
 
-    def __init__(self, reward: RewardFn, timeout_s: float = 10.0, workers: int = 4) -> None:
+    A call's time limit counts from when a worker starts it, so calls queued behind slow ones are never
+    charged for the wait. A call past its limit scores 0 and is abandoned: its thread is left to finish in the
+    background (its result is dropped, then the thread ends) and a new thread takes its place at once, so hung
+    calls never starve the healthy ones of a batch. A batch therefore takes its healthy work plus at most
+    ⌈hung calls / workers⌉ limits. The threads are daemons: a reward that never returns does not keep the
+    process alive after training ends. (Python cannot kill a thread; a reward that may spin forever on the CPU
+    should bound itself, as math-verify's parsers can.)
+    """
+
+    def __init__(self, reward: RewardFn, timeout_s: float = 10.0, workers: int = 8) -> None:
+        if timeout_s <= 0 or workers < 1:
+            raise ValueError(f"the reward runner needs timeout_s > 0 and workers >= 1, got {timeout_s}, {workers}")
         self.reward, self.timeout_s, self.workers = reward, timeout_s, workers
-        self.pool = self._new_pool()
         self.total_failures = self.total_timeouts = 0
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards every call's ``started`` and ``outcome``
+        for _ in range(workers):
+            self._spawn()
 
-    def _new_pool(self) -> concurrent.futures.ThreadPoolExecutor:
-        return concurrent.futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="reward")
+    def _spawn(self) -> None:
+        threading.Thread(target=self._work, name="reward", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            call = self._calls.get()
+            if call is None:  # closed
+                return
+            with self._lock:
+                call.started = time.monotonic()
+            try:
+                result: Any = checked(self.reward(*call.args))
+            except Exception as e:  # a reward that throws scores 0 and is counted, never stops training
+                result = e
+            with self._lock:
+                if call.outcome == "timeout":
+                    return  # abandoned: a new worker already took this one's place
+                call.outcome = "done"
+            call.results.put((call.index, result))
 
     def score(self, prompts: Sequence[str], completions: Sequence[str], references: Sequence[str]) -> RewardBatch:
-        futures = [
-            self.pool.submit(self.reward, p, c, r) for p, c, r in zip(prompts, completions, references, strict=True)
-        ]
-        batch = RewardBatch(torch.zeros(len(futures)))
+        results: queue.SimpleQueue = queue.SimpleQueue()
+        calls = [_Call(i, args, results) for i, args in enumerate(zip(prompts, completions, references, strict=True))]
+        for call in calls:
+            self._calls.put(call)
+        batch = RewardBatch(torch.zeros(len(calls)))
         parts: dict[str, list[float]] = {}
-        for i, future in enumerate(futures):
+        pending = len(calls)
+        while pending:
             try:
-                result = future.result(timeout=self.timeout_s)
-            except concurrent.futures.TimeoutError:
-                batch.timeouts += 1
-                future.cancel()
+                index, result = results.get(timeout=self._wait(calls))
+            except queue.Empty:
+                pending -= self._abandon_overdue(calls, batch)
                 continue
-            except Exception as e:  # a reward that throws scores 0 and is counted, never stops training
+            pending -= 1
+            if isinstance(result, Exception):
                 batch.failures += 1
                 if len(batch.errors) < 3:
-                    batch.errors.append(f"{type(e).__name__}: {e}")
+                    batch.errors.append(f"{type(result).__name__}: {result}")
                 continue
-            batch.scores[i] = _value(result)
-            for name, value in (result[1] if isinstance(result, tuple) else {}).items():
-                parts.setdefault(name, [0.0] * len(futures))[i] = float(value)
+            batch.scores[index], sub_scores = result
+            for name, value in sub_scores.items():
+                parts.setdefault(name, [0.0] * len(calls))[index] = value
         batch.parts = {name: torch.tensor(values) for name, values in parts.items()}
-        if batch.timeouts:  # hung calls keep their threads: later batches get fresh ones
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = self._new_pool()
         self.total_failures += batch.failures
         self.total_timeouts += batch.timeouts
+        if batch.failures or batch.timeouts:
+            log.warning(
+                "reward: %d of %d calls failed, %d timed out after %gs%s",
+                batch.failures,
+                len(calls),
+                batch.timeouts,
+                self.timeout_s,
+                f" (first: {batch.errors[0]})" if batch.errors else "",
+            )
         return batch
+
+    def close(self) -> None:
+        """Let the idle workers end (an abandoned one ends when its call returns)."""
+        for _ in range(self.workers):
+            self._calls.put(None)
+
+    def _wait(self, calls: list[_Call]) -> float:
+        """Seconds until the earliest running call reaches its limit (the limit if none is running yet)."""
+        with self._lock:
+            starts = [c.started for c in calls if c.outcome is None and c.started is not None]
+        if not starts:
+            return self.timeout_s
+        return max(min(starts) + self.timeout_s - time.monotonic(), 0.001)
+
+    def _abandon_overdue(self, calls: list[_Call], batch: RewardBatch) -> int:
+        now, overdue = time.monotonic(), 0
+        with self._lock:
+            for call in calls:
+                if call.outcome is None and call.started is not None and now - call.started >= self.timeout_s:
+                    call.outcome = "timeout"
+                    overdue += 1
+        batch.timeouts += overdue
+        for _ in range(overdue):
+            self._spawn()
+        return overdue

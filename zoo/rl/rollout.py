@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from zoo.generation import Sample
+from zoo.generation import GenerationResult, Sample
 from zoo.rl.losses import token_entropy
 
 
@@ -57,13 +57,26 @@ class RolloutBatch:
 @dataclass
 class Round:
     """What one training step trains: the prompts whose groups completed, their completions laid out for the
-    trainer (``batch.prompt_index`` indexes ``problems``) and decoded, and the launched prompts that did not
-    complete (an early-stopped round returns them; a sampler queues them)."""
+    trainer (``batch.prompt_index`` indexes ``problems``) and decoded, and where those prompts stood in the
+    launched list (``kept``, ascending). Positions, not prompts, say which launched prompts completed: one launch
+    may hold the same prompt twice (an epoch's tail topped up from the next), and only the occurrence that
+    completed is done; a sampler queues the others."""
 
     problems: list[Any]
     batch: RolloutBatch
     texts: list[str]
-    unfinished: list[Any]
+    kept: list[int]
+
+    @classmethod
+    def from_generation(cls, problems: Sequence[Any], result: GenerationResult, tokenizer: Any, device: Any) -> Round:
+        """The round an engine's ``result`` trains, for the launched ``problems`` (each with ``prompt_ids``): the
+        prompts it returned samples for, in launch order."""
+        kept = sorted({s.prompt_index for s in result.samples})
+        position = {p: i for i, p in enumerate(kept)}
+        samples = [replace(s, prompt_index=position[s.prompt_index]) for s in result.samples]
+        texts = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in samples]
+        batch = assemble([problems[p]["prompt_ids"] for p in kept], samples, device)
+        return cls([problems[p] for p in kept], batch, texts, kept)
 
 
 def assemble(prompts: Sequence[Sequence[int]], samples: Sequence[Sample], device: Any = None) -> RolloutBatch:
