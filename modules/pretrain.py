@@ -21,7 +21,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from zoo.hub import build_initialized
 from zoo.models import config_from_dict
-from zoo.optim import OptimConfig, build_adamw, warmup_cosine
+from zoo.optim import OptimConfig, build_adamw, ensure_finite, warmup_cosine
 from zoo.strategies import clip_grad_norm, shard_for_strategy
 
 Batch = torch.Tensor | dict[str, torch.Tensor]
@@ -84,6 +84,7 @@ class PretrainModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self.loss_fn(self.model, batch)
         self.log("train/loss", loss, prog_bar=True)
+        self._step_loss = loss.detach()
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
@@ -102,6 +103,7 @@ class PretrainModule(L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         max_norm = self.optim_config.grad_clip or math.inf
         norm = clip_grad_norm(self.trainer.strategy, self.model, max_norm)
+        ensure_finite(self.global_step, loss=self._step_loss, grad_norm=norm)  # before the optimizer step
         self.log("train/grad_norm", norm)
 
     def configure_optimizers(self):

@@ -32,7 +32,7 @@ from zoo.errors import ConfigError
 from zoo.generation import SamplingParams
 from zoo.hub import build_initialized
 from zoo.models import config_from_dict
-from zoo.optim import OptimConfig, build_adamw, warmup_cosine
+from zoo.optim import OptimConfig, TrainingDiverged, build_adamw, ensure_finite, warmup_cosine
 from zoo.rl import advantages as estimators
 from zoo.rl.evaluation import evaluate_pass_at_k
 from zoo.rl.losses import kl_penalty, ppo_clip_loss
@@ -63,6 +63,7 @@ class AlgorithmConfig:
     entropy_coef: float = 0.0
     tis_cap: float | None = 2.0  # truncated importance sampling against the engine's log-probs; None: off
     reward_timeout_s: float = 10.0
+    max_skipped_steps: int = 10  # steps skipped for non-finite advantages before the run stops
 
 
 @dataclass
@@ -96,7 +97,7 @@ class RLModule(L.LightningModule):
         model = dict(model)
         self.init_from = model.pop("init_from", None)
         self.model_config = config_from_dict(model)
-        self.optim_config = config_section(OptimConfig, optim, "module.optim") if optim else OptimConfig(lr=1e-5)
+        self.optim_config = OptimConfig.from_dict(optim) if optim else OptimConfig(lr=1e-5)
         self.rollout_config = config_section(RolloutConfig, rollout, "module.rollout")
         self.algorithm = config_section(AlgorithmConfig, algorithm, "module.algorithm")
         self.evaluation = config_section(EvaluationConfig, evaluation, "module.evaluation")
@@ -106,6 +107,7 @@ class RLModule(L.LightningModule):
         self.reference: torch.nn.Module | None = None
         self.val_metrics = torch.nn.ModuleDict()
         self.rewards: RewardRunner | None = None
+        self.skipped_steps = 0  # steps whose advantages were not finite (checkpointed)
 
     # -- setup ------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -250,6 +252,15 @@ class RLModule(L.LightningModule):
         batch.rewards = self.score(problems, batch, texts)
         self.prepare(batch)
         batch.advantages = self.advantages(batch)
+        if not torch.isfinite(batch.advantages).all():  # e.g. a custom reward or estimator gone wrong: skip it
+            self.skipped_steps += 1
+            self.log("train/skipped_steps", float(self.skipped_steps))
+            if self.skipped_steps > self.algorithm.max_skipped_steps:
+                raise TrainingDiverged(
+                    f"{self.skipped_steps} steps had non-finite advantages (the last at step {self.global_step}), "
+                    f"more than module.algorithm.max_skipped_steps={self.algorithm.max_skipped_steps}"
+                )
+            return
         self.log_dict(
             {
                 "reward/mean": batch.rewards.mean(),
@@ -268,6 +279,7 @@ class RLModule(L.LightningModule):
                 loss, logs = self.loss(minibatch)
                 self.manual_backward(loss)
                 norm = clip_grad_norm(self.trainer.strategy, self.trainable(), self.optim_config.grad_clip or math.inf)
+                ensure_finite(self.global_step, loss=loss, grad_norm=norm)  # before the optimizer step
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 schedule.step()
@@ -288,6 +300,12 @@ class RLModule(L.LightningModule):
             optimizer, lambda step: warmup_cosine(step, c.warmup_steps, total, c.min_lr_ratio)
         )
         return [optimizer], [schedule]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_steps = checkpoint.get("skipped_steps", 0)
 
     def trainable(self) -> torch.nn.Module:
         """What the optimizer updates (the policy; PPO adds its critic)."""

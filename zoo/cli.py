@@ -171,19 +171,28 @@ def _composition_error(error: Exception) -> str:
 
 
 # -- running ------------------------------------------------------------------------------------------------
-def _resume_overrides(overrides: list[str]) -> list[str]:
-    """``resume=DIR``: the run's own overrides first, then these, and the run's directory as Hydra's."""
-    resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
-    if not resume:
+def _run_overrides(command: str, overrides: list[str]) -> list[str]:
+    """A run's own settings under the user's overrides. ``resume=DIR`` (fit): the run's overrides, then these,
+    and the run's directory as Hydra's. ``ckpt_path=`` (validate, test) of a run directory or of a checkpoint in
+    one: the run's overrides (its module, task, data options), then these; the evaluation gets a new directory."""
+    key = "resume=" if command == "fit" else "ckpt_path="
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith(key)]
+    if not given:
         return overrides
-    run_dir = Path(resume[-1]).expanduser().resolve()
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    if not saved.is_file():
-        fail(f"resume={resume[-1]}: not a zoo run directory (no .hydra/overrides.yaml)")
+    path = Path(given[-1]).expanduser().resolve()
+    run_dir = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else None
+    saved = run_dir / ".hydra" / "overrides.yaml" if run_dir else None
+    if saved is None or not saved.is_file():
+        if command == "fit":
+            fail(f"resume={given[-1]}: not a zoo run directory (no .hydra/overrides.yaml)")
+        return overrides  # a checkpoint file of its own: the settings given here
     import yaml
 
-    previous = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.startswith(("resume=", "hydra."))]
-    return [*previous, *overrides, f"hydra.run.dir={run_dir}"]
+    own = yaml.safe_load(saved.read_text()) or []
+    previous = [o for o in own if not o.startswith(("resume=", "ckpt_path=", "hydra."))]
+    if command == "fit":
+        return [*previous, *overrides, f"hydra.run.dir={run_dir}"]
+    return [*previous, *overrides]
 
 
 def run_hydra(command: str, args: list[str]) -> None:
@@ -202,7 +211,7 @@ def run_hydra(command: str, args: list[str]) -> None:
     for override in overrides:
         flags_only.remove(override)
     if not (parsed.help or parsed.hydra_help):
-        overrides = _resume_overrides(overrides)
+        overrides = _run_overrides(command, overrides)
         check_overrides(overrides)
     original_argv = sys.argv
 

@@ -11,8 +11,8 @@ An *entry* is a directory named after the checkpoint::
 
 Entries live in the hub *store* (``$ZOO_HUB``, else ``<zoo cache>/hub``) and, read-only, in the registry that
 ships with zoo (``zoo.checkpoints``). Every read verifies every sha256 and refuses an entry with a missing,
-altered or unlisted file. Weights are read with safetensors only; Lightning checkpoints with
-``torch.load(weights_only=True)``, which unpickles tensors and plain containers and nothing else.
+altered or unlisted file. Weights are read with safetensors only; Lightning checkpoints and ``pytorch_model.bin``
+with ``torch.load(weights_only=True)`` passed explicitly, which unpickles tensors and plain containers only.
 
 Import: a local directory in the HF format (``config.json`` of a GPT-NeoX model, safetensors or
 ``pytorch_model.bin`` weights, tokenizer files), or ``hf:ORG/NAME`` downloaded through ``huggingface_hub``.
@@ -36,6 +36,7 @@ import yaml
 from safetensors.torch import load_file, save, save_file
 
 from zoo import __version__
+from zoo.checkpoint_io import read_checkpoint
 from zoo.errors import ZooError
 from zoo.files import atomic_directory, atomic_file, cache_dir, sha256_file
 
@@ -213,7 +214,7 @@ class Hub:
         """Publish a run directory (its ``checkpoints/last.ckpt``) or a Lightning ``.ckpt`` file."""
         validate_name(name)
         checkpoint_path, run_dir = _locate_checkpoint(Path(source).expanduser())
-        checkpoint = read_lightning_checkpoint(checkpoint_path)
+        checkpoint = read_checkpoint(checkpoint_path)
         config, state = _model_state(checkpoint, checkpoint_path)
         hparams = checkpoint["hyper_parameters"]
         tokenizer_dir = run_dir / "tokenizer" if run_dir and (run_dir / "tokenizer").is_dir() else None
@@ -305,7 +306,7 @@ def load_model(source: str | os.PathLike) -> LoadedModel:
         tokenizer = entry.tokenizer_dir if entry.tokenizer_dir.is_dir() else None
         return LoadedModel(entry.build_model(), tokenizer, entry.card_metadata.get("data") or {})
     checkpoint_path, run_dir = _locate_checkpoint(path)
-    checkpoint = read_lightning_checkpoint(checkpoint_path)
+    checkpoint = read_checkpoint(checkpoint_path)
     config, state = _model_state(checkpoint, checkpoint_path)
     model = build_model(config_from_dict(config))
     model.load_state_dict(state)
@@ -326,13 +327,6 @@ def build_initialized(config: Any, init_from: str | None) -> torch.nn.Module:
 def load_weights(spec: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Verified weights of ``hub:NAME`` or of a hub entry directory."""
     return resolve_entry(spec).state_dict()
-
-
-def read_lightning_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated, corrupted or non-checkpoint file: say which one
-        raise HubError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_first_line(e)})") from None
 
 
 def check_weights(config: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> None:

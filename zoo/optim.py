@@ -1,7 +1,11 @@
-"""The optimizer and learning-rate schedule that zoo's training modules share.
+"""The optimizer, learning-rate schedule and divergence guard that zoo's training modules share.
 
 AdamW with decoupled weight decay on matrices only (embeddings included; biases and norms excluded), a linear
 warmup from 0 to the peak rate, then a cosine decay to ``min_lr_ratio`` of the peak at the last step.
+
+Every module calls :func:`ensure_finite` with a step's loss and gradient norm after the backward pass and
+before the optimizer step: a non-finite value stops the run with :class:`TrainingDiverged` (one line naming the
+step), so the weights, and every checkpoint written from them, stay those of the last finite step.
 """
 
 from __future__ import annotations
@@ -12,7 +16,23 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, ZooError
+
+
+class TrainingDiverged(ZooError):
+    """A loss, gradient norm or weight that is no longer finite; the message names the step."""
+
+
+def ensure_finite(step: int, **values: torch.Tensor | float) -> None:
+    """Raise :class:`TrainingDiverged` when any of ``values`` (e.g. ``loss=``, ``grad_norm=``) is NaN or inf."""
+    numbers = {name: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for name, v in values.items()}
+    bad = {name: value for name, value in numbers.items() if not math.isfinite(value)}
+    if bad:
+        found = ", ".join(f"{name} is {value}" for name, value in bad.items())
+        raise TrainingDiverged(
+            f"training diverged at step {step}: {found}; the step was not applied, no checkpoint holds it (lower "
+            "module.optim.lr, raise module.optim.warmup_steps or set module.optim.grad_clip)"
+        )
 
 
 @dataclass
@@ -23,7 +43,7 @@ class OptimConfig:
     weight_decay: float = 0.1
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping (the norm is still logged)
+    grad_clip: float | None = 1.0  # max global grad norm; 0 or null disables clipping (the norm is still logged)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> OptimConfig:
@@ -33,7 +53,23 @@ class OptimConfig:
             raise ConfigError(f"unknown optimizer setting(s): {', '.join(unknown)}")
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
-        return cls(**values)
+        config = cls(**values)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """One line naming the first setting that cannot work."""
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr >= 0):
+            raise ConfigError(f"module.optim.lr must be a number >= 0, got {self.lr!r}")
+        if not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
+            raise ConfigError(f"module.optim.betas must be two numbers in [0, 1), got {self.betas!r}")
+        for key in ("eps", "weight_decay", "min_lr_ratio"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"module.optim.{key} must be >= 0, got {getattr(self, key)!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ConfigError(f"module.optim.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if self.grad_clip is not None and self.grad_clip < 0:
+            raise ConfigError(f"module.optim.grad_clip must be >= 0 or null, got {self.grad_clip!r}")
 
 
 def build_adamw(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:

@@ -20,8 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.callbacks.fact_recall import FactRecall
 from zoo.callbacks.probes import LoopProbes
-from zoo.checkpoint_io import AtomicCheckpointIO
-from zoo.errors import ConfigError
+from zoo.checkpoint_io import AtomicCheckpointIO, read_checkpoint
+from zoo.errors import ConfigError, ZooError
 from zoo.files import atomic_file
 from zoo.hub import resolve_entry
 from zoo.modules.pretrain import PretrainModule
@@ -69,8 +69,18 @@ def model_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str
 def build_module(command: str, cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
     if command != "fit" and cfg.ckpt_path:
         checkpoint = checkpoint_file(cfg.ckpt_path)
+        read_checkpoint(checkpoint, mmap=True)  # one line naming the file if it is not a checkpoint
         log.info("module: %s from %s", cfg.module._target_, checkpoint)
-        return get_class(cfg.module._target_).load_from_checkpoint(checkpoint, map_location="cpu")
+        module_class = get_class(cfg.module._target_)
+        try:
+            return module_class.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+        except ZooError:
+            raise
+        except Exception as e:  # a checkpoint of another kind of module
+            raise ConfigError(
+                f"{checkpoint}: cannot be loaded as a {module_class.__name__} ({type(e).__name__}: {e}); "
+                "give the run directory (its own settings are used) or the module it was trained with, e.g. model=grpo"
+            ) from None
     module = instantiate(cfg.module, model=model_config(cfg, datamodule), _convert_="all")
     log.info("module: %s, model %s", cfg.module._target_, module.hparams.model["arch"])
     return module

@@ -88,3 +88,44 @@ def test_ppo_with_a_critic_raises_the_reward_too(cpu_trainer):
     first, last = sum(history[:10]) / 10, sum(history[-10:]) / 10
     assert first < 0.1 and last > 0.5
     assert torch.isfinite(trainer.callback_metrics["critic/value_loss"])
+
+
+class _NaNAdvantages(GRPOModule):
+    """GRPO whose advantage stage goes non-finite on steps 1 and 2 (a custom estimator gone wrong)."""
+
+    def advantages(self, batch):
+        advantages = super().advantages(batch)
+        self.calls = getattr(self, "calls", 0) + 1
+        return advantages * float("nan") if self.calls in (2, 3) else advantages
+
+
+def test_steps_with_non_finite_advantages_are_skipped_and_counted(cpu_trainer):
+    weights = []
+
+    class Snapshot(L.Callback):
+        def on_train_batch_end(self, trainer, module, *args):
+            weights.append([p.detach().clone() for p in module.model.parameters()])
+
+    torch.manual_seed(0)
+    data = PromptDataModule(task="arithmetic", train_size=200, val_size=8, batch_size=4, vocab_size=64)
+    data.prepare_data()
+    data.reward = lambda p, c, r: float(c.strip().startswith("7"))
+    module = _NaNAdvantages(POLICY, optim=dict(lr=1e-3, warmup_steps=1), rollout=dict(n=4, max_new_tokens=4))
+    trainer = cpu_trainer(max_steps=3, limit_val_batches=0, callbacks=[RolloutCallback(), Snapshot()])
+    trainer.fit(module, datamodule=data)
+    assert module.skipped_steps == 2 and trainer.global_step == 3  # 5 batches: 3 trained, 2 skipped
+    assert trainer.callback_metrics["train/skipped_steps"] == 2
+    for before, after in ((weights[0], weights[1]), (weights[1], weights[2])):  # skipped: the weights did not move
+        assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert all(bool(torch.isfinite(p).all()) for p in module.model.parameters())
+
+
+def test_too_many_skipped_steps_stop_the_run(cpu_trainer):
+    from zoo.optim import TrainingDiverged
+
+    data = PromptDataModule(task="arithmetic", train_size=200, val_size=8, batch_size=4, vocab_size=64)
+    data.prepare_data()
+    module = _NaNAdvantages(POLICY, rollout=dict(n=4, max_new_tokens=4), algorithm=dict(max_skipped_steps=1))
+    trainer = cpu_trainer(max_steps=5, limit_val_batches=0, callbacks=[RolloutCallback()])
+    with pytest.raises(TrainingDiverged, match="2 steps had non-finite advantages"):
+        trainer.fit(module, datamodule=data)
