@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
+from zoo.errors import require_int
 from zoo.files import cache_dir
 from zoo.loader import ResumableLoader
 from zoo.rl.tasks import TASKS, Problem, encode_prompts, load_problems
@@ -38,6 +39,9 @@ class PromptDataModule(L.LightningDataModule):
         seed: int = 1234,
     ) -> None:
         super().__init__()
+        require_int("data.batch_size", batch_size, 1)
+        require_int("data.train_size", train_size, 1)
+        require_int("data.val_size", val_size, 0)
         self.save_hyperparameters()
         self.tokenizer = None
         self.reward = None

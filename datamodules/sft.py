@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from zoo.datamodules.prompts import PromptDataModule
-from zoo.errors import DataError
+from zoo.errors import DataError, require_int
 from zoo.rl.tasks import Problem, encode_prompts
 
 IGNORE = -100
@@ -77,6 +77,7 @@ class SFTDataModule(PromptDataModule):
         batch_size: int = 16,
         seed: int = 1234,
     ) -> None:
+        require_int("data.seq_len", seq_len, 1)
         super().__init__(task, options, path, val_path, tokenizer, vocab_size, train_size, val_size, batch_size, seed)
         self.save_hyperparameters()
 

@@ -20,6 +20,7 @@ The whole source is held in memory while it is tokenized (fine up to a few GB of
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -29,12 +30,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.corpus import Document, embedded_corpus
-from zoo.errors import DataError
-from zoo.files import atomic_file, cache_dir
+from zoo.errors import ConfigError, DataError, require_int
+from zoo.files import atomic_file, cache_dir, read_utf8
 from zoo.jsonl import read_jsonl
 from zoo.loader import ResumableLoader
 from zoo.tokenizer import tokenizer_for
 
+log = logging.getLogger("zoo")
 _FORMAT_VERSION = "text-v1"
 _TEXT_SUFFIXES = {".txt", ".md"}
 
@@ -55,9 +57,12 @@ def read_documents(path: str | os.PathLike, text_field: str = "text") -> list[Do
         if file.suffix == ".jsonl":
             documents.extend(_jsonl_documents(file, text_field))
         elif file.suffix in _TEXT_SUFFIXES:
-            documents.append(Document(str(file), file.read_text(encoding="utf-8")))
+            documents.append(Document(str(file), read_utf8(file)))
         else:
             raise DataError(f"{file}: unsupported file type {file.suffix!r} (use .txt, .md or .jsonl)")
+    documents = [d for d in documents if d.text.strip()]
+    if not documents:
+        raise DataError(f"{root}: {'the file is' if root.is_file() else 'its files are'} empty (no text to train on)")
     return documents
 
 
@@ -131,6 +136,11 @@ class TextDataModule(L.LightningDataModule):
         super().__init__()
         if path and dataset:
             raise DataError("set data.path or data.dataset, not both")
+        require_int("data.seq_len", seq_len, 1)
+        require_int("data.batch_size", batch_size, 1)
+        require_int("data.num_workers", num_workers, 0)
+        if not 0 <= val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must lie in [0, 1), got {val_fraction!r}")
         self.save_hyperparameters()
         self.cache_root = Path(cache).expanduser() if cache else cache_dir() / "data"
         self.tokenizer = None
@@ -195,7 +205,11 @@ class TextDataModule(L.LightningDataModule):
         self.train_set = PackedBlocks(self._load(self.arrays["train"]), seq_len)
         self.val_set = PackedBlocks(self._load(self.arrays["val"]), seq_len)
         if len(self.train_set) == 0:
-            raise DataError(f"the training split has fewer than seq_len + 1 = {seq_len + 1} tokens")
+            source = self.hparams.path or self.hparams.dataset or "the data"
+            raise DataError(
+                f"{source}: the training split has {len(self.train_set.tokens)} tokens, fewer than "
+                f"data.seq_len + 1 = {seq_len + 1}"
+            )
 
     # -- loaders --------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
@@ -208,5 +222,7 @@ class TextDataModule(L.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        """zoo keeps no separate test split of a pretraining corpus: ``zoo test`` reports the val split."""
+        """zoo keeps no separate test split of a pretraining corpus: ``zoo test`` reports the val split, and
+        says so."""
+        log.warning("zoo test: text data has no test split of its own; test/loss is measured on the validation split")
         return self.val_dataloader()

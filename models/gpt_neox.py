@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, require_int
 from zoo.models.cross_entropy import linear_cross_entropy
 
 
@@ -52,6 +52,9 @@ class GPTNeoXConfig:
     arch = "gpt_neox"  # class attribute, not a field: the key under which `zoo.models` registers it
 
     def __post_init__(self) -> None:
+        sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+        for key in (*sizes, "max_position_embeddings"):
+            require_int(f"model.{key}", getattr(self, key), 1)
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
@@ -322,6 +325,11 @@ class GPTNeoX(nn.Module):
     ) -> AttentionInputs:
         T = input_ids.shape[1]
         past = cache.length if cache is not None else 0
+        if past + T > self.config.max_position_embeddings:
+            raise ConfigError(
+                f"a sequence of {past + T} tokens exceeds the model's max_position_embeddings="
+                f"{self.config.max_position_embeddings} (shorten data.seq_len, the prompts or max_new_tokens)"
+            )
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
         cos, sin = self.rotary(position_ids, dtype)

@@ -21,7 +21,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from zoo.hub import build_initialized
 from zoo.models import config_from_dict
-from zoo.optim import OptimConfig, build_adamw, ensure_finite, warmup_cosine
+from zoo.optim import OptimConfig, build_adamw, build_schedule, ensure_finite
 from zoo.strategies import clip_grad_norm, shard_for_strategy
 
 Batch = torch.Tensor | dict[str, torch.Tensor]
@@ -109,10 +109,7 @@ class PretrainModule(L.LightningModule):
     def configure_optimizers(self):
         optimizer = build_adamw(self.model, self.optim_config)
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
-        c = self.optim_config
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, c.warmup_steps, int(total), c.min_lr_ratio)
-        )
+        schedule = build_schedule(optimizer, self.optim_config, int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     @property

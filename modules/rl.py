@@ -32,7 +32,7 @@ from zoo.errors import ConfigError
 from zoo.generation import SamplingParams
 from zoo.hub import build_initialized
 from zoo.models import config_from_dict
-from zoo.optim import OptimConfig, TrainingDiverged, build_adamw, ensure_finite, warmup_cosine
+from zoo.optim import OptimConfig, TrainingDiverged, build_adamw, build_schedule, ensure_finite
 from zoo.rl import advantages as estimators
 from zoo.rl.evaluation import evaluate_pass_at_k
 from zoo.rl.losses import kl_penalty, ppo_clip_loss
@@ -294,11 +294,8 @@ class RLModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = build_adamw(self.trainable(), self.optim_config)
-        c = self.optim_config
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, c.warmup_steps, total, c.min_lr_ratio)
-        )
+        schedule = build_schedule(optimizer, self.optim_config, total)
         return [optimizer], [schedule]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -9,9 +9,11 @@ line that names it. ``zoo ls`` lists the groups and their options; ``zoo hub ...
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -133,14 +135,59 @@ def check_overrides(overrides: list[str]) -> None:
                 for value in values:
                     if value is not None and value != "null" and str(value) not in options:
                         fail(f"unknown {o.key_or_group} {str(value)!r}; options: {', '.join(options)}")
+        values = [o for o in parsed if o.key_or_group not in GROUPS and not o.is_delete() and not o.is_add()]
+        values = [o for o in values if not o.key_or_group.startswith("hydra")]
         for combo in combos:
             try:
                 cfg = compose("fit", overrides=combo, return_hydra_config=True)
+                defaults = compose("fit", overrides=[c for c in combo if c.split("=", 1)[0] in GROUPS])
             except (HydraException, OmegaConfBaseException) as e:
                 fail(_composition_error(e))
             missing = _missing_keys(cfg)
             if missing:
                 fail(f"{missing[0]} must be set, e.g. {missing[0]}=... ({', '.join(missing)} missing)")
+            for o in values:
+                _check_type(o.key_or_group, cfg, defaults)
+        _check_writable(cfg)
+
+
+def _check_type(key: str, cfg, defaults) -> None:
+    """Stop before anything runs when ``key`` was given a value of another kind than its default (a word where
+    a number belongs, a number where a switch belongs): one line naming the key, instead of a TypeError deep in
+    Lightning. Keys whose default is null or text take anything."""
+    from omegaconf import OmegaConf
+
+    default = OmegaConf.select(defaults, key, default=None, throw_on_resolution_failure=False)
+    value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+    if default is None or value is None or isinstance(default, str):
+        return
+    if isinstance(default, bool):
+        accepts, expected = isinstance(value, bool), "true or false"
+    elif isinstance(default, int | float):
+        accepts, expected = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+    elif OmegaConf.is_list(default):
+        accepts, expected = OmegaConf.is_list(value), "a list, e.g. [1, 2]"
+    else:
+        return
+    if not accepts:
+        fail(f"{key}={value}: expected {expected} (the default is {default})")
+
+
+def _check_writable(cfg) -> None:
+    """Stop before anything runs when the run directory cannot be created (a file in the way, no permission)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    HydraConfig.instance().set_config(cfg)  # lets ${hydra:...} in the directory's name resolve
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):
+        try:
+            directory = Path(str(OmegaConf.select(cfg, key, throw_on_resolution_failure=True))).expanduser().absolute()
+        except Exception:  # an interpolation only a real run can resolve: Hydra reports it then
+            continue
+        existing = next(p for p in (directory, *directory.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            problem = "is not a directory" if not existing.is_dir() else "is not writable"
+            fail(f"{key}={directory}: cannot create the run directory ({existing} {problem})")
 
 
 def _missing_keys(node, prefix: str = "") -> list[str]:
@@ -201,8 +248,6 @@ def run_hydra(command: str, args: list[str]) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.errors import InstantiationException
 
-    from zoo.run import run
-
     parser = get_args_parser()
     parser.error = lambda message: fail(f"{message} (zoo --help)")
     parsed = parser.parse_args(args)
@@ -216,10 +261,15 @@ def run_hydra(command: str, args: list[str]) -> None:
     original_argv = sys.argv
 
     def task(cfg) -> None:
+        from zoo.optim import TrainingDiverged
+        from zoo.run import run  # imported here: a mistake found in the overrides stops before torch loads
+
         sys.argv = original_argv  # Lightning's DDP launcher starts the other ranks with this command line
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
-            run(command, cfg, Path(HydraConfig.get().runtime.output_dir))
+            run(command, cfg, run_dir)
         except InstantiationException as e:
+            _discard_unused(run_dir)
             cause = e.__cause__
             if isinstance(cause, ZooError):
                 _user_error(cause)
@@ -228,6 +278,8 @@ def run_hydra(command: str, args: list[str]) -> None:
                 _user_error(ConfigError(f"{key}: {cause}"))
             raise
         except ZooError as e:
+            if not isinstance(e, TrainingDiverged):  # a diverged run keeps its curves: they show how it diverged
+                _discard_unused(run_dir)
             _user_error(e)
 
     entry = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="fit")(task)
@@ -236,6 +288,18 @@ def run_hydra(command: str, args: list[str]) -> None:
         entry()
     finally:
         sys.argv = original_argv
+
+
+def _discard_unused(run_dir: Path) -> None:
+    """A run that failed before it wrote a checkpoint or its metrics leaves no directory behind (what it holds,
+    Hydra's files, a log, the tokenizer, an empty TensorBoard file, is made again by the next run)."""
+    import shutil
+
+    if run_dir.is_dir() and not any(run_dir.rglob("*.ckpt")) and not (run_dir / "metrics.json").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # runs/<name>/ and runs/ too, when they held only this run
+            run_dir.parent.rmdir()
+            run_dir.parent.parent.rmdir()
 
 
 def _user_error(error: Exception) -> None:
@@ -374,6 +438,8 @@ def infusion_command(args: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    # Lightning's own use of a torch API that torch deprecated; nothing a zoo user can act on
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         register_presets()

@@ -15,3 +15,9 @@ class ConfigError(ZooError, ValueError):
 
 class DataError(ZooError, ValueError):
     """Malformed or missing input data; the message names the file and row."""
+
+
+def require_int(key: str, value: object, minimum: int) -> None:
+    """A :class:`ConfigError` naming ``key`` unless ``value`` is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")

@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from zoo.errors import DataError
+
 
 def cache_dir() -> Path:
     """``$ZOO_CACHE``, else ``$XDG_CACHE_HOME/zoo``, else ``~/.cache/zoo``."""
@@ -103,6 +105,18 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """A file's text; a file that is not UTF-8 is a DataError naming it and the byte offset."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte offset {e.start}: {data[e.start : e.start + 4]!r}); convert it, "
+            "e.g. iconv -f latin1 -t utf-8"
+        ) from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

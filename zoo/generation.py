@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from zoo.errors import ConfigError
+
 
 @dataclass
 class SamplingParams:
@@ -194,6 +196,12 @@ class NativeEngine:
         """Every prompt's prefill, copied to its n rows: (the batch being decoded, the rows' prompts)."""
         lengths = torch.tensor([len(p) for p in prompts], device=device)
         width = int(lengths.max())
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if positions is not None and width + params.max_new_tokens - 1 > positions:
+            raise ConfigError(
+                f"a prompt of {width} tokens plus max_new_tokens={params.max_new_tokens} exceeds the model's "
+                f"max_position_embeddings={positions}"
+            )
         ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
         mask = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
         for i, prompt in enumerate(prompts):  # left padding: every prompt ends at the same column

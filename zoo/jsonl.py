@@ -6,21 +6,24 @@ import json
 from pathlib import Path
 
 from zoo.errors import DataError
+from zoo.files import read_utf8
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
-    """``(line number, row)`` for every non-blank line of ``path``."""
+    """``(line number, row)`` for every non-blank line of ``path``; a file without rows is an error."""
     path = Path(path)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: a row must be a JSON object")
-            rows.append((number, row))
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            reason = f"{e.msg.removesuffix(' at')} at column {e.colno}"  # json's msg alone can end in "at"
+            raise DataError(f"{path}:{number}: not valid JSON ({reason})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: a row must be a JSON object, not {type(row).__name__}")
+        rows.append((number, row))
+    if not rows:
+        raise DataError(f"{path}: the file is empty (no JSON rows)")
     return rows

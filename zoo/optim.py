@@ -10,6 +10,7 @@ step), so the weights, and every checkpoint written from them, stay those of the
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, fields
 
@@ -17,6 +18,8 @@ import torch
 from torch import nn
 
 from zoo.errors import ConfigError, ZooError
+
+log = logging.getLogger("zoo")
 
 
 class TrainingDiverged(ZooError):
@@ -83,6 +86,25 @@ def build_adamw(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
         betas=config.betas,
         eps=config.eps,
         fused=on_cuda or None,
+    )
+
+
+def build_schedule(
+    optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warmup + cosine over a run of ``total_steps`` optimizer steps. A warmup as long as the run would never
+    decay: it is then cut to a tenth of the run, and the log says so."""
+    warmup = config.warmup_steps
+    if 0 < total_steps <= warmup:
+        warmup = total_steps // 10
+        log.warning(
+            "module.optim.warmup_steps=%d is not shorter than the run's %d steps: warming up over %d steps instead",
+            config.warmup_steps,
+            total_steps,
+            warmup,
+        )
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup, total_steps, config.min_lr_ratio)
     )
 
 

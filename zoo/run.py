@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.callbacks.fact_recall import FactRecall
 from zoo.callbacks.probes import LoopProbes
+from zoo.callbacks.progress import ProgressBar
 from zoo.checkpoint_io import AtomicCheckpointIO, read_checkpoint
-from zoo.errors import ConfigError, ZooError
+from zoo.errors import ConfigError, ZooError, require_int
 from zoo.files import atomic_file
 from zoo.hub import resolve_entry
 from zoo.modules.pretrain import PretrainModule
@@ -95,7 +97,29 @@ def checkpoint_file(path: str) -> Path:
     return path
 
 
+def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The Trainer's settings, checked: one line naming a setting that cannot work here. A validation interval
+    longer than the run is cut to the run, so that every run ends validated."""
+    settings = OmegaConf.to_container(cfg.trainer, resolve=True)
+    max_steps = settings.get("max_steps", -1)
+    require_int("trainer.max_steps", max_steps, -1)
+    if max_steps == 0:
+        raise ConfigError("trainer.max_steps must be -1 (no limit) or >= 1, got 0")
+    accelerator = str(settings.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} (trainer=gpu) needs a CUDA device and this machine has none; "
+            "use trainer=default"
+        )
+    interval = settings.get("val_check_interval")
+    if isinstance(interval, int) and not isinstance(interval, bool) and 0 < max_steps < interval:
+        log.info("trainer: val_check_interval %d is longer than the run: validating at step %d", interval, max_steps)
+        settings["val_check_interval"] = max_steps
+    return settings
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+    settings = trainer_settings(cfg)
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") else False
     checkpoints = run_dir / "checkpoints"
     callbacks = [
@@ -123,14 +147,16 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         callbacks.append(LoopProbes(cfg.probes.every_n_steps, cfg.probes.samples))
     if "recall_facts" in cfg.data:  # knowledge data: retention and acquisition after every validation
         callbacks.append(FactRecall())
+    if settings.get("enable_progress_bar", True):
+        callbacks.append(ProgressBar())
     strategy = instantiate(cfg.strategy)
     log.info(
         "trainer: strategy %s, %s",
         type(strategy).__name__ if not isinstance(strategy, str) else strategy,
-        OmegaConf.to_container(cfg.trainer),
+        settings,
     )
     return L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **settings,
         strategy=strategy,
         logger=logger,
         callbacks=callbacks,

@@ -1,0 +1,97 @@
+"""Every bad input a user can give the command line ends in one line that names the key or file, exit status 2,
+no traceback, and no run directory left behind."""
+
+import json
+
+import pytest
+import torch
+
+
+def _files(tmp_path):
+    """Bad inputs on disk, by name."""
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait, ".encode("latin-1") * 50)
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "control.jsonl").write_text('{"text": "ok"}\n{"text": "a\tb"}\n')
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    (tmp_path / "truncated.ckpt").write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    torch.save([1, 2, 3], tmp_path / "list.ckpt")
+    (tmp_path / "a_file").write_text("in the way")
+
+
+CASES = [
+    # (arguments, what the line says)
+    (["fit", "model=pythia-7t"], "unknown model 'pythia-7t'"),
+    (["fit", "trainer.max_stepz=5"], "unknown key 'trainer.max_stepz'"),
+    (["fit", "data.path=missing.txt"], "data.path not found"),
+    (["fit", "+data.colour=red"], "colour"),
+    (["fit", "trainer.max_steps=abc"], "trainer.max_steps=abc: expected a number"),
+    (["fit", "data.batch_size=abc"], "data.batch_size=abc: expected a number"),
+    (["fit", "module.optim.lr=fast"], "module.optim.lr=fast: expected a number"),
+    (["fit", "trainer.enable_progress_bar=maybe"], "expected true or false"),
+    (["fit", "data.seq_len=0"], "data.seq_len must be an integer >= 1, got 0"),
+    (["fit", "data.batch_size=0"], "data.batch_size must be an integer >= 1, got 0"),
+    (["fit", "data.batch_size=-4"], "data.batch_size must be an integer >= 1, got -4"),
+    (["fit", "trainer.max_steps=-2"], "trainer.max_steps must be an integer >= -1, got -2"),
+    (["fit", "module.optim.lr=-0.1"], "module.optim.lr must be a number >= 0"),
+    (["fit", "model.num_hidden_layers=0"], "model.num_hidden_layers must be an integer >= 1, got 0"),
+    (["fit", "model.max_position_embeddings=32", "data.seq_len=64"], "data.seq_len=64 exceeds"),
+    (["fit", "model=grpo", "module.rollout.max_new_tokens=100", "model.max_position_embeddings=64"], "exceeds"),
+    (["fit", "trainer=gpu"], "needs a CUDA device"),
+    (["fit", "hydra.run.dir={tmp}/a_file/run"], "cannot create the run directory"),
+    (["fit", "data.path={tmp}/latin1.txt"], "latin1.txt: not UTF-8 text (byte offset 3"),
+    (["fit", "data.path={tmp}/latin1.jsonl"], "latin1.jsonl: not UTF-8 text (byte offset 28"),
+    (["fit", "data.path={tmp}/empty.jsonl"], "empty.jsonl: the file is empty"),
+    (["fit", "data.path={tmp}/empty.txt"], "empty.txt: the file is empty"),
+    (["fit", "data.path={tmp}/control.jsonl"], "control.jsonl:2: not valid JSON (Invalid control character at column"),
+    (["validate", "ckpt_path={tmp}/notes.ckpt"], "notes.ckpt: not a readable checkpoint"),
+    (["validate", "ckpt_path={tmp}/truncated.ckpt"], "truncated.ckpt: not a readable checkpoint"),
+    (["validate", "ckpt_path={tmp}/list.ckpt"], "list.ckpt: not a checkpoint"),
+    (["validate", "ckpt_path={tmp}/missing.ckpt"], "checkpoint not found"),
+    (["hub", "pull", "{tmp}/nowhere"], "not a directory"),
+    (["hub", "show", "a..b"], "invalid hub name"),
+]
+
+
+@pytest.mark.parametrize("args, says", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_input_ends_in_one_line(run_zoo, tiny, tmp_path, args, says):
+    _files(tmp_path)
+    args = [a.format(tmp=tmp_path) for a in args]
+    given = {a.split("=")[0] for a in args}
+    tiny_run = args[0] != "hub" and "model=grpo" not in args  # the RL case keeps its task's settings
+    settings = [t for t in tiny if t.split("=")[0] not in given] if tiny_run else []
+    process = run_zoo(*args, *settings, check=False)
+    assert process.returncode == 2, process.stderr[-3000:]
+    assert "Traceback" not in process.stderr
+    errors = [line for line in process.stderr.splitlines() if line.startswith("zoo: error:")]
+    assert len(errors) == 1 and process.stderr.rstrip().endswith(errors[0]) and says in errors[0], process.stderr
+    assert not (tmp_path / "runs").exists()  # nothing left behind
+
+
+def test_a_model_called_past_its_positions_names_the_limit():
+    from zoo.errors import ConfigError
+    from zoo.models import GPTNeoX, GPTNeoXConfig
+
+    model = GPTNeoX(
+        GPTNeoXConfig(
+            vocab_size=64,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=8,
+        )
+    )
+    model(torch.zeros(1, 8, dtype=torch.long))
+    with pytest.raises(ConfigError, match="9 tokens exceeds the model's max_position_embeddings=8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_json_errors_are_not_cut(tmp_path):
+    from zoo.errors import DataError
+    from zoo.jsonl import read_jsonl
+
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"a": 1}) + '\n{"a": }\n')
+    with pytest.raises(DataError, match=r"rows.jsonl:2: not valid JSON \(Expecting value at column 7\)"):
+        read_jsonl(tmp_path / "rows.jsonl")
