@@ -85,11 +85,13 @@ class PretrainModule(L.LightningModule):
         loss = self.loss_fn(self.model, batch)
         self.log("train/loss", loss, prog_bar=True)
         self._step_loss = loss.detach()
+        # counted here, not at the batch's end: a checkpoint saved at this step (by a callback, before the
+        # module's own batch-end hook) must include this batch's tokens
+        self.tokens_seen += _tokens(batch) * self.trainer.world_size
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         tokens = _tokens(batch) * self.trainer.world_size
-        self.tokens_seen += tokens
         # Throughput from one batch end to the next covers a whole step (data, forward, backward, optimizer);
         # on a GPU the queue of launched kernels is bounded, so in steady state this is the true rate.
         now = time.perf_counter()

@@ -8,6 +8,7 @@ and at the end, ``best.ckpt`` by ``val/loss``), ``tokenizer/`` and ``metrics.jso
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from pathlib import Path
@@ -88,6 +89,16 @@ def build_module(command: str, cfg: DictConfig, datamodule: L.LightningDataModul
     return module
 
 
+def _resume_checkpoint(run_dir: str) -> Path | None:
+    """The checkpoint ``resume=`` continues from; None (the run starts again with its own settings, and the log
+    says so) when it was killed before its first checkpoint."""
+    path = Path(run_dir).expanduser()
+    if path.is_dir() and not (path / "checkpoints" / "last.ckpt").is_file():
+        log.warning("resume: %s has no checkpoint yet (killed before its first); starting it again from step 0", path)
+        return None
+    return checkpoint_file(run_dir)
+
+
 def checkpoint_file(path: str) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
@@ -139,6 +150,16 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
             enable_version_counter=False,
         ),
     ]
+    if minutes := cfg.checkpoint.get("every_n_minutes"):  # a time-based interval too: last.ckpt at least this often
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=checkpoints,
+                filename="last",
+                train_time_interval=dt.timedelta(minutes=minutes),
+                save_top_k=1,
+                enable_version_counter=False,
+            )
+        )
     if cfg.get("rollout"):
         callbacks.append(instantiate(cfg.rollout))
     if cfg.get("sampler"):
@@ -173,7 +194,7 @@ def run(command: str, cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if trainer.is_global_zero and datamodule.tokenizer is not None:
         datamodule.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     if command == "fit":
-        resume = checkpoint_file(cfg.resume) if cfg.resume else None
+        resume = _resume_checkpoint(cfg.resume) if cfg.resume else None
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         if not trainer.fast_dev_run:  # the final state, whatever the checkpoint interval
             trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)

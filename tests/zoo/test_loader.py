@@ -45,6 +45,22 @@ def test_resumed_loader_continues_with_the_next_batch():
     assert _batches(resumed) == expected  # the offset applied to one iteration only
 
 
+def test_a_loader_resumed_twice_continues_from_the_second_state():
+    data = TensorDataset(torch.arange(40))
+    expected = _batches(ResumableLoader(data, 4, seed=3))
+    first = ResumableLoader(data, 4, seed=3)
+    iterator = iter(first)
+    seen = [next(iterator)[0].tolist() for _ in range(3)]
+    second = ResumableLoader(data, 4, seed=3)
+    second.load_state_dict(first.state_dict())  # resume, then train two more batches
+    iterator = iter(second)
+    seen += [next(iterator)[0].tolist() for _ in range(2)]
+    assert second.state_dict() == {"epoch": 0, "batches_done": 5}  # counted from the resumed offset, not from 0
+    third = ResumableLoader(data, 4, seed=3)
+    third.load_state_dict(second.state_dict())  # killed again: resume
+    assert seen + _batches(third) == expected  # no batch replayed, none skipped
+
+
 def test_state_at_an_epoch_end_resumes_at_the_next_epoch_start():
     data = TensorDataset(torch.arange(12))
     loader = ResumableLoader(data, 4, seed=1)

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,7 +59,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_run(run_zoo, tiny, zoo_
     run_zoo("fit", *tiny, *RUN, "name=full")
     killed = _kill_after_first_checkpoint([*tiny, *RUN], "killed", tmp_path, zoo_env, 150)
     run_zoo("fit", f"resume={killed}")
-    _assert_same_end(_run_dir(tmp_path / "runs" / "full"), killed, ["train/loss", "val/loss"])
+    _assert_same_end(_run_dir(tmp_path / "runs" / "full"), killed, ["train/loss", "val/loss", "train/tokens"])
 
 
 SMALL = [
@@ -135,3 +136,27 @@ def test_a_corrupted_checkpoint_is_named(tmp_path):
     path.write_bytes(b"\x80\x02garbage")
     with pytest.raises(ConfigError, match="last.ckpt: not a readable checkpoint"):
         AtomicCheckpointIO().load_checkpoint(path)
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_with_its_own_settings(run_zoo, tiny, tmp_path):
+    run_zoo("fit", *tiny, "debug=limit", "name=early", "data.seq_len=48")
+    run_dir = _run_dir(tmp_path / "runs" / "early")
+    for file in (run_dir / "checkpoints").iterdir():  # as if killed before the first checkpoint
+        file.unlink()
+    (run_dir / "metrics.json").unlink()
+    process = run_zoo("fit", f"resume={run_dir}")
+    assert "has no checkpoint yet" in process.stdout + process.stderr
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 20 and state["datamodule_hyper_parameters"]["seq_len"] == 48  # its own settings
+
+
+def test_a_time_based_checkpoint_interval_adds_a_timed_last_checkpoint():
+    from hydra import compose, initialize_config_module
+
+    from zoo.run import build_trainer
+
+    with initialize_config_module("zoo.configs", version_base="1.3"):
+        cfg = compose("fit", overrides=["checkpoint.every_n_minutes=30", "logger=none"])
+    trainer = build_trainer(cfg, Path("unused"))
+    timed = [c for c in trainer.checkpoint_callbacks if c._train_time_interval is not None]
+    assert len(timed) == 1 and timed[0]._train_time_interval.total_seconds() == 1800 and timed[0].filename == "last"
