@@ -75,25 +75,38 @@ def group_options(group: str) -> list[str]:
 
 
 def _description(group: str, option: str) -> str:
+    """The option's description: the comment lines that open its YAML file, whole."""
     file = resources.files(CONFIG_MODULE) / group / f"{option}.yaml"
     if not file.is_file():
         return PRESET_DESCRIPTIONS.get(option, "")
+    lines = []
     for line in file.read_text().splitlines():
-        if line.startswith("#") and not line.startswith("# @package"):
-            return line.lstrip("# ").strip()
-    return ""
+        if line.startswith("# @package"):
+            continue
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").strip())
+    return " ".join(lines)
 
 
-def list_groups() -> None:
+def list_groups(describe: bool = True) -> None:
+    """Every group and its options: with their descriptions (``zoo ls``), or one line a group (``--help``)."""
     from hydra import initialize_config_module
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("group", "option", "what it is", box=None, pad_edge=False)
+    if not describe:
+        table = Table("group", "options (zoo ls describes each)", box=None, pad_edge=False)
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         for group in GROUPS:
-            for i, option in enumerate(group_options(group)):
-                table.add_row(group if i == 0 else "", option, _description(group, option))
+            options = group_options(group)
+            if not describe:
+                table.add_row(group, escape(", ".join(options)))
+                continue
+            for i, option in enumerate(options):
+                table.add_row(group if i == 0 else "", escape(option), escape(_description(group, option)))
     Console(width=120).print(table)
 
 
@@ -443,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         register_presets()
-        list_groups()
+        list_groups(describe=False)
         return
     command, rest = args[0], args[1:]
     register_presets()

@@ -61,7 +61,12 @@ def test_help_and_ls_show_groups_and_options(run_zoo):
     listing = run_zoo("ls").stdout
     for word in ("model", "pythia-160m", "strategy", "fsdp2", "logger", "tensorboard", "debug", "limit"):
         assert word in listing
-    assert "zoo fit" in run_zoo("--help").stdout
+    flat = " ".join(listing.split())
+    assert "pip install 'zoo[vllm]'" in flat  # rich markup did not eat the brackets
+    assert "for the MeSH arm of the knowledge-infusion sweep (experiment=infusion_sweep_mesh)." in flat  # whole
+    help_text = run_zoo("--help").stdout
+    assert "zoo fit" in help_text and "fsdp2" in help_text
+    assert "for the MeSH arm" not in help_text  # --help lists the options; zoo ls describes them
     hydra_help = run_zoo("fit", "--help").stdout
     assert hydra_help.startswith("zoo fit|validate|test") and "== Configuration groups ==" in hydra_help
 
