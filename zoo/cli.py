@@ -234,7 +234,8 @@ def _composition_error(error: Exception) -> str:
 def _run_overrides(command: str, overrides: list[str]) -> list[str]:
     """A run's own settings under the user's overrides. ``resume=DIR`` (fit): the run's overrides, then these,
     and the run's directory as Hydra's. ``ckpt_path=`` (validate, test) of a run directory or of a checkpoint in
-    one: the run's overrides (its module, task, data options), then these; the evaluation gets a new directory."""
+    one: the run's overrides (its module, task, data options; not its trainer, checkpoint and debug settings),
+    then these; the evaluation gets a new directory."""
     key = "resume=" if command == "fit" else "ckpt_path="
     given = [o.split("=", 1)[1] for o in overrides if o.startswith(key)]
     if not given:
@@ -252,7 +253,9 @@ def _run_overrides(command: str, overrides: list[str]) -> list[str]:
     previous = [o for o in own if not o.startswith(("resume=", "ckpt_path=", "hydra."))]
     if command == "fit":
         return [*previous, *overrides, f"hydra.run.dir={run_dir}"]
-    return [*previous, *overrides]
+    # what the run trained on and with, not how long or how often it trained and validated
+    training_only = ("trainer.", "+trainer.", "checkpoint.", "debug=", "probes.")
+    return [*[o for o in previous if not o.startswith(training_only)], *overrides]
 
 
 def run_hydra(command: str, args: list[str]) -> None:

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from zoo.hub import Hub
 
@@ -91,9 +92,18 @@ def test_ppo_from_the_command_line(run_zoo, tmp_path):
         "trainer.max_steps=3",
         "trainer.limit_val_batches=0",
         "module.rollout.max_new_tokens=4",
+        "+data.options={carry_only: true}",
     )
-    metrics = json.loads((_run_dir(tmp_path / "runs" / "ppo") / "metrics.json").read_text())
+    run = _run_dir(tmp_path / "runs" / "ppo")
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 3 and "critic/value_loss" in metrics and "reward/mean" in metrics
+
+    # validating the run needs neither model=ppo nor its task options: they are the run's own
+    run_zoo("validate", f"ckpt_path={run}", "name=check", "module.evaluation.max_new_tokens=4")
+    check = _run_dir(tmp_path / "runs" / "check")
+    used = yaml.safe_load((check / ".hydra" / "config.yaml").read_text())
+    assert used["module"]["_target_"].endswith("PPOModule") and used["data"]["options"] == {"carry_only": True}
+    assert "val/pass@1" in json.loads((check / "metrics.json").read_text())
 
 
 def test_a_task_that_needs_a_file_says_so_in_one_line(run_zoo):
