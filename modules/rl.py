@@ -35,7 +35,7 @@ from zoo.models import config_from_dict
 from zoo.optim import OptimConfig, TrainingDiverged, build_adamw, build_schedule, ensure_finite
 from zoo.rl import advantages as estimators
 from zoo.rl.evaluation import evaluate_pass_at_k
-from zoo.rl.losses import kl_penalty, ppo_clip_loss
+from zoo.rl.losses import aggregate, kl_penalty, ppo_clip_loss
 from zoo.rl.rewards import RewardRunner
 from zoo.rl.rollout import RolloutBatch, Round, token_logprobs
 from zoo.strategies import clip_grad_norm
@@ -217,16 +217,16 @@ class RLModule(L.LightningModule):
             "policy/approx_kl": stats.approx_kl,
             "policy/pg_loss": loss.detach(),
         }
-        mask = batch.response_mask
+        # the KL and entropy terms are aggregated as the policy loss is (per token, or per sequence first)
+        mask, length = batch.response_mask, self.rollout_config.max_new_tokens
         if self.reference is not None and self.kl_in_loss:
-            kl = kl_penalty(logprobs, batch.ref_logprobs, a.kl_estimator)
-            kl_mean = (kl * mask).sum() / mask.sum().clamp(min=1)
-            loss = loss + a.kl_coef * kl_mean
-            logs["policy/kl_to_reference"] = kl_mean.detach()
+            kl = aggregate(kl_penalty(logprobs, batch.ref_logprobs, a.kl_estimator), mask, a.aggregation, length)
+            loss = loss + a.kl_coef * kl
+            logs["policy/kl_to_reference"] = kl.detach()
         if entropy is not None:
-            entropy_mean = (entropy * mask).sum() / mask.sum().clamp(min=1)
-            loss = loss - a.entropy_coef * entropy_mean
-            logs["policy/entropy"] = entropy_mean.detach()
+            entropy = aggregate(entropy, mask, a.aggregation, length)
+            loss = loss - a.entropy_coef * entropy
+            logs["policy/entropy"] = entropy.detach()
         return loss, logs
 
     # -- the loop ---------------------------------------------------------------------------------------

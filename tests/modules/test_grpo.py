@@ -77,6 +77,7 @@ def test_other_estimators_and_loss_terms_train(cpu_trainer, algorithm):
 
 def test_ppo_with_a_critic_raises_the_reward_too(cpu_trainer):
     from zoo.modules.ppo import PPOModule
+    from zoo.rl.advantages import masked_whiten
 
     history, trainer = _fit(
         lambda p, c, r: float(c.strip().startswith("7")),
@@ -129,3 +130,70 @@ def test_too_many_skipped_steps_stop_the_run(cpu_trainer):
     trainer = cpu_trainer(max_steps=5, limit_val_batches=0, callbacks=[RolloutCallback()])
     with pytest.raises(TrainingDiverged, match="2 steps had non-finite advantages"):
         trainer.fit(module, datamodule=data)
+
+
+def _hand_built_batch(module, seed=0):
+    """Two prompt+completion rows with advantages, the rollout's and the reference's log-probs."""
+    from zoo.rl.rollout import RolloutBatch, token_logprobs
+
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, 64, (2, 9), generator=g)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 0, 0, 0]], dtype=torch.float)
+    with torch.no_grad():
+        old = token_logprobs(module.model, input_ids)[0]
+        ref = token_logprobs(module.reference, input_ids)[0] if module.reference is not None else None
+    batch = RolloutBatch(input_ids, mask, old.clone(), torch.tensor([0, 0]))
+    batch.advantages = torch.tensor([[1.0], [-1.0]]) * mask
+    batch.ref_logprobs = ref
+    return batch
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean"])
+def test_the_loss_is_the_policy_loss_plus_the_kl_penalty_minus_the_entropy_bonus(aggregation):
+    from zoo.rl.losses import aggregate, kl_penalty, ppo_clip_loss, token_entropy
+    from zoo.rl.rollout import token_logprobs
+
+    torch.manual_seed(0)
+    algorithm = dict(kl_coef=0.3, entropy_coef=0.05, aggregation=aggregation, tis_cap=None)
+    module = GRPOModule(POLICY, rollout=dict(n=2, max_new_tokens=5), algorithm=algorithm)
+    module.configure_model()
+    with torch.no_grad():  # a reference that differs from the policy, so the KL is not 0
+        for p in module.reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = _hand_built_batch(module)
+    loss, logs = module.loss(batch)
+
+    logprobs = token_logprobs(module.model, batch.input_ids)[0]
+    policy, _ = ppo_clip_loss(
+        logprobs,
+        batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach(),
+        batch.advantages,
+        batch.response_mask,
+        aggregation=aggregation,
+        max_length=5,
+    )
+    kl = aggregate(kl_penalty(logprobs, batch.ref_logprobs, "k3"), batch.response_mask, aggregation, 5)
+    entropy = aggregate(token_entropy(module.model(batch.input_ids[:, :-1])), batch.response_mask, aggregation, 5)
+    assert kl > 0 and entropy > 0
+    torch.testing.assert_close(loss, policy + 0.3 * kl - 0.05 * entropy)
+    torch.testing.assert_close(logs["policy/kl_to_reference"], kl.detach())
+
+
+def test_ppo_places_the_task_reward_on_the_last_completion_token():
+    from zoo.modules.ppo import PPOModule
+    from zoo.rl.advantages import masked_whiten
+
+    torch.manual_seed(0)
+    module = PPOModule(POLICY, rollout=dict(n=2, max_new_tokens=5), ppo=dict(gamma=1.0, lam=1.0))
+    module.configure_model()
+    batch = _hand_built_batch(module)
+    batch.advantages = None
+    batch.rewards = torch.tensor([2.0, -1.0])
+    module.prepare(batch)
+    advantages = module.advantages(batch)
+    # with gamma = lambda = 1, GAE's return at every completion token is the reward at the last one: the
+    # returns equal the reward on each completion token, and zero elsewhere
+    expected = batch.rewards[:, None] * batch.response_mask
+    torch.testing.assert_close(batch.returns, expected)
+    whitened = masked_whiten((expected - batch.old_values) * batch.response_mask, batch.response_mask)
+    torch.testing.assert_close(advantages, whitened)

@@ -60,7 +60,7 @@ def test_reinforce_pp_baseline_whitens_over_response_tokens():
     mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]])
     a = reinforce_pp_baseline_advantages(rewards, 2, mask)
     valid = a[mask.bool()]
-    assert valid.mean().abs() < 1e-6 and valid.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+    assert valid.mean().abs() < 1e-6 and valid.std(unbiased=True).item() == pytest.approx(1.0, abs=1e-6)  # Bessel
     assert (a[~mask.bool()] == 0).all()
     assert a[0, 0] > 0 > a[1, 0]  # the better sample of the first group is pushed up
     assert torch.allclose(a[2, :3], a[3, 0].expand(3))  # a tied group: equal, at the batch mean's offset
@@ -70,7 +70,8 @@ def test_masked_whiten_ignores_padding():
     values = torch.tensor([[1.0, 2.0, 100.0], [3.0, 100.0, 100.0]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     out = masked_whiten(values, mask)
-    torch.testing.assert_close(out[mask.bool()], torch.tensor([-1.2247, 0.0, 1.2247]), atol=1e-4, rtol=0)
+    # mean 2, Bessel-corrected variance ((1 + 0 + 1) / (3 - 1)) = 1, eps 1e-8: the reference implementations' numbers
+    torch.testing.assert_close(out[mask.bool()], torch.tensor([-1.0, 0.0, 1.0]), atol=1e-7, rtol=0)
 
 
 def test_gae_by_hand():

@@ -72,9 +72,11 @@ def test_matched_compute_experiment_writes_its_table_and_plot(run_zoo, tiny_widt
     (sweep,) = list((tmp_path / "runs" / "mesh_matched_compute").iterdir())
     with open(sweep / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["variant"] for r in rows] == ["pythia_matched", "recursive", "recursive_anchor", "mesh"]
+    variants = ["pythia_matched", "vanilla_matched", "recursive", "recursive_anchor", "mesh"]
+    assert [r["variant"] for r in rows] == variants
     params = {r["variant"]: int(r["non-embedding params"]) for r in rows}
     assert params["recursive"] == params["recursive_anchor"] < params["mesh"] < params["pythia_matched"]
+    assert params["vanilla_matched"] == params["pythia_matched"]  # the same stack, scaled and initialised alike
     assert all(float(r["val ppl"]) > 1 and int(float(r["train tokens"])) == 6 * 8 * 64 for r in rows)
     assert (sweep / "results.png").stat().st_size > 10_000
     assert "| mesh |" in (sweep / "results.md").read_text()

@@ -4,8 +4,9 @@ contiguous (``rewards.view(-1, G)``). Masks mark response tokens (B, T) with 1.
 - GRPO (Shao et al. 2024, DeepSeekMath): ``A_i = (r_i − mean_g) / (std_g + ε)``, std unbiased over the group.
 - Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-like training"): ``A_i = r_i − mean_g`` (no std).
 - RLOO (Ahmadian et al. 2024): ``A_i = r_i − mean_{j≠i} r_j = G/(G−1) · (r_i − mean_g)``.
-- REINFORCE++-baseline (Hu et al. 2025): ``r_i − mean_g`` on every response token, then whitened (mean 0,
-  std 1) over all response tokens of the batch.
+- REINFORCE++-baseline (Hu et al. 2025): ``r_i − mean_g`` on every response token, then whitened over all
+  response tokens of the batch: ``(x − mean) / sqrt(var + 1e-8)`` with the Bessel-corrected variance, as the
+  reference implementations (OpenRLHF, verl) whiten.
 - GAE (Schulman et al. 2016): ``δ_t = r_t + γ·V_{t+1} − V_t``, ``A_t = δ_t + γλ·A_{t+1}``, returns ``A + V``;
   the value after the last response token is 0.
 """
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-EPS = 1e-6
+EPS = 1e-6  # GRPO's std guard
+WHITEN_EPS = 1e-8  # the reference implementations' whitening guard
 
 
 def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -43,12 +45,12 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return (groups - others).flatten()
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """Shift and scale ``values`` to mean 0 and std 1 over the positions where ``mask`` is 1."""
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = WHITEN_EPS) -> torch.Tensor:
+    """Shift and scale ``values`` to mean 0 and (Bessel-corrected) std 1 over the positions where ``mask`` is 1."""
     mask = mask.to(values.dtype)
-    count = mask.sum().clamp(min=1)
-    mean = (values * mask).sum() / count
-    variance = (((values - mean) * mask) ** 2).sum() / count
+    count = mask.sum()
+    mean = (values * mask).sum() / count.clamp(min=1)
+    variance = (((values - mean) * mask) ** 2).sum() / (count - 1).clamp(min=1)
     return (values - mean) * torch.rsqrt(variance + eps) * mask
 
 
