@@ -144,6 +144,15 @@ def table(results: list[RunResult], analysis: Analysis, variants: list[Analysis]
     for size in analysis.sizes:
         point = analysis.collapse[size]
         lines.append(f"| {size:,.0f} | {f'{point:.0f}' if point is not None else 'none in the sweep'} |")
+    left_out = [s for s in analysis.sizes[:-1] if analysis.collapse[s] is None]
+    if left_out:
+        lines += [
+            "",
+            f"Left out of the fit: {', '.join(f'{s:,.0f}' for s in left_out)} (no collapse point in the sweep: "
+            "retention never fell below the line).",
+        ]
+    if analysis.alpha is None:
+        lines += ["", "No fit: fewer than two of the smaller sizes have a collapse point."]
     if analysis.alpha is not None:
         measured = f"{analysis.measured:.0f}" if analysis.measured is not None else "none in the sweep"
         error = f"{analysis.relative_error:.1%}" if analysis.relative_error is not None else "–"

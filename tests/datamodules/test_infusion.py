@@ -4,10 +4,12 @@ import json
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from zoo.callbacks.fact_recall import recall_accuracy
 from zoo.datamodules.infusion import InfusionDataModule
 from zoo.errors import DataError
+from zoo.hub import load_model
 from zoo.knowledge import build_world
 from zoo.models import GPTNeoX, GPTNeoXConfig
 
@@ -136,5 +138,12 @@ def test_an_infusion_run_logs_retention_acquisition_and_the_amount(run_zoo, tiny
     )
     (metrics,) = list((tmp_path / "runs" / "infusion").rglob("metrics.json"))
     values = json.loads(metrics.read_text())
-    assert 0 <= values["recall/general"] <= 1 and 0 <= values["recall/domain"] <= 1
+    # the logged recall is that of the run's final model on the run's own facts, recomputed here
+    run = metrics.parent
+    data = InfusionDataModule(general_entities=20, domain_entities=20, domain_facts=12, recall_facts=10)
+    model, tokenizer = load_model(run).model, AutoTokenizer.from_pretrained(str(run / "tokenizer"))
+    sets = data.recall_sets()
+    assert len(sets["general"]) == len(sets["domain"]) == 10
+    for name, facts in sets.items():
+        assert values[f"recall/{name}"] == pytest.approx(recall_accuracy(model, tokenizer, facts), abs=1e-6)
     assert values["infusion/domain_facts"] == 12 and 0 < values["infusion/domain_share"] < 1

@@ -77,7 +77,6 @@ def test_other_estimators_and_loss_terms_train(cpu_trainer, algorithm):
 
 def test_ppo_with_a_critic_raises_the_reward_too(cpu_trainer):
     from zoo.modules.ppo import PPOModule
-    from zoo.rl.advantages import masked_whiten
 
     history, trainer = _fit(
         lambda p, c, r: float(c.strip().startswith("7")),

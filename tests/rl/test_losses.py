@@ -30,20 +30,33 @@ def test_loss_and_gradient_match_elementwise_python():
     old = torch.tensor([[rng.gauss(0, 0.3) for _ in range(T)] for _ in range(B)], dtype=torch.float64)
     adv = torch.tensor([[rng.gauss(0, 1) for _ in range(T)] for _ in range(B)], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.float64)
+    count = int(mask.sum())
     for mode in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"):
-        per_seq, total, count = [], 0.0, 0
+        per_seq, total = [], 0.0
+        gradient = torch.zeros(B, T, dtype=torch.float64)
         for b in range(B):
-            terms = []
+            terms, length = [], int(mask[b].sum())
+            weight = {
+                "token_mean": 1 / count,
+                "seq_mean_token_mean": 1 / (B * length),
+                "seq_mean_token_sum": 1 / (B * 10),
+            }
             for t in range(T):
                 if mask[b, t]:
                     ratio = math.exp(new[b, t] - old[b, t])
-                    terms.append(-min(ratio * adv[b, t], min(max(ratio, 0.8), 1.25) * adv[b, t]))
+                    unclipped, clipped = ratio * adv[b, t], min(max(ratio, 0.8), 1.25) * adv[b, t]
+                    terms.append(-min(unclipped, clipped))
+                    # d/d log π of −ρA is −ρA where the unclipped term is the minimum; a clipped ratio is constant
+                    gradient[b, t] = -unclipped * weight[mode] if unclipped <= clipped else 0.0
             total += sum(terms)
-            count += len(terms)
             per_seq.append(sum(terms) / len(terms) if mode == "seq_mean_token_mean" else sum(terms) / 10)
         expected = total / count if mode == "token_mean" else sum(per_seq) / B
-        loss, _ = ppo_clip_loss(new, old, adv, mask, 0.2, 0.25, mode, max_length=10)
+        logprobs = new.clone().requires_grad_(True)
+        loss, _ = ppo_clip_loss(logprobs, old, adv, mask, 0.2, 0.25, mode, max_length=10)
         assert loss.item() == pytest.approx(expected), mode
+        loss.backward()
+        torch.testing.assert_close(logprobs.grad, gradient, msg=mode)
+        assert (gradient != 0).any() and (gradient[mask.bool()] == 0).any()  # both branches were exercised
 
 
 def test_truncated_importance_weights_scale_and_cap():

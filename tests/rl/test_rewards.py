@@ -159,3 +159,9 @@ def test_a_weighted_reward_with_a_non_finite_part_fails_as_a_whole():
     reward = WeightedReward({"a": (1.0, lambda p, c, r: 1.0), "b": (0.5, lambda p, c, r: float("nan"))})
     batch = RewardRunner(reward).score(["p"], ["c"], ["r"])
     assert batch.scores.tolist() == [0.0] and batch.failures == 1 and "not finite" in batch.errors[0]
+
+
+def test_gsm8k_scores_the_last_answer_marker():
+    completion = "First I thought #### 5, but checking again the total is 7.\n#### 7"
+    assert gsm8k_answer(completion) == "7"
+    assert gsm8k_reward("", completion, "#### 7") == 1.0 and gsm8k_reward("", completion, "5") == 0.0

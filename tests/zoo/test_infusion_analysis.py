@@ -7,7 +7,7 @@ import math
 import pytest
 
 from zoo.errors import ConfigError
-from zoo.infusion import RunResult, analyze, collapse_point, fit_power_law, read_runs
+from zoo.infusion import RunResult, analyze, collapse_point, fit_power_law, read_runs, sensitivity, table
 
 
 def test_collapse_point_interpolates_where_retention_crosses_the_line():
@@ -20,6 +20,24 @@ def test_collapse_point_interpolates_where_retention_crosses_the_line():
     assert collapse_point([0, 10, 100], [0.8, 0.78, 0.7]) is None  # never collapses in the sweep
     with pytest.raises(ConfigError, match="domain_facts=0"):
         collapse_point([10, 100], [0.8, 0.5])
+
+
+def test_retention_exactly_on_the_line_is_not_a_collapse():
+    # the line is 0.5 (half of 1.0): touching it is not falling below it
+    assert collapse_point([0, 100], [1.0, 0.5]) is None
+    t = (0.6 - 0.5) / (0.6 - 0.2)
+    expected = math.exp(math.log(200) + t * (math.log(300) - math.log(200)))
+    assert collapse_point([0, 100, 200, 300], [1.0, 0.5, 0.6, 0.2]) == pytest.approx(expected)
+
+
+def test_sizes_without_a_collapse_point_are_named_as_left_out_of_the_fit():
+    results = _sweep()
+    smallest = min(r.parameters for r in results)
+    results = [r for r in results if r.parameters != smallest or r.domain_facts < 20]  # never falls: no point
+    analysis = analyze(results)
+    assert analysis.collapse[smallest] is None and analysis.alpha is not None
+    report = table(results, analysis, sensitivity(results, analysis))
+    assert f"Left out of the fit: {smallest:,.0f} (no collapse point in the sweep" in report
 
 
 def _sweep(alpha=0.7, a=-2.0, sizes=(1e4, 4e4, 1.6e5, 6.4e5)):
