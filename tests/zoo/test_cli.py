@@ -94,7 +94,7 @@ def test_multirun_sweeps_every_value(run_zoo, tiny, tmp_path):
 def test_validate_and_test_a_checkpoint(run_zoo, tiny, trained_run, tmp_path):
     trained = json.loads((trained_run / "metrics.json").read_text())
     for command, stage in (("validate", "val"), ("test", "test")):
-        run_zoo(
+        process = run_zoo(
             command,
             *tiny,
             f"ckpt_path={trained_run}",
@@ -102,6 +102,9 @@ def test_validate_and_test_a_checkpoint(run_zoo, tiny, trained_run, tmp_path):
             "trainer.limit_val_batches=2",
             "trainer.limit_test_batches=2",
         )
+        assert "LeafSpec" not in process.stderr  # Lightning's deprecation noise is not shown
+        if command == "test":
+            assert "no test split of its own" in process.stdout + process.stderr  # and it says so
         (run_dir,) = _run_dirs(tmp_path / "runs" / command)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         # last.ckpt holds the weights of the run's final validation; the test split is the val split

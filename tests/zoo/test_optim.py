@@ -31,3 +31,25 @@ def test_weight_decay_applies_to_matrices_only():
 def test_unknown_setting_is_named():
     with pytest.raises(ConfigError, match="lr_max"):
         OptimConfig.from_dict({"lr_max": 1.0})
+
+
+def test_a_warmup_as_long_as_the_run_is_cut_so_the_rate_decays():
+    import torch
+
+    from zoo.optim import build_schedule
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = build_schedule(optimizer, OptimConfig(lr=1.0, warmup_steps=100, min_lr_ratio=0.1), total_steps=50)
+    rates = []
+    for _ in range(50):
+        rates.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert max(rates) == pytest.approx(1.0) and rates.index(max(rates)) == 4  # warmed up over 5 steps
+    assert rates[-1] < 0.15  # and decayed to about the floor by the end
+
+
+def test_the_optimizer_settings_are_checked():
+    for settings, key in [({"lr": -1.0}, "lr"), ({"betas": [0.9, 1.5]}, "betas"), ({"warmup_steps": -1}, "warmup")]:
+        with pytest.raises(ConfigError, match=f"module.optim.{key}"):
+            OptimConfig.from_dict(settings)
