@@ -54,19 +54,42 @@ CASES = [
 ]
 
 
+def _settings(args, tiny):
+    """The tiny-model settings a case does not set itself (none for the hub, and the RL task keeps its own)."""
+    given = {a.split("=")[0] for a in args}
+    if args[0] == "hub" or "model=grpo" in args:
+        return []
+    return [t for t in tiny if t.split("=")[0] not in given]
+
+
 @pytest.mark.parametrize("args, says", CASES, ids=[" ".join(a) for a, _ in CASES])
-def test_bad_input_ends_in_one_line(run_zoo, tiny, tmp_path, args, says):
+def test_bad_input_ends_in_one_line(tiny, tmp_path, monkeypatch, capsys, args, says):
+    """In this process (``zoo.cli.main``, as the console script calls it), to keep the table fast; the test
+    below runs a few of the cases as real processes."""
+    from zoo.cli import main
+
+    _files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = [a.format(tmp=tmp_path) for a in args]
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, *_settings(args, tiny)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("zoo: error:")]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]) and says in errors[0], err
+    assert not (tmp_path / "runs").exists()  # nothing left behind
+
+
+@pytest.mark.parametrize("index", [4, 8, 18, 23], ids=lambda i: " ".join(CASES[i][0]))
+def test_as_a_process_the_line_is_all_there_is(run_zoo, tiny, tmp_path, index):
+    args, says = CASES[index]
     _files(tmp_path)
     args = [a.format(tmp=tmp_path) for a in args]
-    given = {a.split("=")[0] for a in args}
-    tiny_run = args[0] != "hub" and "model=grpo" not in args  # the RL case keeps its task's settings
-    settings = [t for t in tiny if t.split("=")[0] not in given] if tiny_run else []
-    process = run_zoo(*args, *settings, check=False)
-    assert process.returncode == 2, process.stderr[-3000:]
-    assert "Traceback" not in process.stderr
+    process = run_zoo(*args, *_settings(args, tiny), check=False)
+    assert process.returncode == 2 and "Traceback" not in process.stderr
     errors = [line for line in process.stderr.splitlines() if line.startswith("zoo: error:")]
-    assert len(errors) == 1 and process.stderr.rstrip().endswith(errors[0]) and says in errors[0], process.stderr
-    assert not (tmp_path / "runs").exists()  # nothing left behind
+    assert len(errors) == 1 and process.stderr.rstrip().endswith(errors[0]) and says in errors[0]
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_model_called_past_its_positions_names_the_limit():

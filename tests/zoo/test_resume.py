@@ -1,6 +1,7 @@
 """A run killed with SIGKILL and resumed ends exactly where an uninterrupted run ends; saves are atomic."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,16 +139,17 @@ def test_a_corrupted_checkpoint_is_named(tmp_path):
         AtomicCheckpointIO().load_checkpoint(path)
 
 
-def test_a_run_killed_before_its_first_checkpoint_starts_again_with_its_own_settings(run_zoo, tiny, tmp_path):
-    run_zoo("fit", *tiny, "debug=limit", "name=early", "data.seq_len=48")
-    run_dir = _run_dir(tmp_path / "runs" / "early")
-    for file in (run_dir / "checkpoints").iterdir():  # as if killed before the first checkpoint
-        file.unlink()
+def test_a_run_killed_before_its_first_checkpoint_starts_again_with_its_own_settings(run_zoo, trained_run, tmp_path):
+    run_dir = tmp_path / "early"
+    shutil.copytree(trained_run, run_dir)
+    shutil.rmtree(run_dir / "checkpoints")  # as if killed before the first checkpoint
     (run_dir / "metrics.json").unlink()
     process = run_zoo("fit", f"resume={run_dir}")
     assert "has no checkpoint yet" in process.stdout + process.stderr
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert state["global_step"] == 20 and state["datamodule_hyper_parameters"]["seq_len"] == 48  # its own settings
+    expected = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == expected["global_step"] == 20  # its own settings (debug=limit: 20 steps)
+    assert state["datamodule_hyper_parameters"] == expected["datamodule_hyper_parameters"]
 
 
 def test_a_time_based_checkpoint_interval_adds_a_timed_last_checkpoint():

@@ -29,22 +29,38 @@ def poisoned(trained_run, tmp_path):
     return run, marker
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["validate", "ckpt_path={ckpt}"],
-        ["test", "ckpt_path={run}"],
-        ["fit", "resume={run}"],
-        ["hub", "push", "{ckpt}", "--name", "evil"],
-        ["probe", "{run}"],
-    ],
-)
-def test_a_pickle_payload_in_a_checkpoint_never_runs(run_zoo, zoo_env, poisoned, command):
+COMMANDS = [
+    ["validate", "ckpt_path={ckpt}"],
+    ["test", "ckpt_path={run}"],
+    ["fit", "resume={run}"],
+    ["hub", "push", "{ckpt}", "--name", "evil"],
+    ["probe", "{run}"],
+]
+
+
+def _check(code, err, marker):
+    assert not marker.exists()  # the payload did not run
+    assert code == 2, err[-2000:]
+    errors = [line for line in err.splitlines() if line.startswith("zoo: error:")]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0])
+    assert "last.ckpt: not a readable checkpoint" in errors[0] and "not run" in errors[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[c[0] for c in COMMANDS])
+def test_a_pickle_payload_in_a_checkpoint_never_runs(poisoned, command, tmp_path, monkeypatch, capsys):
+    """Every loading path, in this process (``zoo.cli.main``); the next test runs one as a real process."""
+    from zoo.cli import main
+
+    run, marker = poisoned
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch < 2.6 behaviour: unpickle anything
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main([a.format(run=run, ckpt=run / "checkpoints" / "last.ckpt") for a in command])
+    _check(exit_.value.code, capsys.readouterr().err, marker)
+
+
+def test_as_a_process_the_payload_never_runs(run_zoo, zoo_env, poisoned):
     run, marker = poisoned
     zoo_env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # the environment run_zoo passes
-    args = [a.format(run=run, ckpt=run / "checkpoints" / "last.ckpt") for a in command]
-    process = run_zoo(*args, check=False)
-    assert not marker.exists()  # the payload did not run
-    assert process.returncode == 2, process.stderr[-2000:]
-    (line,) = process.stderr.strip().splitlines()[-1:]
-    assert line.startswith("zoo: error: ") and "last.ckpt: not a readable checkpoint" in line
+    process = run_zoo("validate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", check=False)
+    _check(process.returncode, process.stderr, marker)
