@@ -52,9 +52,10 @@ def test_push_list_show_from_a_run_directory(run_zoo, trained_run, zoo_env):
 
 
 @pytest.mark.parametrize("damage", ["flip a byte", "add a file", "remove a file"])
-def test_a_damaged_entry_is_refused(run_zoo, trained_run, damage):
-    run_zoo("hub", "push", str(trained_run), "--name", "victim")
-    entry = Hub().entry("victim")
+def test_a_damaged_entry_is_refused(trained_run, damage, capsys):
+    from zoo.cli import main
+
+    entry = Hub().push(trained_run, "victim")
     if damage == "flip a byte":
         weights = bytearray((entry.path / "model.safetensors").read_bytes())
         weights[-1] ^= 0x01
@@ -65,8 +66,9 @@ def test_a_damaged_entry_is_refused(run_zoo, trained_run, damage):
         (entry.path / "card.md").unlink()
     with pytest.raises(HubError, match="victim"):
         Hub().entry("victim")
-    shown = run_zoo("hub", "show", "victim", check=False)
-    assert shown.returncode == 2 and len(shown.stderr.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as shown:
+        main(["hub", "show", "victim"])
+    assert shown.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "..", "", "has space", ".hidden"])
@@ -161,22 +163,26 @@ def test_a_manifest_listing_paths_outside_the_entry_is_refused(hf_directory):
         Hub().entry("escape")
 
 
-def test_export_never_deletes_what_the_target_holds(run_zoo, hf_directory, tmp_path):
+def test_export_never_deletes_what_the_target_holds(hf_directory, tmp_path, capsys):
+    from zoo.cli import main
+
     Hub().pull(str(hf_directory[0]), name="mini")
     home = tmp_path / "home"
     (home / "notes").mkdir(parents=True)
     (home / "notes" / "thesis.tex").write_text("years of work")
     (home / "config.json").write_text("an old config")
-    refused = run_zoo("hub", "export", "mini", str(home), check=False)
-    assert refused.returncode == 2 and "not empty" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    with pytest.raises(SystemExit) as refused:
+        main(["hub", "export", "mini", str(home)])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "not empty" in err and len(err.splitlines()) == 1
     assert (home / "config.json").read_text() == "an old config"
-    run_zoo("hub", "export", "mini", str(home), "--force")
+    main(["hub", "export", "mini", str(home), "--force"])
     assert (home / "notes" / "thesis.tex").read_text() == "years of work"  # only the model's files were written
     assert json.loads((home / "config.json").read_text())["model_type"] == "gpt_neox"
     assert AutoModelForCausalLM.from_pretrained(str(home)).config.hidden_size == 32
     empty = tmp_path / "empty"
     empty.mkdir()
-    run_zoo("hub", "export", "mini", str(empty))  # an empty or new directory needs no --force
+    main(["hub", "export", "mini", str(empty)])  # an empty or new directory needs no --force
     assert (empty / "model.safetensors").is_file()
 
 
@@ -198,7 +204,9 @@ def test_pull_refuses_weights_that_do_not_fill_the_config(hf_directory, tmp_path
 
 
 @pytest.mark.parametrize("content", [b"not a pickle at all", "pickle of a string"])
-def test_pull_of_a_bin_that_is_not_weights_fails_in_one_line(run_zoo, hf_directory, tmp_path, content):
+def test_pull_of_a_bin_that_is_not_weights_fails_in_one_line(hf_directory, tmp_path, content, capsys):
+    from zoo.cli import main
+
     directory = tmp_path / "bad"
     directory.mkdir()
     (directory / "config.json").write_text((hf_directory[0] / "config.json").read_text())
@@ -206,9 +214,10 @@ def test_pull_of_a_bin_that_is_not_weights_fails_in_one_line(run_zoo, hf_directo
         torch.save({"weights": content}, directory / "pytorch_model.bin")
     else:
         (directory / "pytorch_model.bin").write_bytes(content)
-    process = run_zoo("hub", "pull", str(directory), check=False)
-    assert process.returncode == 2 and len(process.stderr.strip().splitlines()) == 1
-    assert "pytorch_model.bin: not" in process.stderr
+    with pytest.raises(SystemExit) as pulled:
+        main(["hub", "pull", str(directory)])
+    err = capsys.readouterr().err
+    assert pulled.value.code == 2 and len(err.strip().splitlines()) == 1 and "pytorch_model.bin: not" in err
 
 
 def test_a_killed_push_leaves_nothing_in_the_list_and_its_leftovers_are_removed(hf_directory, zoo_env):
