@@ -282,10 +282,15 @@ def run_hydra(command: str, args: list[str]) -> None:
 
         sys.argv = original_argv  # Lightning's DDP launcher starts the other ranks with this command line
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+
+        def discard() -> None:
+            if not (command == "fit" and cfg.get("resume")):  # a resumed run's directory is the user's run
+                _discard_unused(run_dir)
+
         try:
             run(command, cfg, run_dir)
         except InstantiationException as e:
-            _discard_unused(run_dir)
+            discard()
             cause = e.__cause__
             if isinstance(cause, ZooError):
                 _user_error(cause)
@@ -295,7 +300,7 @@ def run_hydra(command: str, args: list[str]) -> None:
             raise
         except ZooError as e:
             if not isinstance(e, TrainingDiverged):  # a diverged run keeps its curves: they show how it diverged
-                _discard_unused(run_dir)
+                discard()
             _user_error(e)
 
     entry = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="fit")(task)
