@@ -9,6 +9,7 @@ and at the end, ``best.ckpt`` by ``val/loss``), ``tokenizer/`` and ``metrics.jso
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -72,18 +73,29 @@ def model_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str
 def build_module(command: str, cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
     if command != "fit" and cfg.ckpt_path:
         checkpoint = checkpoint_file(cfg.ckpt_path)
-        read_checkpoint(checkpoint, mmap=True)  # one line naming the file if it is not a checkpoint
+        settings = read_checkpoint(checkpoint, mmap=True).get("hyper_parameters", {})  # one line if not a checkpoint
         log.info("module: %s from %s", cfg.module._target_, checkpoint)
         module_class = get_class(cfg.module._target_)
+        hint = "give its run directory (the run's own settings are used) or its module, e.g. model=grpo"
+        foreign = sorted(set(settings) - set(inspect.signature(module_class.__init__).parameters))
+        if foreign:  # written by another kind of module (an RL run's checkpoint read as pretraining, ...)
+            raise ConfigError(
+                f"{checkpoint}: a module with {', '.join(foreign)} settings, not a {module_class.__name__}; {hint}"
+            )
         try:
-            return module_class.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+            module = module_class.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
         except ZooError:
             raise
-        except Exception as e:  # a checkpoint of another kind of module
+        except Exception as e:
             raise ConfigError(
-                f"{checkpoint}: cannot be loaded as a {module_class.__name__} ({type(e).__name__}: {e}); "
-                "give the run directory (its own settings are used) or the module it was trained with, e.g. model=grpo"
+                f"{checkpoint}: cannot be loaded as a {module_class.__name__} ({type(e).__name__}: {e}); {hint}"
             ) from None
+        if datamodule.vocab_size > module.model_config.vocab_size:
+            raise ConfigError(
+                f"{checkpoint}: the data's tokenizer has {datamodule.vocab_size} tokens, the model only "
+                f"{module.model_config.vocab_size}; evaluate it with its own tokenizer: give its run directory"
+            )
+        return module
     module = instantiate(cfg.module, model=model_config(cfg, datamodule), _convert_="all")
     log.info("module: %s, model %s", cfg.module._target_, module.hparams.model["arch"])
     return module

@@ -17,6 +17,8 @@ def _files(tmp_path):
     (tmp_path / "notes.ckpt").write_text("not a checkpoint")
     (tmp_path / "truncated.ckpt").write_bytes(b"PK\x03\x04" + b"\x00" * 40)
     torch.save([1, 2, 3], tmp_path / "list.ckpt")
+    rl = {"hyper_parameters": {"model": {}, "rollout": {}, "algorithm": {}}, "state_dict": {}}
+    torch.save(rl, tmp_path / "rl.ckpt")  # what an RL run writes, read as pretraining
     (tmp_path / "a_file").write_text("in the way")
 
 
@@ -49,6 +51,10 @@ CASES = [
     (["validate", "ckpt_path={tmp}/truncated.ckpt"], "truncated.ckpt: not a readable checkpoint"),
     (["validate", "ckpt_path={tmp}/list.ckpt"], "list.ckpt: not a checkpoint"),
     (["validate", "ckpt_path={tmp}/missing.ckpt"], "checkpoint not found"),
+    (
+        ["validate", "ckpt_path={tmp}/rl.ckpt"],
+        "rl.ckpt: a module with algorithm, rollout settings, not a PretrainModule",
+    ),
     (["hub", "pull", "{tmp}/nowhere"], "not a directory"),
     (["hub", "show", "a..b"], "invalid hub name"),
 ]
