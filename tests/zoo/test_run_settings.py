@@ -1,5 +1,5 @@
 """How a composed config becomes a Trainer: a run shorter than its validation interval still validates, and the
-progress bar names the step instead of "Epoch 2/-2"."""
+progress bar shows the epoch without "/-2" when the run is bounded by steps."""
 
 from types import SimpleNamespace
 
@@ -20,8 +20,9 @@ def test_a_run_shorter_than_its_validation_interval_validates_at_its_end():
     assert _settings("trainer.max_steps=-1")["val_check_interval"] == 100
 
 
-def test_the_progress_bar_shows_the_step_not_a_negative_epoch():
+def test_the_progress_bar_shows_no_negative_epoch():
     bar = ProgressBar()
-    bar._trainer = SimpleNamespace(max_epochs=-1, max_steps=500, global_step=42)
-    description = bar._get_train_description(2)
-    assert description.startswith("Epoch 2 · step 42/500") and "-2" not in description
+    bar._trainer = SimpleNamespace(max_epochs=-1, max_steps=500)
+    assert bar._get_train_description(2).strip() == "Epoch 2"  # Lightning's own bar: "Epoch 2/-2"
+    bar._trainer = SimpleNamespace(max_epochs=3, max_steps=-1)
+    assert bar._get_train_description(1).strip() == "Epoch 1/2"

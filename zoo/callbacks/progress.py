@@ -12,6 +12,4 @@ class ProgressBar(RichProgressBar):
         description = f"Epoch {current_epoch}"
         if trainer.max_epochs is not None and trainer.max_epochs > 0:
             description += f"/{trainer.max_epochs - 1}"
-        if trainer.max_steps > 0:
-            description += f" · step {trainer.global_step}/{trainer.max_steps}"
         return f"{description:{len(self.validation_description)}}"
