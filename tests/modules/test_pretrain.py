@@ -5,9 +5,12 @@ import json
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
+from zoo.checkpoint_io import AtomicCheckpointIO
 from zoo.datamodules.text import TextDataModule
 from zoo.modules.pretrain import PretrainModule
+from zoo.optim import TrainingDiverged
 
 MODEL = dict(
     arch="gpt_neox",
@@ -86,3 +89,26 @@ def test_validation_loss_is_the_token_weighted_mean(tmp_path, datamodule):
         losses = [module.model(b[:, :-1], targets=b[:, 1:]) * b[:, 1:].numel() for b in datamodule.val_dataloader()]
         counts = sum(b[:, 1:].numel() for b in datamodule.val_dataloader())
     assert result["val/loss"] == pytest.approx((sum(losses) / counts).item(), rel=1e-5)
+
+
+class _PoisonGradients(L.Callback):
+    """Makes one gradient NaN at optimizer step ``at``, as an exploding step would."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        if trainer.global_step == self.at:
+            next(module.parameters()).grad.fill_(float("nan"))
+
+
+def test_the_last_finite_checkpoint_survives_a_divergence(tmp_path, datamodule):
+    module = PretrainModule(MODEL, optim=dict(lr=1e-3, warmup_steps=1))
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last", every_n_train_steps=2)
+    callbacks = [checkpoints, _PoisonGradients(at=5)]
+    trainer = _trainer(tmp_path, 10, limit_val_batches=0, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+    with pytest.raises(TrainingDiverged, match="diverged at step 5: grad_norm is nan"):
+        trainer.fit(module, datamodule=datamodule)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 4 and all(bool(torch.isfinite(t).all()) for t in saved["state_dict"].values())
+    assert all(bool(torch.isfinite(p).all()) for p in module.parameters())  # the poisoned step was not applied
