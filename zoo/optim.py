@@ -28,14 +28,16 @@ class TrainingDiverged(ZooError):
 
 def ensure_finite(step: int, **values: torch.Tensor | float) -> None:
     """Raise :class:`TrainingDiverged` when any of ``values`` (e.g. ``loss=``, ``grad_norm=``) is NaN or inf."""
-    numbers = {name: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for name, v in values.items()}
-    bad = {name: value for name, value in numbers.items() if not math.isfinite(value)}
-    if bad:
-        found = ", ".join(f"{name} is {value}" for name, value in bad.items())
-        raise TrainingDiverged(
-            f"training diverged at step {step}: {found}; the step was not applied, no checkpoint holds it (lower "
-            "module.optim.lr, raise module.optim.warmup_steps or set module.optim.grad_clip)"
-        )
+    scalars = [torch.as_tensor(v).detach().float().reshape(()) for v in values.values()]
+    device = scalars[0].device
+    if bool(torch.isfinite(torch.stack([x.to(device) for x in scalars])).all()):  # one device sync a step
+        return
+    bad = {name: float(x) for name, x in zip(values, scalars, strict=True) if not math.isfinite(float(x))}
+    found = ", ".join(f"{name} is {value}" for name, value in bad.items())
+    raise TrainingDiverged(
+        f"training diverged at step {step}: {found}; the step was not applied, no checkpoint holds it (lower "
+        "module.optim.lr, raise module.optim.warmup_steps or set module.optim.grad_clip)"
+    )
 
 
 @dataclass
