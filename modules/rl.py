@@ -28,7 +28,7 @@ import lightning as L
 import torch
 from torchmetrics.aggregation import MeanMetric
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, require_int
 from zoo.generation import SamplingParams
 from zoo.hub import build_initialized
 from zoo.models import config_from_dict
@@ -101,6 +101,9 @@ class RLModule(L.LightningModule):
         self.rollout_config = config_section(RolloutConfig, rollout, "module.rollout")
         self.algorithm = config_section(AlgorithmConfig, algorithm, "module.algorithm")
         self.evaluation = config_section(EvaluationConfig, evaluation, "module.evaluation")
+        if not self.algorithm.reward_timeout_s > 0:
+            raise ConfigError(f"module.algorithm.reward_timeout_s must be > 0, got {self.algorithm.reward_timeout_s!r}")
+        require_int("module.algorithm.max_skipped_steps", self.algorithm.max_skipped_steps, 0)
         if self.algorithm.advantage not in (*estimators.SEQUENCE_ESTIMATORS, "reinforce_pp"):
             raise ConfigError(f"unknown module.algorithm.advantage {self.algorithm.advantage!r}")
         self.model: torch.nn.Module | None = None  # the policy

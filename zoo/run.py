@@ -162,7 +162,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
             enable_version_counter=False,
         ),
     ]
-    if minutes := cfg.checkpoint.get("every_n_minutes"):  # a time-based interval too: last.ckpt at least this often
+    minutes = cfg.checkpoint.get("every_n_minutes")
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int | float) or minutes <= 0):
+        raise ConfigError(f"checkpoint.every_n_minutes must be a number > 0 or null, got {minutes!r}")
+    if minutes:  # a time-based interval too: last.ckpt at least this often
         callbacks.append(
             ModelCheckpoint(
                 dirpath=checkpoints,

@@ -41,6 +41,10 @@ CASES = [
     (["fit", "model.max_position_embeddings=32", "data.seq_len=64"], "data.seq_len=64 exceeds"),
     (["fit", "model=grpo", "module.rollout.max_new_tokens=100", "model.max_position_embeddings=64"], "exceeds"),
     (["fit", "trainer=gpu"], "needs a CUDA device"),
+    (["fit", "checkpoint.every_n_minutes=abc"], "checkpoint.every_n_minutes must be a number > 0 or null"),
+    (["fit", "checkpoint.every_n_minutes=-1"], "checkpoint.every_n_minutes must be a number > 0 or null, got -1"),
+    (["fit", "model=grpo", "module.algorithm.reward_timeout_s=0"], "module.algorithm.reward_timeout_s must be > 0"),
+    (["fit", "model=grpo", "module.algorithm.max_skipped_steps=-1"], "max_skipped_steps must be an integer >= 0"),
     (["fit", "hydra.run.dir={tmp}/a_file/run"], "cannot create the run directory"),
     (["fit", "data.path={tmp}/latin1.txt"], "latin1.txt: not UTF-8 text (byte offset 3"),
     (["fit", "data.path={tmp}/latin1.jsonl"], "latin1.jsonl: not UTF-8 text (byte offset 28"),
@@ -86,7 +90,7 @@ def test_bad_input_ends_in_one_line(tiny, tmp_path, monkeypatch, capsys, args, s
     assert not (tmp_path / "runs").exists()  # nothing left behind
 
 
-@pytest.mark.parametrize("index", [4, 8, 18, 23], ids=lambda i: " ".join(CASES[i][0]))
+@pytest.mark.parametrize("index", [4, 8, 22, 27], ids=lambda i: " ".join(CASES[i][0]))
 def test_as_a_process_the_line_is_all_there_is(run_zoo, tiny, tmp_path, index):
     args, says = CASES[index]
     _files(tmp_path)
