@@ -1,8 +1,11 @@
 """Prompts of a verifiable task for RL (:mod:`zoo.rl.tasks`): each batch is a list of problems, ``batch_size``
 prompts per optimizer step, each with its tokenized prompt and its reference answer.
 
-The tokenizer is the policy's (``tokenizer``; ``zoo fit`` passes the one of ``model.init_from``); without one,
-a BPE of ``vocab_size`` is trained on the task's text. The training order is seeded and resumable
+The tokenizer is the policy's (``tokenizer``; ``zoo fit`` passes the one of ``model.init_from`` or of an hf
+model); without one, a BPE of ``vocab_size`` is trained on the task's text. When the tokenizer has a chat
+template (``chat_template: auto``), prompts are chat-formatted with the task's system prompt or
+``system_prompt`` (:mod:`zoo.chat`), and generation stops at the template's end of turn as well as at EOS
+(:attr:`PromptDataModule.stop_token_ids`). The training order is seeded and resumable
 (:class:`zoo.loader.ResumableLoader`).
 """
 
@@ -13,6 +16,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
+from zoo.chat import chat_format
 from zoo.errors import require_int
 from zoo.files import cache_dir
 from zoo.loader import ResumableLoader
@@ -37,6 +41,8 @@ class PromptDataModule(L.LightningDataModule):
         val_size: int = 200,
         batch_size: int = 16,
         seed: int = 1234,
+        chat_template: str = "auto",
+        system_prompt: str | None = None,
     ) -> None:
         super().__init__()
         require_int("data.batch_size", batch_size, 1)
@@ -44,6 +50,7 @@ class PromptDataModule(L.LightningDataModule):
         require_int("data.val_size", val_size, 0)
         self.save_hyperparameters()
         self.tokenizer = None
+        self.chat = None  # the chat format of prompts, if any (zoo.chat)
         self.reward = None
         self.train_problems: list[Problem] = []
         self.val_problems: list[Problem] = []
@@ -58,6 +65,13 @@ class PromptDataModule(L.LightningDataModule):
         texts = [p.prompt + p.solution for p in self.train_problems]
         self.tokenizer = tokenizer_for(h.tokenizer, texts, h.vocab_size, cache_dir() / "tokenizers")
         self.reward = TASKS[h.task].reward
+        self.chat = chat_format(self.tokenizer, h.chat_template, h.system_prompt or TASKS[h.task].system)
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """Where a completion ends: EOS, and the chat template's end of turn."""
+        self.prepare_data()
+        return self.chat.stop_token_ids if self.chat is not None else (self.tokenizer.eos_token_id,)
 
     @property
     def vocab_size(self) -> int:
@@ -66,8 +80,8 @@ class PromptDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
-        self.train_set = encode_prompts(self.tokenizer, self.train_problems)
-        self.val_set = encode_prompts(self.tokenizer, self.val_problems)
+        self.train_set = encode_prompts(self.tokenizer, self.train_problems, self.chat)
+        self.val_set = encode_prompts(self.tokenizer, self.val_problems, self.chat)
         self.val_prompts = self.val_set  # for pass@k, under the name the SFT data uses
 
     collate = staticmethod(_as_list)  # problems stay a list of dicts (SFT rows use the default collation)

@@ -1,7 +1,8 @@
 """Supervised fine-tuning on a task's worked solutions (:mod:`zoo.rl.tasks`): prompt masking and packing.
 
-Every example is ``prompt + solution + EOS``; the loss covers the solution and EOS only (prompt targets are
--100). Examples are packed whole, in a fixed order, into rows of ``seq_len`` tokens; each row carries
+Every example is ``prompt + solution + EOS``, or with a chat template the conversation of system prompt, prompt
+and solution (:mod:`zoo.chat`); the loss covers the solution and EOS (the assistant turn) only (every other
+target is -100). Examples are packed whole, in a fixed order, into rows of ``seq_len`` tokens; each row carries
 ``segment_ids`` and ``position_ids`` that restart per example, so packed examples do not attend to each other
 and see the positions they would see alone. An example longer than ``seq_len`` is an error naming it.
 """
@@ -15,9 +16,8 @@ from torch.utils.data import Dataset
 
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import DataError, require_int
+from zoo.models.cross_entropy import IGNORE_INDEX as IGNORE
 from zoo.rl.tasks import Problem, encode_prompts
-
-IGNORE = -100
 
 
 def pack(examples: list[tuple[list[int], list[int]]], seq_len: int) -> list[dict[str, torch.Tensor]]:
@@ -76,13 +76,24 @@ class SFTDataModule(PromptDataModule):
         seq_len: int = 128,
         batch_size: int = 16,
         seed: int = 1234,
+        chat_template: str = "auto",
+        system_prompt: str | None = None,
     ) -> None:
         require_int("data.seq_len", seq_len, 1)
-        super().__init__(task, options, path, val_path, tokenizer, vocab_size, train_size, val_size, batch_size, seed)
+        super().__init__(
+            task, options, path, val_path, tokenizer, vocab_size, train_size, val_size, batch_size, seed,
+            chat_template, system_prompt,
+        )  # fmt: skip
         self.save_hyperparameters()
 
     def examples(self, problems: list[Problem]) -> list[tuple[list[int], list[int]]]:
         """(inputs, targets) per problem: targets are the next tokens, -100 where the prompt is predicted."""
+        if self.chat is not None:
+            out = []
+            for problem in problems:
+                sequence, labels = self.chat.example(problem.prompt, problem.solution)
+                out.append((sequence[:-1], labels[1:]))
+            return out
         prompts = self.tokenizer([p.prompt for p in problems], add_special_tokens=False)["input_ids"]
         solutions = self.tokenizer([p.solution for p in problems], add_special_tokens=False)["input_ids"]
         eos = self.tokenizer.eos_token_id
@@ -97,4 +108,4 @@ class SFTDataModule(PromptDataModule):
         self.prepare_data()
         self.train_set = _Rows(pack(self.examples(self.train_problems), self.hparams.seq_len))
         self.val_set = _Rows(pack(self.examples(self.val_problems), self.hparams.seq_len))
-        self.val_prompts = encode_prompts(self.tokenizer, self.val_problems)  # for pass@k
+        self.val_prompts = encode_prompts(self.tokenizer, self.val_problems, self.chat)  # for pass@k

@@ -1,4 +1,5 @@
-"""zoo's models: plain ``nn.Module``s, each built from its config dataclass.
+"""zoo's models: plain ``nn.Module``s, each built from its config dataclass; and any Hugging Face causal LM
+behind the same interface (``arch: hf``, :mod:`zoo.models.hf`).
 
 ``build_model(config)`` and ``config_from_dict(d)`` are how the rest of zoo (modules, hub, CLI) reaches them;
 a config dict names its architecture under ``arch``.
@@ -14,6 +15,7 @@ from torch import nn
 from zoo.errors import ConfigError
 from zoo.models import gpt_neox, mesh, recursive
 from zoo.models.gpt_neox import GPTNeoX, GPTNeoXConfig
+from zoo.models.hf import HFCausalLM, HFConfig
 from zoo.models.mesh import MeSH, MeSHConfig
 from zoo.models.recursive import RecursiveConfig, RecursiveGPTNeoX
 
@@ -21,6 +23,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     GPTNeoXConfig.arch: GPTNeoX,
     RecursiveConfig.arch: RecursiveGPTNeoX,
     MeSHConfig.arch: MeSH,
+    HFConfig.arch: HFCausalLM,
 }
 # Named configurations from the papers (``zoo fit model=NAME``), every family's together.
 PRESETS = {**gpt_neox.PRESETS, **recursive.PRESETS, **mesh.PRESETS}
@@ -47,6 +50,8 @@ __all__ = [
     "ARCHITECTURES",
     "GPTNeoX",
     "GPTNeoXConfig",
+    "HFCausalLM",
+    "HFConfig",
     "MeSH",
     "MeSHConfig",
     "PRESETS",

@@ -1,6 +1,7 @@
 """A critic for PPO: a causal LM's body with a scalar head, one value per position (the value of the state
-that ends with that token). The body is any zoo architecture, built from its config; ``from_policy`` starts it
-from a policy's weights, the usual PPO initialisation."""
+that ends with that token). The body is any zoo model, a Hugging Face one included (``zoo.models.hf``);
+``from_policy`` starts it from a policy's weights, the usual PPO initialisation. The body's output head is
+unused and frozen, unless it is tied to the input embedding, which the body needs."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ class ValueModel(nn.Module):
     def __init__(self, body: nn.Module) -> None:
         super().__init__()
         self.body = body
-        self.body.lm_head.requires_grad_(False)  # the body's output head is not used
-        self.head = nn.Linear(body.config.hidden_size, 1)
+        head = body.lm_head.weight
+        if sum(p is head for _, p in body.named_parameters(remove_duplicate=False)) == 1:
+            body.lm_head.requires_grad_(False)
+        self.head = nn.Linear(head.shape[1], 1, dtype=head.dtype)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 

@@ -150,9 +150,8 @@ class RLModule(L.LightningModule):
         """Sampling seeded by the step and rank, so that a resumed run draws what the original would have."""
         c = self.rollout_config
         seed = self.global_step * 1_000_003 + self.global_rank
-        return SamplingParams(
-            c.max_new_tokens, c.temperature, c.top_p, c.top_k, stop_token_ids=(self.tokenizer.eos_token_id,), seed=seed
-        )
+        stops = self.trainer.datamodule.stop_token_ids
+        return SamplingParams(c.max_new_tokens, c.temperature, c.top_p, c.top_k, stop_token_ids=stops, seed=seed)
 
     # -- the four stages --------------------------------------------------------------------------------
     def rollout(
@@ -315,7 +314,7 @@ class RLModule(L.LightningModule):
     def validation_step(self, problems: list[dict[str, Any]], batch_idx: int) -> None:
         e = self.evaluation
         params = SamplingParams(
-            e.max_new_tokens, e.temperature, stop_token_ids=(self.tokenizer.eos_token_id,), seed=batch_idx
+            e.max_new_tokens, e.temperature, stop_token_ids=self.trainer.datamodule.stop_token_ids, seed=batch_idx
         )
         results = evaluate_pass_at_k(
             self.rollout_callback.engine, self.tokenizer, problems, self.rewards, params, e.n, e.ks

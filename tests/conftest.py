@@ -115,3 +115,53 @@ def cpu_trainer(tmp_path):
         return L.Trainer(**{**quiet, **settings})
 
     return make
+
+
+# ChatML, as Qwen's chat models render conversations
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+HF_ARCHITECTURES = {  # tiny random-weight configs of two architectures zoo does not implement itself
+    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256),
+    "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True),
+}  # fmt: skip
+
+
+def save_tiny_hf_model(directory: Path, model_type: str, chat: bool, seed: int = 0) -> Path:
+    """A tiny random-weight transformers causal LM of ``model_type`` with a BPE tokenizer trained on arithmetic
+    prompts (with ChatML special tokens and template when ``chat``), saved as a Hugging Face model directory."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from zoo.rl.tasks import arithmetic_problems
+    from zoo.tokenizer import train_bpe
+
+    tokenizer = train_bpe([p.prompt + p.solution for p in arithmetic_problems(2000, seed=7)], vocab_size=96)
+    if chat:
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+        tokenizer.chat_template = CHATML
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **HF_ARCHITECTURES[model_type],
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def hf_models(tmp_path_factory) -> dict[str, Path]:
+    """Two saved tiny HF models: ``llama`` (no chat template) and ``qwen2`` (ChatML, tied embeddings)."""
+    root = tmp_path_factory.mktemp("hf_models")
+    return {
+        "llama": save_tiny_hf_model(root / "tiny-llama", "llama", chat=False),
+        "qwen2": save_tiny_hf_model(root / "tiny-qwen2", "qwen2", chat=True),
+    }

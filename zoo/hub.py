@@ -9,14 +9,20 @@ An *entry* is a directory named after the checkpoint::
       tokenizer/          the tokenizer, in the HF format (``AutoTokenizer`` loads it)
       card.md             a model card: YAML front matter with the training metrics and data, then prose
 
+A Hugging Face model of an architecture zoo does not implement (``arch: hf``, :mod:`zoo.models.hf`) keeps its
+own format instead of ``model.safetensors``: ``hf/`` holds the transformers directory (config, weights,
+generation config) as transformers writes it, and ``config.json`` is ``{"arch": "hf", "model_type": ...}``.
+
 Entries live in the hub *store* (``$ZOO_HUB``, else ``<zoo cache>/hub``) and, read-only, in the registry that
 ships with zoo (``zoo.checkpoints``). Every read verifies every sha256 and refuses an entry with a missing,
 altered or unlisted file. Weights are read with safetensors only; Lightning checkpoints and ``pytorch_model.bin``
 with ``torch.load(weights_only=True)`` passed explicitly, which unpickles tensors and plain containers only.
 
-Import: a local directory in the HF format (``config.json`` of a GPT-NeoX model, safetensors or
-``pytorch_model.bin`` weights, tokenizer files), or ``hf:ORG/NAME`` downloaded through ``huggingface_hub``.
-Export: an entry of a GPT-NeoX model to that same HF format.
+Import: a local directory in the HF format (``config.json``, safetensors or ``pytorch_model.bin`` weights,
+tokenizer files), or ``hf:ORG/NAME`` downloaded through ``huggingface_hub``. A GPT-NeoX model becomes a zoo
+``gpt_neox`` entry (zoo's own implementation, every engine); any other causal LM transformers can build becomes
+an ``hf`` entry, its files copied unchanged once transformers has loaded them with no weight missing or
+misshapen. Export: an entry of a GPT-NeoX or hf model to the HF format.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -41,6 +48,7 @@ from zoo.errors import ZooError
 from zoo.files import atomic_directory, atomic_file, cache_dir, sha256_file
 
 MANIFEST = "manifest.json"
+HF_DIRECTORY = "hf"  # an hf entry's transformers directory
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _TOKENIZER_FILES = (
     "tokenizer.json",
@@ -130,6 +138,17 @@ class Entry:
             return {}
         return yaml.safe_load(text[4 : text.index("\n---\n", 4)]) or {}
 
+    @property
+    def is_hf(self) -> bool:
+        return self.config.get("arch") == "hf"
+
+    @property
+    def model_config(self) -> dict[str, Any]:
+        """The config that builds this entry's model (an hf entry's points at its ``hf/`` directory)."""
+        if self.is_hf:
+            return {"arch": "hf", "path": str(self.path / HF_DIRECTORY)}
+        return self.config
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         self.verify()
         return load_file(self.path / "model.safetensors")
@@ -137,8 +156,9 @@ class Entry:
     def build_model(self) -> torch.nn.Module:
         from zoo.models import build_model, config_from_dict
 
-        model = build_model(config_from_dict(self.config))
-        model.load_state_dict(self.state_dict())
+        model = build_model(config_from_dict(self.model_config))
+        if not self.is_hf:  # an hf model loads its own weights from hf/
+            model.load_state_dict(self.state_dict())
         return model
 
 
@@ -176,26 +196,36 @@ class Hub:
         self,
         name: str,
         config: dict[str, Any],
-        state_dict: dict[str, torch.Tensor],
+        weights: dict[str, torch.Tensor] | Path,
         tokenizer_dir: Path | None,
         card: dict[str, Any],
         source: str,
         overwrite: bool,
     ) -> Entry:
+        """Write entry ``name``: zoo-named ``weights`` (checked against ``config``), or for an hf model the
+        transformers directory ``weights`` whose model files are copied into ``hf/``."""
         validate_name(name)
         target = self.store / name
         if (target / MANIFEST).exists() and not overwrite:
             raise HubError(f"hub entry {name!r} exists in {self.store}; pass --force to replace it")
-        check_weights(config, state_dict, source)
+        if isinstance(weights, Path):
+            parameters = check_hf_directory(weights, source)
+        else:
+            check_weights(config, weights, source)
+            parameters = sum(t.numel() for t in weights.values())
         with atomic_directory(target) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp / "model.safetensors")
+            if isinstance(weights, Path):
+                (tmp / HF_DIRECTORY).mkdir()
+                for file in _hf_model_files(weights):
+                    shutil.copyfile(file, tmp / HF_DIRECTORY / file.name)
+            else:
+                save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             if tokenizer_dir is not None:
                 (tmp / "tokenizer").mkdir()
                 for file in _TOKENIZER_FILES:
                     if (tokenizer_dir / file).is_file():
                         shutil.copyfile(tokenizer_dir / file, tmp / "tokenizer" / file)
-            parameters = sum(t.numel() for t in state_dict.values())
             front = {"name": name, "arch": config["arch"], "parameters": parameters, "source": source, **card}
             (tmp / "card.md").write_text(_card_text(front))
             files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -215,8 +245,14 @@ class Hub:
         validate_name(name)
         checkpoint_path, run_dir = _locate_checkpoint(Path(source).expanduser())
         checkpoint = read_checkpoint(checkpoint_path)
-        config, state = _model_state(checkpoint, checkpoint_path)
+        config, weights = _model_state(checkpoint, checkpoint_path)
         hparams = checkpoint["hyper_parameters"]
+        with tempfile.TemporaryDirectory(prefix="zoo-push-") as scratch:
+            if config.get("arch") == "hf":  # written the way transformers writes it, then copied into the entry
+                config, weights = _save_hf_run(config, weights, checkpoint_path, Path(scratch))
+            return self._publish_run(name, config, weights, checkpoint, hparams, checkpoint_path, run_dir, overwrite)
+
+    def _publish_run(self, name, config, weights, checkpoint, hparams, checkpoint_path, run_dir, overwrite) -> Entry:
         tokenizer_dir = run_dir / "tokenizer" if run_dir and (run_dir / "tokenizer").is_dir() else None
         metrics_file = run_dir / "metrics.json" if run_dir else None
         metrics = json.loads(metrics_file.read_text()) if metrics_file and metrics_file.is_file() else {}
@@ -227,7 +263,7 @@ class Hub:
             "data": _plain(checkpoint.get("datamodule_hyper_parameters", {})),
             "optim": _plain(hparams.get("optim") or {}),
         }
-        return self._write(name, config, state, tokenizer_dir, card, str(checkpoint_path.resolve()), overwrite)
+        return self._write(name, config, weights, tokenizer_dir, card, str(checkpoint_path.resolve()), overwrite)
 
     def pull(self, source: str, name: str | None = None, overwrite: bool = False) -> Entry:
         """Import ``hf:ORG/NAME`` (downloaded) or a local directory (HF format, or a copied hub entry)."""
@@ -246,9 +282,14 @@ class Hub:
             entry.verify()
             card = {"imported_from": str(directory)}
             tokenizer = entry.tokenizer_dir if entry.tokenizer_dir.is_dir() else None
-            return self._write(name, entry.config, entry.state_dict(), tokenizer, card, source, overwrite)
-        config, state = _read_hf_directory(directory)
+            weights = entry.path / HF_DIRECTORY if entry.is_hf else entry.state_dict()
+            return self._write(name, entry.config, weights, tokenizer, card, source, overwrite)
         tokenizer = directory if any((directory / f).is_file() for f in _TOKENIZER_FILES) else None
+        model_type = _hf_model_type(directory)
+        if model_type != "gpt_neox":  # an architecture zoo does not implement: kept in transformers' format
+            config = {"arch": "hf", "model_type": model_type}
+            return self._write(name, config, directory, tokenizer, {"imported_from": source}, source, overwrite)
+        config, state = _read_hf_directory(directory)
         return self._write(name, config, state, tokenizer, {"imported_from": source}, source, overwrite)
 
     def export_hf(self, name: str, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -259,18 +300,23 @@ class Hub:
         from zoo.models import config_from_dict
 
         entry = self.entry(name)
-        if entry.config.get("arch") != "gpt_neox":
-            raise HubError(f"hub entry {name!r} is a {entry.config.get('arch')!r} model: only gpt_neox exports to HF")
+        if entry.config.get("arch") not in ("gpt_neox", "hf"):
+            raise HubError(
+                f"hub entry {name!r} is a {entry.config.get('arch')!r} model: only gpt_neox and hf models export to HF"
+            )
         out = Path(out_dir).expanduser()
         if out.exists() and not out.is_dir():
             raise HubError(f"{out}: exists and is not a directory")
         if out.is_dir() and any(out.iterdir()) and not overwrite:
             raise HubError(f"{out}: not empty; pass --force to overwrite the model files in it (nothing else)")
-        config = config_from_dict(entry.config)
-        files = {
-            "config.json": (json.dumps(gpt_neox_config_to_hf(config), indent=2) + "\n").encode(),
-            "model.safetensors": save(gpt_neox_state_dict_to_hf(entry.state_dict()), {"format": "pt"}),
-        }
+        if entry.is_hf:
+            files = {file.name: file.read_bytes() for file in sorted((entry.path / HF_DIRECTORY).iterdir())}
+        else:
+            config = config_from_dict(entry.config)
+            files = {
+                "config.json": (json.dumps(gpt_neox_config_to_hf(config), indent=2) + "\n").encode(),
+                "model.safetensors": save(gpt_neox_state_dict_to_hf(entry.state_dict()), {"format": "pt"}),
+            }
         if entry.tokenizer_dir.is_dir():
             files |= {file.name: file.read_bytes() for file in sorted(entry.tokenizer_dir.iterdir())}
         for file_name, content in files.items():
@@ -287,6 +333,21 @@ def resolve_entry(spec: str | os.PathLike) -> Entry:
     entry = Entry.open(Path(spec).expanduser())
     entry.verify()
     return entry
+
+
+def starting_point(spec: str) -> tuple[dict[str, Any], Path | None]:
+    """What ``model.init_from=spec`` starts from: the config that builds the model, and the tokenizer directory that
+    comes with it. ``spec``: ``hub:NAME``, a hub entry directory, or a Hugging Face model directory (or ``ORG/NAME``
+    in the local HF cache), which becomes an ``hf`` model."""
+    from zoo.models.hf import resolve_path
+
+    path = Path(str(spec)).expanduser()
+    if str(spec).startswith("hub:") or (path / MANIFEST).is_file():
+        entry = resolve_entry(spec)
+        return entry.model_config, entry.tokenizer_dir if entry.tokenizer_dir.is_dir() else None
+    directory = resolve_path(str(spec), key="model.init_from")
+    tokenizer = directory if any((directory / f).is_file() for f in _TOKENIZER_FILES) else None
+    return {"arch": "hf", "path": str(spec)}, tokenizer
 
 
 @dataclass
@@ -315,11 +376,12 @@ def load_model(source: str | os.PathLike) -> LoadedModel:
 
 
 def build_initialized(config: Any, init_from: str | None) -> torch.nn.Module:
-    """The network of ``config``; with ``init_from`` (``hub:NAME`` or an entry directory), holding its weights."""
+    """The network of ``config``; with ``init_from`` (``hub:NAME`` or an entry directory), holding its weights. An
+    hf model's weights come with it (``config.path``: the entry's ``hf/`` or the model directory)."""
     from zoo.models import build_model
 
     model = build_model(config)
-    if init_from:
+    if init_from and config.arch != "hf":
         model.load_state_dict(load_weights(init_from))
     return model
 
@@ -408,6 +470,58 @@ def _weight_files(directory: Path) -> list[Path]:
         if (directory / single).is_file():
             return [directory / single]
     raise HubError(f"{directory}: no model.safetensors or pytorch_model.bin")
+
+
+def _hf_model_type(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / "config.json").read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        raise HubError(f"{directory / 'config.json'}: unreadable ({type(e).__name__}: {e})") from None
+
+
+def _hf_model_files(directory: Path) -> list[Path]:
+    """The files of a transformers model directory that make the model: config, generation config, weights (with
+    their index). Tokenizer files go to the entry's ``tokenizer/``."""
+    names = ("config.json", "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+    return [directory / n for n in names if (directory / n).is_file()] + _weight_files(directory)
+
+
+def check_hf_directory(directory: Path, source: str) -> int:
+    """Load the transformers model in ``directory`` as training would, and refuse it (one line) unless every weight
+    it needs is there with its shape. Returns its number of parameters."""
+    from transformers import AutoModelForCausalLM
+
+    from zoo.models.hf import transformers_config
+
+    _weight_files(directory)  # one line when there are none
+    try:
+        transformers_config(str(directory))
+        model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True)
+    except ZooError as e:
+        raise HubError(f"{source}: {e}") from None
+    except Exception as e:  # corrupt or truncated weights: name the directory
+        raise HubError(f"{source}: transformers cannot load it ({type(e).__name__}: {_first_line(e)})") from None
+    problems = [f"missing {k}" for k in info.get("missing_keys", ())]
+    problems += [f"misshapen {k[0] if isinstance(k, tuple) else k}" for k in info.get("mismatched_keys", ())]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise HubError(f"{source}: weights do not match its config: {'; '.join(problems[:3])}{more}")
+    return sum(p.numel() for p in model.parameters())
+
+
+def _save_hf_run(
+    config: dict[str, Any], state: dict[str, torch.Tensor], checkpoint: Path, directory: Path
+) -> tuple[dict[str, Any], Path]:
+    """An hf run's weights written by transformers into ``directory``; the entry's config."""
+    from zoo.models import build_model, config_from_dict
+
+    try:
+        model = build_model(config_from_dict(config))  # the architecture, from the run's model.path
+    except ZooError as e:
+        raise HubError(f"{checkpoint}: cannot rebuild its hf model ({e})") from None
+    model.load_state_dict(state)
+    model.hf.save_pretrained(directory)
+    return {"arch": "hf", "model_type": model.hf.config.model_type}, directory
 
 
 def _download_hf(repo_id: str) -> Path:

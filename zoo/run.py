@@ -27,7 +27,9 @@ from zoo.callbacks.progress import ProgressBar
 from zoo.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 from zoo.errors import ConfigError, ZooError, require_int
 from zoo.files import atomic_file
-from zoo.hub import resolve_entry
+from zoo.hub import starting_point
+from zoo.models import config_from_dict
+from zoo.models.hf import resolve_path, transformers_config
 from zoo.modules.pretrain import PretrainModule
 
 log = logging.getLogger("zoo")
@@ -36,12 +38,14 @@ VOCAB_MULTIPLE = 64  # embedding rows are padded to a multiple of this, as Pythi
 
 
 def _model_tokenizer(cfg: DictConfig, command: str) -> Path | None:
-    """The tokenizer that comes with the weights: the hub entry of ``model.init_from``, or the run directory of
-    the checkpoint that validate/test evaluate."""
+    """The tokenizer that comes with the weights: that of ``model.init_from`` (a hub entry or a Hugging Face
+    directory), the run directory of the checkpoint that validate/test evaluate, or an hf model's directory."""
     if init_from := cfg.model.get("init_from"):
-        directory = resolve_entry(init_from).tokenizer_dir
-    elif command != "fit" and cfg.ckpt_path:
+        return starting_point(init_from)[1]
+    if command != "fit" and cfg.ckpt_path:
         directory = checkpoint_file(cfg.ckpt_path).parent.parent / "tokenizer"
+    elif cfg.model.get("arch") == "hf":
+        directory = resolve_path(cfg.model.path)
     else:
         return None
     return directory if directory.is_dir() else None
@@ -54,17 +58,43 @@ def build_data(cfg: DictConfig, command: str) -> L.LightningDataModule:
     return instantiate(cfg.data, **overrides, _convert_="all")
 
 
+HF_LOADING = ("dtype", "attn_implementation", "gradient_checkpointing")  # model=hf settings kept by init_from
+
+
 def model_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, Any]:
     values = OmegaConf.to_container(cfg.model, resolve=True)
     if init_from := values.get("init_from"):
-        values = {**resolve_entry(init_from).config, "init_from": init_from}
+        config = starting_point(init_from)[0]
+        if config["arch"] == "hf":  # how to load it stays the user's choice (model=hf model.dtype=bfloat16 ...)
+            config |= {k: values[k] for k in HF_LOADING if k in values}
+        values = {**config, "init_from": init_from}
         log.info("model: architecture and weights from %s", init_from)
+    if values.get("arch") == "hf":
+        return _hf_model_config(values, datamodule)
     vocab = datamodule.vocab_size
     if values.get("vocab_size") is None:
         values["vocab_size"] = -(-vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
     elif values["vocab_size"] < vocab:
         raise ConfigError(f"model.vocab_size={values['vocab_size']} is smaller than the tokenizer's {vocab} tokens")
     seq_len, positions = datamodule.hparams.get("seq_len"), values.get("max_position_embeddings")
+    if seq_len and positions and seq_len > positions:
+        raise ConfigError(f"data.seq_len={seq_len} exceeds the model's max_position_embeddings={positions}")
+    return values
+
+
+def _hf_model_config(values: dict[str, Any], datamodule: L.LightningDataModule) -> dict[str, Any]:
+    """An hf model's settings, checked against its transformers config before anything is built: an
+    architecture transformers cannot build, or a tokenizer or ``data.seq_len`` the model cannot take, in one line."""
+    config_from_dict({k: v for k, v in values.items() if k != "init_from"})  # its own fields checked first
+    architecture = transformers_config(values["path"])
+    rows = architecture.get_text_config().vocab_size
+    if datamodule.vocab_size > rows:
+        raise ConfigError(
+            f"the tokenizer has {datamodule.vocab_size} tokens, the model at {values['path']} only {rows} "
+            "embedding rows; use the model's own tokenizer (data.tokenizer=null)"
+        )
+    seq_len = datamodule.hparams.get("seq_len")
+    positions = getattr(architecture.get_text_config(), "max_position_embeddings", None)
     if seq_len and positions and seq_len > positions:
         raise ConfigError(f"data.seq_len={seq_len} exceeds the model's max_position_embeddings={positions}")
     return values
@@ -90,10 +120,11 @@ def build_module(command: str, cfg: DictConfig, datamodule: L.LightningDataModul
             raise ConfigError(
                 f"{checkpoint}: cannot be loaded as a {module_class.__name__} ({type(e).__name__}: {e}); {hint}"
             ) from None
-        if datamodule.vocab_size > module.model_config.vocab_size:
+        rows = getattr(module.model_config, "vocab_size", None)  # an hf model: checked by _hf_model_config
+        if rows is not None and datamodule.vocab_size > rows:
             raise ConfigError(
                 f"{checkpoint}: the data's tokenizer has {datamodule.vocab_size} tokens, the model only "
-                f"{module.model_config.vocab_size}; evaluate it with its own tokenizer: give its run directory"
+                f"{rows}; evaluate it with its own tokenizer: give its run directory"
             )
         return module
     module = instantiate(cfg.module, model=model_config(cfg, datamodule), _convert_="all")
@@ -233,5 +264,5 @@ def run(command: str, cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 def _model_size(model) -> dict[str, int]:
     """Parameters, and those outside the input embedding and output head (the MeSH paper's Table 5 count)."""
     total = sum(p.numel() for p in model.parameters())
-    embedding = model.embed.weight.numel() + model.lm_head.weight.numel()
+    embedding = sum(p.numel() for p in {id(p): p for p in (model.embed.weight, model.lm_head.weight)}.values())
     return {"model/parameters": total, "model/non_embedding_parameters": total - embedding}

@@ -8,11 +8,13 @@
   it works on CPU with gloo as well as on GPUs, and saves a consolidated (full) checkpoint by default so that
   the hub and ``load_from_checkpoint`` read it like any other.
 
-Blocks are found through each model class's ``block_class`` attribute (``zoo.models.ARCHITECTURES``).
+Blocks are zoo's transformer blocks (each model class's ``block_class``, ``zoo.models.ARCHITECTURES``) and
+the decoder layers of Hugging Face models (``zoo.models.hf``, from their ``_no_split_modules``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Literal
 
@@ -26,9 +28,16 @@ log = logging.getLogger("zoo")
 
 
 def block_classes() -> set[type[nn.Module]]:
+    """zoo's block classes, and the decoder-layer classes of the HF models built so far in this process."""
     from zoo.models import ARCHITECTURES
+    from zoo.models.hf import DECODER_LAYER_CLASSES
 
-    return {model_class.block_class for model_class in ARCHITECTURES.values()}
+    zoo_blocks = {c.block_class for c in ARCHITECTURES.values() if isinstance(c.block_class, type)}
+    return zoo_blocks | DECODER_LAYER_CLASSES
+
+
+def is_block(module: nn.Module) -> bool:
+    return isinstance(module, tuple(block_classes()))
 
 
 def auto() -> str:
@@ -45,7 +54,10 @@ def fsdp(
     state_dict_type: Literal["full", "sharded"] = "full",
     **kwargs: Any,
 ) -> FSDPStrategy:
-    blocks = block_classes()
+    from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
+
+    # asked when the model is wrapped (after ``configure_model`` built it), so HF decoder layers are known then
+    blocks = functools.partial(lambda_auto_wrap_policy, lambda_fn=is_block)
     return FSDPStrategy(
         auto_wrap_policy=blocks,
         activation_checkpointing_policy=blocks if activation_checkpointing else None,
@@ -79,7 +91,7 @@ def shard_for_strategy(module: L.LightningModule, model: nn.Module) -> None:
     from torch.distributed.fsdp import fully_shard
 
     mesh = module.device_mesh["data_parallel"]
-    blocks = [m for m in model.modules() if isinstance(m, tuple(block_classes()))]
+    blocks = [m for m in model.modules() if is_block(m)]
     for block in blocks:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)

@@ -94,11 +94,16 @@ def test_hf_directory_imports_with_the_same_logits_and_exports_back(hf_directory
     assert AutoTokenizer.from_pretrained(str(exported))("some text")["input_ids"]
 
 
-def test_pull_of_a_non_gpt_neox_directory_names_the_problem(tmp_path):
+def test_pull_of_a_directory_transformers_cannot_build_names_the_problem(tmp_path):
     (tmp_path / "llama").mkdir()
     (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(HubError, match="model_type 'llama'"):
+    with pytest.raises(HubError, match="llama: no model.safetensors or pytorch_model.bin"):
         Hub().pull(str(tmp_path / "llama"))
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
+    (tmp_path / "odd" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(HubError, match="model_type 'no-such-architecture' is not a causal LM"):
+        Hub().pull(str(tmp_path / "odd"))
 
 
 def test_pull_from_the_hf_hub_offline_fails_in_one_line(run_zoo):

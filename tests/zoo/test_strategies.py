@@ -7,7 +7,7 @@ import re
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from zoo.models.gpt_neox import Block
+from zoo.models.gpt_neox import Block, GPTNeoXConfig
 from zoo.strategies import block_classes, fsdp
 
 
@@ -15,9 +15,18 @@ def test_every_model_family_exposes_its_blocks():
     assert Block in block_classes()
 
 
-def test_fsdp1_wraps_each_block():
-    policy = fsdp(activation_checkpointing=True).kwargs["auto_wrap_policy"]
-    assert Block in policy._module_classes
+def test_fsdp1_wraps_each_block_of_zoo_and_hf_models(hf_models):
+    from zoo.models.hf import HFCausalLM, HFConfig
+
+    strategy = fsdp(activation_checkpointing=True)
+    policy = strategy.kwargs["auto_wrap_policy"]
+    block = Block(GPTNeoXConfig(vocab_size=32, hidden_size=16, num_attention_heads=2, intermediate_size=32))
+    assert policy(module=block, recurse=False, nonwrapped_numel=0)
+    assert not policy(module=block.mlp, recurse=False, nonwrapped_numel=0)
+    hf = HFCausalLM(HFConfig(path=str(hf_models["llama"])))  # asked after the model is built, as FSDP does
+    layers = list(hf.hf.model.layers)
+    assert len(layers) == 2 and all(policy(module=layer, recurse=False, nonwrapped_numel=0) for layer in layers)
+    assert not policy(module=hf.hf.model.norm, recurse=False, nonwrapped_numel=0)
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """The rollout callback: owns the rollout engine, serves the RL module's generation requests, keeps the engine's
 weights in step with the policy, and logs what was generated.
 
-- ``engine: native`` (default): :class:`zoo.generation.NativeEngine` on a private copy of the policy (every zoo
+- ``engine: auto`` (default): ``native`` for zoo's models, ``hf`` for Hugging Face ones;
+  ``engine: native``: :class:`zoo.generation.NativeEngine` on a private copy of the policy (every zoo
   model, CPU and GPU; CUDA graphs on a GPU), optionally in ``dtype`` (e.g. bf16 on a GPU);
   ``engine: hf``: transformers' ``generate`` on the same weights (:mod:`zoo.engines.hf`);
   ``engine: vllm``: vLLM (:mod:`zoo.engines.vllm`, the ``vllm`` extra). ``engine_options`` go to the engine
@@ -26,7 +27,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.distributed.tensor import DTensor
 
-from zoo.engines import ENGINES
+from zoo.engines import ENGINES, engine_for
 from zoo.errors import ConfigError
 from zoo.generation import GenerationResult, NativeEngine, SamplingParams
 
@@ -40,7 +41,7 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
 class RolloutCallback(L.Callback):
     def __init__(
         self,
-        engine: str = "native",
+        engine: str = "auto",
         sync_every: int = 1,
         dtype: str | None = None,
         engine_options: dict | None = None,
@@ -73,6 +74,7 @@ class RolloutCallback(L.Callback):
     def build(self, pl_module: L.LightningModule) -> None:
         policy, tokenizer = pl_module.model, pl_module.trainer.datamodule.tokenizer
         options = self.engine_options
+        self.engine_name = engine_for(policy.config, self.engine_name)
         if self.engine_name == "native":
             self.engine = NativeEngine(self._replica(pl_module), tokenizer=tokenizer, dtype=self.dtype, **options)
         elif self.engine_name == "hf":

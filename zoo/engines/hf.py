@@ -1,11 +1,18 @@
-"""The ``hf`` rollout engine: transformers' ``generate`` on a ``GPTNeoXForCausalLM`` that holds the policy's
-weights (Pythia policies; recursive and MeSH models have no transformers counterpart: use ``native``).
+"""The ``hf`` rollout engine: transformers' ``generate`` on a transformers model that holds the policy's weights:
+a Pythia policy (as ``GPTNeoXForCausalLM``) or any Hugging Face policy (``arch: hf``); recursive and MeSH models
+have no transformers counterpart: use ``native``.
 
+- ``HFEngine(config, ...)`` builds its own copy of the policy's architecture (:func:`zoo.engines.transformers_view`)
+  that ``load_weights`` fills from the policy's zoo-named weights; ``HFEngine.serving(model)`` generates with an
+  existing transformers model in place (evaluation of an unsharded policy, no copy).
 - Prompts are left-padded into one batch; ``num_return_sequences=n`` gives each prompt's n completions in
   prompt order, as the engine interface requires.
-- Sampling follows :class:`zoo.generation.SamplingParams` (temperature 0: greedy); stop tokens go to
-  ``eos_token_id``, stop strings to ``stop_strings``. transformers pads a finished row to the batch's length,
-  so each completion is cut where the native engine would have stopped it (:func:`zoo.generation.finish`).
+- Sampling follows :class:`zoo.generation.SamplingParams` and nothing else: the model's own
+  ``generation_config`` (a checkpoint's repetition penalty, top-k, EOS list) is set aside while it generates, so
+  the log-probs the trainer compares against are those of the distribution it sampled from. Temperature 0 is
+  greedy; stop tokens go to ``eos_token_id``, stop strings to ``stop_strings``. transformers pads a finished row
+  to the batch's length, so each completion is cut where the native engine would have stopped it
+  (:func:`zoo.generation.finish`).
 - Log-probs: ``log softmax(logits / temperature)`` of the sampled tokens from the raw logits
   (``output_logits``), before top-k / top-p: the quantity the trainer computes.
 - A seed fixes the draw without touching the process's global random state (``torch.random.fork_rng``).
@@ -19,30 +26,43 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from zoo.convert import gpt_neox_config_to_hf, gpt_neox_state_dict_to_hf
+from zoo.engines import transformers_view
 from zoo.errors import ConfigError
 from zoo.generation import GenerationResult, Sample, SamplingParams, finish
 
 
 class HFEngine:
     def __init__(self, config, tokenizer=None, device=None, dtype: torch.dtype | None = None) -> None:
-        from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+        from transformers import AutoModelForCausalLM
 
-        if getattr(config, "arch", None) != "gpt_neox":
-            raise ConfigError(f"the hf engine serves Pythia (gpt_neox) policies, not {config.arch!r}: use native")
-        hf_config = GPTNeoXConfig(**{k: v for k, v in gpt_neox_config_to_hf(config).items() if k != "torch_dtype"})
-        self.model = GPTNeoXForCausalLM(hf_config).to(device=device, dtype=dtype).eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-        self.pad_id = config.eos_token_id
+        architecture, self.rename = transformers_view(config, "hf")
+        model = AutoModelForCausalLM.from_config(architecture)
+        self._serve(model.to(device=device, dtype=dtype).eval().requires_grad_(False), tokenizer)
+
+    @classmethod
+    def serving(cls, model, tokenizer=None) -> HFEngine:
+        """An engine that generates with ``model`` (a transformers causal LM) itself; weights stay the model's."""
+        engine = cls.__new__(cls)
+        engine.rename = None
+        engine._serve(model, tokenizer)
+        return engine
+
+    def _serve(self, model, tokenizer) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        pad = getattr(tokenizer, "pad_token_id", None)
+        eos = model.config.eos_token_id
+        self.pad_id = pad if pad is not None else (eos[0] if isinstance(eos, list) else eos) or 0
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        if self.rename is None:
+            raise RuntimeError("an engine serving a model in place shares its weights: nothing to load")
         params = dict(self.model.named_parameters())
         with torch.no_grad():
-            for name, tensor in gpt_neox_state_dict_to_hf(dict(weights)).items():
+            for name, tensor in self.rename(weights).items():
                 params["lm_head.weight" if name == "embed_out.weight" else name].copy_(tensor)
 
     @torch.no_grad()
@@ -76,11 +96,20 @@ class HFEngine:
             options.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         if params.stop_strings:
             options.update(stop_strings=list(params.stop_strings), tokenizer=self.tokenizer)
+        from transformers import GenerationConfig
+
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-            out = self.model.generate(ids.to(self.device), attention_mask=mask.to(self.device), **options)
+        own, self.model.generation_config = self.model.generation_config, GenerationConfig()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
+                out = self.model.generate(ids.to(self.device), attention_mask=mask.to(self.device), **options)
+        finally:
+            self.model.generation_config = own
+            self.model.train(was_training)
         new = out.sequences[:, width:]
         logits = torch.stack(out.logits, dim=1).float()  # (rows, steps, V)
         if not greedy:

@@ -1,16 +1,17 @@
 """The ``vllm`` rollout engine (``pip install 'zoo[vllm]'``; imported only when chosen): vLLM's offline
-``LLM`` serving the policy's weights, for GPU rollouts at scale. Pythia (gpt_neox) policies only: vLLM has no
-recursive or MeSH model.
+``LLM`` serving the policy's weights, for GPU rollouts at scale. Pythia (gpt_neox) policies and Hugging Face
+(``arch: hf``) policies of the architectures vLLM supports; vLLM has no recursive or MeSH model.
 
-- Start: the policy is written as a transformers GPT-NeoX directory (config, safetensors weights, the
-  tokenizer) in a temporary folder and ``vllm.LLM(model=that folder, ...)`` loads it. ``logprobs_mode`` is
+- Start: the policy is written as a transformers directory (its architecture's config from
+  :func:`zoo.engines.transformers_view`, safetensors weights under transformers' names, the tokenizer) in a
+  temporary folder and ``vllm.LLM(model=that folder, ...)`` loads it. ``logprobs_mode`` is
   ``processed_logprobs`` so that the returned log-probs are those of the temperature-scaled distribution, as
   the trainer computes them; other ``LLM`` arguments come from the rollout config's ``engine_options``.
 - ``generate``: token-id prompts (``{"prompt_token_ids": ...}``) with one ``SamplingParams(n=...,
   logprobs=0)`` (the sampled token's log-prob); stop strings stay in the output, like the native engine's.
-- ``load_weights``: the policy's tensors under transformers' names, handed to every vLLM worker through
-  ``LLM.collective_rpc`` with a function that calls the worker model's ``load_weights`` (vLLM's documented
-  path for RLHF weight updates). The tensors travel by the RPC's serialisation: simple, and fine for one
+- ``load_weights``: the policy's tensors under transformers' names (the same renaming), handed to every vLLM
+  worker through ``LLM.collective_rpc`` with a function that calls the worker model's ``load_weights`` (vLLM's
+  documented path for RLHF weight updates). The tensors travel by the RPC's serialisation: simple, and fine for one
   GPU; a multi-GPU deployment would broadcast over NCCL instead.
 - No early stop on a quota of finished groups yet (``LLM.generate`` runs every request to its end).
 
@@ -20,7 +21,6 @@ Tested here against a fake ``vllm`` module (tests/zoo/test_engines.py); the real
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from zoo.convert import gpt_neox_config_to_hf, gpt_neox_state_dict_to_hf
+from zoo.engines import transformers_view
 from zoo.errors import ConfigError
 from zoo.generation import GenerationResult, Sample, SamplingParams
 
@@ -53,14 +53,12 @@ class VLLMEngine:
             import vllm
         except ImportError as error:
             raise ConfigError(f"rollout engine 'vllm' needs vLLM: pip install 'zoo[vllm]' ({error})") from None
-        if getattr(config, "arch", None) != "gpt_neox":
-            raise ConfigError(f"the vllm engine serves Pythia (gpt_neox) policies, not {config.arch!r}: use native")
+        architecture, self.rename = transformers_view(config, "vllm")
         self.vllm, self.tokenizer = vllm, tokenizer
         self.directory = Path(tempfile.mkdtemp(prefix="zoo-vllm-"))
-        hf_config = gpt_neox_config_to_hf(config)
-        hf_config["torch_dtype"] = str(dtype or torch.float32).removeprefix("torch.")
-        (self.directory / "config.json").write_text(json.dumps(hf_config, indent=2))
-        state = {k: v.detach().to("cpu").contiguous() for k, v in gpt_neox_state_dict_to_hf(dict(weights)).items()}
+        architecture.dtype = dtype or torch.float32
+        architecture.save_pretrained(self.directory)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.rename(weights).items()}
         save_file(state, self.directory / "model.safetensors", {"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(self.directory)
@@ -68,8 +66,7 @@ class VLLMEngine:
         self.llm = vllm.LLM(model=str(self.directory), tokenizer=str(self.directory), **options)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        hf = list(gpt_neox_state_dict_to_hf(dict(weights)).items())
-        self.llm.collective_rpc(_load_into_worker, args=(hf,))
+        self.llm.collective_rpc(_load_into_worker, args=(list(self.rename(weights).items()),))
 
     def generate(
         self,

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from zoo.engines import in_place_engine
 from zoo.generation import NativeEngine, SamplingParams
 from zoo.rl.rewards import RewardRunner
 
@@ -51,18 +52,18 @@ def evaluate_on_validation_prompts(
     model: torch.nn.Module, datamodule: Any, settings: dict[str, Any]
 ) -> dict[str, torch.Tensor]:
     """pass@k of ``model`` on ``datamodule.val_prompts`` with its reward and tokenizer. ``settings``: ``n``,
-    ``ks``, ``temperature``, ``max_new_tokens``; generation stops at the tokenizer's EOS."""
+    ``ks``, ``temperature``, ``max_new_tokens``; generation stops at the data's stop tokens (EOS, end of turn)."""
     tokenizer = datamodule.tokenizer
     params = SamplingParams(
         max_new_tokens=settings.get("max_new_tokens", 64),
         temperature=settings.get("temperature", 0.0),
-        stop_token_ids=(tokenizer.eos_token_id,),
+        stop_token_ids=datamodule.stop_token_ids,
         seed=settings.get("seed", 0),
     )
     rewards = RewardRunner(datamodule.reward)
     try:
         return evaluate_pass_at_k(
-            NativeEngine(model, tokenizer),
+            in_place_engine(model, tokenizer),
             tokenizer,
             datamodule.val_prompts,
             rewards,

@@ -158,13 +158,14 @@ def math_problems(path: str | Path, template: str = "Problem: {problem}\nSolutio
 class Task:
     reward: Callable[[str, str, str], float]
     generated: bool  # True: made by a generator; False: read from data.path
+    system: str  # the system prompt of a chat-formatted prompt (zoo.chat), written for the task's reward
 
 
 TASKS: dict[str, Task] = {
-    "arithmetic": Task(exact_match_reward, generated=True),
-    "countdown": Task(countdown_reward, generated=True),
-    "gsm8k": Task(gsm8k_reward, generated=False),
-    "math": Task(math_reward, generated=False),
+    "arithmetic": Task(exact_match_reward, True, "Answer with the number only."),
+    "countdown": Task(countdown_reward, True, "Answer with one expression that uses each given number once."),
+    "gsm8k": Task(gsm8k_reward, False, "Solve the problem step by step, then write the final answer after '####'."),
+    "math": Task(math_reward, False, "Solve the problem step by step, and put the final answer in \\boxed{}."),
 }
 GENERATORS = {"arithmetic": arithmetic_problems, "countdown": countdown_problems}
 READERS = {"gsm8k": gsm8k_problems, "math": math_problems}
@@ -210,7 +211,11 @@ def load_problems(
     return train[:-val_size][:train_size], train[-val_size:]
 
 
-def encode_prompts(tokenizer, problems: list[Problem]) -> list[dict]:
-    """The form RL batches and evaluations use: prompt text, reference, prompt token ids."""
-    ids = tokenizer([p.prompt for p in problems], add_special_tokens=False)["input_ids"]
+def encode_prompts(tokenizer, problems: list[Problem], chat=None) -> list[dict]:
+    """The form RL batches and evaluations use: prompt text, reference, prompt token ids (through ``chat``, a
+    :class:`zoo.chat.ChatFormat`, when given)."""
+    if chat is not None:
+        ids = [chat.prompt_ids(p.prompt) for p in problems]
+    else:
+        ids = tokenizer([p.prompt for p in problems], add_special_tokens=False)["input_ids"]
     return [{"prompt": p.prompt, "reference": p.reference, "prompt_ids": i} for p, i in zip(problems, ids, strict=True)]

@@ -1,0 +1,161 @@
+"""Any Hugging Face causal LM as a zoo model (``arch: hf``): the policy, reference, critic body or reader of every
+module, trained with transformers' own forward.
+
+:class:`HFCausalLM` wraps an ``AutoModelForCausalLM`` (attribute ``hf``) behind the interface zoo's own models
+have, which is what the modules, losses, critics and engines depend on:
+
+- ``forward(input_ids, targets=None, position_ids=None, segment_ids=None)``: logits (B, T, V), or the mean
+  next-token cross-entropy of ``targets`` (-100 ignored). Packed rows (SFT) pass ``position_ids`` that restart
+  per example and no attention mask: transformers then attends within each example only (its packed-sequence
+  detection, also the varlen path of flash-attention), so ``segment_ids`` are not needed;
+- ``hidden_states(input_ids)``: the final-normed hidden states (B, T, H), for a value head;
+- ``embed`` and ``lm_head``: the input embedding and the output projection (one tensor when tied);
+- ``block_class``: the decoder-layer classes (``_no_split_modules``) that FSDP and FSDP2 wrap one by one;
+- its parameters are transformers' own under the prefix ``hf.``: what the ``hf`` and ``vllm`` engines load.
+
+``path`` is a local model directory in the HF format or ``ORG/NAME`` already in the local Hugging Face cache
+(nothing is downloaded at run time: ``zoo hub pull hf:ORG/NAME`` fetches). A checkpoint of an ``hf`` run
+rebuilds the model from ``path`` and then loads the run's weights, so the directory must stay where it was
+(or push the run to the hub, which stores a self-contained copy).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Decoder-layer classes of every HF model built in this process: FSDP1's wrap policy is made before the model
+# exists, so it asks here (``zoo.strategies.is_block``).
+DECODER_LAYER_CLASSES: set[type[nn.Module]] = set()
+
+
+@dataclass
+class HFConfig:
+    path: str | None = None  # a model directory in the HF format, or ORG/NAME in the local HF cache
+    dtype: str = "float32"  # the weights' dtype: float32 | bfloat16 | float16
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 | ... (what transformers offers)
+    gradient_checkpointing: bool = False  # recompute each decoder layer in the backward pass
+
+    arch = "hf"
+
+    def __post_init__(self) -> None:
+        if not self.path or not isinstance(self.path, str):
+            raise ConfigError("model.path is required for an hf model: a model directory or ORG/NAME in the HF cache")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"model.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+
+def resolve_path(path: str, key: str = "model.path") -> Path:
+    """The local directory of ``path``: itself, or the snapshot of ``ORG/NAME`` in the local HF cache. ``key``
+    names the setting in errors."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ConfigError(f"{key}={path}: no config.json there (not a Hugging Face model directory)")
+        return local
+    if local.exists():
+        raise ConfigError(f"{key}={path}: not a directory (a Hugging Face model directory holds config.json)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(path, local_files_only=True))
+    except Exception:  # not a repo id, or not in the cache: both mean the same to the user
+        raise ConfigError(
+            f"{key}={path}: no such directory, and not in the local Hugging Face cache "
+            "(fetch it first: zoo hub pull hf:ORG/NAME)"
+        ) from None
+
+
+def transformers_config(path: str):
+    """The transformers config of the model at ``path``, checked to be a causal LM transformers can build."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    directory = resolve_path(path)
+    file = directory / "config.json"
+    try:
+        model_type = json.loads(file.read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{file}: unreadable ({type(e).__name__}: {e})") from None
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ConfigError(
+            f"{file}: model_type {model_type!r} is not a causal LM that this transformers version knows "
+            "(no AutoModelForCausalLM class for it)"
+        )
+    try:
+        return AutoConfig.from_pretrained(directory)
+    except Exception as e:
+        raise ConfigError(f"{file}: {type(e).__name__}: {_first_line(e)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else "no message"
+
+
+class HFCausalLM(nn.Module):
+    config_class = HFConfig
+
+    def __init__(self, config: HFConfig) -> None:
+        super().__init__()
+        from transformers import AutoModelForCausalLM
+
+        self.config = config
+        directory = resolve_path(config.path)
+        transformers_config(config.path)  # one line for an architecture transformers cannot build
+        try:
+            self.hf = AutoModelForCausalLM.from_pretrained(
+                directory, dtype=DTYPES[config.dtype], attn_implementation=config.attn_implementation
+            )
+        except (OSError, ValueError, ImportError) as e:  # no weights, bad attention implementation, ...
+            raise ConfigError(f"model.path={config.path}: {type(e).__name__}: {_first_line(e)}") from None
+        self.hf.train()  # from_pretrained returns it in eval mode; a zoo model starts in training mode
+        if config.gradient_checkpointing:
+            self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        DECODER_LAYER_CLASSES.update(self.block_class)
+
+    @property
+    def block_class(self) -> tuple[type[nn.Module], ...]:
+        names = set(self.hf._no_split_modules or ())
+        return tuple({type(m) for m in self.hf.modules() if type(m).__name__ in names})
+
+    @property
+    def embed(self) -> nn.Module:
+        return self.hf.get_input_embeddings()
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.hf.get_output_embeddings()
+
+    def hidden_states(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.hf.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        targets: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, V); given ``targets``, their mean cross-entropy (fp32). ``segment_ids`` are implied by
+        ``position_ids`` restarting at 0 (see the module docstring)."""
+        logits = self.hf(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
