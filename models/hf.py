@@ -103,6 +103,13 @@ def transformers_config(path: str):
         raise ConfigError(f"{file}: {type(e).__name__}: {_first_line(e)}") from None
 
 
+def quiet_transformers() -> None:
+    """No per-file progress bars from transformers' loading and saving: zoo logs what it loads."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def _first_line(error: Exception) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else "no message"
@@ -116,6 +123,7 @@ class HFCausalLM(nn.Module):
         from transformers import AutoModelForCausalLM
 
         self.config = config
+        quiet_transformers()
         directory = resolve_path(config.path)
         transformers_config(config.path)  # one line for an architecture transformers cannot build
         try:
@@ -125,8 +133,11 @@ class HFCausalLM(nn.Module):
         except (OSError, ValueError, ImportError) as e:  # no weights, bad attention implementation, ...
             raise ConfigError(f"model.path={config.path}: {type(e).__name__}: {_first_line(e)}") from None
         self.hf.train()  # from_pretrained returns it in eval mode; a zoo model starts in training mode
-        if config.gradient_checkpointing:
-            self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if config.gradient_checkpointing:  # transformers >= 5.24 names it activation checkpointing
+            if hasattr(self.hf, "activation_checkpointing_enable"):
+                self.hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         DECODER_LAYER_CLASSES.update(self.block_class)
 
     @property

@@ -139,7 +139,7 @@ def save_tiny_hf_model(directory: Path, model_type: str, chat: bool, seed: int =
     from zoo.rl.tasks import arithmetic_problems
     from zoo.tokenizer import train_bpe
 
-    tokenizer = train_bpe([p.prompt + p.solution for p in arithmetic_problems(2000, seed=7)], vocab_size=96)
+    tokenizer = train_bpe([p.prompt + p.solution for p in arithmetic_problems(2000, seed=7)], vocab_size=258)
     if chat:
         tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
         tokenizer.chat_template = CHATML

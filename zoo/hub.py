@@ -491,8 +491,9 @@ def check_hf_directory(directory: Path, source: str) -> int:
     it needs is there with its shape. Returns its number of parameters."""
     from transformers import AutoModelForCausalLM
 
-    from zoo.models.hf import transformers_config
+    from zoo.models.hf import quiet_transformers, transformers_config
 
+    quiet_transformers()
     _weight_files(directory)  # one line when there are none
     try:
         transformers_config(str(directory))

@@ -29,7 +29,7 @@ from zoo.errors import ConfigError, ZooError, require_int
 from zoo.files import atomic_file
 from zoo.hub import starting_point
 from zoo.models import config_from_dict
-from zoo.models.hf import resolve_path, transformers_config
+from zoo.models.hf import HFConfig, resolve_path, transformers_config
 from zoo.modules.pretrain import PretrainModule
 
 log = logging.getLogger("zoo")
@@ -45,7 +45,7 @@ def _model_tokenizer(cfg: DictConfig, command: str) -> Path | None:
     if command != "fit" and cfg.ckpt_path:
         directory = checkpoint_file(cfg.ckpt_path).parent.parent / "tokenizer"
     elif cfg.model.get("arch") == "hf":
-        directory = resolve_path(cfg.model.path)
+        directory = resolve_path(HFConfig(path=cfg.model.get("path")).path)  # one line without a path
     else:
         return None
     return directory if directory.is_dir() else None

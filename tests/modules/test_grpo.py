@@ -27,13 +27,15 @@ class _Rewards(L.Callback):
         self.history.append(trainer.callback_metrics["reward/mean"].item())
 
 
-def _fit(reward, steps, cpu_trainer, module_class=GRPOModule, **module):
+def _fit(reward, steps, cpu_trainer, module_class=GRPOModule, policy=POLICY, tokenizer=None, lr=1e-3, **module):
     torch.manual_seed(0)
-    data = PromptDataModule(task="arithmetic", train_size=2000, val_size=16, batch_size=16, vocab_size=64)
+    data = PromptDataModule(
+        task="arithmetic", train_size=2000, val_size=16, batch_size=16, vocab_size=64, tokenizer=tokenizer
+    )
     data.prepare_data()
     data.reward = reward
     grpo = module_class(
-        POLICY, optim=dict(lr=1e-3, warmup_steps=5, weight_decay=0.0), rollout=dict(n=8, max_new_tokens=4), **module
+        policy, optim=dict(lr=lr, warmup_steps=5, weight_decay=0.0), rollout=dict(n=8, max_new_tokens=4), **module
     )
     record = _Rewards()
     trainer = cpu_trainer(max_steps=steps, limit_val_batches=0, callbacks=[RolloutCallback(), record])
@@ -46,6 +48,20 @@ def test_reward_rises_on_a_bandit_task(cpu_trainer):
     history, _ = _fit(lambda p, c, r: float(c.strip().startswith("7")), 120, cpu_trainer)
     first, last = sum(history[:10]) / 10, sum(history[-10:]) / 10
     assert first < 0.1 and last > 0.6  # 0.04 → 0.8 when written
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_reward_rises_with_a_hugging_face_policy(cpu_trainer, hf_models, arch):
+    """The same bandit with a transformers model as the policy, its own tokenizer (Qwen2's through its chat
+    template), and the hf engine that rollout=auto picks for it."""
+    path = str(hf_models[arch])
+    history, trainer = _fit(
+        lambda p, c, r: float(c.strip().startswith("7")), 60, cpu_trainer, policy={"arch": "hf", "path": path},
+        tokenizer=path, lr=1e-2,
+    )  # fmt: skip
+    first, last = sum(history[:10]) / 10, sum(history[-10:]) / 10
+    assert first < 0.1 and last > 0.6  # llama 0.01 → 0.99 when written
+    assert trainer.callbacks[0].engine_name == "hf"
 
 
 def test_a_reward_that_throws_scores_zero_and_training_goes_on(cpu_trainer):

@@ -240,3 +240,43 @@ def test_a_killed_push_leaves_nothing_in_the_list_and_its_leftovers_are_removed(
     hub.pull(str(hf_directory[0]), name="whole")
     assert [e.name for e in hub.entries()] == ["whole"]
     assert not leftover.exists() and not stale_file.exists() and live.exists()
+
+
+def test_a_model_of_another_architecture_is_an_hf_entry_kept_in_its_own_format(hf_models, tmp_path):
+    from zoo.hub import starting_point
+
+    source = hf_models["qwen2"]
+    entry = Hub().pull(str(source), name="tiny-qwen2")
+    assert entry.config == {"arch": "hf", "model_type": "qwen2"}
+    assert {"hf/config.json", "hf/model.safetensors", "tokenizer/chat_template.jinja"} <= set(entry.manifest["files"])
+    assert (entry.path / "hf" / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+    config, tokenizer = starting_point("hub:tiny-qwen2")
+    assert config == {"arch": "hf", "path": str(entry.path / "hf")} and tokenizer == entry.tokenizer_dir
+    ids = torch.randint(3, 90, (2, 9))
+    peer = AutoModelForCausalLM.from_pretrained(source).eval()
+    with torch.no_grad():
+        expected = peer(ids).logits
+        torch.testing.assert_close(entry.build_model().eval()(ids), expected)
+        exported = AutoModelForCausalLM.from_pretrained(Hub().export_hf("tiny-qwen2", tmp_path / "out")).eval()
+        torch.testing.assert_close(exported(ids).logits, expected)
+    assert AutoTokenizer.from_pretrained(tmp_path / "out").chat_template
+
+    weights = entry.path / "hf" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(HubError, match=r"hf/model.safetensors fails its sha256 check"):
+        Hub().entry("tiny-qwen2")
+
+
+def test_an_hf_directory_with_a_weight_missing_is_refused(hf_models, tmp_path):
+    from safetensors.torch import load_file
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for file in hf_models["llama"].iterdir():
+        (broken / file.name).write_bytes(file.read_bytes())
+    state = load_file(broken / "model.safetensors")
+    del state["model.layers.1.mlp.up_proj.weight"]
+    save_file(state, broken / "model.safetensors", {"format": "pt"})
+    with pytest.raises(HubError, match=r"broken: weights do not match its config: missing model.layers.1.mlp.up_proj"):
+        Hub().pull(str(broken))
+    assert not Hub().entries()

@@ -1,0 +1,129 @@
+"""Hugging Face causal LMs behind zoo's model interface (zoo.models.hf), on tiny random Llama and Qwen2 models
+saved by the test: their log-probs equal a direct transformers forward, packed rows equal examples alone, the
+hf engine samples the distribution the trainer scores, and a critic stands on their body."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from zoo.engines.hf import HFEngine
+from zoo.errors import ConfigError
+from zoo.generation import SamplingParams
+from zoo.models import build_model, config_from_dict
+from zoo.models.hf import HFCausalLM, HFConfig
+from zoo.models.value import ValueModel
+from zoo.rl.rollout import token_logprobs
+
+ARCHITECTURES = ["llama", "qwen2"]
+
+
+def _policy(hf_models, arch, **settings) -> HFCausalLM:
+    return build_model(config_from_dict({"arch": "hf", "path": str(hf_models[arch]), **settings}))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_log_probs_equal_a_direct_transformers_forward(hf_models, arch):
+    policy = _policy(hf_models, arch).eval()
+    peer = AutoModelForCausalLM.from_pretrained(hf_models[arch]).eval()
+    ids = torch.randint(3, policy.embed.num_embeddings, (3, 17), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, entropy = token_logprobs(policy, ids, temperature=0.7, with_entropy=True)
+        logits = peer(ids[:, :-1]).logits.float() / 0.7
+    expected = torch.log_softmax(logits, -1).gather(2, ids[:, 1:, None]).squeeze(2)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    assert entropy.shape == ours.shape and (entropy > 0).all()
+    targets = ids[:, 1:].clone()
+    targets[:, :5] = -100
+    loss = policy(ids[:, :-1], targets=targets)
+    reference = torch.nn.functional.cross_entropy(peer(ids[:, :-1]).logits.flatten(0, 1), targets.flatten())
+    torch.testing.assert_close(loss, reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_packed_examples_see_only_themselves(hf_models, arch):
+    """Positions restarting at 0 isolate packed examples: each one's logits equal those of it alone."""
+    policy = _policy(hf_models, arch).eval()
+    first, second = torch.arange(5, 14)[None], torch.arange(20, 27)[None]
+    row = torch.cat([first, second], 1)
+    positions = torch.cat([torch.arange(9), torch.arange(7)])[None]
+    with torch.no_grad():
+        packed = policy(row, position_ids=positions)
+        torch.testing.assert_close(packed[:, :9], policy(first), atol=1e-5, rtol=0)
+        torch.testing.assert_close(packed[:, 9:], policy(second), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_hf_engine_samples_what_the_trainer_scores(hf_models, arch, tmp_path):
+    """The engine's copy, filled by load_weights from the policy's zoo names, samples from the tempered policy:
+    the log-probs it returns equal the trainer's on the same tokens, and the checkpoint's own generation
+    settings (a repetition penalty, top-k) do not leak into the draw."""
+    policy = _policy(hf_models, arch)
+    with torch.no_grad():
+        for p in policy.parameters():  # weights the saved directory does not hold: they must come by sync
+            p.add_(0.01 * torch.randn_like(p))
+    engine = HFEngine(policy.config)
+    engine.load_weights(policy.named_parameters())
+    engine.model.generation_config.repetition_penalty = 5.0
+    engine.model.generation_config.top_k = 2
+    prompts = [[5, 9, 2], [7], [1, 2, 3, 4, 5, 6]]
+    params = SamplingParams(max_new_tokens=8, temperature=0.8, seed=1)
+    result = engine.generate(prompts, 3, params)
+    assert [s.prompt_index for s in result.samples] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert engine.model.generation_config.repetition_penalty == 5.0  # the model's own settings are restored
+    policy.eval()
+    for sample in result.samples:
+        prompt = prompts[sample.prompt_index]
+        ids = torch.tensor([prompt + sample.token_ids])
+        with torch.no_grad():
+            trainer = token_logprobs(policy, ids, temperature=0.8)[0][0, len(prompt) - 1 :]
+        torch.testing.assert_close(torch.tensor(sample.logprobs), trainer, atol=1e-4, rtol=0)
+    greedy = engine.generate(prompts, 1, SamplingParams(max_new_tokens=6, temperature=0))
+    for sample in greedy.samples:
+        ids = list(prompts[sample.prompt_index])
+        for token in sample.token_ids:  # greedy means the argmax at every step, no penalty applied
+            with torch.no_grad():
+                assert policy(torch.tensor([ids]))[0, -1].argmax().item() == token
+            ids.append(token)
+
+
+def test_a_critic_on_a_tied_hf_body_trains_its_embedding(hf_models):
+    policy = _policy(hf_models, "qwen2")
+    assert policy.embed.weight is policy.lm_head.weight  # Qwen2's small models tie them
+    critic = ValueModel.from_policy(policy)
+    assert critic.body.embed.weight.requires_grad  # the tied head is the embedding: not frozen
+    ids = torch.randint(3, 90, (2, 11))
+    values = critic(ids)
+    assert values.shape == (2, 11)
+    values.sum().backward()
+    assert critic.body.embed.weight.grad is not None and critic.head.weight.grad is not None
+    untied = ValueModel.from_policy(_policy(hf_models, "llama"))
+    assert not untied.body.lm_head.weight.requires_grad and untied.body.embed.weight.requires_grad
+
+
+def test_settings_dtype_and_checkpointing(hf_models):
+    policy = _policy(hf_models, "llama", dtype="bfloat16", attn_implementation="eager", gradient_checkpointing=True)
+    assert {p.dtype for p in policy.parameters()} == {torch.bfloat16}
+    assert policy.hf.config._attn_implementation == "eager"
+    assert any(getattr(m, "gradient_checkpointing", False) for m in policy.hf.modules())
+    assert policy.training  # as a zoo model starts: a trainer's module in training mode
+    loss = policy(torch.randint(3, 90, (2, 9)), targets=torch.randint(3, 90, (2, 9)))
+    loss.backward()
+    assert loss.dtype == torch.float32 and policy.embed.weight.grad is not None
+
+
+def test_bad_paths_and_architectures_fail_in_one_line(hf_models, tmp_path):
+    with pytest.raises(ConfigError, match="model.path is required"):
+        HFConfig()
+    with pytest.raises(ConfigError, match="model.dtype must be one of"):
+        HFConfig(path="x", dtype="int8")
+    with pytest.raises(ConfigError, match=r"model.path=/no/such/model: no such directory, and not in the local"):
+        HFCausalLM(HFConfig(path="/no/such/model"))
+    with pytest.raises(ConfigError, match="no config.json there"):
+        HFCausalLM(HFConfig(path=str(tmp_path)))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    with pytest.raises(ConfigError, match="model_type 'vit' is not a causal LM"):
+        HFCausalLM(HFConfig(path=str(tmp_path)))
+    with pytest.raises(ConfigError, match="attn_implementation"):
+        HFCausalLM(HFConfig(path=str(hf_models["llama"]), attn_implementation="no-such-kernel"))
