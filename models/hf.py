@@ -5,10 +5,15 @@ module, trained with transformers' own forward.
 have, which is what the modules, losses, critics and engines depend on:
 
 - ``forward(input_ids, targets=None, position_ids=None, segment_ids=None)``: logits (B, T, V), or the mean
-  next-token cross-entropy of ``targets`` (-100 ignored). Packed rows (SFT) pass ``position_ids`` that restart
-  per example and no attention mask: transformers then attends within each example only (its packed-sequence
-  detection, also the varlen path of flash-attention), so ``segment_ids`` are not needed;
-- ``hidden_states(input_ids)``: the final-normed hidden states (B, T, H), for a value head;
+  next-token cross-entropy of ``targets`` (-100 ignored). Packed rows (SFT) carry ``segment_ids`` and
+  ``position_ids`` that restart per example: the model gets those positions and a block-diagonal causal mask
+  (4D, additive), which every attention implementation but flash-attention's takes as it is; flash-attention
+  gets the positions alone and finds the examples from them (its varlen path). Not every architecture finds
+  packed examples from positions by itself (OPT does not), so the mask is explicit wherever it can be. The
+  explicit mask is full causal within an example: a sliding window (Mistral, Gemma 2) does not cut it, which
+  changes nothing while ``data.seq_len`` stays within the window (4096 for the released models);
+- ``hidden_states(input_ids)``: the final-normed hidden states (B, T, H), for a value head (RL rows are
+  right-padded, which causal attention needs no mask for);
 - ``embed`` and ``lm_head``: the input embedding and the output projection (one tensor when tied);
 - ``block_class``: the decoder-layer classes (``_no_split_modules``) that FSDP and FSDP2 wrap one by one;
 - its parameters are transformers' own under the prefix ``hf.``: what the ``hf`` and ``vllm`` engines load.
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ConfigError
+from zoo.models.gpt_neox import attention_mask
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Decoder-layer classes of every HF model built in this process: FSDP1's wrap policy is made before the model
@@ -41,7 +47,7 @@ DECODER_LAYER_CLASSES: set[type[nn.Module]] = set()
 class HFConfig:
     path: str | None = None  # a model directory in the HF format, or ORG/NAME in the local HF cache
     dtype: str = "float32"  # the weights' dtype: float32 | bfloat16 | float16
-    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 | ... (what transformers offers)
+    attn_implementation: str | None = None  # None: transformers' choice (sdpa where it can) | sdpa | eager | ...
     gradient_checkpointing: bool = False  # recompute each decoder layer in the backward pass
 
     arch = "hf"
@@ -164,9 +170,15 @@ class HFCausalLM(nn.Module):
         position_ids: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, V); given ``targets``, their mean cross-entropy (fp32). ``segment_ids`` are implied by
-        ``position_ids`` restarting at 0 (see the module docstring)."""
-        logits = self.hf(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+        """Logits (B, T, V); given ``targets``, their mean cross-entropy (fp32). ``segment_ids`` (B, T) isolate
+        packed examples (see the module docstring)."""
+        mask = None
+        if segment_ids is not None and "flash" not in str(self.hf.config._attn_implementation):
+            allowed = attention_mask(None, input_ids.shape[1], 0, input_ids.device, segment_ids)
+            dtype = self.embed.weight.dtype
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=input_ids.device)
+            mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
+        logits = self.hf(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
         if targets is None:
             return logits
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)

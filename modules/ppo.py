@@ -21,6 +21,7 @@ from zoo.modules.rl import RLModule, config_section
 from zoo.rl.advantages import gae, masked_whiten
 from zoo.rl.losses import clipped_value_loss
 from zoo.rl.rollout import RolloutBatch, token_logprobs
+from zoo.strategies import shard_for_strategy
 
 
 @dataclass
@@ -48,10 +49,10 @@ class PPOModule(RLModule):
         self.ppo = config_section(PPOConfig, ppo, "module.ppo")
         self.critic: ValueModel | None = None
 
-    def configure_model(self) -> None:
-        super().configure_model()
-        if self.critic is None:
-            self.critic = ValueModel.from_policy(self.model)
+    def copy_policy(self, policy: torch.nn.Module) -> None:
+        super().copy_policy(policy)
+        self.critic = ValueModel.from_policy(policy)
+        shard_for_strategy(self, self.critic)  # trained like the policy: sharded like it under FSDP2
 
     def trainable(self) -> torch.nn.Module:
         return torch.nn.ModuleList([self.model, self.critic])

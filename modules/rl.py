@@ -38,7 +38,7 @@ from zoo.rl.evaluation import evaluate_pass_at_k
 from zoo.rl.losses import aggregate, kl_penalty, ppo_clip_loss
 from zoo.rl.rewards import RewardRunner
 from zoo.rl.rollout import RolloutBatch, Round, token_logprobs
-from zoo.strategies import clip_grad_norm
+from zoo.strategies import clip_grad_norm, shard_for_strategy
 
 
 @dataclass
@@ -117,8 +117,14 @@ class RLModule(L.LightningModule):
         if self.model is not None:
             return
         self.model = build_initialized(self.model_config, self.init_from)
+        self.copy_policy(self.model)
+        shard_for_strategy(self, self.model)  # under FSDP2 the policy is sharded block by block
+
+    def copy_policy(self, policy: torch.nn.Module) -> None:
+        """The models started from the policy's weights, copied before it is sharded: the frozen reference (each
+        rank keeps a whole copy); PPO adds its critic."""
         if self.algorithm.kl_coef > 0:
-            self.reference = copy.deepcopy(self.model).requires_grad_(False).eval()
+            self.reference = copy.deepcopy(policy).requires_grad_(False).eval()
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule

@@ -127,6 +127,8 @@ HF_ARCHITECTURES = {  # tiny random-weight configs of two architectures zoo does
                   num_key_value_heads=2, max_position_embeddings=256),
     "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True),
+    "opt": dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256,
+                word_embed_proj_dim=32),  # learned positions; does not find packed examples from positions itself
 }  # fmt: skip
 
 
@@ -159,9 +161,10 @@ def save_tiny_hf_model(directory: Path, model_type: str, chat: bool, seed: int =
 
 @pytest.fixture(scope="session")
 def hf_models(tmp_path_factory) -> dict[str, Path]:
-    """Two saved tiny HF models: ``llama`` (no chat template) and ``qwen2`` (ChatML, tied embeddings)."""
+    """Saved tiny HF models: ``llama`` (no chat template), ``qwen2`` (ChatML, tied embeddings) and ``opt``."""
     root = tmp_path_factory.mktemp("hf_models")
     return {
         "llama": save_tiny_hf_model(root / "tiny-llama", "llama", chat=False),
         "qwen2": save_tiny_hf_model(root / "tiny-qwen2", "qwen2", chat=True),
+        "opt": save_tiny_hf_model(root / "tiny-opt", "opt", chat=False),
     }

@@ -403,6 +403,8 @@ def probe_command(args: list[str]) -> None:
     opts = parser.parse_args(args)
     try:
         loaded = load_model(opts.source)
+        if not hasattr(loaded.model, "trace"):
+            raise ConfigError(f"{opts.source}: a Hugging Face model; the probes trace the blocks of zoo's models only")
         if loaded.tokenizer_dir is None:
             raise ConfigError(f"{opts.source}: no tokenizer saved with this checkpoint")
         data = {k: v for k, v in loaded.data.items() if k in ("path", "dataset", "dataset_config", "text_field")}

@@ -16,7 +16,7 @@ from zoo.models.hf import HFCausalLM, HFConfig
 from zoo.models.value import ValueModel
 from zoo.rl.rollout import token_logprobs
 
-ARCHITECTURES = ["llama", "qwen2"]
+ARCHITECTURES = ["llama", "qwen2", "opt"]
 
 
 def _policy(hf_models, arch, **settings) -> HFCausalLM:
@@ -43,13 +43,15 @@ def test_log_probs_equal_a_direct_transformers_forward(hf_models, arch):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_packed_examples_see_only_themselves(hf_models, arch):
-    """Positions restarting at 0 isolate packed examples: each one's logits equal those of it alone."""
+    """Segments and positions restarting at 0 isolate packed examples: each one's logits equal those of it alone
+    (OPT, which does not find packed examples from positions itself, included)."""
     policy = _policy(hf_models, arch).eval()
     first, second = torch.arange(5, 14)[None], torch.arange(20, 27)[None]
     row = torch.cat([first, second], 1)
     positions = torch.cat([torch.arange(9), torch.arange(7)])[None]
+    segments = torch.tensor([[0] * 9 + [1] * 7])
     with torch.no_grad():
-        packed = policy(row, position_ids=positions)
+        packed = policy(row, position_ids=positions, segment_ids=segments)
         torch.testing.assert_close(packed[:, :9], policy(first), atol=1e-5, rtol=0)
         torch.testing.assert_close(packed[:, 9:], policy(second), atol=1e-5, rtol=0)
 
@@ -127,3 +129,19 @@ def test_bad_paths_and_architectures_fail_in_one_line(hf_models, tmp_path):
         HFCausalLM(HFConfig(path=str(tmp_path)))
     with pytest.raises(ConfigError, match="attn_implementation"):
         HFCausalLM(HFConfig(path=str(hf_models["llama"]), attn_implementation="no-such-kernel"))
+
+
+def test_the_engine_copy_takes_the_dtype_it_is_given_not_the_checkpoints(hf_models, tmp_path):
+    """Qwen's config.json says bfloat16: an engine in that dtype would sample from another distribution than
+    the float32 policy scores, so the copy is float32 unless asked otherwise (the rollout callback passes the
+    policy's dtype, or rollout.dtype)."""
+    import shutil
+
+    copy = tmp_path / "bf16-config"
+    shutil.copytree(hf_models["qwen2"], copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16", "torch_dtype": "bfloat16"}))
+    policy = HFConfig(path=str(copy))
+    assert {p.dtype for p in HFEngine(policy).model.parameters()} == {torch.float32}
+    assert {p.dtype for p in HFEngine(policy, dtype=torch.bfloat16).model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in HFCausalLM(policy).parameters()} == {torch.float32}  # model.dtype's default

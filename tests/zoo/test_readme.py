@@ -37,7 +37,8 @@ def test_every_group_option_the_readme_names_exists(options):
 
 
 def _commands():
-    for line in re.findall(r"^zoo (?:fit|validate|test) .*$", README, re.MULTILINE):
+    for line in re.findall(r"^zoo (?:fit|validate|test) (?:.*\\\n)*.*$", README, re.MULTILINE):
+        line = line.replace("\\\n", " ")  # a command continued over lines
         command = line.split(" #")[0].replace("$HOME", "/home/reader")  # what the reader's shell expands
         words = [w for w in shlex.split(command)[2:] if w != "-m"]
         if words[:1] != ["--cfg"]:

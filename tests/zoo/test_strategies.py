@@ -56,3 +56,22 @@ def test_two_cpu_processes_train(run_zoo, tiny, tmp_path, strategy):
     events.Reload()
     val = [e.value for e in events.Scalars("val/loss")]
     assert len(val) == 2 and val[1] < val[0] < math.log(512)  # falling from the uniform guess
+
+
+@pytest.mark.slow
+def test_fsdp2_shards_a_hugging_face_policy_and_its_critic(run_zoo, hf_models, tmp_path):
+    """PPO on 2 CPU processes with a transformers Qwen2: policy and critic each sharded by decoder layer; the
+    consolidated checkpoint publishes to the hub like a single-process run's."""
+    process = run_zoo(
+        "fit", "model=ppo", f"model.init_from={hf_models['qwen2']}", "strategy=fsdp2", "trainer.accelerator=cpu",
+        "trainer.devices=2", "trainer.max_steps=3", "trainer.val_check_interval=3", "data.train_size=200",
+        "data.val_size=8", "data.batch_size=4", "module.algorithm.kl_coef=0.05", "probes.every_n_steps=0", "name=ppo",
+        timeout=600,
+    )  # fmt: skip
+    log = process.stdout + process.stderr
+    holdings = re.findall(r"fsdp2: 2 blocks sharded over 2 ranks; rank (\d) holds (\d+) of (\d+) parameters", log)
+    assert sorted(r for r, _, _ in holdings) == ["0", "0", "1", "1"]  # the policy and the critic on each rank
+    assert all(int(held) < 0.6 * int(total) for _, held, total in holdings)
+    (run,) = (tmp_path / "runs" / "ppo").iterdir()
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == 3
+    assert "pushed ppo-fsdp2" in run_zoo("hub", "push", str(run), "--name", "ppo-fsdp2").stdout

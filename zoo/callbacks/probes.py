@@ -2,7 +2,8 @@
 logs them to TensorBoard: scalars (``probe/...``) and figures (relative updates, CKA matrix, spectra).
 
 The batch is the first ``samples`` blocks of the validation split, fixed for the whole run so that the
-probes of different steps are comparable. Sharded models (FSDP1/FSDP2) are not probed.
+probes of different steps are comparable. Sharded models (FSDP1/FSDP2) and Hugging Face models (whose blocks
+zoo cannot trace) are not probed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ class LoopProbes(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if isinstance(trainer.strategy, FSDPStrategy | ModelParallelStrategy):
             log.info("loop probes: off for a sharded model")
+            self.every_n_steps = 0
+            return
+        if not hasattr(pl_module.model, "trace"):
+            log.info("loop probes: off, they trace the blocks of zoo's own models only")
             self.every_n_steps = 0
             return
         val = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None

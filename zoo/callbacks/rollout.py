@@ -3,7 +3,8 @@ weights in step with the policy, and logs what was generated.
 
 - ``engine: auto`` (default): ``native`` for zoo's models, ``hf`` for Hugging Face ones;
   ``engine: native``: :class:`zoo.generation.NativeEngine` on a private copy of the policy (every zoo
-  model, CPU and GPU; CUDA graphs on a GPU), optionally in ``dtype`` (e.g. bf16 on a GPU);
+  model, CPU and GPU; CUDA graphs on a GPU), optionally in ``dtype`` (e.g. bf16 on a GPU; the ``hf`` and ``vllm``
+  engines default to the policy's dtype);
   ``engine: hf``: transformers' ``generate`` on the same weights (:mod:`zoo.engines.hf`);
   ``engine: vllm``: vLLM (:mod:`zoo.engines.vllm`, the ``vllm`` extra). ``engine_options`` go to the engine
   (native: ``decode``; vllm: ``vllm.LLM`` arguments such as ``gpu_memory_utilization``).
@@ -80,12 +81,14 @@ class RolloutCallback(L.Callback):
         elif self.engine_name == "hf":
             from zoo.engines.hf import HFEngine
 
-            self.engine = HFEngine(policy.config, tokenizer, device=pl_module.device, dtype=self.dtype, **options)
+            dtype = self.dtype or next(policy.parameters()).dtype  # by default the policy's own
+            self.engine = HFEngine(policy.config, tokenizer, device=pl_module.device, dtype=dtype, **options)
         else:
             from zoo.engines.vllm import VLLMEngine
 
             weights = ((name, _full(p.detach())) for name, p in policy.named_parameters())
-            self.engine = VLLMEngine(policy.config, weights, tokenizer, dtype=self.dtype, **options)
+            dtype = self.dtype or next(policy.parameters()).dtype
+            self.engine = VLLMEngine(policy.config, weights, tokenizer, dtype=dtype, **options)
         self.sync(pl_module, step=pl_module.global_step)
         log.info("rollout: %s engine, weights synced every %d step(s)", self.engine_name, self.sync_every)
 

@@ -36,8 +36,9 @@ class HFEngine:
         from transformers import AutoModelForCausalLM
 
         architecture, self.rename = transformers_view(config, "hf")
-        model = AutoModelForCausalLM.from_config(architecture)
-        self._serve(model.to(device=device, dtype=dtype).eval().requires_grad_(False), tokenizer)
+        # the dtype is the caller's (float32 by default), never the one a checkpoint's config.json names
+        model = AutoModelForCausalLM.from_config(architecture, dtype=dtype or torch.float32)
+        self._serve(model.to(device=device).eval().requires_grad_(False), tokenizer)
 
     @classmethod
     def serving(cls, model, tokenizer=None) -> HFEngine:
