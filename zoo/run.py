@@ -44,7 +44,7 @@ def _model_tokenizer(cfg: DictConfig, command: str) -> Path | None:
         return starting_point(init_from)[1]
     if command != "fit" and cfg.ckpt_path:
         directory = checkpoint_file(cfg.ckpt_path).parent.parent / "tokenizer"
-    elif cfg.model.get("arch") == "hf":
+    elif cfg.model.get("arch") == "hf" or cfg.model.get("path"):
         directory = resolve_path(HFConfig(path=cfg.model.get("path")).path)  # one line without a path
     else:
         return None
@@ -63,10 +63,15 @@ HF_LOADING = ("dtype", "attn_implementation", "gradient_checkpointing")  # model
 
 def model_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, Any]:
     values = OmegaConf.to_container(cfg.model, resolve=True)
+    loading = {k: values[k] for k in HF_LOADING if k in values}  # how to load an HF model, where it says
+    if values.get("arch") != "hf" and "path" in values:  # model=sft|grpo|ppo model.path=DIR: an HF model
+        path = values.pop("path")
+        if path:
+            values = {"arch": "hf", "path": path, "init_from": values.get("init_from"), **loading}
     if init_from := values.get("init_from"):
         config = starting_point(init_from)[0]
         if config["arch"] == "hf":  # how to load it stays the user's choice (model=hf model.dtype=bfloat16 ...)
-            config |= {k: values[k] for k in HF_LOADING if k in values}
+            config |= loading
         values = {**config, "init_from": init_from}
         log.info("model: architecture and weights from %s", init_from)
     if values.get("arch") == "hf":

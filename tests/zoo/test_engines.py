@@ -185,6 +185,25 @@ def test_vllm_adapter_starts_generates_and_syncs_through_vllms_api(fake_vllm):
     engine.close()
 
 
+def test_vllm_adapter_serves_a_hugging_face_policy_under_transformers_names(fake_vllm, hf_models):
+    from zoo.engines.vllm import VLLMEngine
+    from zoo.models.hf import HFCausalLM, HFConfig
+
+    policy = HFCausalLM(HFConfig(path=str(hf_models["qwen2"]))).eval()
+    engine = VLLMEngine(policy.config, policy.named_parameters())
+    (llm,) = fake_vllm.instances
+    exported = AutoModelForCausalLM.from_pretrained(llm.model).eval()  # the directory vLLM was given
+    assert exported.config.model_type == "qwen2" and exported.dtype == torch.float32
+    ids = torch.tensor([PROMPTS[2]])
+    with torch.no_grad():
+        torch.testing.assert_close(exported(ids).logits, policy(ids), atol=1e-5, rtol=0)
+    engine.load_weights(policy.named_parameters())
+    (loaded,) = llm.workers
+    assert set(loaded) == {name.removeprefix("hf.") for name, _ in policy.named_parameters()}
+    assert "model.embed_tokens.weight" in loaded  # transformers' own names, tied head not repeated
+    engine.close()
+
+
 def test_without_vllm_the_engine_says_how_to_install_it(monkeypatch):
     from zoo.engines.vllm import VLLMEngine
 

@@ -29,11 +29,11 @@ def _run(tmp_path: Path, name: str) -> Path:
     return run
 
 
-@pytest.mark.parametrize("arch, method", [("llama", "grpo"), ("qwen2", "ppo")])
-def test_sft_then_hub_then_rl(hf_models, tmp_path, monkeypatch, arch, method):
+@pytest.mark.parametrize("arch, method, key", [("llama", "grpo", "model.path"), ("qwen2", "ppo", "model.init_from")])
+def test_sft_then_hub_then_rl(hf_models, tmp_path, monkeypatch, arch, method, key):
     monkeypatch.chdir(tmp_path)
     _zoo(
-        "fit", "model=sft", f"model.init_from={hf_models[arch]}", *QUICK, "data.seq_len=96", "data.batch_size=8",
+        "fit", "model=sft", f"{key}={hf_models[arch]}", *QUICK, "data.seq_len=96", "data.batch_size=8",
         "trainer.max_steps=80", "trainer.val_check_interval=80", "module.optim.lr=1e-2", "name=sft",
     )  # fmt: skip
     sft = _run(tmp_path, "sft")
@@ -71,6 +71,7 @@ def test_validate_rebuilds_an_hf_run_from_its_checkpoint(hf_models, tmp_path, mo
         (["model=hf"], "model.path is required for an hf model"),
         (["model=hf", "model.path=/no/such/dir"], "model.path=/no/such/dir: no such directory, and not in the local"),
         (["model=grpo", "model.init_from=/no/such/dir"], "model.init_from=/no/such/dir: no such directory"),
+        (["model=grpo", "model.path=/no/such/dir"], "model.path=/no/such/dir: no such directory"),
         (["model=grpo", "model.init_from={llama}", "rollout=native"], "the native engine serves zoo's own models"),
         (
             ["model=sft", "model.init_from={llama}", "data.tokenizer={qwen2}"],
@@ -91,3 +92,18 @@ def test_mistakes_end_in_one_line(hf_models, tmp_path, monkeypatch, capsys, args
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("zoo: error:")]
     assert exit_.value.code == 2 and len(errors) == 1 and says in errors[0], err[-2000:]
+
+
+def test_an_hf_run_resumes_and_the_probes_say_what_they_cannot_do(hf_models, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["model=grpo", f"model.path={hf_models['llama']}", *QUICK, "data.batch_size=4", "module.rollout.n=2"]
+    _zoo("fit", *args, "trainer.max_steps=2", "checkpoint.every_n_train_steps=1", "name=first")
+    first = _run(tmp_path, "first")
+    _zoo("fit", f"resume={first}", "trainer.max_steps=4")
+    assert json.loads((first / "metrics.json").read_text())["global_step"] == 4
+    Hub().pull(str(hf_models["llama"]), name="llama")
+    with pytest.raises(SystemExit):
+        _zoo("probe", "hub:llama")
+    assert "zoo: error: hub:llama: a Hugging Face model; the probes trace the blocks of zoo's models only" in (
+        capsys.readouterr().err
+    )
