@@ -16,6 +16,7 @@ from zoo.errors import ConfigError
 from zoo.models import gpt_neox, mesh, recursive
 from zoo.models.gpt_neox import GPTNeoX, GPTNeoXConfig
 from zoo.models.hf import HFCausalLM, HFConfig
+from zoo.models.interface import CausalLM
 from zoo.models.mesh import MeSH, MeSHConfig
 from zoo.models.recursive import RecursiveConfig, RecursiveGPTNeoX
 
@@ -48,6 +49,7 @@ def build_model(config) -> nn.Module:
 
 __all__ = [
     "ARCHITECTURES",
+    "CausalLM",
     "GPTNeoX",
     "GPTNeoXConfig",
     "HFCausalLM",

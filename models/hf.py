@@ -2,7 +2,7 @@
 module, trained with transformers' own forward.
 
 :class:`HFCausalLM` wraps an ``AutoModelForCausalLM`` (attribute ``hf``) behind the interface zoo's own models
-have, which is what the modules, losses, critics and engines depend on:
+have (:class:`zoo.models.interface.CausalLM`), which is what the modules, losses, critics and engines depend on:
 
 - ``forward(input_ids, targets=None, position_ids=None, segment_ids=None)``: logits (B, T, V), or the mean
   next-token cross-entropy of ``targets`` (-100 ignored). Packed rows (SFT) carry ``segment_ids`` and

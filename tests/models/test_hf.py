@@ -23,6 +23,21 @@ def _policy(hf_models, arch, **settings) -> HFCausalLM:
     return build_model(config_from_dict({"arch": "hf", "path": str(hf_models[arch]), **settings}))
 
 
+def test_zoo_and_hf_models_share_one_interface(hf_models):
+    from zoo.models import CausalLM, GPTNeoX, GPTNeoXConfig, MeSH, MeSHConfig
+
+    dims = dict(vocab_size=64, hidden_size=32, num_attention_heads=4, intermediate_size=64)
+    for model in (
+        GPTNeoX(GPTNeoXConfig(**dims)),
+        MeSH(MeSHConfig(**dims, layout="1+1R2+1")),
+        _policy(hf_models, "qwen2"),
+    ):
+        assert isinstance(model, CausalLM), type(model).__name__
+        ids = torch.randint(3, 64, (2, 7))
+        assert model(ids).shape[:2] == (2, 7) and model.hidden_states(ids).shape[:2] == (2, 7)
+        assert model.lm_head.weight.shape[0] >= 64 and model.embed.weight.shape[0] >= 64
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_log_probs_equal_a_direct_transformers_forward(hf_models, arch):
     policy = _policy(hf_models, arch).eval()

@@ -1,0 +1,50 @@
+"""The interface every zoo model has and every module, loss, critic, strategy and engine depends on, instead of a
+model class: zoo's own networks (``gpt_neox``, ``recursive``, ``mesh``) and any Hugging Face causal LM
+(``hf``, :mod:`zoo.models.hf`) implement it.
+
+What the rest of zoo builds on it:
+
+- training: :func:`zoo.modules.pretrain.causal_lm_loss` calls ``forward`` with ``targets``;
+- token log-probs and entropy of given sequences: :func:`zoo.rl.rollout.token_logprobs` (``forward`` logits);
+- critics: :class:`zoo.models.value.ValueModel` reads ``hidden_states`` and ``lm_head``'s width;
+- sharding: the strategies wrap each ``block_class`` module (:mod:`zoo.strategies`);
+- weights for a rollout engine: ``named_parameters()`` under the model's own names, which the ``hf`` and
+  ``vllm`` engines rename into transformers' names (:func:`zoo.engines.transformers_view`);
+- the tokenizer, with its chat template, comes with the weights (the hub entry, the HF directory) and lives in
+  the data module (:mod:`zoo.chat`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class CausalLM(Protocol):
+    config: Any  # the config dataclass it was built from (``config.arch`` names the family)
+    block_class: type[nn.Module] | tuple[type[nn.Module], ...]  # what FSDP and FSDP2 wrap one by one
+
+    @property
+    def embed(self) -> nn.Module: ...  # the input embedding
+
+    @property
+    def lm_head(self) -> nn.Module: ...  # the output projection (may be the embedding's weight, tied)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        targets: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, V); given ``targets`` (B, T; -100 ignored) their mean next-token cross-entropy.
+        ``segment_ids`` with ``position_ids`` restarting per segment isolate examples packed into one row."""
+        ...
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The final-normed hidden states (B, T, H)."""
+        ...
