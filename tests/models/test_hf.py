@@ -160,3 +160,24 @@ def test_the_engine_copy_takes_the_dtype_it_is_given_not_the_checkpoints(hf_mode
     assert {p.dtype for p in HFEngine(policy).model.parameters()} == {torch.float32}
     assert {p.dtype for p in HFEngine(policy, dtype=torch.bfloat16).model.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in HFCausalLM(policy).parameters()} == {torch.float32}  # model.dtype's default
+
+
+def test_a_model_in_the_local_hugging_face_cache_is_found_by_its_name(hf_models, tmp_path, monkeypatch):
+    """``model.path=ORG/NAME`` reads the snapshot the hub cache holds (its own layout: refs/main names the
+    snapshot), offline; a name the cache lacks is one line."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "models--zoo-tests--tiny-llama" / "snapshots" / "0123abcd"
+    shutil.copytree(hf_models["llama"], snapshot)
+    (tmp_path / "models--zoo-tests--tiny-llama" / "refs").mkdir()
+    (tmp_path / "models--zoo-tests--tiny-llama" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    policy = _policy(hf_models, "llama").eval()
+    cached = build_model(config_from_dict({"arch": "hf", "path": "zoo-tests/tiny-llama"})).eval()
+    ids = torch.randint(3, 90, (1, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(cached(ids), policy(ids))
+    with pytest.raises(ConfigError, match="zoo-tests/absent: no such directory, and not in the local Hugging Face"):
+        build_model(config_from_dict({"arch": "hf", "path": "zoo-tests/absent"}))
