@@ -1,3 +1,4 @@
+import logging
 import os
 import subprocess
 import sys
@@ -51,6 +52,21 @@ def zoo_env(zoo_cache, tmp_path, monkeypatch) -> dict[str, str]:
     monkeypatch.setenv("ZOO_CACHE", str(zoo_cache))
     monkeypatch.setenv("ZOO_HUB", str(tmp_path / "hub"))
     return dict(os.environ)
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """A run in this process (``zoo.cli.main``) lets Hydra configure logging: handlers that write to the test's
+    captured output and to the run's ``cli.log``, which may be deleted with a discarded run. Put the root logger
+    back after every test, so that no later test logs into a closed capture or a deleted file."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def _run_zoo(args, cwd, env, timeout=300, check=True) -> subprocess.CompletedProcess:

@@ -3,7 +3,6 @@ to the hub as an hf entry, GRPO (Llama) and PPO (Qwen2, chat template, tied embe
 engine ``rollout=auto`` picks; the mistakes a user makes end in one line."""
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -18,20 +17,6 @@ QUICK = [
     "data.train_size=400",
     "data.val_size=8",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _own_logging():
-    """An in-process run configures logging (Hydra's handlers write to this test's captured output): put the
-    root logger back afterwards, so that later tests do not log into a closed capture."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in root.handlers:
-        if handler not in handlers:
-            handler.close()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def _zoo(*args: str) -> None:
