@@ -4,7 +4,10 @@ Every example is ``prompt + solution + EOS``, or with a chat template the conver
 and solution (:mod:`zoo.chat`); the loss covers the solution and EOS (the assistant turn) only (every other
 target is -100). Examples are packed whole, in a fixed order, into rows of ``seq_len`` tokens; each row carries
 ``segment_ids`` and ``position_ids`` that restart per example, so packed examples do not attend to each other
-and see the positions they would see alone. An example longer than ``seq_len`` is an error naming it.
+and see the positions they would see alone. With ``pack: false`` every example has a row of its own, padded at
+the end (no segments: causal attention alone keeps it from the padding), for models that cannot isolate packed
+examples (BLOOM's ALiBi, state-space models such as Mamba). An example longer than ``seq_len`` is an error
+naming it.
 """
 
 from __future__ import annotations
@@ -20,31 +23,33 @@ from zoo.models.cross_entropy import IGNORE_INDEX as IGNORE
 from zoo.rl.tasks import Problem, encode_prompts
 
 
-def pack(examples: list[tuple[list[int], list[int]]], seq_len: int) -> list[dict[str, torch.Tensor]]:
-    """Pack (inputs, targets) pairs of equal length into rows of ``seq_len``, first fit in order."""
+def pack(
+    examples: list[tuple[list[int], list[int]]], seq_len: int, packed: bool = True
+) -> list[dict[str, torch.Tensor]]:
+    """Pack (inputs, targets) pairs of equal length into rows of ``seq_len``, first fit in order; or, not
+    ``packed``, one pair per row (input_ids and targets only)."""
     rows, current = [], []
     for inputs, targets in examples:
         if len(inputs) > seq_len:
             raise DataError(f"an example of {len(inputs)} tokens does not fit data.seq_len={seq_len}")
-        if sum(len(i) for i, _ in current) + len(inputs) > seq_len:
+        if current and (not packed or sum(len(i) for i, _ in current) + len(inputs) > seq_len):
             rows.append(current)
             current = []
         current.append((inputs, targets))
     if current:
         rows.append(current)
-    packed = []
+    out = []
     for row in rows:
-        used = sum(len(i) for i, _ in row)
-        pad = seq_len - used
-        packed.append(
-            {
-                "input_ids": torch.tensor([t for i, _ in row for t in i] + [0] * pad),
-                "targets": torch.tensor([t for _, y in row for t in y] + [IGNORE] * pad),
-                "position_ids": torch.tensor([p for i, _ in row for p in range(len(i))] + list(range(pad))),
-                "segment_ids": torch.tensor([s for s, (i, _) in enumerate(row) for _ in i] + [len(row)] * pad),
-            }
-        )
-    return packed
+        pad = seq_len - sum(len(i) for i, _ in row)
+        tensors = {
+            "input_ids": torch.tensor([t for i, _ in row for t in i] + [0] * pad),
+            "targets": torch.tensor([t for _, y in row for t in y] + [IGNORE] * pad),
+        }
+        if packed:
+            tensors["position_ids"] = torch.tensor([p for i, _ in row for p in range(len(i))] + list(range(pad)))
+            tensors["segment_ids"] = torch.tensor([s for s, (i, _) in enumerate(row) for _ in i] + [len(row)] * pad)
+        out.append(tensors)
+    return out
 
 
 class _Rows(Dataset):
@@ -78,6 +83,7 @@ class SFTDataModule(PromptDataModule):
         seed: int = 1234,
         chat_template: str = "auto",
         system_prompt: str | None = None,
+        pack: bool = True,
     ) -> None:
         require_int("data.seq_len", seq_len, 1)
         super().__init__(
@@ -106,6 +112,7 @@ class SFTDataModule(PromptDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
-        self.train_set = _Rows(pack(self.examples(self.train_problems), self.hparams.seq_len))
-        self.val_set = _Rows(pack(self.examples(self.val_problems), self.hparams.seq_len))
+        h = self.hparams
+        self.train_set = _Rows(pack(self.examples(self.train_problems), h.seq_len, h.pack))
+        self.val_set = _Rows(pack(self.examples(self.val_problems), h.seq_len, h.pack))
         self.val_prompts = encode_prompts(self.tokenizer, self.val_problems, self.chat)  # for pass@k

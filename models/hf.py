@@ -9,7 +9,9 @@ have (:class:`zoo.models.interface.CausalLM`), which is what the modules, losses
   ``position_ids`` that restart per example: the model gets those positions and a block-diagonal causal mask
   (4D, additive), which every attention implementation but flash-attention's takes as it is; flash-attention
   gets the positions alone and finds the examples from them (its varlen path). Not every architecture finds
-  packed examples from positions by itself (OPT does not), so the mask is explicit wherever it can be. The
+  packed examples from positions by itself (OPT does not), so the mask is explicit wherever it can be, and
+  before the first packed row :meth:`HFCausalLM.check_packing` verifies on two short examples that packing
+  changes no logit (BLOOM's ALiBi and Mamba fail it: ``data.pack=false`` gives them a row per example). The
   explicit mask is full causal within an example: a sliding window (Mistral, Gemma 2) does not cut it, which
   changes nothing while ``data.seq_len`` stays within the window (4096 for the released models);
 - ``hidden_states(input_ids)``: the final-normed hidden states (B, T, H), for a value head (RL rows are
@@ -145,6 +147,7 @@ class HFCausalLM(nn.Module):
             else:
                 self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         DECODER_LAYER_CLASSES.update(self.block_class)
+        self.packing_checked = False
 
     @property
     def block_class(self) -> tuple[type[nn.Module], ...]:
@@ -162,6 +165,45 @@ class HFCausalLM(nn.Module):
     def hidden_states(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.hf.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
 
+    def _logits(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, segment_ids: torch.Tensor | None
+    ) -> torch.Tensor:
+        mask = None
+        if segment_ids is not None and "flash" not in str(self.hf.config._attn_implementation):
+            allowed = attention_mask(None, input_ids.shape[1], 0, input_ids.device, segment_ids)
+            dtype = self.embed.weight.dtype
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=input_ids.device)
+            mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
+        return self.hf(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
+
+    @torch.no_grad()
+    def check_packing(self) -> None:
+        """Once per model, before the first packed row: two examples packed into one row must give the logits each
+        gives alone; one line naming ``data.pack=false`` for an architecture where they do not (BLOOM's ALiBi
+        needs a padding mask, Mamba has no attention), instead of training on examples that see each other."""
+        device = self.embed.weight.device
+        first, second = torch.arange(3, 10, device=device)[None], torch.arange(11, 16, device=device)[None]
+        row = torch.cat([first, second], 1)
+        positions = torch.cat([torch.arange(7), torch.arange(5)]).to(device)[None]
+        segments = torch.tensor([[0] * 7 + [1] * 5], device=device)
+        tolerance = 1e-4 if self.embed.weight.dtype == torch.float32 else 5e-2
+        was_training = self.training
+        self.eval()
+        try:
+            packed = self._logits(row, positions, segments).float()
+            alone = torch.cat([self._logits(first, None, None), self._logits(second, None, None)], 1).float()
+            isolated = bool((packed - alone).abs().max() <= tolerance * max(1.0, float(alone.abs().max())))
+        except (RuntimeError, ValueError, TypeError):  # the architecture takes no 4D mask
+            isolated = False
+        finally:
+            self.train(was_training)
+        if not isolated:
+            raise ConfigError(
+                f"model type {self.hf.config.model_type!r} cannot keep examples packed into one row from seeing "
+                "each other: use data.pack=false (one example per row)"
+            )
+        self.packing_checked = True
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -172,13 +214,9 @@ class HFCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Logits (B, T, V); given ``targets``, their mean cross-entropy (fp32). ``segment_ids`` (B, T) isolate
         packed examples (see the module docstring)."""
-        mask = None
-        if segment_ids is not None and "flash" not in str(self.hf.config._attn_implementation):
-            allowed = attention_mask(None, input_ids.shape[1], 0, input_ids.device, segment_ids)
-            dtype = self.embed.weight.dtype
-            mask = torch.zeros(allowed.shape, dtype=dtype, device=input_ids.device)
-            mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
-        logits = self.hf(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
+        if segment_ids is not None and not self.packing_checked:
+            self.check_packing()
+        logits = self._logits(input_ids, position_ids, segment_ids)
         if targets is None:
             return logits
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)

@@ -35,8 +35,8 @@ def causal_lm_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         return model(
             batch["input_ids"],
             targets=batch["targets"],
-            position_ids=batch["position_ids"],
-            segment_ids=batch["segment_ids"],
+            position_ids=batch.get("position_ids"),  # absent from unpacked rows (data.pack=false)
+            segment_ids=batch.get("segment_ids"),
         )
     return model(batch[:, :-1], targets=batch[:, 1:])
 

@@ -145,6 +145,7 @@ HF_ARCHITECTURES = {  # tiny random-weight configs of two architectures zoo does
                   num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True),
     "opt": dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256,
                 word_embed_proj_dim=32),  # learned positions; does not find packed examples from positions itself
+    "bloom": dict(hidden_size=32, n_layer=2, n_head=4),  # ALiBi: no 4D masks, so no packed rows
 }  # fmt: skip
 
 
@@ -184,3 +185,14 @@ def hf_models(tmp_path_factory) -> dict[str, Path]:
         "qwen2": save_tiny_hf_model(root / "tiny-qwen2", "qwen2", chat=True),
         "opt": save_tiny_hf_model(root / "tiny-opt", "opt", chat=False),
     }
+
+
+@pytest.fixture
+def tiny_hf_model(tmp_path):
+    """``tiny_hf_model(model_type, chat=False)``: a tiny HF model of any architecture in HF_ARCHITECTURES, saved
+    under ``tmp_path`` for this test alone."""
+
+    def make(model_type: str, chat: bool = False) -> Path:
+        return save_tiny_hf_model(tmp_path / model_type, model_type, chat)
+
+    return make

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from zoo.errors import DataError
+
 
 class EpochOrder(Sampler[int]):
     """A seeded permutation per epoch (or the identity), this rank's equal share of it, from ``start`` on."""
@@ -57,9 +59,9 @@ class ResumableLoader(DataLoader):
     ) -> None:
         order = EpochOrder(len(dataset), seed, shuffle, rank, world_size)
         if len(order) < batch_size:
-            raise ValueError(
-                f"the training set has {len(dataset)} samples, fewer than one batch of {batch_size} per rank "
-                f"on {world_size} rank(s); use more data or a smaller batch"
+            raise DataError(
+                f"the training set has {len(dataset)} samples (rows), fewer than one batch of {batch_size} per rank "
+                f"on {world_size} rank(s); use more data (data.train_size) or a smaller data.batch_size"
             )
         super().__init__(dataset, batch_size=batch_size, sampler=order, drop_last=True, **kwargs)
         self.order = order

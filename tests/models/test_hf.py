@@ -181,3 +181,26 @@ def test_a_model_in_the_local_hugging_face_cache_is_found_by_its_name(hf_models,
         torch.testing.assert_close(cached(ids), policy(ids))
     with pytest.raises(ConfigError, match="zoo-tests/absent: no such directory, and not in the local Hugging Face"):
         build_model(config_from_dict({"arch": "hf", "path": "zoo-tests/absent"}))
+
+
+def test_an_architecture_that_cannot_isolate_packed_examples_says_so_and_trains_unpacked(tiny_hf_model):
+    """BLOOM's ALiBi takes no 4D mask: packed rows end in one line naming data.pack=false, and with it SFT
+    trains on rows of one example each."""
+    from zoo.datamodules.sft import SFTDataModule
+    from zoo.modules.pretrain import causal_lm_loss
+
+    bloom = tiny_hf_model("bloom")
+    policy = _policy({"bloom": bloom}, "bloom")
+    data = SFTDataModule(tokenizer=str(bloom), train_size=16, val_size=4, seq_len=32, batch_size=4)
+    data.setup("fit")
+    packed = next(iter(data.train_dataloader()))
+    with pytest.raises(ConfigError, match="model type 'bloom' cannot keep examples packed .* use data.pack=false"):
+        causal_lm_loss(policy, packed)
+    unpacked = SFTDataModule(tokenizer=str(bloom), train_size=16, val_size=4, seq_len=32, batch_size=4, pack=False)
+    unpacked.setup("fit")
+    rows = unpacked.train_set.rows
+    assert len(rows) == 16 and set(rows[0]) == {"input_ids", "targets"}  # one example per row, no segments
+    batch = next(iter(unpacked.train_dataloader()))
+    loss = causal_lm_loss(policy, batch)
+    loss.backward()
+    assert torch.isfinite(loss)

@@ -61,6 +61,7 @@ CASES = [
     ),
     (["hub", "pull", "{tmp}/nowhere"], "not a directory"),
     (["hub", "show", "a..b"], "invalid hub name"),
+    (["fit", "model=sft", "data.train_size=8"], "fewer than one batch of 8 per rank"),
 ]
 
 
