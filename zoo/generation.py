@@ -4,7 +4,10 @@
 
 - each prompt is prefilled once, then its KV cache is copied to its ``n`` rows (left padding, attention mask
   and position ids keep rows of different prompt lengths exact);
-- decoding samples with temperature, top-k and top-p (temperature 0 is greedy) from a seeded generator;
+- decoding samples with temperature, top-k and top-p (temperature 0 is greedy); every row (one completion of
+  one prompt) draws from its own random stream, a hash of its seed and the step (:func:`row_uniforms`), so its
+  tokens never depend on which other rows share the batch or when they finish; the rows' seeds follow from
+  ``params.seed`` and the row's place (prompt, sample), so a seeded call is reproducible;
 - a row finishes on a stop token (kept in the output), a stop string (checked on the decoded tail) or
   ``max_new_tokens``; finished rows leave the batch and their cache rows are dropped, so no decode step is
   spent on them;
@@ -55,10 +58,47 @@ class GenerationResult:
     generated_tokens: int = 0
 
 
+# SplitMix64 (Steele, Lea and Flood 2014) on int64 tensors: multiplications wrap modulo 2**64 as the hash wants.
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
+_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_MIX2 = 0x94D049BB133111EB - (1 << 64)
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    x = (x ^ _shift_right(x, 30)) * _MIX1
+    x = (x ^ _shift_right(x, 27)) * _MIX2
+    return x ^ _shift_right(x, 31)
+
+
+def row_seeds(seed: int | None, rows: int, device=None) -> torch.Tensor:
+    """The seeds (rows,) of rows 0 .. rows - 1 of a call seeded with ``seed`` (None: a fresh draw from torch's
+    global random state)."""
+    if seed is None:
+        seed = int(torch.randint(0, 1 << 62, (1,)))
+    index = torch.arange(rows, dtype=torch.long, device=device)
+    return splitmix64(splitmix64(torch.full_like(index, seed)) + index * _GOLDEN)
+
+
+def _int64(value: int) -> int:
+    """``value`` modulo 2**64, as a signed 64-bit integer."""
+    return (value + (1 << 63)) % (1 << 64) - (1 << 63)
+
+
+def row_uniforms(seeds: torch.Tensor, step: int) -> torch.Tensor:
+    """Uniform draws in [0, 1) (rows,) of each row's stream at ``step``: 24 bits of a hash of (seed, step)."""
+    return _shift_right(splitmix64(seeds + _int64((step + 1) * _GOLDEN)), 40).float() * 2.0**-24
+
+
 def sample_tokens(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+    logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next tokens (n,) and their log-probs (n,) from last-position logits (n, V)."""
+    """Next tokens (n,) and their log-probs (n,) from last-position logits (n, V), drawn with ``uniforms`` (n,)
+    in [0, 1) (:func:`row_uniforms`; None: from torch's global random state)."""
     logits = logits.float()
     if params.temperature == 0:
         tokens = logits.argmax(-1)
@@ -75,7 +115,9 @@ def sample_tokens(
         scaled = scaled.scatter(1, order, ordered.masked_fill(outside, float("-inf")))
     # inverse-CDF sampling: one uniform draw per row (torch.multinomial draws one per vocabulary entry)
     cdf = torch.softmax(scaled, -1).cumsum(-1)
-    uniform = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+    if uniforms is None:
+        uniforms = torch.rand(cdf.shape[0], device=cdf.device)
+    uniform = uniforms[:, None].to(cdf.dtype) * cdf[:, -1:]
     tokens = torch.searchsorted(cdf, uniform).squeeze(1).clamp(max=cdf.shape[-1] - 1)
     return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
 
@@ -232,8 +274,8 @@ class NativeEngine:
         return GraphedBatch(self._graphs, cache, mask, positions, logits, total), rows.tolist()
 
     def _generate(self, model, device, prompts, n, params, quota, complete_at) -> GenerationResult:
-        generator = torch.Generator(device).manual_seed(params.seed) if params.seed is not None else None
         batch, owner = self._prefill(model, device, prompts, n, params)  # owner: prompt of each row
+        seeds = row_seeds(params.seed, len(owner), device)  # row p * n + j: sample j of prompt p
         rows, budget = len(owner), params.max_new_tokens
         # every active row has generated the same number of tokens, so step t writes column t of these
         tokens_out = torch.zeros(rows, budget, dtype=torch.long, device=device)
@@ -248,7 +290,7 @@ class NativeEngine:
         done_prompts: list[int] = []  # prompts with ``complete_at`` finished samples, in completion order
         steps = 0
         while active:
-            tokens, logprobs = sample_tokens(batch.logits(), params, generator)
+            tokens, logprobs = sample_tokens(batch.logits(), params, row_uniforms(seeds[active_index], steps))
             tokens_out[active_index, steps] = tokens
             logprobs_out[active_index, steps] = logprobs.float()
             codes = torch.isin(tokens, stop_ids).to(torch.int8)

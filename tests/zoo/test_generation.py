@@ -172,12 +172,13 @@ def test_a_group_completes_with_its_first_finishers_and_its_other_rows_are_abort
     full = NativeEngine(model).generate(PROMPTS, 4, SamplingParams(max_new_tokens=20, temperature=1.0, seed=4))
     stop = max(range(60), key=lambda t: sum(t in s.token_ids for s in full.samples))  # a common token
     params = SamplingParams(max_new_tokens=20, temperature=1.0, seed=4, stop_token_ids=(stop,))
-    for prompt in PROMPTS:  # one prompt per call: its rows see the same draws until the group completes
+    for prompt in PROMPTS:  # each row draws from its own stream: the same tokens until the group completes
         every = NativeEngine(model).generate([prompt], 4, params).samples
         early = NativeEngine(model).generate([prompt], 4, params, group_complete_at=2)
         first = sorted(sorted(range(4), key=lambda j: (len(every[j].token_ids), j))[:2])
         assert [s.token_ids for s in early.samples] == [every[j].token_ids for j in first]
-        assert early.decode_steps == len(every[first[-1]].token_ids) == max(len(s.token_ids) for s in early.samples)
+        last = max(len(every[j].token_ids) for j in first)  # the step the group's second finisher ended at
+        assert early.decode_steps == last == max(len(s.token_ids) for s in early.samples)
     quota = NativeEngine(model).generate(PROMPTS, 4, params, finished_groups_quota=2, group_complete_at=3)
     returned = sorted({s.prompt_index for s in quota.samples})
     assert len(returned) == 2 and [s.prompt_index for s in quota.samples] == [returned[0]] * 3 + [returned[1]] * 3
@@ -220,3 +221,32 @@ def test_a_stop_token_on_the_last_allowed_step_is_a_stop(budget, reason):
     (sample,) = engine.generate([[5, 6]], 1, params).samples
     assert sample.finish_reason == reason  # the hf and vllm engines say "stop" when EOS is the last token too
     assert sample.token_ids == [1, 1, 1, 0][:budget]
+
+
+def test_a_row_draws_from_its_own_stream_whatever_the_other_rows_do():
+    """Row p * n + j draws with a hash of (its seed, the step): other rows finishing early (a stop token) or
+    prompts appended after it change none of its tokens, where one shared generator would shift its draws."""
+    model = _model(seed=2)
+    free = SamplingParams(max_new_tokens=12, temperature=1.0, seed=9)
+    alone = NativeEngine(model).generate(PROMPTS, 3, free).samples
+    stop = alone[4].token_ids[2]  # ends that row (and others) early
+    stopped = NativeEngine(model).generate(PROMPTS, 3, SamplingParams(**{**free.__dict__, "stop_token_ids": (stop,)}))
+    assert any(len(s.token_ids) < 12 for s in stopped.samples) and any(len(s.token_ids) == 12 for s in stopped.samples)
+    for cut, whole in zip(stopped.samples, alone, strict=True):
+        expected = whole.token_ids[: whole.token_ids.index(stop) + 1] if stop in whole.token_ids else whole.token_ids
+        assert cut.token_ids == expected
+    more = NativeEngine(model).generate([*PROMPTS, [3, 3, 3], [9]], 3, free).samples
+    assert [s.token_ids for s in more[: len(alone)]] == [s.token_ids for s in alone]
+
+
+def test_row_streams_are_uniform_and_distinct():
+    from zoo.generation import row_seeds, row_uniforms
+
+    draws = torch.stack([row_uniforms(row_seeds(7, 2000), step) for step in range(50)])  # (steps, rows)
+    assert draws.min() >= 0 and draws.max() < 1
+    assert abs(draws.mean().item() - 0.5) < 0.005 and abs(draws.std().item() - 12**-0.5) < 0.005
+    histogram = torch.histc(draws, bins=10, min=0, max=1) / draws.numel()
+    assert (histogram - 0.1).abs().max() < 0.01
+    assert abs(torch.corrcoef(torch.stack([draws[:, 0], draws[:, 1]]))[0, 1]) < 0.5  # rows are not copies
+    assert torch.corrcoef(torch.stack([draws[:-1].flatten(), draws[1:].flatten()]))[0, 1].abs() < 0.02  # nor steps
+    assert not torch.equal(row_uniforms(row_seeds(7, 4), 0), row_uniforms(row_seeds(8, 4), 0))
