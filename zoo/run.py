@@ -91,6 +91,9 @@ def _hf_model_config(values: dict[str, Any], datamodule: L.LightningDataModule) 
     """An hf model's settings, checked against its transformers config before anything is built: an
     architecture transformers cannot build, or a tokenizer or ``data.seq_len`` the model cannot take, in one line."""
     config_from_dict({k: v for k, v in values.items() if k != "init_from"})  # its own fields checked first
+    local = Path(values["path"]).expanduser()
+    if local.is_dir():  # absolute, so that the run's checkpoint rebuilds it from any working directory
+        values = {**values, "path": str(local.resolve())}
     architecture = transformers_config(values["path"])
     rows = architecture.get_text_config().vocab_size
     if datamodule.vocab_size > rows:

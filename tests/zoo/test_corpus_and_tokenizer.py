@@ -1,5 +1,6 @@
 """The embedded corpus and the locally trained byte-level BPE."""
 
+import pytest
 from transformers import AutoTokenizer
 
 from zoo.corpus import embedded_corpus
@@ -37,3 +38,13 @@ def test_cached_bpe_is_trained_once_per_text_and_size(tmp_path):
     assert again("one two")["input_ids"] == first("one two")["input_ids"]
     cached_bpe(texts + ["more"], 280, tmp_path)
     assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_a_tokenizer_without_an_eos_token_is_one_line(tmp_path):
+    from tokenizers import Tokenizer, models
+
+    from zoo.errors import ConfigError
+
+    Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token="a")).save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(ConfigError, match="has no EOS token"):
+        load_tokenizer(tmp_path / "tokenizer.json")

@@ -56,11 +56,17 @@ def test_sft_then_hub_then_rl(hf_models, tmp_path, monkeypatch, arch, method, ke
 
 
 def test_validate_rebuilds_an_hf_run_from_its_checkpoint(hf_models, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    _zoo("fit", "model=hf", f"model.path={hf_models['llama']}", "data=sft", "module=sft", *QUICK,
+    """Trained from a relative model.path, validated from another working directory: the run keeps the
+    directory's absolute path."""
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "llama").symlink_to(hf_models["llama"])
+    monkeypatch.chdir(tmp_path / "work")
+    _zoo("fit", "model=hf", "model.path=llama", "data=sft", "module=sft", *QUICK,
          "data.seq_len=64", "trainer.max_steps=2", "trainer.val_check_interval=2", "name=fit")  # fmt: skip
-    fitted = json.loads((_run(tmp_path, "fit") / "metrics.json").read_text())
-    _zoo("validate", f"ckpt_path={_run(tmp_path, 'fit')}", "name=check")
+    fitted_run = _run(tmp_path / "work", "fit")
+    fitted = json.loads((fitted_run / "metrics.json").read_text())
+    monkeypatch.chdir(tmp_path)
+    _zoo("validate", f"ckpt_path={fitted_run}", "name=check")
     validated = json.loads((_run(tmp_path, "check") / "metrics.json").read_text())
     assert validated["val/loss"] == pytest.approx(fitted["val/loss"], rel=1e-5)
 

@@ -76,7 +76,10 @@ class HFEngine:
         group_complete_at: int | None = None,
     ) -> GenerationResult:
         if finished_groups_quota is not None or group_complete_at not in (None, n):
-            raise ConfigError("the hf engine cannot stop a round early (quota, partial groups): use native")
+            raise ConfigError(
+                "the hf engine cannot stop a round early (quota, partial groups): tail batching needs the native "
+                "engine, which serves zoo's own models"
+            )
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros(len(prompts), width, dtype=torch.long)
