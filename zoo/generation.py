@@ -89,9 +89,11 @@ def _int64(value: int) -> int:
     return (value + (1 << 63)) % (1 << 64) - (1 << 63)
 
 
-def row_uniforms(seeds: torch.Tensor, step: int) -> torch.Tensor:
-    """Uniform draws in [0, 1) (rows,) of each row's stream at ``step``: 24 bits of a hash of (seed, step)."""
-    return _shift_right(splitmix64(seeds + _int64((step + 1) * _GOLDEN)), 40).float() * 2.0**-24
+def row_uniforms(seeds: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+    """Uniform draws in [0, 1) (rows,) of each row's stream at ``step`` (one for all rows, or one per row): 24
+    bits of a hash of (seed, step)."""
+    offset = _int64((step + 1) * _GOLDEN) if isinstance(step, int) else (step + 1) * _GOLDEN
+    return _shift_right(splitmix64(seeds + offset), 40).float() * 2.0**-24
 
 
 def sample_tokens(
