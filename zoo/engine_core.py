@@ -76,6 +76,7 @@ class EngineCore:
         self.valid = torch.zeros(max_running, max_length, dtype=torch.bool, device=device)
         self.columns = torch.zeros(max_running, dtype=torch.long, device=device)
         self.seeds = torch.zeros(max_running, dtype=torch.long, device=device)
+        self.counts = torch.zeros(max_running, dtype=torch.long, device=device)  # tokens sampled per row
         self.logits: torch.Tensor | None = None  # (running, V): what the next token of each row is drawn from
         self.stop_ids = torch.tensor(params.stop_token_ids, dtype=torch.long, device=device)
         self.waiting: deque[Request] = deque()
@@ -110,8 +111,8 @@ class EngineCore:
         if not self.running:
             return []
         rows = len(self.running)
-        steps = torch.tensor([len(r.tokens) for r in self.running], device=self.seeds.device)
-        uniforms = row_uniforms(self.seeds[:rows], steps)
+        uniforms = row_uniforms(self.seeds[:rows], self.counts[:rows])
+        self.counts[:rows] += 1
         tokens, logprobs = sample_tokens(self.logits, self.params, uniforms)
         finished, done_rows = [], []
         stopped = torch.isin(tokens, self.stop_ids).tolist()
@@ -126,10 +127,9 @@ class EngineCore:
                 reason = "stop" if stop else "length"
                 finished.append(Finished(running.request.id, running.tokens, running.logprobs, reason))
                 done_rows.append(row)
-        self._retire(done_rows)
+        sources = self._retire(done_rows)
         if self.running:
-            last = torch.tensor([r.tokens[-1] for r in self.running], device=self.seeds.device)
-            self._decode(last)
+            self._decode(tokens[sources] if done_rows else tokens)
         return finished
 
     # -- internals --------------------------------------------------------------------------------------
@@ -165,33 +165,38 @@ class EngineCore:
             self.valid[row, :length] = True
             self.columns[row] = length
             self.seeds[row] = request.seed
+            self.counts[row] = 0
             self.running.append(_Running(request))
         rows = torch.tensor([index[tuple(r.prompt)] for r in admitted], device=device)
         new = logits[rows]
         self.logits = new if self.logits is None or first == 0 else torch.cat([self.logits[:first], new])
 
-    def _retire(self, rows: list[int]) -> None:
-        """Free ``rows``: the last occupied rows move into the holes, so occupied rows stay contiguous."""
+    def _retire(self, rows: list[int]) -> torch.Tensor:
+        """Free ``rows``: the last occupied rows move into the holes, so occupied rows stay contiguous. Returns
+        the row each remaining row held before (to carry per-row tensors along)."""
+        sources = list(range(len(self.running)))
         for row in sorted(rows, reverse=True):
             last = len(self.running) - 1
             if row != last:
-                self.keys[:, row] = self.keys[:, last]
-                self.values[:, row] = self.values[:, last]
-                self.valid[row] = self.valid[last]
-                self.columns[row] = self.columns[last]
-                self.seeds[row] = self.seeds[last]
+                for buffer in (self.keys, self.values):
+                    buffer[:, row] = buffer[:, last]
+                for buffer in (self.valid, self.columns, self.seeds, self.counts):
+                    buffer[row] = buffer[last]
                 self.running[row] = self.running[last]
+                sources[row] = sources[last]
                 if self.logits is not None:
                     self.logits[row] = self.logits[last]
             self.running.pop()
+            sources.pop()
             if self.logits is not None:
                 self.logits = self.logits[:last]
+        return torch.tensor(sources, device=self.seeds.device)
 
     def _decode(self, tokens: torch.Tensor) -> None:
         rows = len(self.running)
         columns = self.columns[:rows]
         self.valid[torch.arange(rows, device=columns.device), columns] = True
-        width = int(columns.max()) + 1
+        width = max(len(r.request.prompt) + len(r.tokens) for r in self.running)  # the largest column + 1
         cache = RowKVCache(self.keys[:, :rows], self.values[:, :rows], columns, width)
         valid = self.valid[:rows, :width]
         self.logits = decode_step(self.model, tokens[:, None], columns[:, None], valid, cache)

@@ -232,9 +232,59 @@ class NativeEngine:
         was_training = model.training
         model.eval()
         try:
-            return self._generate(model, device, prompts, n, params, finished_groups_quota, complete_at)
+            graphed = self.decode in ("graphs", "static") or (self.decode == "auto" and device.type == "cuda")
+            if graphed or self.dtype is not None:  # WIP: the request-level core serves the eager fp path only
+                return self._generate(model, device, prompts, n, params, finished_groups_quota, complete_at)
+            return self._generate_requests(model, prompts, n, params, finished_groups_quota, complete_at)
         finally:
             model.train(was_training)
+
+    def _generate_requests(self, model, prompts, n, params, quota, complete_at) -> GenerationResult:
+        """The batch API over :class:`zoo.engine_core.EngineCore`: n requests per prompt (request p * n + j is
+        sample j of prompt p, seeded as row p * n + j), each group's surplus aborted once ``complete_at`` of them
+        finished, everything aborted once ``quota`` groups are complete."""
+        from zoo.engine_core import EngineCore, Finished, Request
+
+        width = max(len(p) for p in prompts)
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if positions is not None and width + params.max_new_tokens - 1 > positions:
+            raise ConfigError(
+                f"a prompt of {width} tokens plus max_new_tokens={params.max_new_tokens} exceeds the model's "
+                f"max_position_embeddings={positions}"
+            )
+        total = len(prompts) * n
+        core = EngineCore(model, params, total, width + params.max_new_tokens, self.tokenizer)
+        seeds = row_seeds(params.seed, total, self.device).tolist()
+        for p, prompt in enumerate(prompts):
+            for j in range(n):
+                core.submit(Request(p * n + j, list(prompt), seeds[p * n + j]))
+        done: dict[int, Finished] = {}
+        finished_of: list[list[int]] = [[] for _ in prompts]
+        complete: list[int] = []
+        steps = 0
+        while core.busy and not (quota is not None and len(complete) >= quota):
+            steps += 1
+            for result in sorted(core.step(), key=lambda f: f.id):
+                done[result.id] = result
+                p = result.id // n
+                if len(finished_of[p]) < complete_at:
+                    finished_of[p].append(result.id)
+                    if len(finished_of[p]) == complete_at:
+                        complete.append(p)
+                        for other in range(p * n, p * n + n):
+                            if other not in done and (aborted := core.abort(other)) is not None:
+                                done[other] = aborted
+        for request in range(total):  # what an early stop left running or queued
+            if request not in done and (aborted := core.abort(request)) is not None:
+                done[request] = aborted
+        returned = sorted(complete[:quota] if quota is not None else complete)
+        samples = [
+            Sample(p, done[r].token_ids, done[r].logprobs, done[r].finish_reason)
+            for p in returned
+            for r in sorted(finished_of[p])
+        ]
+        unfinished = sorted(set(range(len(prompts))) - set(returned))
+        return GenerationResult(samples, unfinished, steps, sum(len(f.token_ids) for f in done.values()))
 
     def _prefill(self, model, device, prompts, n, params):
         """Every prompt's prefill, copied to its n rows: (the batch being decoded, the rows' prompts)."""

@@ -187,40 +187,17 @@ def test_a_group_completes_with_its_first_finishers_and_its_other_rows_are_abort
     assert quota.generated_tokens < NativeEngine(model).generate(PROMPTS, 4, params).generated_tokens
 
 
-class _StopsAfter(torch.nn.Module):
-    """A stand-in policy for the native engine that emits token 1 and then, as its ``k``-th token, EOS (0)."""
-
-    class Cache:
-        def __init__(self) -> None:
-            self.steps: torch.Tensor | None = None
-
-        def select(self, rows: torch.Tensor) -> None:
-            self.steps = self.steps[rows]
-
-    def __init__(self, k: int) -> None:
-        super().__init__()
-        self.k = k
-        self.unused = torch.nn.Parameter(torch.zeros(1))
-
-    def new_cache(self, batch_size, max_length, dtype=None, device=None):
-        return self.Cache()
-
-    def hidden_states(self, ids, position_ids=None, attention_mask=None, cache=None):
-        cache.steps = torch.zeros(len(ids)) if cache.steps is None else cache.steps + 1
-        return cache.steps[:, None, None].expand(-1, ids.shape[1], 1)
-
-    def lm_head(self, hidden):
-        last = hidden[:, 0] == self.k - 1  # the next token is the k-th
-        return torch.stack([last.float(), 1 - last.float()], dim=-1) * 10
-
-
 @pytest.mark.parametrize("budget, reason", [(4, "stop"), (3, "length"), (5, "stop")])
 def test_a_stop_token_on_the_last_allowed_step_is_a_stop(budget, reason):
-    engine = NativeEngine(_StopsAfter(k=4))
-    params = SamplingParams(max_new_tokens=budget, temperature=0.0, stop_token_ids=(0,))
-    (sample,) = engine.generate([[5, 6]], 1, params).samples
+    engine = NativeEngine(_model(seed=1))
+    prompt = PROMPTS[1]
+    greedy = engine.generate([prompt], 1, SamplingParams(max_new_tokens=8, temperature=0.0)).samples[0].token_ids
+    stop = next(t for i, t in enumerate(greedy) if i >= 3 and t not in greedy[:i])  # a token first seen at i >= 3
+    first = greedy.index(stop)
+    params = SamplingParams(max_new_tokens=first + budget - 3, temperature=0.0, stop_token_ids=(stop,))
+    (sample,) = engine.generate([prompt], 1, params).samples
     assert sample.finish_reason == reason  # the hf and vllm engines say "stop" when EOS is the last token too
-    assert sample.token_ids == [1, 1, 1, 0][:budget]
+    assert sample.token_ids == greedy[: min(first + 1, first + budget - 3)]
 
 
 def test_a_row_draws_from_its_own_stream_whatever_the_other_rows_do():
