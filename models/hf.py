@@ -143,7 +143,7 @@ class HFCausalLM(nn.Module):
             self.hf = AutoModelForCausalLM.from_pretrained(
                 directory, dtype=DTYPES[config.dtype], attn_implementation=config.attn_implementation
             )
-        except (OSError, ValueError, ImportError) as e:  # no weights, bad attention implementation, ...
+        except Exception as e:  # no weights, corrupt weights, an attention implementation it lacks: name the model
             raise ConfigError(f"model.path={config.path}: {type(e).__name__}: {first_line(e)}") from None
         self.hf.train()  # from_pretrained returns it in eval mode; a zoo model starts in training mode
         if config.gradient_checkpointing:  # transformers >= 5.24 names it activation checkpointing
