@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, first_line
 from zoo.models.gpt_neox import attention_mask
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -89,26 +89,37 @@ def resolve_path(path: str, key: str = "model.path") -> Path:
         ) from None
 
 
-def transformers_config(path: str):
-    """The transformers config of the model at ``path``, checked to be a causal LM transformers can build."""
-    from transformers import AutoConfig
+def model_type(directory: Path) -> str | None:
+    """The ``model_type`` that ``directory/config.json`` names."""
+    file = directory / "config.json"
+    try:
+        return json.loads(file.read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        raise ConfigError(f"{file}: unreadable ({type(e).__name__}: {e})") from None
+
+
+def causal_lm_directory(path: str) -> Path:
+    """The local directory of ``path`` (:func:`resolve_path`), checked to hold a causal LM transformers can build."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     directory = resolve_path(path)
-    file = directory / "config.json"
-    try:
-        model_type = json.loads(file.read_text()).get("model_type")
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{file}: unreadable ({type(e).__name__}: {e})") from None
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    if (found := model_type(directory)) not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ConfigError(
-            f"{file}: model_type {model_type!r} is not a causal LM that this transformers version knows "
-            "(no AutoModelForCausalLM class for it)"
+            f"{directory / 'config.json'}: model_type {found!r} is not a causal LM that this transformers version "
+            "knows (no AutoModelForCausalLM class for it)"
         )
+    return directory
+
+
+def transformers_config(path: str):
+    """The transformers config of the causal LM at ``path``."""
+    from transformers import AutoConfig
+
+    directory = causal_lm_directory(path)
     try:
         return AutoConfig.from_pretrained(directory)
     except Exception as e:
-        raise ConfigError(f"{file}: {type(e).__name__}: {_first_line(e)}") from None
+        raise ConfigError(f"{directory / 'config.json'}: {type(e).__name__}: {first_line(e)}") from None
 
 
 def quiet_transformers() -> None:
@@ -116,11 +127,6 @@ def quiet_transformers() -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else "no message"
 
 
 class HFCausalLM(nn.Module):
@@ -132,14 +138,13 @@ class HFCausalLM(nn.Module):
 
         self.config = config
         quiet_transformers()
-        directory = resolve_path(config.path)
-        transformers_config(config.path)  # one line for an architecture transformers cannot build
+        directory = causal_lm_directory(config.path)  # one line for an architecture transformers cannot build
         try:
             self.hf = AutoModelForCausalLM.from_pretrained(
                 directory, dtype=DTYPES[config.dtype], attn_implementation=config.attn_implementation
             )
-        except (OSError, ValueError, ImportError) as e:  # no weights, bad attention implementation, ...
-            raise ConfigError(f"model.path={config.path}: {type(e).__name__}: {_first_line(e)}") from None
+        except Exception as e:  # no weights, corrupt weights, an attention implementation it lacks: name the model
+            raise ConfigError(f"model.path={config.path}: {type(e).__name__}: {first_line(e)}") from None
         self.hf.train()  # from_pretrained returns it in eval mode; a zoo model starts in training mode
         if config.gradient_checkpointing:  # transformers >= 5.24 names it activation checkpointing
             if hasattr(self.hf, "activation_checkpointing_enable"):

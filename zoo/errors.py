@@ -17,6 +17,12 @@ class DataError(ZooError, ValueError):
     """Malformed or missing input data; the message names the file and row."""
 
 
+def first_line(error: Exception) -> str:
+    """The first line of an exception's message (a library's multi-line message, inside a one-line error)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else "no message"
+
+
 def require_int(key: str, value: object, minimum: int) -> None:
     """A :class:`ConfigError` naming ``key`` unless ``value`` is an integer >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

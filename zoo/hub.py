@@ -44,7 +44,7 @@ from safetensors.torch import load_file, save, save_file
 
 from zoo import __version__
 from zoo.checkpoint_io import read_checkpoint
-from zoo.errors import ZooError
+from zoo.errors import ZooError, first_line
 from zoo.files import atomic_directory, atomic_file, cache_dir, sha256_file
 
 MANIFEST = "manifest.json"
@@ -245,11 +245,13 @@ class Hub:
         validate_name(name)
         checkpoint_path, run_dir = _locate_checkpoint(Path(source).expanduser())
         checkpoint = read_checkpoint(checkpoint_path)
-        config, weights = _model_state(checkpoint, checkpoint_path)
+        config, state = _model_state(checkpoint, checkpoint_path)
         hparams = checkpoint["hyper_parameters"]
         with tempfile.TemporaryDirectory(prefix="zoo-push-") as scratch:
+            weights: dict[str, torch.Tensor] | Path = state
             if config.get("arch") == "hf":  # written the way transformers writes it, then copied into the entry
-                config, weights = _save_hf_run(config, weights, checkpoint_path, Path(scratch))
+                weights = Path(scratch)
+                config = _save_hf_run(config, state, checkpoint_path, weights)
             return self._publish_run(name, config, weights, checkpoint, hparams, checkpoint_path, run_dir, overwrite)
 
     def _publish_run(self, name, config, weights, checkpoint, hparams, checkpoint_path, run_dir, overwrite) -> Entry:
@@ -285,9 +287,11 @@ class Hub:
             weights = entry.path / HF_DIRECTORY if entry.is_hf else entry.state_dict()
             return self._write(name, entry.config, weights, tokenizer, card, source, overwrite)
         tokenizer = directory if any((directory / f).is_file() for f in _TOKENIZER_FILES) else None
-        model_type = _hf_model_type(directory)
-        if model_type != "gpt_neox":  # an architecture zoo does not implement: kept in transformers' format
-            config = {"arch": "hf", "model_type": model_type}
+        from zoo.models.hf import model_type
+
+        architecture = model_type(directory)
+        if architecture != "gpt_neox":  # an architecture zoo does not implement: kept in transformers' format
+            config = {"arch": "hf", "model_type": architecture}
             return self._write(name, config, directory, tokenizer, {"imported_from": source}, source, overwrite)
         config, state = _read_hf_directory(directory)
         return self._write(name, config, state, tokenizer, {"imported_from": source}, source, overwrite)
@@ -450,7 +454,7 @@ def _read_hf_directory(directory: Path) -> tuple[dict[str, Any], dict[str, torch
             else:
                 weights = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated, corrupt, or not weights at all: name the file
-            raise HubError(f"{file}: not readable weights ({type(e).__name__}: {_first_line(e)})") from None
+            raise HubError(f"{file}: not readable weights ({type(e).__name__}: {first_line(e)})") from None
         if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
             raise HubError(f"{file}: not a table of named tensors")
         state.update(weights)
@@ -472,13 +476,6 @@ def _weight_files(directory: Path) -> list[Path]:
     raise HubError(f"{directory}: no model.safetensors or pytorch_model.bin")
 
 
-def _hf_model_type(directory: Path) -> str | None:
-    try:
-        return json.loads((directory / "config.json").read_text()).get("model_type")
-    except (OSError, json.JSONDecodeError, AttributeError) as e:
-        raise HubError(f"{directory / 'config.json'}: unreadable ({type(e).__name__}: {e})") from None
-
-
 def _hf_model_files(directory: Path) -> list[Path]:
     """The files of a transformers model directory that make the model: config, generation config, weights (with
     their index). Tokenizer files go to the entry's ``tokenizer/``."""
@@ -491,17 +488,17 @@ def check_hf_directory(directory: Path, source: str) -> int:
     it needs is there with its shape. Returns its number of parameters."""
     from transformers import AutoModelForCausalLM
 
-    from zoo.models.hf import quiet_transformers, transformers_config
+    from zoo.models.hf import causal_lm_directory, quiet_transformers
 
     quiet_transformers()
     _weight_files(directory)  # one line when there are none
     try:
-        transformers_config(str(directory))
+        causal_lm_directory(str(directory))
         model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True)
     except ZooError as e:
         raise HubError(f"{source}: {e}") from None
     except Exception as e:  # corrupt or truncated weights: name the directory
-        raise HubError(f"{source}: transformers cannot load it ({type(e).__name__}: {_first_line(e)})") from None
+        raise HubError(f"{source}: transformers cannot load it ({type(e).__name__}: {first_line(e)})") from None
     problems = [f"missing {k}" for k in info.get("missing_keys", ())]
     problems += [f"misshapen {k[0] if isinstance(k, tuple) else k}" for k in info.get("mismatched_keys", ())]
     if problems:
@@ -512,8 +509,8 @@ def check_hf_directory(directory: Path, source: str) -> int:
 
 def _save_hf_run(
     config: dict[str, Any], state: dict[str, torch.Tensor], checkpoint: Path, directory: Path
-) -> tuple[dict[str, Any], Path]:
-    """An hf run's weights written by transformers into ``directory``; the entry's config."""
+) -> dict[str, Any]:
+    """Write an hf run's model into ``directory`` the way transformers does; returns the entry's config."""
     from zoo.models import build_model, config_from_dict
 
     try:
@@ -522,7 +519,7 @@ def _save_hf_run(
         raise HubError(f"{checkpoint}: cannot rebuild its hf model ({e})") from None
     model.load_state_dict(state)
     model.hf.save_pretrained(directory)
-    return {"arch": "hf", "model_type": model.hf.config.model_type}, directory
+    return {"arch": "hf", "model_type": model.hf.config.model_type}
 
 
 def _download_hf(repo_id: str) -> Path:
@@ -535,12 +532,7 @@ def _download_hf(repo_id: str) -> Path:
             )
         )
     except Exception as e:  # offline, unknown repo, gated: one line that says which
-        raise HubError(f"hf:{repo_id}: download failed ({type(e).__name__}: {_first_line(e)})") from None
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else "no message"
+        raise HubError(f"hf:{repo_id}: download failed ({type(e).__name__}: {first_line(e)})") from None
 
 
 def _plain(value: Any) -> Any:

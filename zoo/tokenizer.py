@@ -44,9 +44,10 @@ def _with_special_tokens(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokeni
     if tokenizer.eos_token is None and tokenizer.convert_tokens_to_ids(EOS) is not None:
         tokenizer.eos_token = EOS
     if tokenizer.eos_token is None:
+        name = getattr(tokenizer, "name_or_path", "") or "given"
         raise ConfigError(
-            f"the tokenizer {getattr(tokenizer, 'name_or_path', '') or ''} has no EOS token (needed to end documents "
-            "and completions): give it one (eos_token in tokenizer_config.json)"
+            f"the tokenizer {name} has no EOS token (needed to end documents and completions): give it one "
+            "(eos_token in tokenizer_config.json)"
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = PAD if PAD in tokenizer.get_vocab() else tokenizer.eos_token

@@ -204,3 +204,13 @@ def test_an_architecture_that_cannot_isolate_packed_examples_says_so_and_trains_
     loss = causal_lm_loss(policy, batch)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_corrupt_weights_are_one_line_naming_the_model(hf_models, tmp_path):
+    import shutil
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(hf_models["llama"], corrupt)
+    (corrupt / "model.safetensors").write_bytes((corrupt / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(ConfigError, match=rf"model.path={corrupt}: SafetensorError"):
+        _policy({"corrupt": corrupt}, "corrupt")

@@ -76,18 +76,17 @@ class RolloutCallback(L.Callback):
         policy, tokenizer = pl_module.model, pl_module.trainer.datamodule.tokenizer
         options = self.engine_options
         self.engine_name = engine_for(policy.config, self.engine_name)
+        dtype = self.dtype or next(policy.parameters()).dtype  # hf and vllm: by default the policy's own
         if self.engine_name == "native":
             self.engine = NativeEngine(self._replica(pl_module), tokenizer=tokenizer, dtype=self.dtype, **options)
         elif self.engine_name == "hf":
             from zoo.engines.hf import HFEngine
 
-            dtype = self.dtype or next(policy.parameters()).dtype  # by default the policy's own
             self.engine = HFEngine(policy.config, tokenizer, device=pl_module.device, dtype=dtype, **options)
         else:
             from zoo.engines.vllm import VLLMEngine
 
             weights = ((name, _full(p.detach())) for name, p in policy.named_parameters())
-            dtype = self.dtype or next(policy.parameters()).dtype
             self.engine = VLLMEngine(policy.config, weights, tokenizer, dtype=dtype, **options)
         self.sync(pl_module, step=pl_module.global_step)
         log.info("rollout: %s engine, weights synced every %d step(s)", self.engine_name, self.sync_every)

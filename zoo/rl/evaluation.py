@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from zoo.engines import in_place_engine
-from zoo.generation import NativeEngine, SamplingParams
+from zoo.generation import SamplingParams
 from zoo.rl.rewards import RewardRunner
 
 
@@ -27,7 +27,7 @@ def pass_at_k(n: int, correct: int, k: int) -> float:
 
 
 def evaluate_pass_at_k(
-    engine: NativeEngine,
+    engine: Any,  # any rollout engine (zoo.engines)
     tokenizer: Any,
     problems: Sequence[dict[str, Any]],
     reward: RewardRunner,
