@@ -358,6 +358,14 @@ class GPTNeoX(nn.Module):
         self.body(x, self.attention_inputs(input_ids, None, None, None, x.dtype), trace)
         return trace
 
+    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, cache) -> torch.Tensor:
+        """Next-token logits (B, V) after feeding ``tokens`` (B, 1) at ``positions`` (B, 1) into ``cache`` (whose
+        ``update`` writes every row at its own column), each row attending to the columns ``valid`` (B, L) marks."""
+        x = self.embed_tokens(tokens)
+        cos, sin = self.rotary(positions, x.dtype)
+        hidden = self.norm(self.body(x, AttentionInputs(cos, sin, valid[:, None, None, :], cache)))
+        return self.lm_head(hidden[:, -1])
+
     def hidden_states(
         self,
         input_ids: torch.Tensor,

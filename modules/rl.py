@@ -36,7 +36,7 @@ from zoo.optim import OptimConfig, TrainingDiverged, build_adamw, build_schedule
 from zoo.rl import advantages as estimators
 from zoo.rl.evaluation import evaluate_pass_at_k
 from zoo.rl.losses import aggregate, kl_penalty, ppo_clip_loss
-from zoo.rl.rewards import RewardRunner
+from zoo.rl.rewards import PendingRewards, RewardBatch, RewardRunner
 from zoo.rl.rollout import RolloutBatch, Round, token_logprobs
 from zoo.strategies import clip_grad_norm, shard_for_strategy
 
@@ -180,12 +180,16 @@ class RLModule(L.LightningModule):
         )
         return Round.from_generation(problems, result, self.tokenizer, self.device)
 
-    def score(self, problems: list[dict[str, Any]], batch: RolloutBatch, texts: list[str]) -> torch.Tensor:
+    def score(self, problems: list[dict[str, Any]], batch: RolloutBatch, texts: list[str]) -> RewardBatch:
         """Stage 2: one reward per completion."""
-        owners = batch.prompt_index.tolist()
-        result = self.rewards.score(
-            [problems[i]["prompt"] for i in owners], texts, [problems[i]["reference"] for i in owners]
-        )
+        return self.submit_scores([problems[i] for i in batch.prompt_index.tolist()], texts).wait()
+
+    def submit_scores(self, problems: list[dict[str, Any]], texts: list[str]) -> PendingRewards:
+        """Start scoring ``texts`` (completion i answers ``problems[i]``) on the reward runner's workers."""
+        return self.rewards.submit_answers(problems, texts)
+
+    def log_rewards(self, result: RewardBatch) -> torch.Tensor:
+        """Log what a batch's scoring found; its scores on the module's device."""
         self.log_dict({"reward/failures": float(result.failures), "reward/timeouts": float(result.timeouts)})
         for name, values in result.parts.items():
             self.log(f"reward/{name}", values.mean())
@@ -250,14 +254,17 @@ class RLModule(L.LightningModule):
 
     @property
     def sampler(self):
-        """The sampler callback that decides which prompts each step trains (tail batching), if any."""
-        return next((c for c in self.trainer.callbacks if hasattr(c, "next_round")), None)
+        """What decides which prompts each step trains, if not the training loader: a sampler callback (tail
+        batching), or else the rollout callback's queue scheduling."""
+        found = next((c for c in self.trainer.callbacks if hasattr(c, "next_round")), None)
+        return found or self.rollout_callback.queue_sampler
 
     def training_step(self, problems: list[dict[str, Any]], batch_idx: int) -> None:
         sampler = self.sampler
         step = sampler.next_round(self) if sampler is not None else self.rollout(problems)
         problems, batch, texts = step.problems, step.batch, step.texts
-        batch.rewards = self.score(problems, batch, texts)
+        rewards = step.rewards if step.rewards is not None else self.score(problems, batch, texts)
+        batch.rewards = self.log_rewards(rewards)
         self.prepare(batch)
         batch.advantages = self.advantages(batch)
         if not torch.isfinite(batch.advantages).all():  # e.g. a custom reward or estimator gone wrong: skip it

@@ -5,6 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from zoo.models.gpt_neox import KVCache
 
 # Tests never reach a hub: without this every lookup hangs for tens of seconds before failing.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -196,3 +199,35 @@ def tiny_hf_model(tmp_path):
         return save_tiny_hf_model(tmp_path / model_type, model_type, chat)
 
     return make
+
+
+class ScriptedLengths(torch.nn.Module):
+    """A stand-in policy for the native engine whose completions have random lengths set by their prompt: every
+    step a row emits EOS (token 0) with probability 1 / d, where d is its prompt's last token, else token 1. The
+    engine samples these from its seeded row streams, so its own quota logic decides which prompts complete. The
+    prefill stores d in the row's KV cache (every column); a decode step reads it back from column 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(2, 1)  # the engine reads its device and dtype from here
+
+    def new_cache(self, batch_size, max_length, dtype=None, device=None):
+        return KVCache(1, batch_size, 1, max_length, 1, dtype=dtype or torch.float32, device=device)
+
+    def hidden_states(self, ids, position_ids=None, attention_mask=None, cache=None):
+        difficulty = ids[:, -1].float()
+        cache.keys[0, :, 0, : ids.shape[1], 0] = difficulty[:, None]
+        return difficulty[:, None, None].expand(-1, ids.shape[1], 1)
+
+    def decode_step(self, tokens, positions, valid, cache):
+        keys, _ = cache.update(0, torch.zeros(len(tokens), 1, 1, 1), torch.zeros(len(tokens), 1, 1, 1))
+        return self.lm_head(keys[:, 0, 0, :])
+
+    def lm_head(self, hidden):
+        stop = 1 / hidden[:, 0]
+        return torch.stack([stop.log(), (1 - stop).clamp(min=1e-6).log()], dim=-1)
+
+
+@pytest.fixture
+def scripted_lengths() -> type[ScriptedLengths]:
+    return ScriptedLengths

@@ -1,37 +1,57 @@
-"""WIP (issue 13): the request-level core of the native engine, with continuous batching (eager path only).
+"""The native engine's core: request-level generation with continuous batching, on CPU and GPU.
 
-``EngineCore(model, params, max_running, max_length)`` keeps a pool of ``max_running`` rows, each with its own KV
-cache columns, write column, position and random stream:
+``EngineCore`` decodes from a :class:`RowPool`: ``max_running`` sequence rows, each with its own KV cache columns,
+write column, random stream and output buffer.
 
-- ``submit(Request)`` queues a request (prompt tokens, an id, a seed); ``abort(id)`` drops it, queued or running;
-- ``step()`` admits queued requests into free rows (one prefill for all of them, identical prompts prefilled once,
-  their keys and values copied into columns 0 .. len - 1 of their rows), samples one token for every running
-  row, retires the rows that finished (a stop token, a stop string, ``max_new_tokens``) and returns them, and runs
-  one decode step for the rest. A retired row's place is taken at the next step by a queued request;
-- occupied rows stay contiguous (a retired row is replaced by the last occupied one), so a decode step computes
-  only the rows in use and attends only to the columns in use.
+- ``submit(Request)`` queues a request (id, prompt tokens, sampling params, seed); ``abort(id)`` drops it, queued
+  or running, and returns what it had generated (finish reason ``abort``);
+- ``step()`` admits queued requests into free rows, samples one token for every running row, returns the
+  requests that finished (a stop token, a stop string, their ``max_new_tokens``) and runs one decode step for
+  the rest. A finished or aborted row is free at once; the next ``step()`` refills it with a queued request.
 
-A request's tokens depend on its prompt, its seed and the weights only: not on which requests share its steps.
+Admission runs **in a step of its own** before the step's sampling: one prefill of the admitted prompts
+(identical prompts prefilled once, so a prompt's n replicas cost one prefill), left-padded, whose keys and
+values are copied into columns ``0 .. len - 1`` of the new rows. Decoding then treats old and new rows alike.
+(Chunked prefill inside the decode batch would hide a prefill behind decoding; at rollout sizes a prefill costs
+a few decode steps, so the simpler choice stands: `bench/queue_scheduling.py` prints the share of time spent
+in prefill.)
+
+Occupied rows stay contiguous (a freed row is filled by the last occupied one), so a step computes only the
+rows in use. Two ways to run a decode step (``decode``):
+
+- ``eager``: the step runs on the occupied rows, attending to the columns in use (CPU, or no graphs);
+- ``graphs``: the step is captured as a CUDA graph per row *bucket* (powers of two up to ``max_running``) over
+  static pool buffers, and replayed: at rollout batch sizes launching a step's few hundred kernels from Python
+  costs more than running them. Attention reads all columns, masked. The replay is launched before the host
+  learns which rows finished (their step is wasted), so the host's bookkeeping overlaps the GPU's work.
+  ``static`` runs the same static-buffer steps uncaptured: the graph path's logic on any device.
+
+A request's tokens depend on its prompt, its params, its seed and the weights only, not on which requests share
+its steps: every row draws from its own random stream (``zoo.generation.row_uniforms``) and attends only to its
+own columns.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from zoo.decode_graphs import decode_step
 from zoo.generation import SamplingParams, hits_stop_string, row_uniforms, sample_tokens
+
+COLUMN_MULTIPLE = 64  # graphed pools round their length up to this
+DECODE_MODES = ("eager", "graphs", "static")
 
 
 @dataclass
 class Request:
     id: Hashable
     prompt: list[int]
-    seed: int
+    params: SamplingParams
+    seed: int = 0
 
 
 @dataclass
@@ -39,70 +59,198 @@ class Finished:
     id: Hashable
     token_ids: list[int]
     logprobs: list[float]
-    finish_reason: str  # "stop", "length" or "abort"
+    finish_reason: str  # "stop" (a stop token or string), "length" or "abort"
+
+
+def bucket_for(rows: int, limit: int) -> int:
+    return min(1 << max(rows - 1, 0).bit_length(), limit)
+
+
+class RowKVCache:
+    """Keys and values (entries, B, H, L, D) of B pool rows; row i writes its new token at ``columns[i]``;
+    attention reads columns ``[:width]``."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, columns: torch.Tensor, width: int) -> None:
+        self.keys, self.values, self.columns, self.width = keys, values, columns, width
+
+    def update(self, entry: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self.columns.view(-1, 1, 1, 1).expand(k.shape)  # k: (B, H, 1, D)
+        keys, values = self.keys[entry], self.values[entry]
+        keys.scatter_(2, index, k.to(keys.dtype))
+        values.scatter_(2, index, v.to(values.dtype))
+        return keys[:, :, : self.width], values[:, :, : self.width]
+
+
+class _HostCopy:
+    """A step's per-row stop flags on their way to the CPU. On a GPU the copy goes to pinned memory behind an
+    event, so waiting for it does not wait for the decode step launched after it."""
+
+    def __init__(self, flags: torch.Tensor, pinned: torch.Tensor | None) -> None:
+        self.flags, self.event = flags, None
+        if pinned is not None:
+            self.host = pinned[: len(flags)]
+            self.host.copy_(flags, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def list(self) -> list[bool]:
+        if self.event is None:
+            return self.flags.tolist()
+        self.event.synchronize()
+        return self.host.tolist()
+
+
+class RowPool:
+    """The static buffers of ``rows`` sequence rows of ``length`` columns, and the decode steps over them.
+
+    Per row: keys and values, ``valid`` (which columns it attends to), ``columns`` (where its next token goes;
+    its position id too: a row's prompt starts at column 0), the token to feed, the next-token ``logits``, its
+    seed and sampled-token count, and its generated tokens and log-probs so far. A :class:`RowPool` outlives the
+    cores that use it, so the CUDA graphs captured over its buffers are reused from call to call.
+    """
+
+    def __init__(
+        self, model: nn.Module, rows: int, length: int, dtype: torch.dtype | None, decode: str, max_new: int
+    ) -> None:
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+        self.model, self.rows, self.decode, self.max_new = model, rows, decode, max_new
+        self.graphed = decode != "eager"
+        if self.graphed:  # + 1: a step launched past a row's end still writes in bounds
+            length = -(-(length + 1) // COLUMN_MULTIPLE) * COLUMN_MULTIPLE
+        self.length = length
+        device = model.embed.weight.device
+        self.dtype = dtype or model.embed.weight.dtype
+        cache = model.new_cache(rows, length, dtype=self.dtype, device=device)
+        self.keys, self.values = cache.keys, cache.values
+        self.valid = torch.zeros(rows, length, dtype=torch.bool, device=device)
+        self.columns = torch.zeros(rows, dtype=torch.long, device=device)
+        self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        self.seeds = torch.zeros(rows, dtype=torch.long, device=device)
+        self.counts = torch.zeros(rows, dtype=torch.long, device=device)
+        self.out_tokens = torch.zeros(rows, max_new, dtype=torch.long, device=device)
+        self.out_logprobs = torch.zeros(rows, max_new, dtype=torch.float32, device=device)
+        self.logits: torch.Tensor | None = None  # (rows, V), allocated at the first prefill
+        self.pinned = torch.empty(rows, dtype=torch.bool, pin_memory=True) if device.type == "cuda" else None
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None) or length
+        self.last_position = min(length, positions) - 1
+        self.steps: dict[int, Callable[[], None]] = {}  # graphed decode step per bucket
+
+    def fits(self, rows: int, length: int, dtype: torch.dtype | None, max_new: int) -> bool:
+        return (
+            self.rows == rows
+            and (self.dtype == (dtype or self.model.embed.weight.dtype))
+            and self.max_new >= max_new
+            and (self.length >= length + 1 if self.graphed else self.length >= length)
+        )
+
+    def autocast(self):
+        device = self.keys.device.type
+        return torch.autocast(device, dtype=self.dtype, enabled=self.dtype != self.model.embed.weight.dtype)
+
+    def move(self, source: int, target: int, width: int) -> None:
+        """Row ``source`` (its first ``width`` columns) takes row ``target``'s place."""
+        self.keys[:, target, :, :width] = self.keys[:, source, :, :width]
+        self.values[:, target, :, :width] = self.values[:, source, :, :width]
+        for buffer in (self.valid, self.columns, self.seeds, self.counts, self.out_tokens, self.out_logprobs):
+            buffer[target] = buffer[source]
+        self.logits[target] = self.logits[source]
+
+    def decode_eager(self, tokens: torch.Tensor, rows: int, width: int) -> None:
+        """Feed ``tokens`` (rows,) to the first ``rows`` rows, whose columns in use end before ``width``."""
+        columns = self.columns[:rows]
+        self.valid[:rows].scatter_(1, columns[:, None], True)
+        cache = RowKVCache(self.keys[:, :rows], self.values[:, :rows], columns, width)
+        with self.autocast():
+            logits = self.model.decode_step(tokens[:, None], columns[:, None], self.valid[:rows, :width], cache)
+        self.logits[:rows] = logits
+        self.columns[:rows] += 1
+
+    def launch(self, tokens: torch.Tensor, rows: int) -> None:
+        """Feed ``tokens`` (rows,) through the graphed step of the smallest bucket holding ``rows`` rows."""
+        self.tokens[:rows, 0] = tokens
+        bucket = bucket_for(rows, self.rows)
+        if bucket not in self.steps:
+            self.steps[bucket] = self._captured(bucket) if self.decode == "graphs" else self._static_step(bucket)
+        self.steps[bucket]()
+
+    def _static_step(self, bucket: int) -> Callable[[], None]:
+        keys, values, valid = self.keys[:, :bucket], self.values[:, :bucket], self.valid[:bucket]
+        columns, tokens, logits, model = self.columns[:bucket], self.tokens[:bucket], self.logits[:bucket], self.model
+        last_column, last_position = self.length - 1, self.last_position
+
+        def step() -> None:  # rows past the occupied ones are idle: clamped, so they stay in bounds
+            write = columns.clamp(max=last_column)
+            valid.scatter_(1, write[:, None], True)
+            cache = RowKVCache(keys, values, write, self.length)
+            with torch.no_grad(), self.autocast():
+                positions = columns.clamp(max=last_position)[:, None]
+                logits.copy_(model.decode_step(tokens, positions, valid, cache))
+            columns.add_(1)
+
+        return step
+
+    def _captured(self, bucket: int) -> Callable[[], None]:
+        step = self._static_step(bucket)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        saved = (self.valid.clone(), self.columns.clone())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm up kernels and workspaces outside the capture
+                step()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        self.valid.copy_(saved[0])  # warm-up and capture ran the step: undo what they wrote
+        self.columns.copy_(saved[1])
+        return graph.replay
 
 
 @dataclass
 class _Running:
     request: Request
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-
-
-class RowKVCache:
-    """The pool's keys and values (entries, rows, H, L, D) of the first ``rows`` rows, each written at its own
-    column; attention reads columns ``[:width]``."""
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, columns: torch.Tensor, width: int) -> None:
-        self.keys, self.values, self.columns, self.width = keys, values, columns, width
-        self.rows = torch.arange(len(columns), device=columns.device)
-
-    def update(self, entry: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.keys[entry][self.rows, :, self.columns] = k[:, :, 0]
-        self.values[entry][self.rows, :, self.columns] = v[:, :, 0]
-        return self.keys[entry][:, :, : self.width], self.values[entry][:, :, : self.width]
+    count: int = 0  # tokens sampled
 
 
 class EngineCore:
-    def __init__(
-        self, model: nn.Module, params: SamplingParams, max_running: int, max_length: int, tokenizer=None
-    ) -> None:
-        self.model, self.params, self.tokenizer = model, params, tokenizer
-        self.max_running, self.max_length = max_running, max_length
-        device, c = model.embed.weight.device, model.config
-        shape = (model.num_attention_calls, max_running, c.num_attention_heads, max_length, c.head_dim)
-        self.keys = torch.zeros(shape, dtype=model.embed.weight.dtype, device=device)
-        self.values = torch.zeros_like(self.keys)
-        self.valid = torch.zeros(max_running, max_length, dtype=torch.bool, device=device)
-        self.columns = torch.zeros(max_running, dtype=torch.long, device=device)
-        self.seeds = torch.zeros(max_running, dtype=torch.long, device=device)
-        self.counts = torch.zeros(max_running, dtype=torch.long, device=device)  # tokens sampled per row
-        self.logits: torch.Tensor | None = None  # (running, V): what the next token of each row is drawn from
-        self.stop_ids = torch.tensor(params.stop_token_ids, dtype=torch.long, device=device)
+    def __init__(self, pool: RowPool, tokenizer=None) -> None:
+        self.pool, self.tokenizer = pool, tokenizer
         self.waiting: deque[Request] = deque()
-        self.running: list[_Running] = []  # row i of the pool holds running[i]
-        self.decode_steps = 0
+        self.running: list[_Running] = []  # pool row i holds running[i]
+        self.decode_steps = self.prefills = 0
+        self.occupancy = 0.0  # sum over decode steps of running rows / pool rows
+        device = pool.keys.device
+        self._stop_ids = torch.zeros(0, dtype=torch.long, device=device)
+        self._stop_set: frozenset[int] = frozenset()
+        self._mixed_stops = False  # running requests with different stop tokens
 
     @property
     def busy(self) -> bool:
         return bool(self.waiting or self.running)
 
     def submit(self, request: Request) -> None:
-        if len(request.prompt) + self.params.max_new_tokens > self.max_length:
-            raise ValueError(f"request {request.id!r}: prompt + max_new_tokens exceed max_length {self.max_length}")
+        params = request.params
+        if len(request.prompt) + params.max_new_tokens > self.pool.length:
+            raise ValueError(f"request {request.id!r}: prompt + max_new_tokens exceed the pool's {self.pool.length}")
+        if params.max_new_tokens > self.pool.max_new:
+            raise ValueError(f"request {request.id!r}: max_new_tokens above the pool's {self.pool.max_new}")
+        if not request.prompt:
+            raise ValueError(f"request {request.id!r}: an empty prompt")
         self.waiting.append(request)
 
     @torch.inference_mode()
     def abort(self, request_id: Hashable) -> Finished | None:
-        """Drop a request; a running one comes back with the tokens it has (finish reason ``abort``)."""
+        """Drop a request; a running one comes back with the tokens it has. None if it is not here."""
         for queued in self.waiting:
             if queued.id == request_id:
                 self.waiting.remove(queued)
                 return Finished(request_id, [], [], "abort")
         for row, running in enumerate(self.running):
             if running.request.id == request_id:
+                (aborted,) = self._outputs([row], ["abort"])
                 self._retire([row])
-                return Finished(request_id, running.tokens, running.logprobs, "abort")
+                return aborted
         return None
 
     @torch.inference_mode()
@@ -110,95 +258,139 @@ class EngineCore:
         self._admit()
         if not self.running:
             return []
-        rows = len(self.running)
-        uniforms = row_uniforms(self.seeds[:rows], self.counts[:rows])
-        self.counts[:rows] += 1
-        tokens, logprobs = sample_tokens(self.logits, self.params, uniforms)
-        finished, done_rows = [], []
-        stopped = torch.isin(tokens, self.stop_ids).tolist()
-        for row, (running, token, logprob, stop) in enumerate(
-            zip(self.running, tokens.tolist(), logprobs.tolist(), stopped, strict=True)
-        ):
-            running.tokens.append(token)
-            running.logprobs.append(logprob)
-            if not stop and self.params.stop_strings:
-                stop = hits_stop_string(self.tokenizer, running.tokens, self.params.stop_strings)
-            if stop or len(running.tokens) >= self.params.max_new_tokens:
-                reason = "stop" if stop else "length"
-                finished.append(Finished(running.request.id, running.tokens, running.logprobs, reason))
-                done_rows.append(row)
-        sources = self._retire(done_rows)
-        if self.running:
-            self._decode(tokens[sources] if done_rows else tokens)
+        pool, rows = self.pool, len(self.running)
+        tokens, logprobs = self._sample(rows)
+        counts = pool.counts[:rows]
+        index = counts[:, None].clamp(max=pool.max_new - 1)
+        pool.out_tokens[:rows].scatter_(1, index, tokens[:, None])
+        pool.out_logprobs[:rows].scatter_(1, index, logprobs[:, None].float())
+        counts += 1
+        flags = _HostCopy(torch.isin(tokens, self._stop_ids), pool.pinned)
+        if pool.graphed:
+            pool.launch(tokens, rows)  # runs while the host reads the flags
+        stopped = flags.list()
+        done, reasons = [], []
+        checking_strings = any(r.request.params.stop_strings for r in self.running)
+        texts = pool.out_tokens[:rows].tolist() if checking_strings else None
+        if self._mixed_stops and any(stopped):  # a flag says "some request's stop token": whose?
+            hits = [row for row, s in enumerate(stopped) if s]
+            for row, token in zip(hits, tokens[hits].tolist(), strict=True):
+                stopped[row] = token in self.running[row].request.params.stop_token_ids
+        for row, running in enumerate(self.running):
+            running.count += 1
+            params = running.request.params
+            stop = stopped[row]
+            if not stop and params.stop_strings:
+                stop = hits_stop_string(self.tokenizer, texts[row][: running.count], params.stop_strings)
+            if stop or running.count >= params.max_new_tokens:
+                done.append(row)
+                reasons.append("stop" if stop else "length")
+        finished = self._outputs(done, reasons)
+        sources = self._retire(done)
+        self.decode_steps += 1
+        self.occupancy += rows / pool.rows
+        if self.running and not pool.graphed:
+            kept = tokens[sources] if done else tokens
+            width = max(len(r.request.prompt) + r.count for r in self.running)
+            pool.decode_eager(kept, len(self.running), width)
         return finished
 
     # -- internals --------------------------------------------------------------------------------------
+    def _sample(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per running row, rows grouped by their sampling distribution (usually one group)."""
+        pool = self.pool
+        uniforms = row_uniforms(pool.seeds[:rows], pool.counts[:rows])
+        logits = pool.logits[:rows]
+        kinds = [_distribution(r.request.params) for r in self.running]
+        if all(k == kinds[0] for k in kinds):
+            return sample_tokens(logits, self.running[0].request.params, uniforms)
+        tokens = torch.zeros(rows, dtype=torch.long, device=logits.device)
+        logprobs = torch.zeros(rows, dtype=torch.float32, device=logits.device)
+        for kind in dict.fromkeys(kinds):
+            members = [i for i, k in enumerate(kinds) if k == kind]
+            index = torch.tensor(members, device=logits.device)
+            params = self.running[members[0]].request.params
+            tokens[index], logprobs[index] = sample_tokens(logits[index], params, uniforms[index])
+        return tokens, logprobs
+
     def _admit(self) -> None:
-        free = self.max_running - len(self.running)
+        pool = self.pool
+        free = pool.rows - len(self.running)
         admitted = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
         if not admitted:
             return
-        model, device = self.model, self.keys.device
+        model, device = pool.model, pool.keys.device
         unique = list(dict.fromkeys(tuple(r.prompt) for r in admitted))  # identical prompts: one prefill
         width = max(len(p) for p in unique)
         ids = torch.zeros(len(unique), width, dtype=torch.long, device=device)
         mask = torch.zeros(len(unique), width, dtype=torch.long, device=device)
-        for i, prompt in enumerate(unique):
+        for i, prompt in enumerate(unique):  # left padding: every prompt ends at the same column
             ids[i, width - len(prompt) :] = torch.tensor(prompt, device=device)
             mask[i, width - len(prompt) :] = 1
-        cache = model.new_cache(len(unique), width, device=device)
+        cache = model.new_cache(len(unique), width, dtype=pool.dtype, device=device)
         padded = bool((mask == 0).any())
-        hidden = model.hidden_states(
-            ids,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-            attention_mask=mask if padded else None,
-            cache=cache,
-        )
-        logits = model.lm_head(hidden[:, -1])
-        index = {p: i for i, p in enumerate(unique)}
+        with pool.autocast():
+            hidden = model.hidden_states(
+                ids,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                attention_mask=mask if padded else None,
+                cache=cache,
+            )
+            logits = model.lm_head(hidden[:, -1])
+        if pool.logits is None:
+            pool.logits = torch.zeros(pool.rows, logits.shape[-1], dtype=logits.dtype, device=device)
+        which = {p: i for i, p in enumerate(unique)}
         first = len(self.running)
+        sources = torch.tensor([which[tuple(r.prompt)] for r in admitted], device=device)
+        new = slice(first, first + len(admitted))
+        pool.logits[new] = logits[sources]
+        pool.valid[new] = False
+        pool.counts[new] = 0
+        pool.seeds[new] = torch.tensor([r.seed for r in admitted], dtype=torch.long, device=device)
+        pool.columns[new] = torch.tensor([len(r.prompt) for r in admitted], device=device)
         for offset, request in enumerate(admitted):
-            row, i, length = first + offset, index[tuple(request.prompt)], len(request.prompt)
-            self.keys[:, row, :, :length] = cache.keys[:, i, :, width - length :]
-            self.values[:, row, :, :length] = cache.values[:, i, :, width - length :]
-            self.valid[row] = False
-            self.valid[row, :length] = True
-            self.columns[row] = length
-            self.seeds[row] = request.seed
-            self.counts[row] = 0
+            row, i, length = first + offset, which[tuple(request.prompt)], len(request.prompt)
+            pool.keys[:, row, :, :length] = cache.keys[:, i, :, width - length :]
+            pool.values[:, row, :, :length] = cache.values[:, i, :, width - length :]
+            pool.valid[row, :length] = True
             self.running.append(_Running(request))
-        rows = torch.tensor([index[tuple(r.prompt)] for r in admitted], device=device)
-        new = logits[rows]
-        self.logits = new if self.logits is None or first == 0 else torch.cat([self.logits[:first], new])
+        stop_sets = {frozenset(r.request.params.stop_token_ids) for r in self.running}
+        self._mixed_stops = len(stop_sets) > 1
+        stops = frozenset().union(*stop_sets)
+        if stops != self._stop_set:
+            self._stop_set = stops
+            self._stop_ids = torch.tensor(sorted(stops), dtype=torch.long, device=device)
+        self.prefills += 1
 
-    def _retire(self, rows: list[int]) -> torch.Tensor:
+    def _outputs(self, rows: list[int], reasons: list[str]) -> list[Finished]:
+        if not rows:
+            return []
+        index = torch.tensor(rows, device=self.pool.keys.device)
+        tokens, logprobs = self.pool.out_tokens[index].tolist(), self.pool.out_logprobs[index].tolist()
+        out = []
+        for i, (row, reason) in enumerate(zip(rows, reasons, strict=True)):
+            running = self.running[row]
+            n = running.count
+            out.append(Finished(running.request.id, tokens[i][:n], logprobs[i][:n], reason))
+        return out
+
+    def _retire(self, rows: list[int]) -> torch.Tensor | None:
         """Free ``rows``: the last occupied rows move into the holes, so occupied rows stay contiguous. Returns
-        the row each remaining row held before (to carry per-row tensors along)."""
+        the row each remaining row held before (to carry per-row tensors along), or None when none moved."""
+        if not rows:
+            return None
         sources = list(range(len(self.running)))
         for row in sorted(rows, reverse=True):
             last = len(self.running) - 1
             if row != last:
-                for buffer in (self.keys, self.values):
-                    buffer[:, row] = buffer[:, last]
-                for buffer in (self.valid, self.columns, self.seeds, self.counts):
-                    buffer[row] = buffer[last]
-                self.running[row] = self.running[last]
+                moved = self.running[last]
+                self.pool.move(last, row, min(len(moved.request.prompt) + moved.count + 1, self.pool.length))
+                self.running[row] = moved
                 sources[row] = sources[last]
-                if self.logits is not None:
-                    self.logits[row] = self.logits[last]
             self.running.pop()
             sources.pop()
-            if self.logits is not None:
-                self.logits = self.logits[:last]
-        return torch.tensor(sources, device=self.seeds.device)
+        return torch.tensor(sources, dtype=torch.long, device=self.pool.keys.device)
 
-    def _decode(self, tokens: torch.Tensor) -> None:
-        rows = len(self.running)
-        columns = self.columns[:rows]
-        self.valid[torch.arange(rows, device=columns.device), columns] = True
-        width = max(len(r.request.prompt) + len(r.tokens) for r in self.running)  # the largest column + 1
-        cache = RowKVCache(self.keys[:, :rows], self.values[:, :rows], columns, width)
-        valid = self.valid[:rows, :width]
-        self.logits = decode_step(self.model, tokens[:, None], columns[:, None], valid, cache)
-        self.columns[:rows] += 1
-        self.decode_steps += 1
+
+def _distribution(params: SamplingParams) -> tuple[float, float, int]:
+    return params.temperature, params.top_p, params.top_k

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from zoo.errors import DataError
+from zoo.errors import ConfigError, DataError
 
 
 class EpochOrder(Sampler[int]):
@@ -43,6 +43,44 @@ class EpochOrder(Sampler[int]):
         mine = order[self.rank :: self.world_size][: self.per_rank]
         start, self.start = self.start, 0  # a resume offset applies to one iteration only
         return iter(mine[start:].tolist())
+
+
+class PromptStream:
+    """The training prompts in the loader's seeded per-epoch order, drawn any number at a time."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.order = EpochOrder(size, seed, True, rank, world_size)
+        self.epoch, self.position = 0, 0
+        self._current: list[int] | None = None
+
+    def _epoch_order(self) -> list[int]:
+        if self._current is None:
+            self.order.set_epoch(self.epoch)
+            self._current = list(iter(self.order))
+        return self._current
+
+    def take(self, count: int, at_least: int) -> list[int]:
+        """``count`` prompts in order. An epoch's tail shorter than ``at_least`` is skipped (the loader's
+        ``drop_last``); a longer one is topped up from the next epoch's order."""
+        taken: list[int] = []
+        while len(taken) < count:
+            order = self._epoch_order()
+            left = len(order) - self.position
+            if left == 0 or (not taken and left < at_least):
+                self.epoch, self.position, self._current = self.epoch + 1, 0, None
+                if len(self._epoch_order()) < at_least:
+                    raise ConfigError(f"{len(self._epoch_order())} training prompts per rank cannot fill a round")
+                continue
+            more = order[self.position : self.position + count - len(taken)]
+            self.position += len(more)
+            taken.extend(more)
+        return taken
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self._current = state["epoch"], state["position"], None
 
 
 class ResumableLoader(DataLoader):

@@ -1,10 +1,10 @@
-"""WIP (issue 13): the request-level engine core with continuous batching: a request's tokens do not depend on
+"""The request-level engine core (zoo/engine_core.py) with continuous batching: a request's tokens do not depend on
 which requests share its steps, a pool smaller than the work refills retired rows, aborts return what was made."""
 
 import pytest
 import torch
 
-from zoo.engine_core import EngineCore, Request
+from zoo.engine_core import Request
 from zoo.generation import NativeEngine, SamplingParams, row_seeds
 from zoo.models import GPTNeoX, GPTNeoXConfig, MeSH, MeSHConfig
 
@@ -20,27 +20,28 @@ def _model(kind):
     return GPTNeoX(GPTNeoXConfig(**DIMS, num_hidden_layers=2)).eval()
 
 
-def _run(model, prompts, max_running, params, seeds=None):
-    core = EngineCore(model, params, max_running=max_running, max_length=40)
+def _run(model, prompts, max_running, params, seeds=None, decode="eager"):
+    core = NativeEngine(model, decode=decode).core(max_running, 40, params.max_new_tokens)
     for i, prompt in enumerate(prompts):
-        core.submit(Request(i, prompt, int(seeds[i]) if seeds is not None else 0))
+        core.submit(Request(i, prompt, params, int(seeds[i]) if seeds is not None else 0))
     out = {}
     while core.busy:
         out.update({f.id: f for f in core.step()})
     return [out[i] for i in range(len(prompts))], core
 
 
-@pytest.mark.parametrize("kind", ["gpt_neox", "mesh"])
-def test_a_request_decodes_the_same_alone_in_a_busy_pool_and_through_refills(kind):
+@pytest.mark.parametrize("kind,decode", [("gpt_neox", "eager"), ("mesh", "eager"), ("gpt_neox", "static")])
+def test_a_request_decodes_the_same_alone_in_a_busy_pool_and_through_refills(kind, decode):
+    """``static``: the CUDA-graph path's static-buffer steps (bucketed, all columns attended), uncaptured."""
     model = _model(kind)
     greedy = SamplingParams(max_new_tokens=12, temperature=0)
-    busy, _ = _run(model, PROMPTS, 8, greedy)
+    busy, _ = _run(model, PROMPTS, 8, greedy, decode=decode)
     reference = NativeEngine(model).generate(PROMPTS, 1, greedy).samples
     assert [f.token_ids for f in busy] == [s.token_ids for s in reference]
     for i, prompt in enumerate(PROMPTS):
-        assert _run(model, [prompt], 1, greedy)[0][0].token_ids == busy[i].token_ids
-    everything, wide = _run(model, MANY, 20, greedy)
-    refilled, narrow = _run(model, MANY, 3, greedy)
+        assert _run(model, [prompt], 1, greedy, decode=decode)[0][0].token_ids == busy[i].token_ids
+    everything, wide = _run(model, MANY, 20, greedy, decode=decode)
+    refilled, narrow = _run(model, MANY, 3, greedy, decode=decode)
     assert [f.token_ids for f in refilled] == [f.token_ids for f in everything]
     assert narrow.decode_steps > wide.decode_steps
 
@@ -58,9 +59,10 @@ def test_seeded_sampling_is_the_requests_own_with_stops_and_refills():
 
 def test_abort_returns_what_was_made_and_frees_the_row():
     model = _model("gpt_neox")
-    core = EngineCore(model, SamplingParams(max_new_tokens=8, temperature=0), max_running=2, max_length=40)
+    params = SamplingParams(max_new_tokens=8, temperature=0)
+    core = NativeEngine(model).core(2, 40, 8)
     for i, prompt in enumerate(PROMPTS[:3]):
-        core.submit(Request(i, prompt, 0))
+        core.submit(Request(i, prompt, params))
     core.step()
     core.step()
     aborted = core.abort(0)
@@ -70,3 +72,43 @@ def test_abort_returns_what_was_made_and_frees_the_row():
     while core.busy:
         finished += core.step()
     assert [f.id for f in finished] == [1] and len(finished[0].token_ids) == 8
+
+
+def test_requests_with_their_own_params_share_a_pool():
+    """Greedy and sampled requests, different stop tokens and budgets, in one pool: each as if alone."""
+    model = _model("gpt_neox")
+    kinds = [
+        SamplingParams(max_new_tokens=6, temperature=0),
+        SamplingParams(max_new_tokens=9, temperature=1.0, top_k=5, stop_token_ids=(3,)),
+        SamplingParams(max_new_tokens=7, temperature=0.7, top_p=0.8, stop_token_ids=(4, 11)),
+    ]
+    engine = NativeEngine(model)
+    alone = []
+    for i, prompt in enumerate(MANY[:9]):
+        core = engine.core(1, 40, 9)
+        core.submit(Request(i, prompt, kinds[i % 3], seed=100 + i))
+        while core.busy:
+            alone += core.step()
+    core = engine.core(4, 40, 9)
+    for i, prompt in enumerate(MANY[:9]):
+        core.submit(Request(i, prompt, kinds[i % 3], seed=100 + i))
+    shared = []
+    while core.busy:
+        shared += core.step()
+    by_id = {f.id: f for f in shared}
+    for f in alone:
+        assert by_id[f.id].token_ids == f.token_ids and by_id[f.id].finish_reason == f.finish_reason
+        assert len(f.token_ids) <= kinds[f.id % 3].max_new_tokens
+
+
+def test_bf16_autocast_decoding_follows_the_fp32_model():
+    model = _model("gpt_neox")
+    params = SamplingParams(max_new_tokens=8, temperature=0)
+    fp32 = NativeEngine(model).generate(PROMPTS, 1, params)
+    bf16 = NativeEngine(model, dtype=torch.bfloat16).generate(PROMPTS, 1, params)
+    assert NativeEngine(model, dtype=torch.bfloat16).pool is None  # built on first use
+    pairs = zip(fp32.samples, bf16.samples, strict=True)
+    agree = sum(a == b for x, y in pairs for a, b in zip(x.token_ids, y.token_ids, strict=False))
+    assert agree >= 0.8 * sum(len(s.token_ids) for s in fp32.samples)
+    first = torch.tensor([s.logprobs[0] for s in fp32.samples])
+    assert torch.allclose(torch.tensor([s.logprobs[0] for s in bf16.samples]), first, atol=0.1)

@@ -96,6 +96,37 @@ class _Completion:
 @dataclass
 class _RequestOutput:
     outputs: list
+    request_id: str = ""
+    finished: bool = True
+
+
+class _FakeEngine:
+    """vLLM's request-level engine: a request finishes after (the sum of its prompt's tokens % 4) + 1 steps
+    with as many tokens of value 1 as the engine has run steps (at most max_tokens), unless aborted first."""
+
+    def __init__(self):
+        self.added, self.aborted, self.running, self.steps = [], [], {}, 0
+
+    def add_request(self, request_id, prompt, params):
+        self.added.append((request_id, prompt, params))
+        self.running[request_id] = [sum(prompt["prompt_token_ids"]) % 4 + 1, params]
+
+    def abort_request(self, request_ids):
+        self.aborted += request_ids
+        for request_id in request_ids:
+            self.running.pop(request_id, None)
+
+    def step(self):
+        self.steps += 1
+        outputs = []
+        for request_id, state in list(self.running.items()):
+            state[0] -= 1
+            if state[0] == 0:
+                length = min(state[1].max_tokens, self.steps)
+                tokens, logprobs = [1] * length, [{1: _Logprob(-0.5)}] * length
+                outputs.append(_RequestOutput([_Completion(tokens, logprobs, "length")], request_id))
+                del self.running[request_id]
+        return outputs
 
 
 class _FakeLLM:
@@ -105,6 +136,7 @@ class _FakeLLM:
     def __init__(self, model, tokenizer, **options):
         self.model, self.tokenizer, self.options = model, tokenizer, options
         self.requests, self.sampling, self.workers = None, None, []
+        self.llm_engine = _FakeEngine()
         _FakeVLLM.instances.append(self)
 
     def generate(self, requests, sampling, use_tqdm=True):
@@ -139,6 +171,7 @@ class _FakeVLLM(types.ModuleType):
     def __init__(self):
         super().__init__("vllm")
         self.LLM, self.SamplingParams = _FakeLLM, _FakeSamplingParams
+        self.sampling_params = types.SimpleNamespace(RequestOutputKind=types.SimpleNamespace(FINAL_ONLY="final"))
         _FakeVLLM.instances = []
 
 
@@ -229,6 +262,34 @@ def test_grpo_trains_with_the_engine_and_keeps_its_weights_in_step(engine, fake_
         (llm,) = fake_vllm.instances
         assert len(llm.workers) == 4  # the sync at the start, then after each step
         torch.testing.assert_close(llm.workers[-1]["gpt_neox.embed_in.weight"], embed)
+
+
+def test_queue_scheduling_drives_vllms_request_level_engine(fake_vllm, cpu_trainer):
+    """Every sample its own request (prompt replication), seeded; the surplus of redundant prompts aborted."""
+    torch.manual_seed(0)
+    data = PromptDataModule(task="arithmetic", train_size=200, val_size=8, batch_size=4, vocab_size=64)
+    policy = dict(arch="gpt_neox", **{**DIMS, "vocab_size": 64}, num_hidden_layers=2)
+    module = GRPOModule(policy, optim=dict(lr=1e-3, warmup_steps=1), rollout=dict(n=2, max_new_tokens=4))
+    callback = RolloutCallback(engine="vllm", schedule="queue", extra_prompts=3)
+    trainer = cpu_trainer(max_steps=2, limit_val_batches=0, callbacks=[callback])
+    trainer.fit(module, datamodule=data)
+    (llm,) = fake_vllm.instances
+    engine = llm.llm_engine
+    assert len(engine.added) >= 2 * 7 * 2  # 4 + 3 prompts a step, 2 requests each
+    assert {params.n for _, _, params in engine.added} == {1}
+    assert {params.output_kind for _, _, params in engine.added} == {"final"}
+    assert len({params.seed for _, _, params in engine.added}) == len(engine.added)  # a stream per sample
+    assert engine.aborted  # redundant prompts' requests that were still running
+    assert trainer.callback_metrics["queue/launched_prompts"] == 7
+
+
+def test_the_hf_engine_refuses_queue_scheduling_in_one_line(cpu_trainer):
+    data = PromptDataModule(task="arithmetic", train_size=200, val_size=8, batch_size=4, vocab_size=64)
+    policy = dict(arch="gpt_neox", **{**DIMS, "vocab_size": 64}, num_hidden_layers=2)
+    module = GRPOModule(policy, rollout=dict(n=2, max_new_tokens=4))
+    trainer = cpu_trainer(max_steps=1, limit_val_batches=0, callbacks=[RolloutCallback(engine="hf", schedule="queue")])
+    with pytest.raises(ConfigError, match="the hf engine runs batches only"):
+        trainer.fit(module, datamodule=data)
 
 
 @pytest.mark.gpu

@@ -90,10 +90,21 @@ GRPO = [
 ]
 
 
-@pytest.mark.parametrize("sampler", [[], ["sampler=tail_batching"]], ids=["synchronous", "tail_batching"])
-def test_a_killed_grpo_run_resumes_exactly(run_zoo, zoo_env, tmp_path, sampler):
+SCHEDULES = {
+    "synchronous": ([], []),
+    "tail_batching": (["sampler=tail_batching"], ["sampler/queue_size", "sampler/long_rounds"]),
+    "queue_scheduling": (
+        ["rollout.schedule=queue", "rollout.extra_prompts=4", "rollout.filter_groups=true"],
+        ["queue/returned_prompts", "queue/filtered_groups"],
+    ),
+}
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+def test_a_killed_grpo_run_resumes_exactly(run_zoo, zoo_env, tmp_path, schedule):
     """Rollouts (seeded by the step), the prompt order, minibatch shuffles, the optimizer and the sampler's
-    queue and position all continue."""
+    queue and position (or queue scheduling's returned prompts) all continue."""
+    sampler, logged = SCHEDULES[schedule]
     sft = ["data.train_size=2000", "data.batch_size=32", "data.seq_len=64", "trainer.max_steps=150"]
     run_zoo("fit", "model=sft", *SMALL, *sft, "trainer.val_check_interval=150", "name=sft")
     run_zoo("hub", "push", str(_run_dir(tmp_path / "runs" / "sft")), "--name", "resume-sft")  # a policy with rewards
@@ -105,9 +116,7 @@ def test_a_killed_grpo_run_resumes_exactly(run_zoo, zoo_env, tmp_path, sampler):
     assert moved > 1e-4  # GRPO changed the policy, so a resume that drew other rollouts would end elsewhere
     killed = _kill_after_first_checkpoint([*GRPO, *sampler], "killed", tmp_path, zoo_env, 40)
     run_zoo("fit", f"resume={killed}")
-    keys = ["train/loss", "reward/mean", "val/pass@1"]
-    keys += ["sampler/queue_size", "sampler/long_rounds"] if sampler else []
-    _assert_same_end(full, killed, keys)
+    _assert_same_end(full, killed, ["train/loss", "reward/mean", "val/pass@1", *logged])
 
 
 def test_resume_of_a_directory_that_is_not_a_run_is_one_line(run_zoo, tmp_path):

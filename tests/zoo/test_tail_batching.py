@@ -4,6 +4,7 @@ sampler (no prompt lost, exact restore)."""
 
 import math
 import random
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -12,41 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zoo.callbacks.rollout import RolloutCallback
-from zoo.callbacks.tail_batching import PromptStream, TailBatcher, TailBatching
+from zoo.callbacks.tail_batching import TailBatcher, TailBatching
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import ConfigError
 from zoo.generation import NativeEngine, SamplingParams
+from zoo.loader import PromptStream
 from zoo.modules.grpo import GRPOModule
 from zoo.rl.rollout import Round
-
-
-class ScriptedLengths(torch.nn.Module):
-    """A stand-in policy for the native engine whose completions have random lengths set by their prompt: every
-    step a row emits EOS (token 0) with probability 1 / d, where d is its prompt's last token, else token 1. The
-    engine samples these from its seeded generator, so its own quota logic decides which prompts complete."""
-
-    class Cache:
-        def __init__(self) -> None:
-            self.difficulty: torch.Tensor | None = None
-
-        def select(self, rows: torch.Tensor) -> None:
-            self.difficulty = self.difficulty[rows]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.unused = torch.nn.Parameter(torch.zeros(1))  # the engine reads its device from the parameters
-
-    def new_cache(self, batch_size, max_length, dtype=None, device=None):
-        return self.Cache()
-
-    def hidden_states(self, ids, position_ids=None, attention_mask=None, cache=None):
-        if cache.difficulty is None:  # the prefill
-            cache.difficulty = ids[:, -1].float()
-        return cache.difficulty[:, None, None].expand(-1, ids.shape[1], 1)
-
-    def lm_head(self, hidden):
-        stop = 1 / hidden[:, 0]
-        return torch.stack([stop.log(), (1 - stop).clamp(min=1e-6).log()], dim=-1)
 
 
 class _Tokens:
@@ -55,11 +28,14 @@ class _Tokens:
 
 
 class _EngineModule:
-    """What :meth:`TailBatching.next_round` needs of a module: the rollout stage, here the native engine on
-    :class:`ScriptedLengths` with zoo's own :meth:`Round.from_generation`; every result is recorded."""
+    """What :meth:`TailBatching.next_round` needs of a module: the rollout stage, here the native engine on the
+    ``scripted_lengths`` stand-in policy (tests/conftest.py) with zoo's own :meth:`Round.from_generation`; every
+    result is recorded."""
 
-    def __init__(self, seed: int) -> None:
-        self.engine, self.seed, self.rounds = NativeEngine(ScriptedLengths()), seed, []
+    rollout_callback = SimpleNamespace(schedule="batch")
+
+    def __init__(self, seed: int, policy: torch.nn.Module) -> None:
+        self.engine, self.seed, self.rounds = NativeEngine(policy), seed, []
 
     def params(self, round_index: int) -> SamplingParams:
         return SamplingParams(max_new_tokens=64, temperature=1.0, stop_token_ids=(0,), seed=self.seed + round_index)
@@ -95,13 +71,13 @@ def _record_draws(stream: PromptStream) -> list[int]:
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_rounds_on_the_native_engine_keep_every_invariant(seed):
+def test_rounds_on_the_native_engine_keep_every_invariant(seed, scripted_lengths):
     rng = random.Random(seed)
     p0, r0 = rng.randint(2, 6), rng.randint(1, 4)
     size = p0 * rng.randint(2, 5) + rng.randint(0, p0 - 1)  # small: rounds cross epoch boundaries often
     eta_p, eta_r = rng.choice([1.0, 1.25, 1.5, 2.0, 3.0]), rng.choice([1.0, 1.25, 1.5, 2.0])
     problems = [{"index": i, "prompt_ids": [5, rng.choice([1, 2, 3, 12])]} for i in range(size)]  # a long tail
-    sampler, module = _sampler(problems, p0, r0, eta_p, eta_r, seed), _EngineModule(seed)
+    sampler, module = _sampler(problems, p0, r0, eta_p, eta_r, seed), _EngineModule(seed, scripted_lengths())
     drawn = _record_draws(sampler.stream)
     trained = []
     for _ in range(4 * size // p0):

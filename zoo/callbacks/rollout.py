@@ -11,8 +11,18 @@ weights in step with the policy, and logs what was generated.
 - After every ``sync_every`` optimizer steps the policy's weights are copied into the engine (gathered first
   when the policy is sharded); in between the engine samples from a slightly older policy, which the RL
   losses can correct with truncated importance sampling.
+- ``schedule``: ``batch`` (default) runs a step's prompts as one batch; ``queue`` runs it with queue scheduling
+  (:mod:`zoo.rl.queue`; the native and vllm engines): every response is a request of the continuous-batching engine,
+  each prompt's group is scored as soon as it completes, ``extra_prompts`` more prompts than the step trains are
+  launched and the step stops once enough groups are complete; with ``filter_groups`` (DAPO) a group whose
+  rewards are all equal does not count, and a new prompt replaces it, up to ``max_launched_prompts`` a step.
+  ``max_running`` caps the engine's rows (default: every launched request at once). Prompts a step launched and
+  did not train come back first, protected, the next step. The prompt order and those prompts are checkpointed.
 - Logged per rollout: generated tokens/s, mean and max completion length, the share of each finish reason, a
-  histogram of completion lengths and, every ``log_samples_every`` rollouts, a few sampled texts.
+  histogram of completion lengths and, every ``log_samples_every`` rollouts, a few sampled texts; under
+  ``schedule: queue`` also ``queue/``: slot occupancy (mean running rows / rows), waiting requests, aborted
+  requests, filtered groups, reward latency (a group's completion to its scores), prompts launched and the mean
+  length of the trained and of the aborted responses.
 """
 
 from __future__ import annotations
@@ -29,10 +39,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.distributed.tensor import DTensor
 
 from zoo.engines import ENGINES, engine_for
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, require_int
 from zoo.generation import GenerationResult, NativeEngine, SamplingParams
+from zoo.loader import PromptStream
+from zoo.rl.queue import QueueOutcome, QueuePlanner, QueueStats, run_queue_round
+from zoo.rl.rollout import Round
 
 log = logging.getLogger("zoo")
+SCHEDULES = ("batch", "queue")
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
@@ -48,9 +62,27 @@ class RolloutCallback(L.Callback):
         engine_options: dict | None = None,
         log_samples: int = 3,
         log_samples_every: int = 20,
+        schedule: str = "batch",
+        extra_prompts: int = 0,
+        filter_groups: bool = False,
+        max_launched_prompts: int | None = None,
+        max_running: int | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ConfigError(f"rollout engine {engine!r} is not available; engines: {', '.join(ENGINES)}")
+        if schedule not in SCHEDULES:
+            raise ConfigError(f"rollout.schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
+        require_int("rollout.extra_prompts", extra_prompts, 0)
+        if max_launched_prompts is not None:
+            require_int("rollout.max_launched_prompts", max_launched_prompts, 1)
+        if max_running is not None:
+            require_int("rollout.max_running", max_running, 1)
+        if schedule == "batch" and (extra_prompts or filter_groups):
+            raise ConfigError("rollout.extra_prompts and rollout.filter_groups need rollout.schedule=queue")
+        self.schedule, self.extra_prompts, self.filter_groups = schedule, extra_prompts, filter_groups
+        self.max_launched_prompts, self.max_running = max_launched_prompts, max_running
+        self.queue_sampler: QueueSampler | None = None
+        self._restored_queue: dict | None = None  # a checkpoint's queue state, loaded before setup
         self.engine_name, self.sync_every = engine, sync_every
         self.engine_options = dict(engine_options or {})
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -63,6 +95,12 @@ class RolloutCallback(L.Callback):
         self.synced_step = -1
 
     # -- lifecycle --------------------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.schedule == "queue" and stage == "fit":
+            self.queue_sampler = QueueSampler(self, trainer)
+            if self._restored_queue is not None:
+                self.queue_sampler.load_state_dict(self._restored_queue)
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.build(pl_module)
 
@@ -76,6 +114,11 @@ class RolloutCallback(L.Callback):
         policy, tokenizer = pl_module.model, pl_module.trainer.datamodule.tokenizer
         options = self.engine_options
         self.engine_name = engine_for(policy.config, self.engine_name)
+        if self.schedule == "queue" and self.engine_name == "hf":
+            raise ConfigError(
+                "rollout.schedule=queue needs a request-level engine (native for zoo's models, or vllm): the hf "
+                "engine runs batches only; use rollout.schedule=batch"
+            )
         dtype = self.dtype or next(policy.parameters()).dtype  # hf and vllm: by default the policy's own
         if self.engine_name == "native":
             self.engine = NativeEngine(self._replica(pl_module), tokenizer=tokenizer, dtype=self.dtype, **options)
@@ -129,6 +172,75 @@ class RolloutCallback(L.Callback):
         self._log(pl_module, result, seconds, log_prefix)
         return result
 
+    def queue_round(
+        self,
+        module: L.LightningModule,
+        problems: Sequence[dict],
+        launch: Sequence[int],
+        protected: Sequence[bool],
+        n: int,
+        complete_at: int,
+        needed: int,
+        more=None,
+    ) -> tuple[Round, QueueOutcome]:
+        """One queue-scheduled step (:func:`zoo.rl.queue.run_queue_round`) with the module's sampling params and
+        scorer: the :class:`Round` it trains (its rewards already computed) and the outcome."""
+        start = time.perf_counter()
+        outcome = run_queue_round(
+            self.engine,
+            problems,
+            launch,
+            protected,
+            n,
+            complete_at,
+            needed,
+            module.sampling_params(),
+            module.submit_scores,
+            self.engine.tokenizer,
+            more=more,
+            filter_groups=self.filter_groups,
+            max_launched=self.max_launched_prompts,
+            max_running=self.max_running,
+        )
+        seconds = time.perf_counter() - start
+        self.rollouts += 1
+        result = GenerationResult(outcome.samples, decode_steps=outcome.stats.decode_steps)
+        result.generated_tokens = outcome.stats.generated_tokens
+        launched = [problems[i] for i in outcome.launched]
+        step = Round.from_generation(launched, result, self.engine.tokenizer, module.device)
+        step.rewards = outcome.rewards
+        self._log(module, result, seconds, "rollout")
+        self._log_queue(module, outcome.stats)
+        return step, outcome
+
+    def _log_queue(self, pl_module: L.LightningModule, stats: QueueStats) -> None:
+        def mean(values) -> float:
+            return sum(values) / len(values) if values else 0.0
+
+        pl_module.log_dict(
+            {
+                "queue/occupancy": stats.occupancy,
+                "queue/waiting": stats.waiting,
+                "queue/aborted_requests": float(stats.aborted_requests),
+                "queue/filtered_groups": float(stats.filtered_groups),
+                "queue/filled_with_filtered": float(stats.filled_with_filtered),
+                "queue/launched_prompts": float(stats.launched_prompts),
+                "queue/reward_latency_s": mean(stats.reward_latency_s),
+                "queue/trained_length_mean": mean(stats.trained_lengths),
+                "queue/aborted_length_mean": mean(stats.aborted_lengths),
+            }
+        )
+
+    def state_dict(self) -> dict:
+        return {"queue": self.queue_sampler.state_dict()} if self.queue_sampler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "queue" in state:
+            if self.queue_sampler is None:  # restored before setup: applied there
+                self._restored_queue = state["queue"]
+            else:
+                self.queue_sampler.load_state_dict(state["queue"])
+
     def _log(self, pl_module: L.LightningModule, result: GenerationResult, seconds: float, prefix: str) -> None:
         lengths = torch.tensor([len(s.token_ids) for s in result.samples], dtype=torch.float)
         if not len(lengths):
@@ -151,3 +263,38 @@ class RolloutCallback(L.Callback):
             tokenizer = self.engine.tokenizer
             texts = [tokenizer.decode(s.token_ids) for s in result.samples[: self.log_samples]]
             tensorboard.experiment.add_text(f"{prefix}/samples", "\n\n---\n\n".join(f"`{t}`" for t in texts), step)
+
+
+class QueueSampler:
+    """Plain queue scheduling's choice of prompts (no tail batching): the training prompts in the loader's seeded
+    order (``zoo.loader.PromptStream``; the training loader then only paces the steps) through a
+    :class:`zoo.rl.queue.QueuePlanner`, whose returned prompts come first."""
+
+    def __init__(self, callback: RolloutCallback, trainer) -> None:
+        data = trainer.datamodule
+        self.callback, self.problems = callback, data.train_set
+        self.planner = QueuePlanner(data.hparams.batch_size, callback.extra_prompts)
+        self.stream = PromptStream(len(self.problems), data.hparams.seed, trainer.global_rank, trainer.world_size)
+
+    def next_round(self, module: L.LightningModule) -> Round:
+        prompts, protected = self.planner.plan(self.stream.take)
+        step, outcome = self.callback.queue_round(
+            module,
+            self.problems,
+            prompts,
+            protected,
+            module.rollout_config.n,
+            module.rollout_config.n,
+            self.planner.prompts_per_step,
+            more=lambda: self.stream.take(1, 1)[0],
+        )
+        self.planner.finish(outcome)
+        module.log("queue/returned_prompts", float(len(self.planner.returned)))
+        return step
+
+    def state_dict(self) -> dict:
+        return {"planner": self.planner.state_dict(), "stream": self.stream.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.planner.load_state_dict(state["planner"])
+        self.stream.load_state_dict(state["stream"])

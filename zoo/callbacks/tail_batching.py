@@ -35,7 +35,7 @@ from typing import Any
 import lightning as L
 
 from zoo.errors import ConfigError
-from zoo.loader import EpochOrder
+from zoo.loader import PromptStream
 
 
 @dataclass
@@ -95,44 +95,6 @@ class TailBatcher:
         self.short_rounds, self.long_rounds = state["short_rounds"], state["long_rounds"]
 
 
-class PromptStream:
-    """The training prompts in the loader's seeded per-epoch order, drawn any number at a time."""
-
-    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.order = EpochOrder(size, seed, True, rank, world_size)
-        self.epoch, self.position = 0, 0
-        self._current: list[int] | None = None
-
-    def _epoch_order(self) -> list[int]:
-        if self._current is None:
-            self.order.set_epoch(self.epoch)
-            self._current = list(iter(self.order))
-        return self._current
-
-    def take(self, count: int, at_least: int) -> list[int]:
-        """``count`` prompts in order. An epoch's tail shorter than ``at_least`` is skipped (the loader's
-        ``drop_last``); a longer one is topped up from the next epoch's order."""
-        taken: list[int] = []
-        while len(taken) < count:
-            order = self._epoch_order()
-            left = len(order) - self.position
-            if left == 0 or (not taken and left < at_least):
-                self.epoch, self.position, self._current = self.epoch + 1, 0, None
-                if len(self._epoch_order()) < at_least:
-                    raise ConfigError(f"{len(self._epoch_order())} training prompts per rank cannot fill a round")
-                continue
-            more = order[self.position : self.position + count - len(taken)]
-            self.position += len(more)
-            taken.extend(more)
-        return taken
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position, self._current = state["epoch"], state["position"], None
-
-
 class TailBatching(L.Callback):
     def __init__(self, prompt_ratio: float = 1.25, response_ratio: float = 1.25) -> None:
         self.prompt_ratio, self.response_ratio = prompt_ratio, response_ratio
@@ -141,6 +103,8 @@ class TailBatching(L.Callback):
         self._restored: dict[str, Any] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if getattr(pl_module.rollout_callback, "filter_groups", False):
+            raise ConfigError("rollout.filter_groups does not combine with sampler=tail_batching yet")
         data = trainer.datamodule
         self.problems = data.train_set
         self.batcher = TailBatcher(
@@ -153,8 +117,16 @@ class TailBatching(L.Callback):
     def next_round(self, module: L.LightningModule):
         """Plan a round, run it through the module's rollout stage, and return the :class:`Round` it trains."""
         launch = self.batcher.plan(self.stream.take)
-        problems = [self.problems[i] for i in launch.prompts]
-        step = module.rollout(problems, launch.n, launch.quota, launch.complete_at)
+        queue = module.rollout_callback.schedule == "queue"
+        if queue:  # the round's quota and protection become queue rules (zoo.rl.queue)
+            needed = launch.quota or len(launch.prompts)
+            protected = [launch.long] * len(launch.prompts)
+            step, _ = module.rollout_callback.queue_round(
+                module, self.problems, launch.prompts, protected, launch.n, launch.complete_at, needed
+            )
+        else:
+            problems = [self.problems[i] for i in launch.prompts]
+            step = module.rollout(problems, launch.n, launch.quota, launch.complete_at)
         self.batcher.finish(launch, step.kept)
         lengths = step.batch.response_mask.sum(1)
         module.log_dict(

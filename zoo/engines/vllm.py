@@ -13,7 +13,12 @@
   worker through ``LLM.collective_rpc`` with a function that calls the worker model's ``load_weights`` (vLLM's
   documented path for RLHF weight updates). The tensors travel by the RPC's serialisation: simple, and fine for one
   GPU; a multi-GPU deployment would broadcast over NCCL instead.
-- No early stop on a quota of finished groups yet (``LLM.generate`` runs every request to its end).
+- No early stop on a quota of finished groups in ``generate`` (``LLM.generate`` runs every request to its end).
+- ``core``: queue scheduling's request-level API (submit, abort, step) mapped onto vLLM's own engine
+  (``LLM.llm_engine``: ``add_request``, ``abort_request``, ``step``), one single-response request per sample
+  (prompt replication) with its own seed; vLLM's scheduler does the continuous batching (its ``max_num_seqs``
+  engine option caps the running requests; ``rollout.max_running`` does not apply). vLLM does not report its
+  running and waiting requests per step, so the queue's occupancy and waiting figures read 0 with this engine.
 
 Tested here against a fake ``vllm`` module (tests/zoo/test_engines.py); the real engine runs only in the
 ``gpu`` test where vLLM is installed. It has not been run on a GPU by this project yet (README).
@@ -23,13 +28,15 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
+from zoo.engine_core import Finished, Request
 from zoo.engines import transformers_view
 from zoo.errors import ConfigError
 from zoo.generation import GenerationResult, Sample, SamplingParams
@@ -68,6 +75,30 @@ class VLLMEngine:
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.llm.collective_rpc(_load_into_worker, args=(list(self.rename(weights).items()),))
 
+    @contextmanager
+    def serving(self):
+        yield self
+
+    def core(self, max_running: int, max_length: int, max_new_tokens: int) -> VLLMCore:
+        return VLLMCore(self)
+
+    def sampling(self, params: SamplingParams, n: int = 1, seed: int | None = None, final_only: bool = False):
+        """vLLM's sampling params for zoo's (the sampled token's log-prob returned with every token)."""
+        options = {"output_kind": self.vllm.sampling_params.RequestOutputKind.FINAL_ONLY} if final_only else {}
+        return self.vllm.SamplingParams(
+            n=n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k if params.top_k > 0 else -1,
+            max_tokens=params.max_new_tokens,
+            stop_token_ids=list(params.stop_token_ids),
+            stop=list(params.stop_strings) or None,
+            include_stop_str_in_output=True,
+            seed=params.seed if seed is None else seed,
+            logprobs=0,
+            **options,
+        )
+
     def generate(
         self,
         prompts: Sequence[Sequence[int]],
@@ -78,31 +109,63 @@ class VLLMEngine:
     ) -> GenerationResult:
         if finished_groups_quota is not None or group_complete_at not in (None, n):
             raise ConfigError("the vllm engine cannot stop a round early (quota, partial groups) yet: use native")
-        sampling = self.vllm.SamplingParams(
-            n=n,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k if params.top_k > 0 else -1,
-            max_tokens=params.max_new_tokens,
-            stop_token_ids=list(params.stop_token_ids),
-            stop=list(params.stop_strings) or None,
-            include_stop_str_in_output=True,
-            seed=params.seed,
-            logprobs=0,
-        )
+        sampling = self.sampling(params, n)
         requests = [{"prompt_token_ids": list(p)} for p in prompts]
         outputs = self.llm.generate(requests, sampling, use_tqdm=False)
-        samples, generated = [], 0
-        for index, request in enumerate(outputs):
-            for completion in request.outputs:
-                tokens = list(completion.token_ids)
-                logprobs = [step[token].logprob for step, token in zip(completion.logprobs, tokens, strict=True)]
-                reason = "stop" if completion.finish_reason == "stop" else "length"
-                samples.append(Sample(index, tokens, logprobs, reason))
-                generated += len(tokens)
-        return GenerationResult(
-            samples, [], decode_steps=max((len(s.token_ids) for s in samples), default=0), generated_tokens=generated
-        )
+        samples = [
+            Sample(index, *_completion(completion))
+            for index, request in enumerate(outputs)
+            for completion in request.outputs
+        ]
+        generated = sum(len(s.token_ids) for s in samples)
+        steps = max((len(s.token_ids) for s in samples), default=0)
+        return GenerationResult(samples, [], decode_steps=steps, generated_tokens=generated)
 
     def close(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _completion(completion) -> tuple[list[int], list[float], str]:
+    """A vLLM completion's tokens, their log-probs and zoo's finish reason."""
+    tokens = list(completion.token_ids)
+    logprobs = [step[token].logprob for step, token in zip(completion.logprobs, tokens, strict=True)]
+    return tokens, logprobs, "stop" if completion.finish_reason == "stop" else "length"
+
+
+class VLLMCore:
+    """:class:`zoo.engine_core.EngineCore`'s request-level API on vLLM's engine (``LLM.llm_engine``)."""
+
+    def __init__(self, engine: VLLMEngine) -> None:
+        self.engine, self.llm = engine, engine.llm.llm_engine
+        self.ids: dict[str, Hashable] = {}  # vLLM's request ids are strings
+        self.waiting: list = []  # vLLM keeps its queue to itself
+        self.decode_steps = self.prefills = 0
+        self.occupancy = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.ids)
+
+    def submit(self, request: Request) -> None:
+        key = repr(request.id)
+        self.ids[key] = request.id
+        sampling = self.engine.sampling(request.params, seed=request.seed, final_only=True)
+        self.llm.add_request(key, {"prompt_token_ids": list(request.prompt)}, sampling)
+
+    def abort(self, request_id: Hashable) -> Finished | None:
+        key = repr(request_id)
+        if key not in self.ids:
+            return None
+        del self.ids[key]
+        self.llm.abort_request([key])
+        return Finished(request_id, [], [], "abort")  # vLLM keeps a final-only request's tokens to itself
+
+    def step(self) -> list[Finished]:
+        outputs = self.llm.step()
+        self.decode_steps += 1
+        finished = []
+        for output in outputs:
+            if output.finished and output.request_id in self.ids:
+                request_id = self.ids.pop(output.request_id)
+                finished.append(Finished(request_id, *_completion(output.outputs[0])))
+        return finished

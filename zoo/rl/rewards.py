@@ -178,41 +178,33 @@ class RewardRunner:
             call.results.put((call.index, result))
 
     def score(self, prompts: Sequence[str], completions: Sequence[str], references: Sequence[str]) -> RewardBatch:
+        return self.submit(prompts, completions, references).wait()
+
+    def submit(self, prompts: Sequence[str], completions: Sequence[str], references: Sequence[str]) -> PendingRewards:
+        """Start scoring a batch and return at once: the workers score it while the caller goes on (queue
+        scheduling overlaps rewards with generation this way)."""
         results: queue.SimpleQueue = queue.SimpleQueue()
         calls = [_Call(i, args, results) for i, args in enumerate(zip(prompts, completions, references, strict=True))]
         for call in calls:
             self._calls.put(call)
-        batch = RewardBatch(torch.zeros(len(calls)))
-        parts: dict[str, list[float]] = {}
-        pending = len(calls)
-        while pending:
-            try:
-                index, result = results.get(timeout=self._wait(calls))
-            except queue.Empty:
-                pending -= self._abandon_overdue(calls, batch)
-                continue
-            pending -= 1
-            if isinstance(result, Exception):
-                batch.failures += 1
-                if len(batch.errors) < 3:
-                    batch.errors.append(f"{type(result).__name__}: {result}")
-                continue
-            batch.scores[index], sub_scores = result
-            for name, value in sub_scores.items():
-                parts.setdefault(name, [0.0] * len(calls))[index] = value
-        batch.parts = {name: torch.tensor(values) for name, values in parts.items()}
+        return PendingRewards(self, calls, results)
+
+    def submit_answers(self, problems: Sequence[dict[str, Any]], completions: Sequence[str]) -> PendingRewards:
+        """:meth:`submit` for completions of prompt-dataset problems (each with ``prompt`` and ``reference``)."""
+        return self.submit([p["prompt"] for p in problems], completions, [p["reference"] for p in problems])
+
+    def _record(self, batch: RewardBatch) -> None:
         self.total_failures += batch.failures
         self.total_timeouts += batch.timeouts
         if batch.failures or batch.timeouts:
             log.warning(
                 "reward: %d of %d calls failed, %d timed out after %gs%s",
                 batch.failures,
-                len(calls),
+                len(batch.scores),
                 batch.timeouts,
                 self.timeout_s,
                 f" (first: {batch.errors[0]})" if batch.errors else "",
             )
-        return batch
 
     def close(self) -> None:
         """Let the idle workers end (an abandoned one ends when its call returns)."""
@@ -238,3 +230,52 @@ class RewardRunner:
         for _ in range(overdue):
             self._spawn()
         return overdue
+
+
+class PendingRewards:
+    """A batch being scored by a :class:`RewardRunner`: :meth:`ready` checks without blocking, :meth:`wait`
+    blocks until every call is done or past its limit. ``submitted`` and ``finished`` are monotonic times."""
+
+    def __init__(self, runner: RewardRunner, calls: list[_Call], results: queue.SimpleQueue) -> None:
+        self.runner, self.calls, self.results = runner, calls, results
+        self.batch = RewardBatch(torch.zeros(len(calls)))
+        self.parts: dict[str, list[float]] = {}
+        self.pending = len(calls)
+        self.submitted, self.finished = time.monotonic(), None
+
+    def _take(self, index: int, result: Any) -> None:
+        self.pending -= 1
+        if isinstance(result, Exception):
+            self.batch.failures += 1
+            if len(self.batch.errors) < 3:
+                self.batch.errors.append(f"{type(result).__name__}: {result}")
+            return
+        self.batch.scores[index], sub_scores = result
+        for name, value in sub_scores.items():
+            self.parts.setdefault(name, [0.0] * len(self.calls))[index] = value
+
+    def ready(self) -> bool:
+        while self.pending:
+            try:
+                self._take(*self.results.get_nowait())
+            except queue.Empty:
+                self.pending -= self.runner._abandon_overdue(self.calls, self.batch)
+                break
+        return self._settle()
+
+    def wait(self) -> RewardBatch:
+        while self.pending:
+            try:
+                self._take(*self.results.get(timeout=self.runner._wait(self.calls)))
+            except queue.Empty:
+                self.pending -= self.runner._abandon_overdue(self.calls, self.batch)
+        self._settle()
+        return self.batch
+
+    def _settle(self) -> bool:
+        if self.pending or self.finished is not None:
+            return not self.pending
+        self.finished = time.monotonic()
+        self.batch.parts = {name: torch.tensor(values) for name, values in self.parts.items()}
+        self.runner._record(self.batch)
+        return True

@@ -15,6 +15,7 @@ import torch
 
 from zoo.generation import GenerationResult, Sample
 from zoo.rl.losses import token_entropy
+from zoo.rl.rewards import RewardBatch
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Round:
     batch: RolloutBatch
     texts: list[str]
     kept: list[int]
+    rewards: RewardBatch | None = None  # scored already (queue scheduling), aligned with the batch's rows
 
     @classmethod
     def from_generation(cls, problems: Sequence[Any], result: GenerationResult, tokenizer: Any, device: Any) -> Round:
