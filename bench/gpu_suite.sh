@@ -7,6 +7,8 @@
 #   experiment  the matched-compute experiment at 160M scale, shortened to EXPERIMENT_STEPS per run
 #   rollout     the rollout benchmark: native engine (CUDA graphs, and eager) against transformers'
 #               static-cache compiled generate, Pythia-160M, batch 64, 128 prompt + 512 new tokens
+#   queue       queue scheduling against synchronous batch rollout (bench/queue_scheduling.py): the long-tailed
+#               countdown setting and Pythia-160M sampling (128 + up to 512 tokens, long-tailed lengths), bf16
 #   infusion    experiment=infusion_sweep_gpu shortened to INFUSION_STEPS steps at each size, with
 #               INFUSION_FACTS domain facts: its throughput and the full GPU sweep's cost from it
 # Results land in $OUT (default ./gpu_results). Run from the repository root with zoo installed.
@@ -15,7 +17,7 @@
 #   SECTIONS="recursive experiment" EXPERIMENT_STEPS=150 bash bench/gpu_suite.sh
 set -uo pipefail
 OUT=$(realpath -m "${OUT:-gpu_results}")
-SECTIONS=${SECTIONS:-train_step tests fit recursive experiment rollout infusion}
+SECTIONS=${SECTIONS:-train_step tests fit recursive experiment rollout queue infusion}
 MODEL=${MODEL:-pythia-160m}
 BATCH=${BATCH:-16}
 SEQ=${SEQ:-2048}
@@ -47,6 +49,13 @@ if has rollout; then
   python3 bench/rollout.py --model "$MODEL" --batch 64 --prompt 128 --new 512 --dtype bf16 \
     --engines "${ROLLOUT_ENGINES:-hf_static,native,native_eager}" --json "$OUT/rollout.jsonl" 2>&1 \
     | tee "$OUT/rollout.log" || status=1
+fi
+
+if has queue; then
+  echo "== queue scheduling: countdown, and $MODEL sampling =="
+  (cd bench && python3 queue_scheduling.py --setting countdown --p0 64 --r 4 --rows 32 --steps 6 \
+    && python3 queue_scheduling.py --setting sampling --model "$MODEL" --dtype bf16 --prompts 1024 --p0 64 \
+      --r 8 --rows 64 --steps 4 --median 64) 2>&1 | tee "$OUT/queue.log" || status=1
 fi
 
 if has tests; then

@@ -165,7 +165,7 @@ class AttentionInputs:
 
     cos: torch.Tensor  # (B or 1, T, rotary_dim)
     sin: torch.Tensor
-    mask: torch.Tensor | None  # boolean (B or 1, 1, T, past + T); None means plain causal
+    mask: torch.Tensor | None  # boolean or additive (B or 1, 1, T, past + T); None means plain causal
     cache: KVCache | None
 
 
@@ -358,12 +358,19 @@ class GPTNeoX(nn.Module):
         self.body(x, self.attention_inputs(input_ids, None, None, None, x.dtype), trace)
         return trace
 
-    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, cache) -> torch.Tensor:
+    def decode_step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None, cache
+    ) -> torch.Tensor:
         """Next-token logits (B, V) after feeding ``tokens`` (B, 1) at ``positions`` (B, 1) into ``cache`` (whose
-        ``update`` writes every row at its own column), each row attending to the columns ``valid`` (B, L) marks."""
+        ``update`` writes every row at its own column), each row attending to the columns ``valid`` (B, L) marks
+        (None: every column the cache returns)."""
         x = self.embed_tokens(tokens)
         cos, sin = self.rotary(positions, x.dtype)
-        hidden = self.norm(self.body(x, AttentionInputs(cos, sin, valid[:, None, None, :], cache)))
+        mask = None  # additive, built once for every attention call of the step
+        if valid is not None:
+            mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill_(~valid, float("-inf"))
+            mask = mask[:, None, None, :]
+        hidden = self.norm(self.body(x, AttentionInputs(cos, sin, mask, cache)))
         return self.lm_head(hidden[:, -1])
 
     def hidden_states(

@@ -67,17 +67,27 @@ def bucket_for(rows: int, limit: int) -> int:
 
 
 class RowKVCache:
-    """Keys and values (entries, B, H, L, D) of B pool rows; row i writes its new token at ``columns[i]``;
-    attention reads columns ``[:width]``."""
+    """Keys and values (entries, B, H, L, D) of the pool's first B rows; row i writes its new token at
+    ``columns[i]`` (``column``: the same for every row, when the host knows it); attention reads columns
+    ``[:width]``. The write's flat indices are computed once per step."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, columns: torch.Tensor, width: int) -> None:
-        self.keys, self.values, self.columns, self.width = keys, values, columns, width
+    def __init__(
+        self, keys: torch.Tensor, values: torch.Tensor, columns: torch.Tensor, width: int, column: int | None = None
+    ) -> None:
+        self.keys, self.values, self.width, self.column = keys, values, width, column
+        _, rows, heads, length, self.head_dim = keys.shape
+        if column is None:
+            starts = torch.arange(rows * heads, device=columns.device).view(rows, heads) * length
+            self.index = (starts + columns[:, None]).view(-1)  # (B * H,) rows of the (B * H * L, D) view
 
     def update(self, entry: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        index = self.columns.view(-1, 1, 1, 1).expand(k.shape)  # k: (B, H, 1, D)
-        keys, values = self.keys[entry], self.values[entry]
-        keys.scatter_(2, index, k.to(keys.dtype))
-        values.scatter_(2, index, v.to(values.dtype))
+        keys, values = self.keys[entry], self.values[entry]  # (B, H, L, D), contiguous
+        if self.column is not None:
+            keys[:, :, self.column] = k[:, :, 0]
+            values[:, :, self.column] = v[:, :, 0]
+        else:
+            keys.view(-1, self.head_dim).index_copy_(0, self.index, k.reshape(-1, self.head_dim).to(keys.dtype))
+            values.view(-1, self.head_dim).index_copy_(0, self.index, v.reshape(-1, self.head_dim).to(values.dtype))
         return keys[:, :, : self.width], values[:, :, : self.width]
 
 
@@ -105,7 +115,8 @@ class RowPool:
 
     Per row: keys and values, ``valid`` (which columns it attends to), ``columns`` (where its next token goes;
     its position id too: a row's prompt starts at column 0), the token to feed, the next-token ``logits``, its
-    seed and sampled-token count, and its generated tokens and log-probs so far. A :class:`RowPool` outlives the
+    random stream's draws (computed at admission) and sampled-token count, and its generated tokens and log-probs
+    so far. A :class:`RowPool` outlives the
     cores that use it, so the CUDA graphs captured over its buffers are reused from call to call.
     """
 
@@ -126,10 +137,10 @@ class RowPool:
         self.valid = torch.zeros(rows, length, dtype=torch.bool, device=device)
         self.columns = torch.zeros(rows, dtype=torch.long, device=device)
         self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=device)
-        self.seeds = torch.zeros(rows, dtype=torch.long, device=device)
         self.counts = torch.zeros(rows, dtype=torch.long, device=device)
         self.out_tokens = torch.zeros(rows, max_new, dtype=torch.long, device=device)
         self.out_logprobs = torch.zeros(rows, max_new, dtype=torch.float32, device=device)
+        self.uniforms = torch.zeros(rows, max_new, dtype=torch.float32, device=device)  # each row's stream
         self.logits: torch.Tensor | None = None  # (rows, V), allocated at the first prefill
         self.pinned = torch.empty(rows, dtype=torch.bool, pin_memory=True) if device.type == "cuda" else None
         positions = getattr(getattr(model, "config", None), "max_position_embeddings", None) or length
@@ -152,17 +163,19 @@ class RowPool:
         """Row ``source`` (its first ``width`` columns) takes row ``target``'s place."""
         self.keys[:, target, :, :width] = self.keys[:, source, :, :width]
         self.values[:, target, :, :width] = self.values[:, source, :, :width]
-        for buffer in (self.valid, self.columns, self.seeds, self.counts, self.out_tokens, self.out_logprobs):
+        for buffer in (self.valid, self.columns, self.counts, self.out_tokens, self.out_logprobs, self.uniforms):
             buffer[target] = buffer[source]
         self.logits[target] = self.logits[source]
 
-    def decode_eager(self, tokens: torch.Tensor, rows: int, width: int) -> None:
-        """Feed ``tokens`` (rows,) to the first ``rows`` rows, whose columns in use end before ``width``."""
+    def decode_eager(self, tokens: torch.Tensor, rows: int, width: int, aligned: bool) -> None:
+        """Feed ``tokens`` (rows,) to the first ``rows`` rows, whose columns in use end before ``width``.
+        ``aligned``: every row writes column ``width - 1`` (then every column before it is valid: no mask)."""
         columns = self.columns[:rows]
         self.valid[:rows].scatter_(1, columns[:, None], True)
-        cache = RowKVCache(self.keys[:, :rows], self.values[:, :rows], columns, width)
+        cache = RowKVCache(self.keys[:, :rows], self.values[:, :rows], columns, width, width - 1 if aligned else None)
+        valid = None if aligned else self.valid[:rows, :width]
         with self.autocast():
-            logits = self.model.decode_step(tokens[:, None], columns[:, None], self.valid[:rows, :width], cache)
+            logits = self.model.decode_step(tokens[:, None], columns[:, None], valid, cache)
         self.logits[:rows] = logits
         self.columns[:rows] += 1
 
@@ -214,8 +227,9 @@ class _Running:
 
 
 class EngineCore:
-    def __init__(self, pool: RowPool, tokenizer=None) -> None:
+    def __init__(self, pool: RowPool, tokenizer=None, admit_batch: int | None = None) -> None:
         self.pool, self.tokenizer = pool, tokenizer
+        self.admit_batch = admit_batch or max(1, pool.rows // 8)  # free rows that trigger an admission
         self.waiting: deque[Request] = deque()
         self.running: list[_Running] = []  # pool row i holds running[i]
         self.decode_steps = self.prefills = 0
@@ -291,15 +305,15 @@ class EngineCore:
         self.occupancy += rows / pool.rows
         if self.running and not pool.graphed:
             kept = tokens[sources] if done else tokens
-            width = max(len(r.request.prompt) + r.count for r in self.running)
-            pool.decode_eager(kept, len(self.running), width)
+            ends = {len(r.request.prompt) + r.count for r in self.running}
+            pool.decode_eager(kept, len(self.running), max(ends), aligned=len(ends) == 1)
         return finished
 
     # -- internals --------------------------------------------------------------------------------------
     def _sample(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One token per running row, rows grouped by their sampling distribution (usually one group)."""
         pool = self.pool
-        uniforms = row_uniforms(pool.seeds[:rows], pool.counts[:rows])
+        uniforms = pool.uniforms[:rows].gather(1, pool.counts[:rows, None]).squeeze(1)
         logits = pool.logits[:rows]
         kinds = [_distribution(r.request.params) for r in self.running]
         if all(k == kinds[0] for k in kinds):
@@ -316,6 +330,8 @@ class EngineCore:
     def _admit(self) -> None:
         pool = self.pool
         free = pool.rows - len(self.running)
+        if free < min(self.admit_batch, len(self.waiting)) and self.running:
+            return  # wait for a few rows to free up: one prefill for several requests
         admitted = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
         if not admitted:
             return
@@ -346,7 +362,9 @@ class EngineCore:
         pool.logits[new] = logits[sources]
         pool.valid[new] = False
         pool.counts[new] = 0
-        pool.seeds[new] = torch.tensor([r.seed for r in admitted], dtype=torch.long, device=device)
+        seeds = torch.tensor([r.seed for r in admitted], dtype=torch.long, device=device)
+        steps = torch.arange(pool.max_new, device=device)
+        pool.uniforms[new] = row_uniforms(seeds[:, None], steps[None, :])
         pool.columns[new] = torch.tensor([len(r.prompt) for r in admitted], device=device)
         for offset, request in enumerate(admitted):
             row, i, length = first + offset, which[tuple(request.prompt)], len(request.prompt)

@@ -105,8 +105,10 @@ def sample_tokens(
     if params.temperature == 0:
         tokens = logits.argmax(-1)
         return tokens, torch.log_softmax(logits, -1).gather(1, tokens[:, None]).squeeze(1)
-    scaled = logits / params.temperature
+    scaled = logits / params.temperature if params.temperature != 1 else logits
     logprobs = torch.log_softmax(scaled, -1)
+    if not params.top_k and params.top_p >= 1.0:
+        return _inverse_cdf(logprobs.exp(), logprobs, uniforms)
     if params.top_k:
         kth = torch.topk(scaled, min(params.top_k, scaled.shape[-1]), dim=-1).values[:, -1:]
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
@@ -115,8 +117,14 @@ def sample_tokens(
         probs = torch.softmax(ordered, -1)
         outside = probs.cumsum(-1) - probs > params.top_p  # keep the smallest prefix whose mass reaches top_p
         scaled = scaled.scatter(1, order, ordered.masked_fill(outside, float("-inf")))
-    # inverse-CDF sampling: one uniform draw per row (torch.multinomial draws one per vocabulary entry)
-    cdf = torch.softmax(scaled, -1).cumsum(-1)
+    return _inverse_cdf(torch.softmax(scaled, -1), logprobs, uniforms)
+
+
+def _inverse_cdf(
+    probs: torch.Tensor, logprobs: torch.Tensor, uniforms: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse-CDF sampling, one uniform draw per row (torch.multinomial draws one per vocabulary entry)."""
+    cdf = probs.cumsum(-1)
     if uniforms is None:
         uniforms = torch.rand(cdf.shape[0], device=cdf.device)
     uniform = uniforms[:, None].to(cdf.dtype) * cdf[:, -1:]

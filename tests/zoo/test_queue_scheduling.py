@@ -121,6 +121,7 @@ def test_redundant_prompts_stop_at_the_first_complete_groups(scripted_lengths):
 def test_rewards_are_computed_while_generation_goes_on(scripted_lengths):
     rng = random.Random(2)
     problems, engine = _problems(rng, 8), NativeEngine(scripted_lengths())
+    problems[5]["prompt_ids"] = [5, 30]  # a long group: generation goes on well after the short ones complete
     steps_at_call = []
     core_steps = {"n": 0}
     original = type(engine).core

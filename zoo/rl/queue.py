@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -102,9 +102,9 @@ def run_queue_round(
 ) -> QueueOutcome:
     """One step of queue scheduling with a :class:`zoo.generation.NativeEngine`; see the module docstring.
 
-    ``launch`` are problem indices (each with ``prompt_ids``); ``more()`` returns the next problem index for a
-    filtered group's replacement (None: no replacements). The pool has ``max_running`` rows (default: every
-    launched request at once)."""
+    ``launch`` are problem indices (each with ``prompt_ids``, and optionally its own ``max_new_tokens``, which
+    caps its responses below ``params``'); ``more()`` returns the next problem index for a filtered group's
+    replacement. The pool has ``max_running`` rows (default: every launched request at once)."""
     if not 1 <= complete_at <= n:
         raise ValueError(f"complete_at={complete_at} must lie in [1, n={n}]")
     launched, groups = list(launch), [_Group(k, bool(p)) for k, p in enumerate(protected)]
@@ -116,9 +116,11 @@ def run_queue_round(
 
         def submit(position: int) -> None:
             seeds = row_seeds(params.seed, (position + 1) * n)[position * n :].tolist()
-            prompt = list(problems[launched[position]]["prompt_ids"])
+            problem = problems[launched[position]]
+            budget = min(problem.get("max_new_tokens", params.max_new_tokens), params.max_new_tokens)
+            own = params if budget == params.max_new_tokens else replace(params, max_new_tokens=budget)
             for j in range(n):
-                core.submit(Request((position, j), prompt, params, seeds[j]))
+                core.submit(Request((position, j), list(problem["prompt_ids"]), own, seeds[j]))
             stats.launched_prompts += 1
 
         for position in range(len(launched)):
