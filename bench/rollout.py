@@ -26,7 +26,8 @@ import time
 import torch
 from timing import gpt_neox_pair
 
-from zoo.generation import NativeEngine, SamplingParams
+from zoo.generation import NativeEngine
+from zoo.sampling import SamplingParams
 
 
 def timed(fn, device: str) -> float:

@@ -29,7 +29,6 @@ import torch
 from torchmetrics.aggregation import MeanMetric
 
 from zoo.errors import ConfigError, require_int
-from zoo.generation import SamplingParams
 from zoo.hub import build_initialized
 from zoo.models import config_from_dict
 from zoo.optim import OptimConfig, TrainingDiverged, build_adamw, build_schedule, ensure_finite
@@ -38,6 +37,7 @@ from zoo.rl.evaluation import evaluate_pass_at_k
 from zoo.rl.losses import aggregate, kl_penalty, ppo_clip_loss
 from zoo.rl.rewards import PendingRewards, RewardBatch, RewardRunner
 from zoo.rl.rollout import RolloutBatch, Round, token_logprobs
+from zoo.sampling import SamplingParams
 from zoo.strategies import clip_grad_norm, shard_for_strategy
 
 

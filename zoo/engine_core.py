@@ -27,7 +27,7 @@ rows in use. Two ways to run a decode step (``decode``):
   ``static`` runs the same static-buffer steps uncaptured: the graph path's logic on any device.
 
 A request's tokens depend on its prompt, its params, its seed and the weights only, not on which requests share
-its steps: every row draws from its own random stream (``zoo.generation.row_uniforms``) and attends only to its
+its steps: every row draws from its own random stream (``zoo.sampling.row_uniforms``) and attends only to its
 own columns.
 """
 
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zoo.generation import SamplingParams, hits_stop_string, row_uniforms, sample_tokens
+from zoo.sampling import SamplingParams, hits_stop_string, row_uniforms, sample_tokens
 
 COLUMN_MULTIPLE = 64  # graphed pools round their length up to this
 DECODE_MODES = ("eager", "graphs", "static")
@@ -116,8 +116,8 @@ class RowPool:
     Per row: keys and values, ``valid`` (which columns it attends to), ``columns`` (where its next token goes;
     its position id too: a row's prompt starts at column 0), the token to feed, the next-token ``logits``, its
     random stream's draws (computed at admission) and sampled-token count, and its generated tokens and log-probs
-    so far. A :class:`RowPool` outlives the
-    cores that use it, so the CUDA graphs captured over its buffers are reused from call to call.
+    so far. A :class:`RowPool` outlives the cores that use it, so the CUDA graphs captured over its buffers are
+    reused from call to call.
     """
 
     def __init__(

@@ -13,9 +13,10 @@ from zoo.callbacks.rollout import RolloutCallback
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.engines.hf import HFEngine
 from zoo.errors import ConfigError
-from zoo.generation import NativeEngine, SamplingParams
+from zoo.generation import NativeEngine
 from zoo.models import GPTNeoX, GPTNeoXConfig, MeSH, MeSHConfig
 from zoo.modules.grpo import GRPOModule
+from zoo.sampling import SamplingParams
 
 DIMS = dict(vocab_size=60, hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=96)
 PROMPTS = [[5, 9, 2], [7], [1, 2, 3, 4, 5, 6, 7, 8], [40, 41]]

@@ -16,10 +16,11 @@ from zoo.callbacks.rollout import RolloutCallback
 from zoo.callbacks.tail_batching import TailBatcher, TailBatching
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import ConfigError
-from zoo.generation import NativeEngine, SamplingParams
+from zoo.generation import NativeEngine
 from zoo.loader import PromptStream
 from zoo.modules.grpo import GRPOModule
 from zoo.rl.rollout import Round
+from zoo.sampling import SamplingParams
 
 
 class _Tokens:

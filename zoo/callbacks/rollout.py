@@ -40,10 +40,11 @@ from torch.distributed.tensor import DTensor
 
 from zoo.engines import ENGINES, engine_for
 from zoo.errors import ConfigError, require_int
-from zoo.generation import GenerationResult, NativeEngine, SamplingParams
+from zoo.generation import GenerationResult, NativeEngine
 from zoo.loader import PromptStream
 from zoo.rl.queue import QueueOutcome, QueuePlanner, QueueStats, run_queue_round
 from zoo.rl.rollout import Round
+from zoo.sampling import SamplingParams
 
 log = logging.getLogger("zoo")
 SCHEDULES = ("batch", "queue")

@@ -7,12 +7,12 @@ have no transformers counterpart: use ``native``.
   existing transformers model in place (evaluation of an unsharded policy, no copy).
 - Prompts are left-padded into one batch; ``num_return_sequences=n`` gives each prompt's n completions in
   prompt order, as the engine interface requires.
-- Sampling follows :class:`zoo.generation.SamplingParams` and nothing else: the model's own
+- Sampling follows :class:`zoo.sampling.SamplingParams` and nothing else: the model's own
   ``generation_config`` (a checkpoint's repetition penalty, top-k, EOS list) is set aside while it generates, so
   the log-probs the trainer compares against are those of the distribution it sampled from. Temperature 0 is
   greedy; stop tokens go to ``eos_token_id``, stop strings to ``stop_strings``. transformers pads a finished row
   to the batch's length, so each completion is cut where the native engine would have stopped it
-  (:func:`zoo.generation.finish`).
+  (:func:`zoo.sampling.finish`).
 - Log-probs: ``log softmax(logits / temperature)`` of the sampled tokens from the raw logits
   (``output_logits``), before top-k / top-p: the quantity the trainer computes.
 - A seed fixes the draw without touching the process's global random state (``torch.random.fork_rng``).
@@ -28,7 +28,8 @@ import torch
 
 from zoo.engines import transformers_view
 from zoo.errors import ConfigError
-from zoo.generation import GenerationResult, Sample, SamplingParams, finish
+from zoo.generation import GenerationResult, Sample
+from zoo.sampling import SamplingParams, finish
 
 
 class HFEngine:

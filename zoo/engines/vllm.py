@@ -39,7 +39,8 @@ from safetensors.torch import save_file
 from zoo.engine_core import Finished, Request
 from zoo.engines import transformers_view
 from zoo.errors import ConfigError
-from zoo.generation import GenerationResult, Sample, SamplingParams
+from zoo.generation import GenerationResult, Sample
+from zoo.sampling import SamplingParams
 
 
 def _load_into_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:

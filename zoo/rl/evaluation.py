@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from zoo.engines import in_place_engine
-from zoo.generation import SamplingParams
 from zoo.rl.rewards import RewardRunner
+from zoo.sampling import SamplingParams
 
 
 def pass_at_k(n: int, correct: int, k: int) -> float:

@@ -22,7 +22,7 @@ it completes (rewards are only awaited at the end). With filtering its rewards d
 the engine has nothing left to run.
 
 Choices where the paper is silent: launched prompts take their seeds from the step's seed and their launch
-position (request j of position k is row k·n + j of ``zoo.generation.row_seeds``); the groups trained are the
+position (request j of position k is row k·n + j of ``zoo.sampling.row_seeds``); the groups trained are the
 protected ones and then the others in completion order (ties: launch order); complete groups beyond ``needed``
 are returned like unfinished ones (their samples are not kept: a later step trains them on-policy).
 """
@@ -38,8 +38,9 @@ from typing import Any
 import torch
 
 from zoo.engine_core import Finished, Request
-from zoo.generation import Sample, SamplingParams, row_seeds
+from zoo.generation import Sample
 from zoo.rl.rewards import PendingRewards, RewardBatch
+from zoo.sampling import SamplingParams, row_seeds
 
 DECISION_LAG = 8  # engine steps between a group's completion and its filtering decision
 
