@@ -1,3 +1,5 @@
+import contextlib
+import io
 import logging
 import os
 import subprocess
@@ -81,12 +83,33 @@ def _run_zoo(args, cwd, env, timeout=300, check=True) -> subprocess.CompletedPro
     return process
 
 
+def _run_zoo_here(args, cwd, check=True) -> subprocess.CompletedProcess:
+    """``zoo ARGS`` in this process (a new Python process costs about 4 s of imports), its output and exit status
+    captured as a process's would be."""
+    from zoo.cli import main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        patch.chdir(cwd)
+        try:
+            main(list(args))
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+    process = subprocess.CompletedProcess(["zoo", *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"zoo {' '.join(args)} failed ({code}):\n{process.stderr[-3000:]}")
+    return process
+
+
 @pytest.fixture
 def run_zoo(zoo_env, tmp_path):
-    """Run the ``zoo`` command in ``tmp_path`` as a user would; returns the finished process."""
+    """Run the ``zoo`` command in ``tmp_path`` as a user would (``process=True``: as a new process; otherwise in
+    this process, which runs the same code); returns the finished process."""
 
-    def run(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-        return _run_zoo(args, tmp_path, zoo_env, timeout, check)
+    def run(*args: str, timeout: float = 300, check: bool = True, process: bool = False) -> subprocess.CompletedProcess:
+        if process:
+            return _run_zoo(args, tmp_path, zoo_env, timeout, check)
+        return _run_zoo_here(args, tmp_path, check)
 
     return run
 

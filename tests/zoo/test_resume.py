@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from zoo.checkpoint_io import AtomicCheckpointIO
+from zoo.cli import main
 from zoo.errors import ConfigError
 
 RUN = ["trainer.max_steps=150", "checkpoint.every_n_train_steps=10", "trainer.val_check_interval=50"]
@@ -56,10 +57,11 @@ def _assert_same_end(full, resumed, keys):
         torch.testing.assert_close(again[name], tensor, rtol=0, atol=1e-6)
 
 
-def test_killed_and_resumed_run_matches_an_uninterrupted_run(run_zoo, tiny, zoo_env, tmp_path):
-    run_zoo("fit", *tiny, *RUN, "name=full")
+def test_killed_and_resumed_run_matches_an_uninterrupted_run(tiny, zoo_env, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the uninterrupted run and the resume run in this process; the killed one not
+    main(["fit", *tiny, *RUN, "name=full"])
     killed = _kill_after_first_checkpoint([*tiny, *RUN], "killed", tmp_path, zoo_env, 150)
-    run_zoo("fit", f"resume={killed}")
+    main(["fit", f"resume={killed}"])
     _assert_same_end(_run_dir(tmp_path / "runs" / "full"), killed, ["train/loss", "val/loss", "train/tokens"])
 
 
@@ -100,22 +102,35 @@ SCHEDULES = {
 }
 
 
+@pytest.fixture(scope="module")
+def sft_policy(zoo_cache, tmp_path_factory) -> Path:
+    """A directory whose hub store holds ``resume-sft``, a small SFT policy that earns rewards (trained once)."""
+    where = tmp_path_factory.mktemp("resume_sft")
+    sft = ["data.train_size=2000", "data.batch_size=32", "data.seq_len=64", "trainer.max_steps=150"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(where)
+        patch.setenv("ZOO_CACHE", str(zoo_cache))
+        patch.setenv("ZOO_HUB", str(where / "hub"))
+        main(["fit", "model=sft", *SMALL, *sft, "trainer.val_check_interval=150", "name=sft"])
+        main(["hub", "push", str(_run_dir(where / "runs" / "sft")), "--name", "resume-sft"])
+    return where
+
+
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
-def test_a_killed_grpo_run_resumes_exactly(run_zoo, zoo_env, tmp_path, schedule):
+def test_a_killed_grpo_run_resumes_exactly(sft_policy, zoo_env, tmp_path, monkeypatch, schedule):
     """Rollouts (seeded by the step), the prompt order, minibatch shuffles, the optimizer and the sampler's
     queue and position (or queue scheduling's returned prompts) all continue."""
     sampler, logged = SCHEDULES[schedule]
-    sft = ["data.train_size=2000", "data.batch_size=32", "data.seq_len=64", "trainer.max_steps=150"]
-    run_zoo("fit", "model=sft", *SMALL, *sft, "trainer.val_check_interval=150", "name=sft")
-    run_zoo("hub", "push", str(_run_dir(tmp_path / "runs" / "sft")), "--name", "resume-sft")  # a policy with rewards
-    run_zoo("fit", *GRPO, *sampler, "name=full")
+    shutil.copytree(sft_policy / "hub", tmp_path / "hub")  # this test's hub store
+    monkeypatch.chdir(tmp_path)  # the uninterrupted run and the resume run in this process; the killed one not
+    main(["fit", *GRPO, *sampler, "name=full"])
     full = _run_dir(tmp_path / "runs" / "full")
-    start = torch.load(_run_dir(tmp_path / "runs" / "sft") / "checkpoints" / "last.ckpt", weights_only=True)
+    start = torch.load(_run_dir(sft_policy / "runs" / "sft") / "checkpoints" / "last.ckpt", weights_only=True)
     end = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
     moved = (end["state_dict"]["model.embed.weight"] - start["state_dict"]["model.embed.weight"]).abs().max()
     assert moved > 1e-4  # GRPO changed the policy, so a resume that drew other rollouts would end elsewhere
     killed = _kill_after_first_checkpoint([*GRPO, *sampler], "killed", tmp_path, zoo_env, 40)
-    run_zoo("fit", f"resume={killed}")
+    main(["fit", f"resume={killed}"])
     _assert_same_end(full, killed, ["train/loss", "reward/mean", "val/pass@1", *logged])
 
 
