@@ -12,9 +12,10 @@ write column, random stream and output buffer.
 Admission runs **in a step of its own** before the step's sampling: one prefill of the admitted prompts
 (identical prompts prefilled once, so a prompt's n replicas cost one prefill), left-padded, whose keys and
 values are copied into columns ``0 .. len - 1`` of the new rows. Decoding then treats old and new rows alike.
-(Chunked prefill inside the decode batch would hide a prefill behind decoding; at rollout sizes a prefill costs
-a few decode steps, so the simpler choice stands: `bench/queue_scheduling.py` prints the share of time spent
-in prefill.)
+While requests run, admission waits until ``admit_batch`` rows (default an eighth of the pool) are free, so one
+prefill serves several refills. (Chunked prefill inside the decode batch would hide a prefill behind decoding;
+measured on the CPU settings of ``bench/queue_scheduling.py``, admissions take 10-11% of the engine's time, so
+the simpler choice stands.)
 
 Occupied rows stay contiguous (a freed row is filled by the last occupied one), so a step computes only the
 rows in use. Two ways to run a decode step (``decode``):
