@@ -149,8 +149,10 @@ class RowPool:
         self.steps: dict[int, Callable[[], None]] = {}  # graphed decode step per bucket
 
     def fits(self, rows: int, length: int, dtype: torch.dtype | None, max_new: int) -> bool:
+        """Whether a core of ``rows`` rows of ``length`` columns can run on this pool (a larger pool serves a
+        smaller core: rounds of different sizes keep one pool and its CUDA graphs)."""
         return (
-            self.rows == rows
+            self.rows >= rows
             and (self.dtype == (dtype or self.model.embed.weight.dtype))
             and self.max_new >= max_new
             and (self.length >= length + 1 if self.graphed else self.length >= length)
@@ -228,13 +230,17 @@ class _Running:
 
 
 class EngineCore:
-    def __init__(self, pool: RowPool, tokenizer=None, admit_batch: int | None = None) -> None:
-        self.pool, self.tokenizer = pool, tokenizer
-        self.admit_batch = admit_batch or max(1, pool.rows // 8)  # free rows that trigger an admission
+    """The request-level engine over the first ``rows`` rows of ``pool`` (default all); see the module docstring."""
+
+    def __init__(self, pool: RowPool, tokenizer=None, rows: int | None = None, admit_batch: int | None = None) -> None:
+        self.pool, self.tokenizer, self.rows = pool, tokenizer, rows or pool.rows
+        if self.rows > pool.rows:
+            raise ValueError(f"a core of {self.rows} rows on a pool of {pool.rows}")
+        self.admit_batch = admit_batch or max(1, self.rows // 8)  # free rows that trigger an admission
         self.waiting: deque[Request] = deque()
         self.running: list[_Running] = []  # pool row i holds running[i]
         self.decode_steps = self.prefills = 0
-        self.occupancy = 0.0  # sum over decode steps of running rows / pool rows
+        self.occupancy = 0.0  # sum over decode steps of running rows / rows
         device = pool.keys.device
         self._stop_ids = torch.zeros(0, dtype=torch.long, device=device)
         self._stop_set: frozenset[int] = frozenset()
@@ -303,7 +309,7 @@ class EngineCore:
         finished = self._outputs(done, reasons)
         sources = self._retire(done)
         self.decode_steps += 1
-        self.occupancy += rows / pool.rows
+        self.occupancy += rows / self.rows
         if self.running and not pool.graphed:
             kept = tokens[sources] if done else tokens
             ends = {len(r.request.prompt) + r.count for r in self.running}
@@ -330,7 +336,7 @@ class EngineCore:
 
     def _admit(self) -> None:
         pool = self.pool
-        free = pool.rows - len(self.running)
+        free = self.rows - len(self.running)
         if free < min(self.admit_batch, len(self.waiting)) and self.running:
             return  # wait for a few rows to free up: one prefill for several requests
         admitted = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]

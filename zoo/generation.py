@@ -98,7 +98,7 @@ class NativeEngine:
         if pool is None or pool.decode != mode or not pool.fits(max_running, max_length, self.dtype, max_new_tokens):
             self.pool = pool = None  # free the old buffers first
             self.pool = RowPool(self.model, max_running, max_length, self.dtype, mode, max_new_tokens)
-        return EngineCore(self.pool, self.tokenizer)
+        return EngineCore(self.pool, self.tokenizer, rows=max_running)
 
     @torch.inference_mode()
     def generate(

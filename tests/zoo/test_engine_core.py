@@ -113,3 +113,21 @@ def test_bf16_autocast_decoding_follows_the_fp32_model():
     assert agree >= 0.8 * sum(len(s.token_ids) for s in fp32.samples)
     first = torch.tensor([s.logprobs[0] for s in fp32.samples])
     assert torch.allclose(torch.tensor([s.logprobs[0] for s in bf16.samples]), first, atol=0.1)
+
+
+def test_a_smaller_core_reuses_the_pool_and_keeps_to_its_rows():
+    model = _model("gpt_neox")
+    greedy = SamplingParams(max_new_tokens=12, temperature=0)
+    engine = NativeEngine(model)
+    engine.generate(PROMPTS, 2, greedy)  # a pool of 8 rows
+    pool = engine.pool
+    core = engine.core(3, 30, 12)
+    assert engine.pool is pool and core.rows == 3
+    for i, prompt in enumerate(MANY[:7]):
+        core.submit(Request(i, prompt, greedy))
+    finished = []
+    while core.busy:
+        finished += core.step()
+        assert len(core.running) <= 3
+    alone = [_run(model, [prompt], 1, greedy)[0][0].token_ids for prompt in MANY[:7]]
+    assert [f.token_ids for f in sorted(finished, key=lambda f: f.id)] == alone

@@ -82,6 +82,7 @@ def test_pretrain_then_sft_then_grpo_through_the_hub(run_zoo, tmp_path, trained_
 
 
 def test_ppo_from_the_command_line(run_zoo, tmp_path):
+    """PPO with queue scheduling and redundant prompts (GRPO runs the batch schedule above)."""
     run_zoo(
         "fit",
         "model=ppo",
@@ -93,10 +94,14 @@ def test_ppo_from_the_command_line(run_zoo, tmp_path):
         "trainer.limit_val_batches=0",
         "module.rollout.max_new_tokens=4",
         "+data.options={carry_only: true}",
+        "rollout.schedule=queue",
+        "rollout.extra_prompts=2",
+        "rollout.max_running=16",
     )
     run = _run_dir(tmp_path / "runs" / "ppo")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 3 and "critic/value_loss" in metrics and "reward/mean" in metrics
+    assert metrics["queue/launched_prompts"] >= 10 and 0 < metrics["queue/occupancy"] <= 1
 
     # validating the run needs neither model=ppo nor its task options: they are the run's own
     run_zoo("validate", f"ckpt_path={run}", "name=check", "module.evaluation.max_new_tokens=4")
