@@ -119,10 +119,13 @@ def test_a_smaller_core_reuses_the_pool_and_keeps_to_its_rows():
     model = _model("gpt_neox")
     greedy = SamplingParams(max_new_tokens=12, temperature=0)
     engine = NativeEngine(model)
-    engine.generate(PROMPTS, 2, greedy)  # a pool of 8 rows
+    engine.core(8, 30, 12)  # a pool of 8 rows
     pool = engine.pool
-    core = engine.core(3, 30, 12)
+    core = engine.core(3, 24, 12)
     assert engine.pool is pool and core.rows == 3
+    engine.core(3, 40, 12)  # longer rows: a new pool
+    assert engine.pool is not pool
+    core = engine.core(3, 40, 12)
     for i, prompt in enumerate(MANY[:7]):
         core.submit(Request(i, prompt, greedy))
     finished = []
