@@ -4,9 +4,12 @@ returned prompt is trained the next time it is launched, rewards run while gener
 with it through the rollout callback."""
 
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from zoo.callbacks.rollout import RolloutCallback
 from zoo.datamodules.prompts import PromptDataModule
@@ -213,3 +216,40 @@ def test_grpo_with_redundant_prompts_logs_the_queue_and_restores_its_state(cpu_t
     restored.load_state_dict(callback.state_dict())  # before setup, as Lightning restores a checkpoint
     restored.setup(trainer, module, "fit")
     assert restored.queue_sampler.state_dict() == callback.queue_sampler.state_dict()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    p0=st.integers(1, 6),
+    extra=st.integers(0, 6),
+    size=st.integers(1, 40),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
+def test_any_step_outcome_keeps_the_planners_invariants(p0, extra, size, seed, data):
+    """Whatever a step trains, filters out or returns: returned prompts come first and protected, a protected
+    prompt is never returned again, and every drawn prompt is consumed once or still waits."""
+    if size < p0 + extra:
+        size = p0 + extra
+    planner, stream = QueuePlanner(p0, extra), PromptStream(size, seed)
+    drawn, take = [], stream.take
+    stream.take = lambda count, at_least: drawn.extend(taken := take(count, at_least)) or taken
+    consumed = []
+    for _ in range(data.draw(st.integers(1, 15), label="steps")):
+        waiting = list(planner.returned)
+        launch, protected = planner.plan(stream.take)
+        first = waiting[:p0]
+        assert launch[: len(first)] == first and protected == [i < len(first) for i in range(len(launch))]
+        assert len(launch) == (p0 if len(waiting) >= p0 else p0 + extra)
+        # the engine's outcome: protected positions are consumed; others trained, filtered out or returned
+        fates = [
+            data.draw(st.sampled_from(["trained", "filtered"] if guard else ["trained", "filtered", "returned"]))
+            for guard in protected
+        ]
+        outcome = SimpleNamespace(launched=launch, returned=[k for k, fate in enumerate(fates) if fate == "returned"])
+        planner.finish(outcome)
+        consumed += [p for p, fate in zip(launch, fates, strict=True) if fate != "returned"]
+        assert sorted(drawn) == sorted(consumed + planner.returned)
+        restored = QueuePlanner(p0, extra)
+        restored.load_state_dict(planner.state_dict())
+        assert restored == planner
