@@ -62,6 +62,8 @@ CASES = [
     (["hub", "pull", "{tmp}/nowhere"], "not a directory"),
     (["hub", "show", "a..b"], "invalid hub name"),
     (["fit", "model=sft", "data.train_size=8"], "fewer than one batch of 8 per rank"),
+    (["fit", "model=grpo", "rollout.schedule=fifo"], "rollout.schedule 'fifo' is not one of batch, queue"),
+    (["fit", "model=grpo", "rollout.extra_prompts=3"], "need rollout.schedule=queue"),
 ]
 
 
