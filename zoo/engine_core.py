@@ -162,13 +162,13 @@ class RowPool:
         device = self.keys.device.type
         return torch.autocast(device, dtype=self.dtype, enabled=self.dtype != self.model.embed.weight.dtype)
 
-    def move(self, source: int, target: int, width: int) -> None:
-        """Row ``source`` (its first ``width`` columns) takes row ``target``'s place."""
-        self.keys[:, target, :, :width] = self.keys[:, source, :, :width]
-        self.values[:, target, :, :width] = self.values[:, source, :, :width]
+    def move(self, sources: torch.Tensor, targets: torch.Tensor, width: int) -> None:
+        """Rows ``sources`` (their first ``width`` columns) take the places of rows ``targets``."""
+        self.keys[:, targets, :, :width] = self.keys[:, sources, :, :width]
+        self.values[:, targets, :, :width] = self.values[:, sources, :, :width]
         for buffer in (self.valid, self.columns, self.counts, self.out_tokens, self.out_logprobs, self.uniforms):
-            buffer[target] = buffer[source]
-        self.logits[target] = self.logits[source]
+            buffer[targets] = buffer[sources]
+        self.logits[targets] = self.logits[sources]
 
     def decode_eager(self, tokens: torch.Tensor, rows: int, width: int, aligned: bool) -> None:
         """Feed ``tokens`` (rows,) to the first ``rows`` rows, whose columns in use end before ``width``.
@@ -373,12 +373,16 @@ class EngineCore:
         steps = torch.arange(pool.max_new, device=device)
         pool.uniforms[new] = row_uniforms(seeds[:, None], steps[None, :])
         pool.columns[new] = torch.tensor([len(r.prompt) for r in admitted], device=device)
+        by_length: dict[int, list[int]] = {}  # the new rows of each prompt length: one copy per length
         for offset, request in enumerate(admitted):
-            row, i, length = first + offset, which[tuple(request.prompt)], len(request.prompt)
-            pool.keys[:, row, :, :length] = cache.keys[:, i, :, width - length :]
-            pool.values[:, row, :, :length] = cache.values[:, i, :, width - length :]
-            pool.valid[row, :length] = True
+            by_length.setdefault(len(request.prompt), []).append(offset)
             self.running.append(_Running(request))
+        for length, offsets in by_length.items():
+            rows = torch.tensor([first + o for o in offsets], device=device)
+            prefilled = sources[torch.tensor(offsets, device=device)]
+            pool.keys[:, rows, :, :length] = cache.keys[:, prefilled, :, width - length :]
+            pool.values[:, rows, :, :length] = cache.values[:, prefilled, :, width - length :]
+            pool.valid[rows, :length] = True
         stop_sets = {frozenset(r.request.params.stop_token_ids) for r in self.running}
         self._mixed_stops = len(stop_sets) > 1
         stops = frozenset().union(*stop_sets)
@@ -408,12 +412,19 @@ class EngineCore:
         for row in sorted(rows, reverse=True):
             last = len(self.running) - 1
             if row != last:
-                moved = self.running[last]
-                self.pool.move(last, row, min(len(moved.request.prompt) + moved.count + 1, self.pool.length))
-                self.running[row] = moved
+                self.running[row] = self.running[last]
                 sources[row] = sources[last]
             self.running.pop()
             sources.pop()
+        targets = [row for row, source in enumerate(sources) if source != row]
+        if targets:  # one gathered copy per buffer for every row that moved
+            width = max(len(self.running[t].request.prompt) + self.running[t].count + 1 for t in targets)
+            device = self.pool.keys.device
+            self.pool.move(
+                torch.tensor([sources[t] for t in targets], device=device),
+                torch.tensor(targets, device=device),
+                min(width, self.pool.length),
+            )
         return torch.tensor(sources, dtype=torch.long, device=self.pool.keys.device)
 
 
