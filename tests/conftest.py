@@ -107,7 +107,10 @@ def run_zoo(zoo_env, tmp_path):
     this process, which runs the same code); returns the finished process."""
 
     def run(*args: str, timeout: float = 300, check: bool = True, process: bool = False) -> subprocess.CompletedProcess:
-        if process:
+        # several devices: Lightning starts the other ranks by running the same command line again, which in this
+        # process is pytest's
+        several = any(a.startswith("trainer.devices=") and a.split("=", 1)[1] not in ("1", "auto") for a in args)
+        if process or several:
             return _run_zoo(args, tmp_path, zoo_env, timeout, check)
         return _run_zoo_here(args, tmp_path, check)
 
