@@ -62,7 +62,11 @@ class PPOModule(RLModule):
         with torch.no_grad():
             if batch.old_logprobs is None:  # the KL penalty in the reward needs them even for a single update
                 batch.old_logprobs = token_logprobs(self.model, batch.input_ids, self.rollout_config.temperature)[0]
-            batch.old_values = self.critic(batch.input_ids[:, :-1]) * batch.response_mask
+            batch.old_values = self.value_estimate(batch) * batch.response_mask
+
+    def value_estimate(self, batch: RolloutBatch) -> torch.Tensor:
+        """The values (N, L) GAE bootstraps from, before any update of this batch."""
+        return self.critic(batch.input_ids[:, :-1])
 
     def advantages(self, batch: RolloutBatch) -> torch.Tensor:
         mask = batch.response_mask
@@ -77,8 +81,13 @@ class PPOModule(RLModule):
 
     def loss(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         policy_loss, logs = super().loss(batch)
+        value_loss, value_logs = self.value_loss(batch)
+        return policy_loss + self.ppo.vf_coef * value_loss, {**logs, **value_logs}
+
+    def value_loss(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The critic's clipped value loss on a minibatch, and what to log about it."""
         values = self.critic(batch.input_ids[:, :-1])
-        value_loss = clipped_value_loss(
+        loss = clipped_value_loss(
             values,
             batch.old_values,
             batch.returns,
@@ -86,5 +95,4 @@ class PPOModule(RLModule):
             self.ppo.value_clip,
             self.algorithm.aggregation,
         )
-        logs["critic/value_loss"] = value_loss.detach()
-        return policy_loss + self.ppo.vf_coef * value_loss, logs
+        return loss, {"critic/value_loss": loss.detach()}

@@ -204,12 +204,20 @@ class RLModule(L.LightningModule):
         return estimators.expand_to_tokens(sequence, batch.response_mask)
 
     kl_in_loss = True  # GRPO's place for the KL to the reference; PPO puts it in the reward instead
+    logs_entropy = False  # log the policy's entropy even without an entropy bonus
+
+    def entropy_weights(self, batch: RolloutBatch) -> torch.Tensor | None:
+        """Per-token weights (N, L) of the entropy bonus (None: every completion token counts fully)."""
+        return None
 
     def loss(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Stage 4: the policy loss of a minibatch, and what to log about it."""
         a = self.algorithm
         logprobs, entropy = token_logprobs(
-            self.model, batch.input_ids, self.rollout_config.temperature, with_entropy=a.entropy_coef > 0
+            self.model,
+            batch.input_ids,
+            self.rollout_config.temperature,
+            with_entropy=a.entropy_coef > 0 or self.logs_entropy,
         )
         old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
         loss, stats = ppo_clip_loss(
@@ -236,9 +244,11 @@ class RLModule(L.LightningModule):
             loss = loss + a.kl_coef * kl
             logs["policy/kl_to_reference"] = kl.detach()
         if entropy is not None:
-            entropy = aggregate(entropy, mask, a.aggregation, length)
-            loss = loss - a.entropy_coef * entropy
-            logs["policy/entropy"] = entropy.detach()
+            logs["policy/entropy"] = aggregate(entropy, mask, a.aggregation, length).detach()
+            if a.entropy_coef > 0:
+                weights = self.entropy_weights(batch)
+                bonus = aggregate(entropy * weights if weights is not None else entropy, mask, a.aggregation, length)
+                loss = loss - a.entropy_coef * bonus
         return loss, logs
 
     # -- the loop ---------------------------------------------------------------------------------------

@@ -77,18 +77,21 @@ class OptimConfig:
             raise ConfigError(f"module.optim.grad_clip must be >= 0 or null, got {self.grad_clip!r}")
 
 
-def build_adamw(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
+def adamw_groups(model: nn.Module, config: OptimConfig, lr: float | None = None) -> list[dict]:
+    """``model``'s trainable parameters as AdamW groups: matrices decayed, vectors not; at ``lr`` if given."""
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    on_cuda = bool(params) and params[0].is_cuda
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=config.betas,
-        eps=config.eps,
-        fused=on_cuda or None,
-    )
+    rate = {} if lr is None else {"lr": lr}
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay, **rate},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, **rate},
+    ]
+
+
+def build_adamw(model: nn.Module | list[dict], config: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over a model's parameters, or over parameter groups (:func:`adamw_groups` of several parts)."""
+    groups = adamw_groups(model, config) if isinstance(model, nn.Module) else model
+    on_cuda = any(p.is_cuda for group in groups for p in group["params"])
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=on_cuda or None)
 
 
 def build_schedule(

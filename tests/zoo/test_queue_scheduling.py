@@ -4,6 +4,7 @@ returned prompt is trained the next time it is launched, rewards run while gener
 with it through the rollout callback."""
 
 import random
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -121,12 +122,13 @@ def test_redundant_prompts_stop_at_the_first_complete_groups(scripted_lengths):
     runner.close()
 
 
-def test_rewards_are_computed_while_generation_goes_on(scripted_lengths):
+def test_rewards_start_while_generation_goes_on(scripted_lengths):
+    """A group is handed to the reward workers at the engine step it completes, not after the last one; the
+    rewards run on the workers' threads."""
     rng = random.Random(2)
     problems, engine = _problems(rng, 8), NativeEngine(scripted_lengths())
     problems[5]["prompt_ids"] = [5, 30]  # a long group: generation goes on well after the short ones complete
-    steps_at_call = []
-    core_steps = {"n": 0}
+    core_steps, submitted_at, threads = {"n": 0}, [], set()
     original = type(engine).core
 
     def counting_core(self, *args):
@@ -143,13 +145,19 @@ def test_rewards_are_computed_while_generation_goes_on(scripted_lengths):
     engine.core = counting_core.__get__(engine)
 
     def reward(prompt, completion, reference):
-        steps_at_call.append(core_steps["n"])
+        threads.add(threading.current_thread().name)
         return 1.0
 
     runner = RewardRunner(reward)
-    outcome = _round(engine, problems, range(8), 2, 8, 5, runner)
-    assert len(steps_at_call) == 16 and min(steps_at_call) < outcome.stats.decode_steps
-    assert len(outcome.stats.reward_latency_s) == 8
+
+    def submit(problems, texts):
+        submitted_at.append(core_steps["n"])
+        return runner.submit_answers(problems, texts)
+
+    outcome = run_queue_round(engine, problems, range(8), [False] * 8, 2, 2, 8, _params(5), submit, _Lengths())
+    assert len(submitted_at) == 8 and min(submitted_at) < outcome.stats.decode_steps
+    assert threads == {"reward"} and len(outcome.stats.reward_latency_s) == 8
+    assert outcome.rewards.scores.tolist() == [1.0] * 16
     runner.close()
 
 

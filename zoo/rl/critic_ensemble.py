@@ -11,8 +11,10 @@ which critic trains on which sample, the ensemble's value and uncertainty, and t
 - :func:`uncertainty_masks`: advantage mask I^A (0 where σ is in the lowest ``low`` fraction: critics agree, no
   policy-gradient term there) and entropy mask I^H (0 where σ is in the highest ``high`` fraction: excluded from
   the entropy bonus). The thresholds are ``torch.quantile`` (linear interpolation) of σ over the valid tokens
-  only: lowest means σ ≤ quantile(σ, low), highest σ ≥ quantile(σ, 1 − high). With distinct σ and ``low · n``
-  an integer (n valid tokens) exactly ``low · n`` tokens are masked; ties at a threshold are all masked.
+  only: lowest means σ < quantile(σ, low), highest σ > quantile(σ, 1 − high). With distinct σ and ``low · n``
+  an integer (n valid tokens) exactly ``low · n`` tokens are masked; tokens tied at a threshold keep their
+  terms, so critics that do not disagree anywhere (σ all equal, as at the start when their heads are zero)
+  mask nothing.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def uncertainty_masks(
     population = sigma[valid].float()
     if len(population):
         if low > 0:
-            keep_advantage &= sigma > torch.quantile(population, low)
+            keep_advantage &= sigma >= torch.quantile(population, low)
         if high > 0:
-            keep_entropy &= sigma < torch.quantile(population, 1 - high)
+            keep_entropy &= sigma <= torch.quantile(population, 1 - high)
     return keep_advantage.to(sigma.dtype), keep_entropy.to(sigma.dtype)

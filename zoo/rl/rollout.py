@@ -8,7 +8,7 @@ log-probs of predicting it, so ``response_mask`` marks the completion's tokens t
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ class RolloutBatch:
     ref_logprobs: torch.Tensor | None = None  # (N, L) the frozen reference's
     old_values: torch.Tensor | None = None  # (N, L) a critic's, before the updates
     returns: torch.Tensor | None = None  # (N, L) value targets
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # a method's own per-sample tensors (N, ...)
 
     @property
     def targets(self) -> torch.Tensor:
@@ -38,10 +39,12 @@ class RolloutBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def _tensors(self) -> list[str]:
+        return [f.name for f in fields(self) if f.name != "extras" and getattr(self, f.name) is not None]
+
     def select(self, rows: torch.Tensor) -> RolloutBatch:
-        return replace(
-            self, **{f.name: getattr(self, f.name)[rows] for f in fields(self) if getattr(self, f.name) is not None}
-        )
+        extras = {name: value[rows] for name, value in self.extras.items()}
+        return replace(self, **{name: getattr(self, name)[rows] for name in self._tensors()}, extras=extras)
 
     def minibatches(self, size: int, generator: torch.Generator | None = None) -> Iterator[RolloutBatch]:
         order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
@@ -49,10 +52,8 @@ class RolloutBatch:
             yield self.select(order[start : start + size].to(self.input_ids.device))
 
     def to(self, device: Any) -> RolloutBatch:
-        return replace(
-            self,
-            **{f.name: getattr(self, f.name).to(device) for f in fields(self) if getattr(self, f.name) is not None},
-        )
+        extras = {name: value.to(device) for name, value in self.extras.items()}
+        return replace(self, **{name: getattr(self, name).to(device) for name in self._tensors()}, extras=extras)
 
 
 @dataclass

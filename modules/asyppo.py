@@ -1,0 +1,210 @@
+"""AsyPPO (Liu et al. 2025, arXiv:2510.01656; spec: ../shared/papers notes §2): PPO whose critic is an ensemble of
+M lightweight mini-critics, each trained on its own disjoint shard of the samples, with two uses of their
+disagreement σ (the standard deviation of their values per token). Only PPO's stages change:
+
+- value estimate: every critic's values (kept in the batch), their mean (``aggregate: min`` takes the minimum)
+  is V̄, which GAE bootstraps from; the value targets are GAE's returns on V̄;
+- loss: the policy-gradient term is dropped on the tokens whose σ is in the lowest ``advantage_mask`` fraction
+  (the critics agree: little to learn there) and the entropy bonus skips those in the highest
+  ``entropy_filter`` fraction (the critics disagree: exploring there is noise); the fractions are quantiles of σ
+  over the valid tokens of the minibatch (``mask_population: batch``: of the whole rollout batch), see
+  ``zoo.rl.critic_ensemble``. The per-token normaliser stays the completion's length: masked tokens add zero;
+- value loss: each critic's clipped value loss on its own shard only (``shard_mode``), summed over critics;
+- the first ``critic_warmup_steps`` optimizer steps train the critics alone; ``critic_lr`` sets their learning
+  rate (default: the policy's).
+
+The critics (``critic_model``): ``null`` copies the policy (architecture and weights, as PPO does); otherwise
+overrides of the policy's model settings (e.g. a narrower, shallower Pythia, built from scratch) or another
+model's settings (``arch: hf`` with a ``path``), optionally ``init_from: hub:NAME``. Each critic is built in turn,
+so critics built from scratch start apart.
+
+Choices where the paper is silent: σ is the population standard deviation (divisor M) of the pre-update values
+computed with the rollout; each critic's clipped value loss uses its own pre-update values; GAE uses V̄ for
+every critic. With M = 1 and both fractions 0 this is PPO, step for step (test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from zoo.errors import ConfigError, require_int
+from zoo.hub import build_initialized
+from zoo.models import config_from_dict
+from zoo.models.value import ValueModel
+from zoo.modules.ppo import PPOModule
+from zoo.modules.rl import config_section
+from zoo.optim import adamw_groups, build_adamw, build_schedule
+from zoo.rl.critic_ensemble import AGGREGATES, SHARD_MODES, critic_shards, ensemble_values, uncertainty_masks
+from zoo.rl.losses import clipped_value_loss
+from zoo.rl.rollout import RolloutBatch
+from zoo.strategies import shard_for_strategy
+
+POPULATIONS = ("minibatch", "batch")
+
+
+@dataclass
+class AsyPPOConfig:
+    critics: int = 2  # M
+    critic_model: dict | None = None  # each critic's network; null: a copy of the policy
+    shard_mode: str = "responses_within_prompt"  # | whole_prompts
+    aggregate: str = "mean"  # | min
+    advantage_mask: float = 0.2  # k: no policy gradient on the lowest-σ fraction of tokens
+    entropy_filter: float = 0.2  # h: no entropy bonus on the highest-σ fraction
+    mask_population: str = "minibatch"  # | batch
+    critic_warmup_steps: int = 0
+    critic_lr: float | None = None
+
+
+class AsyPPOModule(PPOModule):
+    logs_entropy = True
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optim: dict[str, Any] | None = None,
+        rollout: dict[str, Any] | None = None,
+        algorithm: dict[str, Any] | None = None,
+        evaluation: dict[str, Any] | None = None,
+        ppo: dict[str, Any] | None = None,
+        asyppo: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(model, optim, rollout, algorithm, evaluation, ppo)
+        self.save_hyperparameters()
+        a = self.asyppo = config_section(AsyPPOConfig, asyppo, "module.asyppo")
+        require_int("module.asyppo.critics", a.critics, 1)
+        require_int("module.asyppo.critic_warmup_steps", a.critic_warmup_steps, 0)
+        for key, value, allowed in (
+            ("shard_mode", a.shard_mode, SHARD_MODES),
+            ("aggregate", a.aggregate, AGGREGATES),
+            ("mask_population", a.mask_population, POPULATIONS),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"module.asyppo.{key} {value!r} is not one of {', '.join(allowed)}")
+        for key in ("advantage_mask", "entropy_filter"):
+            if not 0 <= getattr(a, key) < 1:
+                raise ConfigError(f"module.asyppo.{key} must lie in [0, 1), got {getattr(a, key)!r}")
+        if a.critic_lr is not None and not a.critic_lr > 0:
+            raise ConfigError(f"module.asyppo.critic_lr must be > 0, got {a.critic_lr!r}")
+        self.critics: torch.nn.ModuleList | None = None
+
+    # -- the critics ----------------------------------------------------------------------------------------
+    def copy_policy(self, policy: torch.nn.Module) -> None:
+        super(PPOModule, self).copy_policy(policy)  # the reference; the critics replace PPO's single critic
+        self.critics = torch.nn.ModuleList(self.build_critic(policy) for _ in range(self.asyppo.critics))
+        for critic in self.critics:
+            shard_for_strategy(self, critic)
+
+    def build_critic(self, policy: torch.nn.Module) -> ValueModel:
+        spec = self.asyppo.critic_model
+        if spec is None:
+            return ValueModel.from_policy(policy)
+        spec = dict(spec)
+        init_from = spec.pop("init_from", None)
+        settings = (
+            spec if spec.get("arch", policy.config.arch) != policy.config.arch else {**policy.config.to_dict(), **spec}
+        )
+        body = build_initialized(config_from_dict(settings), init_from)
+        if body.embed.weight.shape[0] != policy.embed.weight.shape[0]:
+            raise ConfigError(
+                f"module.asyppo.critic_model has a vocabulary of {body.embed.weight.shape[0]}, the policy "
+                f"{policy.embed.weight.shape[0]}: the critics read the policy's tokens"
+            )
+        return ValueModel(body.to(next(policy.parameters()).device))
+
+    def trainable(self) -> torch.nn.Module:
+        return torch.nn.ModuleList([self.model, self.critics])
+
+    def configure_optimizers(self):
+        if self.asyppo.critic_lr is None:
+            return super().configure_optimizers()
+        groups = adamw_groups(self.model, self.optim_config)
+        groups += adamw_groups(self.critics, self.optim_config, lr=self.asyppo.critic_lr)
+        optimizer = build_adamw(groups, self.optim_config)
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
+        return [optimizer], [build_schedule(optimizer, self.optim_config, total)]
+
+    # -- the stages -----------------------------------------------------------------------------------------
+    def value_estimate(self, batch: RolloutBatch) -> torch.Tensor:
+        inputs = batch.input_ids[:, :-1]
+        values = torch.stack([critic(inputs) for critic in self.critics], 1) * batch.response_mask[:, None]
+        batch.extras["critic_values"] = values  # (N, M, L)
+        batch.extras["critic_index"] = critic_shards(batch.prompt_index, self.asyppo.critics, self.asyppo.shard_mode)
+        value, sigma = ensemble_values(values.transpose(0, 1), self.asyppo.aggregate)
+        batch.extras["sigma"] = sigma
+        return value
+
+    def advantages(self, batch: RolloutBatch) -> torch.Tensor:
+        advantages = super().advantages(batch)
+        a, mask = self.asyppo, batch.response_mask
+        if a.mask_population == "batch":
+            keep_advantage, keep_entropy = uncertainty_masks(
+                batch.extras["sigma"], mask, a.advantage_mask, a.entropy_filter
+            )
+            batch.extras["keep_advantage"], batch.extras["keep_entropy"] = keep_advantage, keep_entropy
+        self._log_ensemble(batch)
+        return advantages
+
+    def loss(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        a, mask = self.asyppo, batch.response_mask
+        if a.mask_population == "minibatch":
+            keep_advantage, keep_entropy = uncertainty_masks(
+                batch.extras["sigma"], mask, a.advantage_mask, a.entropy_filter
+            )
+        else:
+            keep_advantage, keep_entropy = batch.extras["keep_advantage"], batch.extras["keep_entropy"]
+        tokens = mask.sum().clamp(min=1)
+        fractions = {
+            "asyppo/advantage_masked": 1 - keep_advantage.sum() / tokens,
+            "asyppo/entropy_filtered": 1 - keep_entropy.sum() / tokens,
+        }
+        if self.global_step < a.critic_warmup_steps:  # the critics learn alone first
+            value_loss, logs = self.value_loss(batch)
+            return self.ppo.vf_coef * value_loss, {**logs, **fractions}
+        masked = replace(
+            batch, advantages=batch.advantages * keep_advantage, extras={**batch.extras, "keep_entropy": keep_entropy}
+        )
+        loss, logs = super().loss(masked)
+        return loss, {**logs, **fractions}
+
+    def entropy_weights(self, batch: RolloutBatch) -> torch.Tensor | None:
+        return batch.extras.get("keep_entropy")
+
+    def value_loss(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Every critic's clipped value loss on its own shard, summed."""
+        inputs, owner = batch.input_ids[:, :-1], batch.extras["critic_index"]
+        total, logs = torch.zeros((), device=inputs.device), {}
+        for m, critic in enumerate(self.critics):
+            rows = (owner == m).nonzero().squeeze(1)
+            if not len(rows):
+                continue
+            loss = clipped_value_loss(
+                critic(inputs[rows]),
+                batch.extras["critic_values"][rows, m],
+                batch.returns[rows],
+                batch.response_mask[rows],
+                self.ppo.value_clip,
+                self.algorithm.aggregation,
+            )
+            total = total + loss
+            logs[f"critic/value_loss_{m}"] = loss.detach()
+        logs["critic/value_loss"] = total.detach()
+        return total, logs
+
+    def _log_ensemble(self, batch: RolloutBatch) -> None:
+        """σ (mean, histogram) and each critic's explained variance of the returns on its own shard."""
+        mask = batch.response_mask.bool()
+        sigma = batch.extras["sigma"][mask]
+        logs = {"asyppo/sigma_mean": sigma.mean()}
+        for m in range(self.asyppo.critics):
+            mine = mask & (batch.extras["critic_index"] == m)[:, None]
+            returns, values = batch.returns[mine], batch.extras["critic_values"][:, m][mine]
+            if len(returns) > 1 and returns.var() > 0:
+                logs[f"critic/explained_variance_{m}"] = 1 - (returns - values).var() / returns.var().clamp(min=1e-8)
+        self.log_dict(logs)
+        tensorboard = next((lg for lg in self.trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if tensorboard is not None and self.trainer.is_global_zero and len(sigma):
+            tensorboard.experiment.add_histogram("asyppo/sigma", sigma.float(), self.global_step)

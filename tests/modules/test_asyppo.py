@@ -1,0 +1,136 @@
+"""AsyPPO (modules/asyppo.py) from the algebra: one critic and no masks is PPO, step for step; identical critics and
+no masks update the policy as PPO does; warm-up steps leave the policy alone; the critics' own learning rate; a
+reward that rises with two small critics; and the command line."""
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from zoo.callbacks.rollout import RolloutCallback
+from zoo.datamodules.prompts import PromptDataModule
+from zoo.errors import ConfigError
+from zoo.modules.asyppo import AsyPPOModule
+from zoo.modules.ppo import PPOModule
+
+POLICY = dict(arch="gpt_neox", vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+SMALL_CRITIC = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+OFF = dict(advantage_mask=0.0, entropy_filter=0.0)
+
+
+class _Start(L.Callback):
+    def on_train_start(self, trainer, module):
+        self.policy = [p.detach().clone() for p in module.model.parameters()]
+        self.critics = [p.detach().clone() for p in module.critics.parameters()]
+
+
+def _fit(cpu_trainer, module_class, steps=4, reward=None, lr=1e-3, callbacks=(), **settings):
+    torch.manual_seed(0)
+    data = PromptDataModule(task="arithmetic", train_size=200, val_size=8, batch_size=4, vocab_size=64)
+    data.prepare_data()
+    data.reward = reward or (lambda p, c, r: float(c.strip().startswith("1")))
+    optim = dict(lr=lr, warmup_steps=1, grad_clip=None)
+    module = module_class(POLICY, optim=optim, rollout=dict(n=4, max_new_tokens=5), **settings)
+    trainer = cpu_trainer(max_steps=steps, limit_val_batches=0, callbacks=[RolloutCallback(), *callbacks])
+    torch.manual_seed(1)
+    trainer.fit(module, datamodule=data)
+    return module, trainer
+
+
+def _assert_same(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, x), (_, y) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("algorithm", [{}, {"ppo_epochs": 2, "minibatch_size": 8, "entropy_coef": 0.01}])
+def test_one_critic_without_masks_is_ppo(cpu_trainer, algorithm):
+    ppo, _ = _fit(cpu_trainer, PPOModule, algorithm=algorithm)
+    asyppo, trainer = _fit(
+        cpu_trainer, AsyPPOModule, algorithm=algorithm, asyppo=dict(critics=1, critic_model=None, **OFF)
+    )
+    _assert_same(ppo.model, asyppo.model)
+    _assert_same(ppo.critic, asyppo.critics[0])
+    assert trainer.callback_metrics["asyppo/sigma_mean"] == 0
+
+
+def test_identical_critics_without_masks_move_the_policy_as_ppo(cpu_trainer):
+    """Both critics start as copies of the policy: σ = 0 and V̄ = V, so the first update of the policy is PPO's
+    (the critics then learn on different shards)."""
+    ppo, _ = _fit(cpu_trainer, PPOModule, steps=1)
+    asyppo, trainer = _fit(cpu_trainer, AsyPPOModule, steps=1, asyppo=dict(critics=2, critic_model=None, **OFF))
+    _assert_same(ppo.model, asyppo.model)
+    assert trainer.callback_metrics["asyppo/sigma_mean"] == 0
+
+
+def test_warmup_trains_the_critics_alone_at_their_own_rate(cpu_trainer):
+    start = _Start()
+    settings = dict(critic_model=SMALL_CRITIC, critic_warmup_steps=2, critic_lr=5e-3)
+    module, trainer = _fit(cpu_trainer, AsyPPOModule, steps=2, callbacks=[start], asyppo=settings)
+    for a, b in zip(start.policy, module.model.parameters(), strict=True):
+        assert torch.equal(a, b)  # the policy did not move during the warm-up
+    assert any(not torch.equal(a, b) for a, b in zip(start.critics, module.critics.parameters(), strict=True))
+    rates = sorted({group["initial_lr"] for group in trainer.optimizers[0].param_groups})
+    assert rates == [1e-3, 5e-3]
+    assert all(critic.body.config.hidden_size == 16 for critic in module.critics)
+    assert "critic/value_loss_0" in trainer.callback_metrics and "critic/value_loss_1" in trainer.callback_metrics
+
+
+class _Rewards(L.Callback):
+    def __init__(self) -> None:
+        self.history = []
+
+    def on_train_batch_end(self, trainer, module, *args):
+        self.history.append(float(trainer.callback_metrics["reward/mean"]))
+
+
+def test_two_small_critics_raise_the_reward(cpu_trainer):
+    """The bandit of the GRPO tests: reward 1 when the answer starts with "7", about 1 in 16 samples at first."""
+    torch.manual_seed(0)
+    data = PromptDataModule(task="arithmetic", train_size=2000, val_size=16, batch_size=16, vocab_size=64)
+    data.prepare_data()
+    data.reward = lambda p, c, r: float(c.strip().startswith("7"))
+    module = AsyPPOModule(
+        POLICY,
+        optim=dict(lr=1e-3, warmup_steps=5, weight_decay=0.0),
+        rollout=dict(n=8, max_new_tokens=4),
+        asyppo=dict(critic_model=SMALL_CRITIC, critic_lr=3e-3),
+    )
+    record = _Rewards()
+    trainer = cpu_trainer(max_steps=200, limit_val_batches=0, callbacks=[RolloutCallback(), record])
+    trainer.fit(module, datamodule=data)
+    first, last = sum(record.history[:10]) / 10, sum(record.history[-10:]) / 10
+    assert first < 0.1 and last > 0.6  # 0.03 → 0.83 when written (PPO with its one full-size critic: 0.88)
+    metrics = trainer.callback_metrics
+    assert 0 < metrics["asyppo/advantage_masked"] < 0.5 and 0 < metrics["asyppo/entropy_filtered"] < 0.5
+    assert metrics["asyppo/sigma_mean"] > 0 and "policy/entropy" in metrics
+
+
+@pytest.mark.parametrize(
+    "asyppo, message",
+    [
+        (dict(critics=0), "module.asyppo.critics"),
+        (dict(shard_mode="random"), "module.asyppo.shard_mode 'random'"),
+        (dict(advantage_mask=1.0), "module.asyppo.advantage_mask must lie in"),
+        (dict(critic_lr=0), "module.asyppo.critic_lr"),
+        (dict(wobble=1), "unknown module.asyppo setting"),
+    ],
+)
+def test_bad_settings_are_named(asyppo, message):
+    with pytest.raises(ConfigError, match=message):
+        AsyPPOModule(POLICY, asyppo=asyppo)
+
+
+def test_asyppo_from_the_command_line(run_zoo, tmp_path):
+    run_zoo(
+        "fit", "model=asyppo", "model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
+        "model.intermediate_size=64", "data.vocab_size=64", "data.train_size=200", "data.val_size=8",
+        "trainer.max_steps=3", "trainer.limit_val_batches=0", "module.rollout.max_new_tokens=4",
+        "trainer.enable_progress_bar=false",
+    )  # fmt: skip
+    (run,) = (tmp_path / "runs" / "asyppo").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("asyppo/sigma_mean", "asyppo/advantage_masked", "asyppo/entropy_filtered", "critic/value_loss_0",
+                "critic/value_loss_1", "policy/entropy"):  # fmt: skip
+        assert key in metrics, key
