@@ -13,6 +13,9 @@ disagreement σ (the standard deviation of their values per token). Only PPO's s
 - the first ``critic_warmup_steps`` optimizer steps train the critics alone; ``critic_lr`` sets their learning
   rate (default: the policy's).
 
+Ablations of the paper's experiments: ``shard_mode: shared`` trains every critic on every sample;
+``mask_kind: random`` masks the same fractions of tokens chosen at random (seeded by the step) instead of by σ.
+
 The critics (``critic_model``): ``null`` copies the policy (architecture and weights, as PPO does); otherwise
 overrides of the policy's model settings (e.g. a narrower, shallower Pythia, built from scratch) or another
 model's settings (``arch: hf`` with a ``path``), optionally ``init_from: hub:NAME``. Each critic is built in turn,
@@ -44,15 +47,17 @@ from zoo.rl.rollout import RolloutBatch
 from zoo.strategies import shard_for_strategy
 
 POPULATIONS = ("minibatch", "batch")
+MASK_KINDS = ("sigma", "random")
 
 
 @dataclass
 class AsyPPOConfig:
     critics: int = 2  # M
     critic_model: dict | None = None  # each critic's network; null: a copy of the policy
-    shard_mode: str = "responses_within_prompt"  # | whole_prompts
+    shard_mode: str = "responses_within_prompt"  # | whole_prompts | shared (every critic on every sample: ablation)
     aggregate: str = "mean"  # | min
     advantage_mask: float = 0.2  # k: no policy gradient on the lowest-σ fraction of tokens
+    mask_kind: str = "sigma"  # | random: the same fraction of tokens drawn at random (ablation)
     entropy_filter: float = 0.2  # h: no entropy bonus on the highest-σ fraction
     mask_population: str = "minibatch"  # | batch
     critic_warmup_steps: int = 0
@@ -78,7 +83,8 @@ class AsyPPOModule(PPOModule):
         require_int("module.asyppo.critics", a.critics, 1)
         require_int("module.asyppo.critic_warmup_steps", a.critic_warmup_steps, 0)
         for key, value, allowed in (
-            ("shard_mode", a.shard_mode, SHARD_MODES),
+            ("shard_mode", a.shard_mode, (*SHARD_MODES, "shared")),
+            ("mask_kind", a.mask_kind, MASK_KINDS),
             ("aggregate", a.aggregate, AGGREGATES),
             ("mask_population", a.mask_population, POPULATIONS),
         ):
@@ -132,7 +138,10 @@ class AsyPPOModule(PPOModule):
         inputs = batch.input_ids[:, :-1]
         values = torch.stack([critic(inputs) for critic in self.critics], 1) * batch.response_mask[:, None]
         batch.extras["critic_values"] = values  # (N, M, L)
-        batch.extras["critic_index"] = critic_shards(batch.prompt_index, self.asyppo.critics, self.asyppo.shard_mode)
+        shared = self.asyppo.shard_mode == "shared"
+        mode = "responses_within_prompt" if shared else self.asyppo.shard_mode
+        shards = critic_shards(batch.prompt_index, self.asyppo.critics, mode)
+        batch.extras["critic_index"] = torch.full_like(shards, -1) if shared else shards  # -1: every critic
         value, sigma = ensemble_values(values.transpose(0, 1), self.asyppo.aggregate)
         batch.extras["sigma"] = sigma
         return value
@@ -141,19 +150,24 @@ class AsyPPOModule(PPOModule):
         advantages = super().advantages(batch)
         a, mask = self.asyppo, batch.response_mask
         if a.mask_population == "batch":
-            keep_advantage, keep_entropy = uncertainty_masks(
-                batch.extras["sigma"], mask, a.advantage_mask, a.entropy_filter
-            )
+            keep_advantage, keep_entropy = self.masks(batch.extras["sigma"], mask)
             batch.extras["keep_advantage"], batch.extras["keep_entropy"] = keep_advantage, keep_entropy
         self._log_ensemble(batch)
         return advantages
 
+    def masks(self, sigma: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The advantage and entropy masks over ``mask``'s tokens; ``mask_kind: random`` swaps σ for noise drawn
+        from the step (the same fractions, no information)."""
+        a = self.asyppo
+        if a.mask_kind == "random":
+            generator = torch.Generator().manual_seed(self.global_step)
+            sigma = torch.rand(sigma.shape, generator=generator).to(sigma.device)
+        return uncertainty_masks(sigma, mask, a.advantage_mask, a.entropy_filter)
+
     def loss(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         a, mask = self.asyppo, batch.response_mask
         if a.mask_population == "minibatch":
-            keep_advantage, keep_entropy = uncertainty_masks(
-                batch.extras["sigma"], mask, a.advantage_mask, a.entropy_filter
-            )
+            keep_advantage, keep_entropy = self.masks(batch.extras["sigma"], mask)
         else:
             keep_advantage, keep_entropy = batch.extras["keep_advantage"], batch.extras["keep_entropy"]
         tokens = mask.sum().clamp(min=1)
@@ -178,7 +192,7 @@ class AsyPPOModule(PPOModule):
         inputs, owner = batch.input_ids[:, :-1], batch.extras["critic_index"]
         total, logs = torch.zeros((), device=inputs.device), {}
         for m, critic in enumerate(self.critics):
-            rows = (owner == m).nonzero().squeeze(1)
+            rows = ((owner == m) | (owner == -1)).nonzero().squeeze(1)
             if not len(rows):
                 continue
             loss = clipped_value_loss(
@@ -200,7 +214,8 @@ class AsyPPOModule(PPOModule):
         sigma = batch.extras["sigma"][mask]
         logs = {"asyppo/sigma_mean": sigma.mean()}
         for m in range(self.asyppo.critics):
-            mine = mask & (batch.extras["critic_index"] == m)[:, None]
+            owner = batch.extras["critic_index"]
+            mine = mask & ((owner == m) | (owner == -1))[:, None]
             returns, values = batch.returns[mine], batch.extras["critic_values"][:, m][mine]
             if len(returns) > 1 and returns.var() > 0:
                 logs[f"critic/explained_variance_{m}"] = 1 - (returns - values).var() / returns.var().clamp(min=1e-8)

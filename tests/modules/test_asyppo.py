@@ -77,6 +77,17 @@ def test_warmup_trains_the_critics_alone_at_their_own_rate(cpu_trainer):
     assert "critic/value_loss_0" in trainer.callback_metrics and "critic/value_loss_1" in trainer.callback_metrics
 
 
+def test_ablations_share_the_data_or_mask_at_random(cpu_trainer):
+    """``shared``: every critic sees every sample (copies of one policy then stay identical: σ = 0); ``random``:
+    the same masked fractions without σ."""
+    shared, trainer = _fit(cpu_trainer, AsyPPOModule, asyppo=dict(critic_model=None, shard_mode="shared", **OFF))
+    _assert_same(shared.critics[0], shared.critics[1])
+    assert trainer.callback_metrics["asyppo/sigma_mean"] == 0
+    _, trainer = _fit(cpu_trainer, AsyPPOModule, asyppo=dict(critic_model=None, mask_kind="random"))
+    metrics = trainer.callback_metrics  # σ = 0 here would mask nothing; random masks keep the rates
+    assert 0.1 < metrics["asyppo/advantage_masked"] < 0.3 and 0.1 < metrics["asyppo/entropy_filtered"] < 0.3
+
+
 class _Rewards(L.Callback):
     def __init__(self) -> None:
         self.history = []
