@@ -7,7 +7,9 @@ the paper's ablations at this scale (notes §2.5):
 - ``masks``: at UTD 4 (4 epochs x 2 minibatches a batch), the σ advantage mask vs a random mask of the same rate
   vs none;
 - ``entropy``: an entropy bonus (0.01) filtered by σ vs a plain one;
-- ``compare``: AsyPPO vs PPO with one critic of about the two small critics' combined size vs GRPO.
+- ``compare``: AsyPPO vs PPO with one critic of about the two small critics' combined size vs GRPO;
+- ``cost``: beside a 19M-parameter actor (512 wide, 6 blocks), one actor-sized critic (PPO's) vs two small
+  critics (128 wide, 2 blocks): peak memory (each arm in a process of its own) and seconds per training step.
 
 Prints, per arm and seed: the mean reward of the last 20 steps, σ averaged over the run, and the policy's
 entropy over the last 20 steps.
@@ -102,12 +104,73 @@ EXPERIMENTS = {  # name: {arm: (module class, settings)}
 }
 
 
+ACTOR = dict(POLICY, hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=2048)
+COST_ARMS = {  # the critics beside a 19M-parameter actor
+    "one actor-sized critic": dict(critics=1, critic_model=None, advantage_mask=0.0, entropy_filter=0.0),
+    "two small critics": dict(
+        critics=2, critic_model=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512)
+    ),
+}
+
+
+def cost(arm: str, steps: int) -> None:
+    """Peak memory (the process's maximum resident set) and seconds per step of one arm, in a process of its own."""
+    import json
+    import resource
+    import time
+
+    torch.manual_seed(0)
+    data = PromptDataModule(task="arithmetic", train_size=2000, val_size=16, batch_size=16, vocab_size=64)
+    data.prepare_data()
+    data.reward = lambda p, c, r: float(c.strip().startswith("7"))
+    module = AsyPPOModule(ACTOR, optim=dict(lr=1e-4), rollout=dict(n=8, max_new_tokens=16), asyppo=COST_ARMS[arm])
+    times = []
+
+    class _Clock(L.Callback):
+        def on_train_batch_start(self, *args) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, *args) -> None:
+            times.append(time.perf_counter() - self.start)
+
+    trainer = L.Trainer(
+        max_steps=steps, limit_val_batches=0, callbacks=[RolloutCallback(), _Clock()], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    critic_parameters = sum(p.numel() for p in module.critics.parameters())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    print(json.dumps({"arm": arm, "peak_mb": peak, "seconds_per_step": sorted(times[1:])[len(times[1:]) // 2],
+                      "critic_parameters": critic_parameters}))  # fmt: skip
+
+
+def compare_costs(steps: int) -> None:
+    import json
+    import subprocess
+    import sys
+
+    for arm in COST_ARMS:
+        out = subprocess.run(
+            [sys.executable, __file__, "--cost-arm", arm, "--steps", str(steps)], capture_output=True, text=True
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        print(
+            f"{arm:24s} critics {result['critic_parameters'] / 1e6:6.2f}M parameters, peak memory "
+            f"{result['peak_mb']:7.0f} MB, {result['seconds_per_step']:.2f} s/step (median)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", choices=list(EXPERIMENTS), default="bandit")
+    parser.add_argument("--experiment", choices=[*EXPERIMENTS, "cost"], default="bandit")
+    parser.add_argument("--cost-arm", choices=list(COST_ARMS), help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--seeds", default="0", help="comma-separated")
     args = parser.parse_args()
+    if args.cost_arm:
+        return cost(args.cost_arm, args.steps)
+    if args.experiment == "cost":
+        return compare_costs(args.steps)
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"{args.experiment}: {args.steps} steps, seeds {seeds}; per seed: reward of the last 20 steps, mean σ, "
           "policy entropy of the last 20 steps")  # fmt: skip
