@@ -145,3 +145,17 @@ def test_asyppo_from_the_command_line(run_zoo, tmp_path):
     for key in ("asyppo/sigma_mean", "asyppo/advantage_masked", "asyppo/entropy_filtered", "critic/value_loss_0",
                 "critic/value_loss_1", "policy/entropy"):  # fmt: skip
         assert key in metrics, key
+
+
+def test_a_critic_can_be_a_hugging_face_backbone(hf_models):
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(hf_models["llama"]).vocab_size
+    critic_model = dict(arch="hf", path=str(hf_models["llama"]))
+    module = AsyPPOModule(dict(POLICY, vocab_size=vocab), asyppo=dict(critics=2, critic_model=critic_model))
+    module.configure_model()
+    assert all(critic.body.config.arch == "hf" for critic in module.critics)
+    values = module.critics[0](torch.randint(0, vocab, (3, 7)))
+    assert values.shape == (3, 7) and torch.equal(values, torch.zeros(3, 7))  # a zero head: every value 0 at first
+    with pytest.raises(ConfigError, match="vocabulary"):
+        AsyPPOModule(dict(POLICY, vocab_size=vocab + 1), asyppo=dict(critic_model=critic_model)).configure_model()
