@@ -159,3 +159,15 @@ def test_a_critic_can_be_a_hugging_face_backbone(hf_models):
     assert values.shape == (3, 7) and torch.equal(values, torch.zeros(3, 7))  # a zero head: every value 0 at first
     with pytest.raises(ConfigError, match="vocabulary"):
         AsyPPOModule(dict(POLICY, vocab_size=vocab + 1), asyppo=dict(critic_model=critic_model)).configure_model()
+
+
+def test_the_module_config_names_every_setting():
+    from dataclasses import fields
+    from pathlib import Path
+
+    import yaml
+
+    from zoo.modules.asyppo import AsyPPOConfig
+
+    config = yaml.safe_load((Path(__file__).parents[2] / "configs" / "module" / "asyppo.yaml").read_text())
+    assert set(config["asyppo"]) == {f.name for f in fields(AsyPPOConfig)}
