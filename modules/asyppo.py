@@ -40,8 +40,15 @@ from zoo.models import config_from_dict
 from zoo.models.value import ValueModel
 from zoo.modules.ppo import PPOModule
 from zoo.modules.rl import config_section
-from zoo.optim import adamw_groups, build_adamw, build_schedule
-from zoo.rl.critic_ensemble import AGGREGATES, SHARD_MODES, critic_shards, ensemble_values, uncertainty_masks
+from zoo.optim import adamw_groups
+from zoo.rl.critic_ensemble import (
+    AGGREGATES,
+    EVERY_CRITIC,
+    SHARD_MODES,
+    critic_shards,
+    ensemble_values,
+    uncertainty_masks,
+)
 from zoo.rl.losses import clipped_value_loss
 from zoo.rl.rollout import RolloutBatch
 from zoo.strategies import shard_for_strategy
@@ -83,7 +90,7 @@ class AsyPPOModule(PPOModule):
         require_int("module.asyppo.critics", a.critics, 1)
         require_int("module.asyppo.critic_warmup_steps", a.critic_warmup_steps, 0)
         for key, value, allowed in (
-            ("shard_mode", a.shard_mode, (*SHARD_MODES, "shared")),
+            ("shard_mode", a.shard_mode, SHARD_MODES),
             ("mask_kind", a.mask_kind, MASK_KINDS),
             ("aggregate", a.aggregate, AGGREGATES),
             ("mask_population", a.mask_population, POPULATIONS),
@@ -124,24 +131,18 @@ class AsyPPOModule(PPOModule):
     def trainable(self) -> torch.nn.Module:
         return torch.nn.ModuleList([self.model, self.critics])
 
-    def configure_optimizers(self):
+    def parameter_groups(self) -> list[dict]:
         if self.asyppo.critic_lr is None:
-            return super().configure_optimizers()
-        groups = adamw_groups(self.model, self.optim_config)
-        groups += adamw_groups(self.critics, self.optim_config, lr=self.asyppo.critic_lr)
-        optimizer = build_adamw(groups, self.optim_config)
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
-        return [optimizer], [build_schedule(optimizer, self.optim_config, total)]
+            return super().parameter_groups()
+        critics = adamw_groups(self.critics, self.optim_config, lr=self.asyppo.critic_lr)
+        return adamw_groups(self.model, self.optim_config) + critics
 
     # -- the stages -----------------------------------------------------------------------------------------
     def value_estimate(self, batch: RolloutBatch) -> torch.Tensor:
         inputs = batch.input_ids[:, :-1]
         values = torch.stack([critic(inputs) for critic in self.critics], 1) * batch.response_mask[:, None]
         batch.extras["critic_values"] = values  # (N, M, L)
-        shared = self.asyppo.shard_mode == "shared"
-        mode = "responses_within_prompt" if shared else self.asyppo.shard_mode
-        shards = critic_shards(batch.prompt_index, self.asyppo.critics, mode)
-        batch.extras["critic_index"] = torch.full_like(shards, -1) if shared else shards  # -1: every critic
+        batch.extras["critic_index"] = critic_shards(batch.prompt_index, self.asyppo.critics, self.asyppo.shard_mode)
         value, sigma = ensemble_values(values.transpose(0, 1), self.asyppo.aggregate)
         batch.extras["sigma"] = sigma
         return value
@@ -192,7 +193,7 @@ class AsyPPOModule(PPOModule):
         inputs, owner = batch.input_ids[:, :-1], batch.extras["critic_index"]
         total, logs = torch.zeros((), device=inputs.device), {}
         for m, critic in enumerate(self.critics):
-            rows = ((owner == m) | (owner == -1)).nonzero().squeeze(1)
+            rows = ((owner == m) | (owner == EVERY_CRITIC)).nonzero().squeeze(1)
             if not len(rows):
                 continue
             loss = clipped_value_loss(
@@ -215,7 +216,7 @@ class AsyPPOModule(PPOModule):
         logs = {"asyppo/sigma_mean": sigma.mean()}
         for m in range(self.asyppo.critics):
             owner = batch.extras["critic_index"]
-            mine = mask & ((owner == m) | (owner == -1))[:, None]
+            mine = mask & ((owner == m) | (owner == EVERY_CRITIC))[:, None]
             returns, values = batch.returns[mine], batch.extras["critic_values"][:, m][mine]
             if len(returns) > 1 and returns.var() > 0:
                 logs[f"critic/explained_variance_{m}"] = 1 - (returns - values).var() / returns.var().clamp(min=1e-8)

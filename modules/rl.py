@@ -31,7 +31,7 @@ from torchmetrics.aggregation import MeanMetric
 from zoo.errors import ConfigError, require_int
 from zoo.hub import build_initialized
 from zoo.models import config_from_dict
-from zoo.optim import OptimConfig, TrainingDiverged, build_adamw, build_schedule, ensure_finite
+from zoo.optim import OptimConfig, TrainingDiverged, adamw_groups, build_adamw, build_schedule, ensure_finite
 from zoo.rl import advantages as estimators
 from zoo.rl.evaluation import evaluate_pass_at_k
 from zoo.rl.losses import aggregate, kl_penalty, ppo_clip_loss
@@ -317,8 +317,12 @@ class RLModule(L.LightningModule):
                     }
                 )
 
+    def parameter_groups(self) -> list[dict]:
+        """The optimizer's parameter groups (AsyPPO gives its critics their own learning rate)."""
+        return adamw_groups(self.trainable(), self.optim_config)
+
     def configure_optimizers(self):
-        optimizer = build_adamw(self.trainable(), self.optim_config)
+        optimizer = build_adamw(self.parameter_groups(), self.optim_config)
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
         schedule = build_schedule(optimizer, self.optim_config, total)
         return [optimizer], [schedule]

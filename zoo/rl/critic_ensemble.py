@@ -4,7 +4,8 @@ which critic trains on which sample, the ensemble's value and uncertainty, and t
 - :func:`critic_shards`: the critics' data split without overlap. ``responses_within_prompt`` (default): every
   prompt's responses are dealt round-robin among the M critics in row order, so each critic sees every prompt
   and the shards differ in size by at most one response per prompt; ``whole_prompts``: prompts are dealt
-  round-robin in order of first appearance, each with all its responses.
+  round-robin in order of first appearance, each with all its responses; ``shared`` (an ablation): every critic
+  trains on every sample (shard ``EVERY_CRITIC``).
 - :func:`ensemble_values`: V̄ = mean (or min) over critics, σ = standard deviation over critics per token. σ is
   the population standard deviation (divisor M), a choice where the paper is silent: one critic, or identical
   critics, give σ = 0.
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 import torch
 
-SHARD_MODES = ("responses_within_prompt", "whole_prompts")
+SHARD_MODES = ("responses_within_prompt", "whole_prompts", "shared")
+EVERY_CRITIC = -1  # the shard of a sample every critic trains on (``shared``)
 AGGREGATES = ("mean", "min")
 
 
@@ -31,6 +33,8 @@ def critic_shards(prompt_index: torch.Tensor, critics: int, mode: str = "respons
         raise ValueError(f"shard mode must be one of {', '.join(SHARD_MODES)}, got {mode!r}")
     if critics < 1:
         raise ValueError(f"need at least one critic, got {critics}")
+    if mode == "shared":
+        return torch.full_like(prompt_index, EVERY_CRITIC)
     owners = prompt_index.tolist()
     order = {p: i for i, p in enumerate(dict.fromkeys(owners))}  # prompts in order of first appearance
     if mode == "whole_prompts":
