@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ConfigError, require_int
+from zoo.models.attention_maps import AttentionProbe, attention_probabilities
 from zoo.models.cross_entropy import linear_cross_entropy
 
 
@@ -167,6 +168,7 @@ class AttentionInputs:
     sin: torch.Tensor
     mask: torch.Tensor | None  # boolean or additive (B or 1, 1, T, past + T); None means plain causal
     cache: KVCache | None
+    probe: AttentionProbe | None = None  # shown the maps of the attention calls it asks for
 
 
 class Rotary(nn.Module):
@@ -216,6 +218,8 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=inputs.mask)
+        if inputs.probe is not None and cache_entry in inputs.probe.layers:
+            inputs.probe.observe(cache_entry, attention_probabilities(q, k, inputs.mask))
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -322,6 +326,7 @@ class GPTNeoX(nn.Module):
         cache: KVCache | None,
         dtype: torch.dtype,
         segment_ids: torch.Tensor | None = None,
+        probe: AttentionProbe | None = None,
     ) -> AttentionInputs:
         T = input_ids.shape[1]
         past = cache.length if cache is not None else 0
@@ -333,7 +338,7 @@ class GPTNeoX(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
         cos, sin = self.rotary(position_ids, dtype)
-        return AttentionInputs(cos, sin, attention_mask(mask, T, past, input_ids.device, segment_ids), cache)
+        return AttentionInputs(cos, sin, attention_mask(mask, T, past, input_ids.device, segment_ids), cache, probe)
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed(input_ids)
@@ -381,10 +386,14 @@ class GPTNeoX(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         segment_ids: torch.Tensor | None = None,
+        attention_probe: AttentionProbe | None = None,
     ) -> torch.Tensor:
-        """Final-normed hidden states (B, T, hidden); advances ``cache`` by T positions."""
+        """Final-normed hidden states (B, T, hidden); advances ``cache`` by T positions. ``attention_probe`` is
+        shown the attention maps it asks for (:mod:`zoo.models.attention_maps`)."""
         x = self.embed_tokens(input_ids)
-        inputs = self.attention_inputs(input_ids, position_ids, attention_mask, cache, x.dtype, segment_ids)
+        inputs = self.attention_inputs(
+            input_ids, position_ids, attention_mask, cache, x.dtype, segment_ids, attention_probe
+        )
         x = self.norm(self.body(x, inputs))
         if cache is not None:
             cache.advance(input_ids.shape[1])
@@ -399,12 +408,19 @@ class GPTNeoX(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         segment_ids: torch.Tensor | None = None,
+        attention_probe: AttentionProbe | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab); or, given ``targets`` (B, T; -100 ignored), their mean cross-entropy,
         computed fused with the output head (:mod:`zoo.models.cross_entropy`) without materialising logits.
-        ``segment_ids`` (with ``position_ids`` restarting per segment) isolates sequences packed in a row."""
+        ``segment_ids`` (with ``position_ids`` restarting per segment) isolates sequences packed in a row;
+        ``attention_probe`` is shown the attention maps it asks for (:mod:`zoo.models.attention_maps`)."""
         h = self.hidden_states(
-            input_ids, position_ids=position_ids, attention_mask=attention_mask, cache=cache, segment_ids=segment_ids
+            input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            cache=cache,
+            segment_ids=segment_ids,
+            attention_probe=attention_probe,
         )
         if targets is not None:
             return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten())

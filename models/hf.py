@@ -209,6 +209,42 @@ class HFCausalLM(nn.Module):
             )
         self.packing_checked = True
 
+    @property
+    def decoder_layers(self) -> list[nn.Module]:
+        """The decoder layers, in the order the forward runs them."""
+        return [m for m in self.hf.modules() if isinstance(m, self.block_class)]
+
+    @property
+    def num_attention_calls(self) -> int:
+        return len(self.decoder_layers)
+
+    def _probed_logits(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, probe) -> torch.Tensor:
+        """Logits of a forward with eager attention (the implementation that computes the maps) whose decoder
+        layers in ``probe.layers`` show theirs to ``probe``; the model's attention implementation is restored
+        after."""
+        layers = self.decoder_layers
+        handles = []
+        for index in sorted(probe.layers):
+            attention = next((m for _, m in layers[index].named_children() if type(m).__name__.endswith("Attention")))
+
+            def show(module, args, output, index=index):
+                if not isinstance(output, tuple) or len(output) < 2 or output[1] is None:
+                    raise ConfigError(
+                        f"model type {self.hf.config.model_type!r} returns no attention maps from "
+                        f"{type(module).__name__} (attention maps need eager attention)"
+                    )
+                probe.observe(index, output[1].float())
+
+            handles.append(attention.register_forward_hook(show))
+        previous = self.hf.config._attn_implementation
+        self.hf.set_attn_implementation("eager")
+        try:
+            return self._logits(input_ids, position_ids, None)
+        finally:
+            self.hf.set_attn_implementation(previous)
+            for handle in handles:
+                handle.remove()
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -216,12 +252,19 @@ class HFCausalLM(nn.Module):
         targets: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
+        attention_probe=None,
     ) -> torch.Tensor:
         """Logits (B, T, V); given ``targets``, their mean cross-entropy (fp32). ``segment_ids`` (B, T) isolate
-        packed examples (see the module docstring)."""
+        packed examples (see the module docstring). ``attention_probe`` is shown the maps of the decoder layers it
+        asks for (:mod:`zoo.models.attention_maps`), through a forward with eager attention."""
         if segment_ids is not None and not self.packing_checked:
             self.check_packing()
-        logits = self._logits(input_ids, position_ids, segment_ids)
+        if attention_probe is not None:
+            if segment_ids is not None:
+                raise ValueError("attention maps are read one unpacked sequence at a time")
+            logits = self._probed_logits(input_ids, position_ids, attention_probe)
+        else:
+            logits = self._logits(input_ids, position_ids, segment_ids)
         if targets is None:
             return logits
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)

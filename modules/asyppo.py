@@ -83,8 +83,12 @@ class AsyPPOModule(PPOModule):
         evaluation: dict[str, Any] | None = None,
         ppo: dict[str, Any] | None = None,
         asyppo: dict[str, Any] | None = None,
+        credit: str = "none",
+        credit_options: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(model, optim, rollout, algorithm, evaluation, ppo)
+        super().__init__(
+            model, optim, rollout, algorithm, evaluation, ppo, credit=credit, credit_options=credit_options
+        )
         self.save_hyperparameters()
         a = self.asyppo = config_section(AsyPPOConfig, asyppo, "module.asyppo")
         require_int("module.asyppo.critics", a.critics, 1)

@@ -43,8 +43,10 @@ class PPOModule(RLModule):
         algorithm: dict[str, Any] | None = None,
         evaluation: dict[str, Any] | None = None,
         ppo: dict[str, Any] | None = None,
+        credit: str = "none",
+        credit_options: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(model, optim, rollout, algorithm, evaluation)
+        super().__init__(model, optim, rollout, algorithm, evaluation, credit=credit, credit_options=credit_options)
         self.save_hyperparameters()
         self.ppo = config_section(PPOConfig, ppo, "module.ppo")
         self.critic: ValueModel | None = None

@@ -6,7 +6,9 @@ subclass may override:
 1. :meth:`rollout`: ``G`` completions per prompt from the rollout callback's engine (``zoo.callbacks.rollout``);
 2. :meth:`score`: the task's reward per completion (``zoo.rl.rewards``; a reward that throws or hangs scores 0
    and is counted);
-3. :meth:`advantages`: one of ``zoo.rl.advantages`` (GRPO by default);
+3. :meth:`advantages`: one of ``zoo.rl.advantages`` (GRPO by default), then scaled per token by the credit
+   strategy ``credit`` when one is set (:meth:`assign_credit`, ``zoo.rl.attention_credit``: the policy's attention
+   picks the tokens whose advantages are amplified);
 4. :meth:`loss`: the PPO-clip policy loss (``zoo.rl.losses``) with optional KL to a frozen reference,
    entropy bonus and truncated importance sampling against the engine's log-probs.
 
@@ -33,6 +35,7 @@ from zoo.hub import build_initialized
 from zoo.models import config_from_dict
 from zoo.optim import OptimConfig, TrainingDiverged, adamw_groups, build_adamw, build_schedule, ensure_finite
 from zoo.rl import advantages as estimators
+from zoo.rl.attention_credit import CreditAssignment
 from zoo.rl.evaluation import evaluate_pass_at_k
 from zoo.rl.losses import aggregate, kl_penalty, ppo_clip_loss
 from zoo.rl.rewards import PendingRewards, RewardBatch, RewardRunner
@@ -90,6 +93,8 @@ class RLModule(L.LightningModule):
         rollout: dict[str, Any] | None = None,
         algorithm: dict[str, Any] | None = None,
         evaluation: dict[str, Any] | None = None,
+        credit: str = "none",
+        credit_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -104,6 +109,8 @@ class RLModule(L.LightningModule):
         if not self.algorithm.reward_timeout_s > 0:
             raise ConfigError(f"module.algorithm.reward_timeout_s must be > 0, got {self.algorithm.reward_timeout_s!r}")
         require_int("module.algorithm.max_skipped_steps", self.algorithm.max_skipped_steps, 0)
+        assignment = CreditAssignment(credit, credit_options)  # validates both, even when off
+        self.credit = assignment if credit != "none" else None
         if self.algorithm.advantage not in (*estimators.SEQUENCE_ESTIMATORS, "reinforce_pp"):
             raise ConfigError(f"unknown module.algorithm.advantage {self.algorithm.advantage!r}")
         self.model: torch.nn.Module | None = None  # the policy
@@ -203,6 +210,18 @@ class RLModule(L.LightningModule):
         sequence = estimators.SEQUENCE_ESTIMATORS[kind](batch.rewards, n)
         return estimators.expand_to_tokens(sequence, batch.response_mask)
 
+    def assign_credit(self, batch: RolloutBatch) -> torch.Tensor:
+        """Stage 3b: the advantages scaled by the credit strategy's γ (read from the policy before this batch's
+        updates); the random control is seeded by the step and rank."""
+        generator = torch.Generator().manual_seed(self.global_step * 1_000_003 + self.global_rank)
+        advantages, stats = self.credit(self.model, batch, self.rollout_config.temperature, generator)
+        logs = {"credit/amplified": stats.amplified, "credit/mean_gamma": stats.mean_gamma}
+        logs["credit/pass_seconds"] = stats.pass_seconds
+        if stats.entropy_overlap is not None:
+            logs["credit/high_entropy_overlap"] = stats.entropy_overlap
+        self.log_dict(logs)
+        return advantages
+
     kl_in_loss = True  # GRPO's place for the KL to the reference; PPO puts it in the reward instead
     logs_entropy = False  # log the policy's entropy even without an entropy bonus
 
@@ -286,6 +305,8 @@ class RLModule(L.LightningModule):
                     f"more than module.algorithm.max_skipped_steps={self.algorithm.max_skipped_steps}"
                 )
             return
+        if self.credit is not None:
+            batch.advantages = self.assign_credit(batch)
         self.log_dict(
             {
                 "reward/mean": batch.rewards.mean(),
