@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from zoo.errors import ConfigError
 from zoo.models import build_model, config_from_dict
 from zoo.models.attention_maps import MapRecorder
-from zoo.rl.attention_credit import CreditAssignment
+from zoo.rl.attention_credit import CreditAssignment, pass_groups
 from zoo.rl.credit import (
     STRATEGIES,
     CreditSignals,
@@ -218,37 +218,46 @@ def _batch(prompt_lengths, response_lengths, width=24) -> RolloutBatch:
 
 
 def test_the_stage_equals_the_metrics_of_the_recorded_maps():
-    """One pass per sample with per-head reduction gives what the paper's recipe gives from the full maps: head
-    spans over the batch's response rows, bottom/top 30% groups, WAAD of the local mean map, FAI of the global."""
+    """The pass with per-head reduction gives what the paper's recipe gives from each sample's full maps alone:
+    head spans over the response rows (Eq. 7), bottom/top 30% groups, WAAD of the local heads' mean map, FAI of
+    the global heads'; grouping right-padded samples into one pass changes nothing but float rounding."""
     torch.manual_seed(4)
     model = build_model(config_from_dict(POLICY))
     batch = _batch([5, 7, 4], [15, 9, 12])
-    credit = CreditAssignment("coupled", dict(window=4, horizon=[2, 8], layers=[1, 2, 4]))
-    signals = credit.signals(model, batch, temperature=1.0)
+    options = dict(window=4, horizon=[2, 8], layers=[1, 2, 4])
+    signals = CreditAssignment("coupled", {**options, "map_budget_mb": 0}).signals(model, batch, temperature=1.0)
+    grouped = CreditAssignment("coupled", options).signals(model, batch, temperature=1.0)
     assert model.training  # restored
-    maps, rows_list = [], []
+    for name in ("waad", "fai", "entropy"):
+        torch.testing.assert_close(getattr(grouped, name), getattr(signals, name), atol=1e-5, rtol=1e-4)
+    assert torch.equal(grouped.fai_defined, signals.fai_defined)
     for i in range(3):
-        length = int(batch.response_mask[i].nonzero().max()) + 2
+        n = int(batch.response_mask[i].nonzero().max()) + 2
         recorder = MapRecorder({1, 2, 4})
         with torch.no_grad():
             model.eval()
-            model(batch.input_ids[i : i + 1, :length], attention_probe=recorder)
-        maps.append(torch.cat([recorder.maps[layer][0] for layer in (1, 2, 4)]))  # (K, n, n)
-        rows = torch.zeros(length, dtype=torch.bool)
-        rows[1:] = batch.response_mask[i, : length - 1].bool()
-        rows_list.append(rows)
-    sums = sum(mean_attention_distance(m, r) * r.sum() for m, r in zip(maps, rows_list, strict=True))
-    local, glob = split_heads(sums / sum(r.sum() for r in rows_list), 0.3)
-    for i, (m, r) in enumerate(zip(maps, rows_list, strict=True)):
-        n = r.shape[0]
-        torch.testing.assert_close(signals.waad[i, :n], windowed_attention_distance(m[local].mean(0), 4))
-        fai, defined = future_attention_influence(m[glob].mean(0), r, (2, 8))
+            logits = model(batch.input_ids[i : i + 1, :n], attention_probe=recorder)[0]
+        maps = torch.cat([recorder.maps[layer][0] for layer in (1, 2, 4)])  # (K, n, n)
+        rows = torch.zeros(n, dtype=torch.bool)
+        rows[1:] = batch.response_mask[i, : n - 1].bool()
+        local, glob = split_heads(mean_attention_distance(maps, rows), 0.3)
+        waad = windowed_attention_distance(maps[local].mean(0), 4)
+        torch.testing.assert_close(signals.waad[i, :n][rows], waad[rows])
+        fai, defined = future_attention_influence(maps[glob].mean(0), rows, (2, 8))
         torch.testing.assert_close(signals.fai[i, :n], fai)
-        assert torch.equal(signals.fai_defined[i, :n], defined)
-        assert torch.equal(signals.rows[i, :n], r) and not signals.rows[i, n:].any()
-    gammas = credit.gammas(signals)
+        assert torch.equal(signals.fai_defined[i, :n], defined & rows)
+        assert torch.equal(signals.rows[i, :n], rows) and not signals.rows[i, n:].any()
+        entropy = torch.special.entr(torch.softmax(logits[:-1], -1)).sum(-1)  # token t's from row t - 1
+        torch.testing.assert_close(signals.entropy[i, 1:n][rows[1:]], entropy[rows[1:]], atol=1e-5, rtol=1e-4)
+    gammas = CreditAssignment("coupled", options).gammas(signals)
     assert gammas.shape == batch.response_mask.shape
     assert torch.equal(gammas, credit_gammas("coupled", signals)[:, 1:])  # target t is sequence position t + 1
+
+
+def test_pass_groups_fit_the_budget_longest_first():
+    groups = pass_groups([10, 40, 20, 40, 5], heads=2, budget_bytes=2 * 2 * 40**2 * 4)
+    assert groups == [[1, 3], [2, 0, 4]]
+    assert pass_groups([10, 40], heads=2, budget_bytes=0) == [[1], [0]]
 
 
 def test_the_stage_scales_advantages_and_reports_its_share():
@@ -276,3 +285,18 @@ def test_bad_settings_name_the_key():
             CreditAssignment("local", {key: value})
     with pytest.raises(ConfigError, match="module.credit_options.layers"):
         CreditAssignment("local", dict(layers=[9])).layers(build_model(config_from_dict(POLICY)))
+
+
+def test_the_stage_reads_a_hugging_face_policy(hf_models):
+    from zoo.models.hf import HFCausalLM, HFConfig
+
+    model = HFCausalLM(HFConfig(path=str(hf_models["qwen2"])))
+    batch = _batch([5, 7, 4], [15, 9, 12])
+    options = dict(window=4, horizon=[2, 8])
+    before = model.hf.config._attn_implementation
+    alone = CreditAssignment("coupled", {**options, "map_budget_mb": 0}).signals(model, batch, 1.0)
+    grouped = CreditAssignment("coupled", options).signals(model, batch, 1.0)
+    assert alone.waad[alone.rows].gt(0).any() and alone.fai_defined.any()
+    for name in ("waad", "fai", "entropy"):
+        torch.testing.assert_close(getattr(grouped, name), getattr(alone, name), atol=1e-5, rtol=1e-4)
+    assert model.hf.config._attn_implementation == before  # eager for the pass only

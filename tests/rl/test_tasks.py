@@ -3,7 +3,15 @@
 import pytest
 
 from zoo.errors import DataError
-from zoo.rl.tasks import _without_carries, arithmetic_problems, countdown_problems, countdown_reward, load_problems
+from zoo.rl.tasks import (
+    _without_carries,
+    arithmetic_problems,
+    chain_problems,
+    chain_reward,
+    countdown_problems,
+    countdown_reward,
+    load_problems,
+)
 
 
 @pytest.mark.parametrize(
@@ -50,3 +58,27 @@ def test_countdown_solutions_score_one():
     for p in countdown_problems(50, seed=2, numbers=4):
         assert countdown_reward(p.prompt, p.solution, p.reference) == 1.0
         assert countdown_reward(p.prompt, p.solution + "+1", p.reference) == 0.0
+
+
+def test_chain_solutions_work_one_step_per_chunk_reusing_the_last_result():
+    import re
+
+    for p in chain_problems(500, seed=4, terms=4):
+        steps, answer = p.solution.split(" #")
+        value = None
+        for step in steps.split(" "):
+            a, op, b, result = re.fullmatch(r"(\d+)([+-])(\d+)=(-?\d+)", step).groups()
+            assert value is None or int(a) == value  # each step starts from the previous result
+            value = int(a) + int(b) if op == "+" else int(a) - int(b)
+            assert int(result) == value
+        assert answer == p.reference == str(value) == str(eval(p.prompt[:-1]))
+        assert chain_reward(p.prompt, p.solution, p.reference) == 1
+        assert chain_reward(p.prompt, steps, p.reference) == 0  # no answer marker: no answer
+
+
+def test_the_chain_teachers_sloppy_steps_carry_on_from_their_wrong_result():
+    problems = chain_problems(2000, seed=5, teacher_error=0.5)
+    honest = chain_problems(2000, seed=5)
+    assert [p.prompt for p in problems] == [p.prompt for p in honest]
+    right = sum(chain_reward(p.prompt, p.solution, p.reference) for p in problems) / len(problems)
+    assert 0.4 < right < 0.75  # two steps, each sloppy half the time, and only carries and borrows change

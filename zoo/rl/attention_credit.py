@@ -6,13 +6,17 @@ sample, turn it into the signals of :mod:`zoo.rl.credit` and scale the batch's a
 notes §1): γ_amp 1.5, q 0.4, W 10, FAI horizon [10, 100], 30% head groups, five layers evenly spaced in the
 middle third, signed advantages (``scale_sign: both``, v2).
 
-The attention pass: one no-grad forward of the policy per sample, over that sample's prompt and response only
-(no padding), with a probe (:mod:`zoo.models.attention_maps`) that reduces each chosen layer's map to per-head
-vectors at once (its span, WAAD and FAI: all linear in the map), so a pass holds one layer's (H, N, N) maps at a
-time. The head groups are chosen once per batch from the heads' spans over all its response rows (the paper
-does not say how often; the notes' reading), then each sample's WAAD is the mean of its local heads' and its FAI
-the mean of its global heads'. The same forward's logits give the token entropies (at the rollout temperature)
-for the ``entropy`` strategy and for the overlap that is logged. ``random`` and ``none`` need no pass.
+The attention pass: no-grad forwards of the policy over the samples' prompts and responses, with a probe
+(:mod:`zoo.models.attention_maps`) that reduces each chosen layer's maps to per-head vectors at once (span, WAAD
+and FAI: all linear in the map), so a pass holds one layer's maps at a time. Samples go through in groups of
+similar length whose maps fit ``map_budget_mb`` (B·H·N²·4 bytes; a sample that alone exceeds it goes alone): the
+rows are right-padded, and causal attention keeps every real token's row exactly what it is alone (padding keys
+come after every real query), so grouping changes nothing but float rounding (``map_budget_mb: 0`` passes one
+sample at a time). The head groups are chosen per
+sequence, from that response's rows, as Eq. 7 defines the span (the paper does not say how often they are
+chosen); each sample's WAAD is then the mean of its local heads', its FAI the mean of its global heads'. The same
+forward's logits give the token entropies (at the rollout temperature) for the ``entropy`` strategy and for the
+overlap that is logged. ``random`` and ``none`` need no pass.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class CreditOptions:
     alpha: float = 0.5  # coupled: the share of a dominated anchor's bonus moved to its introducing token
     neighbourhood: int = 3  # coupled: k, how far back the introducing token may be
     add_local: bool = False  # coupled: also lift the local strategy's tokens to γ_amp
+    map_budget_mb: float = 256.0  # one layer's maps in one pass; samples are grouped up to it
 
     @classmethod
     def from_dict(cls, values: dict | None) -> CreditOptions:
@@ -80,6 +85,8 @@ class CreditOptions:
             raise bad("scale_sign", f"must be one of {', '.join(SIGNS)}")
         if not (isinstance(self.window, int) and self.window >= 1):
             raise bad("window", "must be an integer >= 1")
+        if not self.map_budget_mb >= 0:
+            raise bad("map_budget_mb", "must be >= 0")
         if not (isinstance(self.neighbourhood, int) and self.neighbourhood >= 1):
             raise bad("neighbourhood", "must be an integer >= 1")
         horizon = list(self.horizon) if isinstance(self.horizon, list | tuple) else None
@@ -93,23 +100,54 @@ class CreditOptions:
 
 
 class HeadReduction:
-    """An attention probe for one sample: each map it is shown becomes, per head, its span over the response
-    rows (the sum, for the batch-level split), its WAAD row vector and its FAI column vector."""
+    """An attention probe for a group of right-padded samples (their response ``rows``, (B, N)): each map it is
+    shown becomes, per sample and head, the head's span over the sample's response rows, its WAAD (per row) and
+    its FAI (per key); :meth:`signals` averages them over each sample's local and global heads."""
 
     def __init__(self, layers: list[int], rows: torch.Tensor, window: int, horizon: list[int]) -> None:
         self.layers = frozenset(layers)
-        self.rows, self.window, self.horizon = rows, window, tuple(horizon)
-        self.spans: list[torch.Tensor] = []
-        self.waad: list[torch.Tensor] = []
+        self.rows, self.window, self.horizon = rows[:, None, :], window, tuple(horizon)  # (B, 1, N) against heads
+        self.spans: list[torch.Tensor] = []  # (B, H) per layer
+        self.waad: list[torch.Tensor] = []  # (B, H, N) per layer
         self.fai: list[torch.Tensor] = []
         self.fai_defined: torch.Tensor | None = None
 
     def observe(self, layer: int, probabilities: torch.Tensor) -> None:
-        maps = probabilities[0]  # (H, N, N)
-        self.spans.append(mean_attention_distance(maps, self.rows) * self.rows.sum())
-        self.waad.append(windowed_attention_distance(maps, self.window))
-        fai, self.fai_defined = future_attention_influence(maps, self.rows, self.horizon)
+        self.spans.append(mean_attention_distance(probabilities, self.rows))
+        self.waad.append(windowed_attention_distance(probabilities, self.window))
+        fai, defined = future_attention_influence(probabilities, self.rows, self.horizon)
         self.fai.append(fai)
+        self.fai_defined = defined[:, 0]
+
+    def signals(self, head_fraction: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """WAAD of each sample's local heads, FAI of its global heads, where FAI is defined; (B, N) each."""
+        spans, waad, fai = torch.cat(self.spans, 1), torch.cat(self.waad, 1), torch.cat(self.fai, 1)
+        local_waad, global_fai = [], []
+        for i in range(spans.shape[0]):
+            local, glob = split_heads(spans[i], head_fraction)
+            local_waad.append(waad[i, local].mean(0))
+            global_fai.append(fai[i, glob].mean(0))
+        return torch.stack(local_waad), torch.stack(global_fai), self.fai_defined
+
+
+def pass_groups(lengths: list[int], heads: int, budget_bytes: float) -> list[list[int]]:
+    """Sample indices grouped for the attention pass: longest first, each group's B·H·N²·4 bytes within the budget
+    (N its longest sample; a sample alone over it is a group of its own)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * heads * lengths[groups[-1][0]] ** 2 * 4 <= budget_bytes:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def attention_heads(model: torch.nn.Module) -> int:
+    """The query heads of each attention call (a Hugging Face model's text config says)."""
+    config = model.hf.config if hasattr(model, "hf") else model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return config.num_attention_heads
 
 
 @dataclass
@@ -136,7 +174,7 @@ class CreditAssignment:
 
     @torch.no_grad()
     def signals(self, model: torch.nn.Module, batch: RolloutBatch, temperature: float) -> CreditSignals:
-        """The signals of the strategy, over sequence positions (N, L + 1), from one pass per sample."""
+        """The signals of the strategy, over sequence positions (N, L + 1)."""
         o = self.options
         size, width = batch.input_ids.shape
         rows = torch.zeros(size, width, dtype=torch.bool, device=batch.input_ids.device)
@@ -145,33 +183,28 @@ class CreditAssignment:
         if not needs:
             return CreditSignals(rows)
         entropy = torch.zeros(size, width, device=rows.device)
-        reductions = []
+        waad, fai = torch.zeros(size, width, device=rows.device), torch.zeros(size, width, device=rows.device)
+        defined = torch.zeros(size, width, dtype=torch.bool, device=rows.device)
         layers = self.layers(model) if "maps" in needs else []
+        lengths = [int(r.nonzero().max()) + 1 if r.any() else 1 for r in rows]
         was_training = model.training
         model.eval()
         try:
-            for i in range(size):
-                length = int(rows[i].nonzero().max()) + 1 if rows[i].any() else 1
-                probe = HeadReduction(layers, rows[i, :length], o.window, o.horizon) if layers else None
-                logits = model(batch.input_ids[i : i + 1, :length], attention_probe=probe)[0].float()
+            for group in pass_groups(lengths, attention_heads(model), o.map_budget_mb * 2**20):
+                n = lengths[group[0]]
+                probe = HeadReduction(layers, rows[group, :n], o.window, o.horizon) if layers else None
+                logits = model(batch.input_ids[group, :n], attention_probe=probe).float()
                 if temperature not in (0, 1):
                     logits = logits / temperature
-                entropy[i, 1:length] = token_entropy(logits[:-1])
-                reductions.append(probe)
+                entropy[group, 1:n] = token_entropy(logits[:, :-1])
+                if probe is not None:
+                    waad[group, :n], fai[group, :n], defined[group, :n] = probe.signals(o.head_fraction)
         finally:
             model.train(was_training)
+        entropy = entropy * rows
         if not layers:
             return CreditSignals(rows, entropy=entropy)
-        spans = torch.stack([torch.cat(r.spans) for r in reductions]).sum(0) / rows.sum().clamp(min=1)
-        local, glob = split_heads(spans, o.head_fraction)
-        waad, fai = torch.zeros(size, width, device=rows.device), torch.zeros(size, width, device=rows.device)
-        defined = torch.zeros(size, width, dtype=torch.bool, device=rows.device)
-        for i, r in enumerate(reductions):
-            n = r.rows.shape[0]
-            waad[i, :n] = torch.cat(r.waad)[local].mean(0)
-            fai[i, :n] = torch.cat(r.fai)[glob].mean(0)
-            defined[i, :n] = r.fai_defined
-        return CreditSignals(rows, waad, fai, defined, entropy)
+        return CreditSignals(rows, waad * rows, fai, defined & rows, entropy)
 
     def gammas(self, signals: CreditSignals, generator: torch.Generator | None = None) -> torch.Tensor:
         """γ over target positions (N, L)."""

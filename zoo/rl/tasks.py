@@ -5,6 +5,9 @@ Generated offline, any number, seeded:
 
 - ``arithmetic``: ``"37+48="`` → ``"85"``: sums and differences of ``digits``-digit numbers (options: only
   problems that need a carry, and a sloppy teacher whose worked solutions forget to carry);
+- ``chain``: ``"47+38-19="`` → worked ``"47+38=85 85-19=66 #66"``: chained sums and differences whose steps reuse
+  the previous step's result (options: ``terms``, ``digits``, and the sloppy teacher's per-step ``teacher_error``);
+  the reward checks the number after ``#``;
 - ``countdown``: ``"Use 3 7 8 to make 29:"`` → an expression using each number once, e.g. ``"3*7+8"``
   (the reward evaluates the expression; any correct one scores 1).
 
@@ -72,6 +75,36 @@ def arithmetic_problems(
         solution = sloppy if rng.random() < teacher_error else answer
         problems.append(Problem(f"{a}{op}{b}=", str(answer), str(solution)))
     return problems
+
+
+def chain_problems(count: int, seed: int, terms: int = 3, digits: int = 2, teacher_error: float = 0.0) -> list[Problem]:
+    """Chains of ``terms`` ``digits``-digit numbers joined by + and − (never below 0), worked one step per chunk:
+    ``a+b=r1 r1-c=r2 #r2``, each step starting from the previous result. Each step of a worked solution is, with
+    probability ``teacher_error``, written by the sloppy teacher (no carry or borrow) and the chain goes on from
+    that result (the sloppy rule also where that wrong result is too small to subtract from); the reference stays
+    the true value."""
+    rng = random.Random(seed)
+    low, high = 10 ** (digits - 1), 10**digits - 1
+    problems = []
+    while len(problems) < count:
+        numbers = [rng.randint(low, high) for _ in range(terms)]
+        value, taught, steps, expression = numbers[0], numbers[0], [], str(numbers[0])
+        for b in numbers[1:]:
+            op = "+" if value < b or rng.random() < 0.5 else "-"  # the prompt never depends on the teacher
+            value = value + b if op == "+" else value - b
+            step = taught + b if op == "+" else taught - b
+            if rng.random() < teacher_error or step < 0:  # sloppy (also from a wrong result below b: no negatives)
+                step = _without_carries(taught, b, op)
+            steps.append(f"{taught}{op}{b}={step}")
+            taught, expression = step, f"{expression}{op}{b}"
+        problems.append(Problem(f"{expression}=", str(value), " ".join(steps) + f" #{taught}"))
+    return problems
+
+
+def chain_reward(prompt: str, completion: str, reference: str) -> float:
+    """1 when the completion's text after its first ``#`` is the reference number, else 0."""
+    _, marker, answer = completion.partition("#")
+    return float(bool(marker) and answer.strip() == reference.strip())
 
 
 _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
@@ -163,11 +196,12 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "arithmetic": Task(exact_match_reward, True, "Answer with the number only."),
+    "chain": Task(chain_reward, True, "Work it out one step at a time, then write the answer after '#'."),
     "countdown": Task(countdown_reward, True, "Answer with one expression that uses each given number once."),
     "gsm8k": Task(gsm8k_reward, False, "Solve the problem step by step, then write the final answer after '####'."),
     "math": Task(math_reward, False, "Solve the problem step by step, and put the final answer in \\boxed{}."),
 }
-GENERATORS = {"arithmetic": arithmetic_problems, "countdown": countdown_problems}
+GENERATORS = {"arithmetic": arithmetic_problems, "chain": chain_problems, "countdown": countdown_problems}
 READERS = {"gsm8k": gsm8k_problems, "math": math_problems}
 
 

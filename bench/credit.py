@@ -1,0 +1,233 @@
+"""Attention-based credit assignment (arXiv:2510.13554; notes §1.8): the experiments of the README's section.
+
+    python bench/credit.py --experiment arms [--arms none random coupled] [--seeds 1337 1 2] [--out DIR]
+    python bench/credit.py --experiment perturbation [--policy hub:chain-sft] [--problems 64]
+    python bench/credit.py --experiment overhead [--steps 6]
+
+``arms`` runs ``zoo fit experiment=chain_grpo module.credit=ARM seed=SEED`` for every arm and seed, from the hub
+entry ``chain-sft`` (``zoo fit experiment=chain_sft``, then ``zoo hub push RUN --name chain-sft``; ZOO_HUB names
+the hub), and prints per arm the held-out greedy pass@1 after training and the area under the reward-vs-step
+curve (the mean training reward over the steps), each per seed and as mean ± std, then writes the mean reward
+curve of every arm to DIR/credit_arms.png. ``--parallel 2`` runs two trainings at a time, one thread each.
+
+``perturbation`` (the paper's Table 1, on the chain task): for each held-out prompt, the policy's greedy response;
+the FAI of its tokens (the global heads' mean map, as the credit stage computes it); at the response token of
+highest FAI and at the one of lowest, the token is replaced by the policy's best other choice and the rest is
+decoded greedily again. It prints the mean Jaccard similarity of the items (numbers and symbols) of the new
+continuation with the original one at each kind of position, and how often the top-FAI swap changed the
+continuation more (lower Jaccard) than the bottom-FAI swap.
+
+``overhead``: the attention pass as a share of a GRPO training step (rollout, scoring, pass, update), measured
+in one process on two settings: the chain experiment's policy and responses, and a 6-layer Pythia-14M-shaped
+policy with 256-token responses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+ARMS = ("none", "random", "local", "global", "coupled")
+
+
+# -- arms ----------------------------------------------------------------------------------------------------------
+def _train(arm: str, seed: int, workdir: Path, threads: int, extra: list[str]) -> Path:
+    name = f"credit_{arm}_{seed}"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "zoo", "fit", "experiment=chain_grpo", f"module.credit={arm}", f"seed={seed}"]
+    command += [f"name={name}", "trainer.enable_progress_bar=false", *extra]
+    with open(workdir / f"{name}.log", "w") as log:
+        subprocess.run(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return sorted((workdir / "runs" / name).glob("*/metrics.json"))[-1].parent
+
+
+def _reward_curve(run: Path) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return [point.value for point in events.Scalars("reward/mean")]
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
+
+
+def arms(opts) -> None:
+    workdir = Path(opts.workdir).resolve()
+    jobs = [(arm, seed) for arm in opts.arms for seed in opts.seeds]
+    threads = max(1, (os.cpu_count() or 1) // opts.parallel)
+    with ThreadPoolExecutor(opts.parallel) as pool:
+        runs = dict(zip(jobs, pool.map(lambda job: _train(*job, workdir, threads, opts.extra), jobs), strict=True))
+    curves: dict[str, list[list[float]]] = {}
+    print("| credit | held-out pass@1 per seed | pass@1 mean ± std | reward AUC mean ± std |")
+    print("|---|---|---|---|")
+    for arm in opts.arms:
+        finals = [json.loads((runs[arm, s] / "metrics.json").read_text())["val/pass@1"] for s in opts.seeds]
+        curves[arm] = [_reward_curve(runs[arm, s]) for s in opts.seeds]
+        auc = [statistics.mean(c) for c in curves[arm]]
+        print(f"| {arm} | {' / '.join(f'{v:.3f}' for v in finals)} | {_spread(finals)} | {_spread(auc)} |")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for arm, seeds in curves.items():
+        length = min(len(c) for c in seeds)
+        mean = torch.tensor([c[:length] for c in seeds]).mean(0)
+        smooth = torch.nn.functional.avg_pool1d(mean[None, None], 9, 1, 4, count_include_pad=False)[0, 0]
+        axis.plot(range(1, length + 1), smooth.tolist(), label=arm)
+    axis.set_xlabel("step")
+    axis.set_ylabel(f"training reward (mean of {len(opts.seeds)} seeds, 9-step window)")
+    axis.legend()
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out / "credit_arms.png", dpi=120, bbox_inches="tight")
+    print(f"plot: {out / 'credit_arms.png'}")
+
+
+# -- perturbation --------------------------------------------------------------------------------------------------
+def _items(text: str) -> set[str]:
+    return set(re.findall(r"\d+|[^\d\s]", text))
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def perturbation(opts) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    from zoo.generation import NativeEngine
+    from zoo.hub import load_model
+    from zoo.rl.attention_credit import CreditAssignment
+    from zoo.rl.rollout import assemble
+    from zoo.rl.tasks import chain_problems
+    from zoo.sampling import SamplingParams
+
+    loaded = load_model(opts.policy)
+    model = loaded.model.eval()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(loaded.tokenizer_dir / "tokenizer.json"))
+    engine = NativeEngine(model, tokenizer)
+    greedy = SamplingParams(opts.max_new_tokens, 0.0, stop_token_ids=[0])
+    problems = chain_problems(opts.problems, seed=99_991, teacher_error=0.5)
+    prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
+    result = engine.generate(prompts, 1, greedy)
+    batch = assemble(prompts, result.samples)
+    credit = CreditAssignment("global", dict(window=opts.window, horizon=opts.horizon))
+    signals = credit.signals(model, batch, temperature=1.0)
+    similarity = {"top": [], "bottom": []}
+    for i, sample in enumerate(result.samples):
+        start, response = len(prompts[i]), sample.token_ids
+        candidates = [start + j for j in range(len(response) - 1) if signals.fai_defined[i, start + j]]
+        if len(candidates) < 2:
+            continue
+        fai = signals.fai[i, candidates]
+        for kind, position in (("top", candidates[int(fai.argmax())]), ("bottom", candidates[int(fai.argmin())])):
+            prefix = prompts[i] + response[: position - start]
+            with torch.no_grad():
+                logits = model(torch.tensor([prefix]))[0, -1]
+            logits[response[position - start]] = float("-inf")  # the best other choice
+            swapped = prefix + [int(logits.argmax())]
+            continuation = engine.generate([swapped], 1, greedy).samples[0].token_ids
+            original = tokenizer.decode(response[position - start + 1 :], skip_special_tokens=True)
+            similarity[kind].append(_jaccard(_items(tokenizer.decode(continuation)), _items(original)))
+    top, bottom = similarity["top"], similarity["bottom"]
+    lower = sum(t < b for t, b in zip(top, bottom, strict=True)) / len(top)
+    ties = sum(t == b for t, b in zip(top, bottom, strict=True)) / len(top)
+    print(f"{opts.policy}: {len(top)} greedy responses of {len(problems)} prompts")
+    print(
+        f"Jaccard with the original continuation: top-FAI swap {statistics.mean(top):.3f}, bottom-FAI swap "
+        f"{statistics.mean(bottom):.3f}; top lower in {lower:.1%} of trials (ties {ties:.1%})"
+    )
+
+
+# -- overhead ------------------------------------------------------------------------------------------------------
+def overhead(opts) -> None:
+    import lightning as L
+
+    from zoo.callbacks.rollout import RolloutCallback
+    from zoo.datamodules.prompts import PromptDataModule
+    from zoo.modules.grpo import GRPOModule
+
+    class StepTimes(L.Callback):
+        def __init__(self) -> None:
+            self.steps, self.passes = [], []
+
+        def on_train_batch_start(self, *args) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, *args) -> None:
+            self.steps.append(time.perf_counter() - self.start)
+            self.passes.append(float(trainer.callback_metrics["credit/pass_seconds"]))
+
+    settings = {
+        "chain policy (0.8M), responses up to 32 tokens": (
+            dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512),
+            32,
+            16,
+            8,
+        ),
+        "Pythia-14M shape (6 layers, d=128), 256-token responses": (
+            dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512),
+            256,
+            4,
+            4,
+        ),
+    }
+    for label, (shape, length, prompts, n) in settings.items():
+        torch.manual_seed(0)
+        data = PromptDataModule(task="chain", train_size=500, val_size=8, batch_size=prompts, vocab_size=64)
+        data.prepare_data()
+        data.reward = lambda p, c, r: float(len(c) % 2)
+        policy = dict(arch="gpt_neox", vocab_size=64, max_position_embeddings=length + 32, **shape)
+        module = GRPOModule(
+            policy, rollout=dict(n=n, max_new_tokens=length), credit="coupled",
+            credit_options=dict(window=10, horizon=[10, 100]),
+        )  # fmt: skip
+        times = StepTimes()
+        trainer = L.Trainer(
+            accelerator="cpu", max_steps=opts.steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=[RolloutCallback(), times],
+        )  # fmt: skip
+        trainer.fit(module, datamodule=data)
+        steps, passes = times.steps[1:], times.passes[1:]  # the first step warms up
+        share = sum(passes) / sum(steps)
+        print(
+            f"{label}: step {statistics.mean(steps):.3f} s, attention pass {statistics.mean(passes):.3f} s "
+            f"({share:.1%} of the step), {prompts * n} sequences per step"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", choices=["arms", "perturbation", "overhead"], required=True)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1337, 1, 2])
+    parser.add_argument("--parallel", type=int, default=1, help="trainings at a time (arms)")
+    parser.add_argument("--workdir", default=".", help="where the runs go (arms); its hub must hold chain-sft")
+    parser.add_argument("--out", default=".", help="where the plot goes (arms)")
+    parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every training (arms)")
+    parser.add_argument("--policy", default="hub:chain-sft", help="perturbation: the policy")
+    parser.add_argument("--problems", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--horizon", type=int, nargs=2, default=[2, 24])
+    parser.add_argument("--steps", type=int, default=6, help="overhead: training steps per setting")
+    opts = parser.parse_args()
+    {"arms": arms, "perturbation": perturbation, "overhead": overhead}[opts.experiment](opts)
+
+
+if __name__ == "__main__":
+    main()
