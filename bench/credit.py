@@ -12,10 +12,11 @@ curve of every arm to DIR/credit_arms.png. ``--parallel 2`` runs two trainings a
 
 ``perturbation`` (the paper's Table 1, on the chain task): for each held-out prompt, the policy's greedy response;
 the FAI of its tokens (the global heads' mean map, as the credit stage computes it); at the response token of
-highest FAI and at the one of lowest, the token is replaced by the policy's best other choice and the rest is
-decoded greedily again. It prints the mean Jaccard similarity of the items (numbers and symbols) of the new
-continuation with the original one at each kind of position, and how often the top-FAI swap changed the
-continuation more (lower Jaccard) than the bottom-FAI swap.
+highest FAI, at the one of lowest and at one drawn at random, the token is replaced by the policy's best other
+choice and the rest is decoded greedily again. It prints, per kind of position, the mean Jaccard similarity of
+the items (numbers and symbols) of the new continuation with the original one and where in the response the
+positions lie, and how often the top-FAI swap changed the continuation more (lower Jaccard) than the bottom-FAI
+swap.
 
 ``overhead``: the attention pass as a share of a GRPO training step (rollout, scoring, pass, update), measured
 in one process on two settings: the chain experiment's policy and responses, and a 6-layer Pythia-14M-shaped
@@ -127,30 +128,40 @@ def perturbation(opts) -> None:
     batch = assemble(prompts, result.samples)
     credit = CreditAssignment("global", dict(window=opts.window, horizon=opts.horizon))
     signals = credit.signals(model, batch, temperature=1.0)
-    similarity = {"top": [], "bottom": []}
+    kinds = ("top-FAI", "bottom-FAI", "random")  # the highest- and lowest-FAI response token, one drawn at random
+    draw = torch.Generator().manual_seed(0)
+    swaps, originals, where = [], [], {kind: [] for kind in kinds}
     for i, sample in enumerate(result.samples):
         start, response = len(prompts[i]), sample.token_ids
         candidates = [start + j for j in range(len(response) - 1) if signals.fai_defined[i, start + j]]
         if len(candidates) < 2:
             continue
         fai = signals.fai[i, candidates]
-        for kind, position in (("top", candidates[int(fai.argmax())]), ("bottom", candidates[int(fai.argmin())])):
+        chosen = (int(fai.argmax()), int(fai.argmin()), int(torch.randint(len(candidates), (1,), generator=draw)))
+        for kind, index in zip(kinds, chosen, strict=True):
+            position = candidates[index]
+            where[kind].append((position - start) / len(response))
             prefix = prompts[i] + response[: position - start]
             with torch.no_grad():
                 logits = model(torch.tensor([prefix]))[0, -1]
             logits[response[position - start]] = float("-inf")  # the best other choice
-            swapped = prefix + [int(logits.argmax())]
-            continuation = engine.generate([swapped], 1, greedy).samples[0].token_ids
-            original = tokenizer.decode(response[position - start + 1 :], skip_special_tokens=True)
-            similarity[kind].append(_jaccard(_items(tokenizer.decode(continuation)), _items(original)))
-    top, bottom = similarity["top"], similarity["bottom"]
+            swaps.append(prefix + [int(logits.argmax())])
+            originals.append(tokenizer.decode(response[position - start + 1 :], skip_special_tokens=True))
+    continuations = engine.generate(swaps, 1, greedy).samples
+    similarity = {kind: [] for kind in kinds}
+    for k, (continuation, original) in enumerate(zip(continuations, originals, strict=True)):
+        text = tokenizer.decode(continuation.token_ids, skip_special_tokens=True)
+        similarity[kinds[k % len(kinds)]].append(_jaccard(_items(text), _items(original)))
+    top, bottom = similarity["top-FAI"], similarity["bottom-FAI"]
     lower = sum(t < b for t, b in zip(top, bottom, strict=True)) / len(top)
     ties = sum(t == b for t, b in zip(top, bottom, strict=True)) / len(top)
     print(f"{opts.policy}: {len(top)} greedy responses of {len(problems)} prompts")
-    print(
-        f"Jaccard with the original continuation: top-FAI swap {statistics.mean(top):.3f}, bottom-FAI swap "
-        f"{statistics.mean(bottom):.3f}; top lower in {lower:.1%} of trials (ties {ties:.1%})"
-    )
+    for kind in kinds:
+        print(
+            f"{kind} swap: Jaccard with the original continuation {statistics.mean(similarity[kind]):.3f}, "
+            f"at {statistics.mean(where[kind]):.0%} of the response on average"
+        )
+    print(f"top-FAI swap lower than bottom-FAI swap in {lower:.1%} of trials (ties {ties:.1%})")
 
 
 # -- overhead ------------------------------------------------------------------------------------------------------

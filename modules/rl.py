@@ -51,6 +51,7 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    seed: int | None = None  # mixed into the rollouts' random streams; None: they depend on the step and rank only
 
 
 @dataclass
@@ -159,10 +160,16 @@ class RLModule(L.LightningModule):
     def tokenizer(self):
         return self.trainer.datamodule.tokenizer
 
-    def sampling_params(self) -> SamplingParams:
-        """Sampling seeded by the step and rank, so that a resumed run draws what the original would have."""
-        c = self.rollout_config
+    def step_seed(self) -> int:
+        """The seed of this step's random draws (rollouts, the random credit control): the step and rank, and
+        ``module.rollout.seed`` when set, so that a resumed run draws what the original would have."""
         seed = self.global_step * 1_000_003 + self.global_rank
+        return seed if self.rollout_config.seed is None else seed + self.rollout_config.seed * 2**32
+
+    def sampling_params(self) -> SamplingParams:
+        """Sampling seeded by :meth:`step_seed`."""
+        c = self.rollout_config
+        seed = self.step_seed()
         stops = self.trainer.datamodule.stop_token_ids
         return SamplingParams(c.max_new_tokens, c.temperature, c.top_p, c.top_k, stop_token_ids=stops, seed=seed)
 
@@ -212,8 +219,8 @@ class RLModule(L.LightningModule):
 
     def assign_credit(self, batch: RolloutBatch) -> torch.Tensor:
         """Stage 3b: the advantages scaled by the credit strategy's γ (read from the policy before this batch's
-        updates); the random control is seeded by the step and rank."""
-        generator = torch.Generator().manual_seed(self.global_step * 1_000_003 + self.global_rank)
+        updates); the random control is seeded by :meth:`step_seed`."""
+        generator = torch.Generator().manual_seed(self.step_seed())
         advantages, stats = self.credit(self.model, batch, self.rollout_config.temperature, generator)
         logs = {"credit/amplified": stats.amplified, "credit/mean_gamma": stats.mean_gamma}
         logs["credit/pass_seconds"] = stats.pass_seconds
