@@ -2,13 +2,15 @@
 
     python bench/credit.py --experiment arms [--arms none random coupled] [--seeds 1337 1 2] [--out DIR]
     python bench/credit.py --experiment perturbation [--policy hub:chain-sft] [--problems 64]
-    python bench/credit.py --experiment overhead [--steps 6]
+    python bench/credit.py --experiment overhead [--steps 6] [--map-budget-mb 0]
 
 ``arms`` runs ``zoo fit experiment=chain_grpo module.credit=ARM seed=SEED`` for every arm and seed, from the hub
 entry ``chain-sft`` (``zoo fit experiment=chain_sft``, then ``zoo hub push RUN --name chain-sft``; ZOO_HUB names
-the hub), and prints per arm the held-out greedy pass@1 after training and the area under the reward-vs-step
-curve (the mean training reward over the steps), each per seed and as mean ± std, then writes the mean reward
-curve of every arm to DIR/credit_arms.png. ``--parallel 2`` runs two trainings at a time, one thread each.
+the hub), and prints per arm the greedy pass@1 of the final policy on ``--eval-size`` held-out prompts (``zoo
+validate`` of the run's last checkpoint; the training's own validation uses 128) and the area under the
+reward-vs-step curve (the mean of the training reward as logged, every 10th step), each per seed and as
+mean ± std, then writes the mean reward curve of every arm to DIR/credit_arms.png. ``--parallel 2`` runs two at
+a time, one thread each; ``--reuse`` evaluates the runs already there instead of training them again.
 
 ``perturbation`` (the paper's Table 1, on the chain task): for each held-out prompt, the policy's greedy response;
 the FAI of its tokens (the global heads' mean map, as the credit stage computes it); at the response token of
@@ -42,22 +44,41 @@ ARMS = ("none", "random", "local", "global", "coupled")
 
 
 # -- arms ----------------------------------------------------------------------------------------------------------
-def _train(arm: str, seed: int, workdir: Path, threads: int, extra: list[str]) -> Path:
-    name = f"credit_{arm}_{seed}"
+def _zoo(workdir: Path, threads: int, log: str, *overrides: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "zoo", "fit", "experiment=chain_grpo", f"module.credit={arm}", f"seed={seed}"]
-    command += [f"name={name}", "trainer.enable_progress_bar=false", *extra]
-    with open(workdir / f"{name}.log", "w") as log:
-        subprocess.run(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
-    return sorted((workdir / "runs" / name).glob("*/metrics.json"))[-1].parent
+    with open(workdir / log, "w") as out:
+        command = [sys.executable, "-m", "zoo", *overrides, "trainer.enable_progress_bar=false"]
+        subprocess.run(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, check=True)
 
 
-def _reward_curve(run: Path) -> list[float]:
+def _run_dir(workdir: Path, name: str) -> Path | None:
+    found = sorted((workdir / "runs" / name).glob("*/metrics.json"))
+    return found[-1].parent if found else None
+
+
+def _train_and_evaluate(arm: str, seed: int, opts, threads: int) -> tuple[Path, float]:
+    """The run of ``arm`` and ``seed`` (reused when ``--reuse`` finds it), and its final policy's greedy pass@1 on
+    ``--eval-size`` held-out prompts."""
+    workdir, name = Path(opts.workdir).resolve(), f"credit_{arm}_{seed}"
+    run = _run_dir(workdir, name) if opts.reuse else None
+    if run is None:
+        overrides = ["experiment=chain_grpo", f"module.credit={arm}", f"seed={seed}", f"name={name}", *opts.extra]
+        _zoo(workdir, threads, f"{name}.log", "fit", *overrides)
+        run = _run_dir(workdir, name)
+    evaluation = f"eval_{name}"
+    _zoo(workdir, threads, f"{evaluation}.log", "validate", f"ckpt_path={run}", f"data.val_size={opts.eval_size}",
+         f"name={evaluation}")  # fmt: skip
+    return run, json.loads((_run_dir(workdir, evaluation) / "metrics.json").read_text())["val/pass@1"]
+
+
+def _reward_curve(run: Path) -> tuple[list[int], list[float]]:
+    """The training reward as logged (every ``trainer.log_every_n_steps`` steps): steps and values."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
     events.Reload()
-    return [point.value for point in events.Scalars("reward/mean")]
+    points = events.Scalars("reward/mean")
+    return [p.step + 1 for p in points], [p.value for p in points]
 
 
 def _spread(values: list[float]) -> str:
@@ -65,18 +86,19 @@ def _spread(values: list[float]) -> str:
 
 
 def arms(opts) -> None:
-    workdir = Path(opts.workdir).resolve()
     jobs = [(arm, seed) for arm in opts.arms for seed in opts.seeds]
     threads = max(1, (os.cpu_count() or 1) // opts.parallel)
     with ThreadPoolExecutor(opts.parallel) as pool:
-        runs = dict(zip(jobs, pool.map(lambda job: _train(*job, workdir, threads, opts.extra), jobs), strict=True))
-    curves: dict[str, list[list[float]]] = {}
-    print("| credit | held-out pass@1 per seed | pass@1 mean ± std | reward AUC mean ± std |")
+        done = dict(zip(jobs, pool.map(lambda job: _train_and_evaluate(*job, opts, threads), jobs), strict=True))
+    curves: dict[str, list[tuple[list[int], list[float]]]] = {}
+    print(
+        f"| credit | held-out pass@1 ({opts.eval_size} prompts) per seed | pass@1 mean ± std | reward AUC mean ± std |"
+    )
     print("|---|---|---|---|")
     for arm in opts.arms:
-        finals = [json.loads((runs[arm, s] / "metrics.json").read_text())["val/pass@1"] for s in opts.seeds]
-        curves[arm] = [_reward_curve(runs[arm, s]) for s in opts.seeds]
-        auc = [statistics.mean(c) for c in curves[arm]]
+        finals = [done[arm, s][1] for s in opts.seeds]
+        curves[arm] = [_reward_curve(done[arm, s][0]) for s in opts.seeds]
+        auc = [statistics.mean(values) for _, values in curves[arm]]
         print(f"| {arm} | {' / '.join(f'{v:.3f}' for v in finals)} | {_spread(finals)} | {_spread(auc)} |")
     import matplotlib
 
@@ -85,12 +107,11 @@ def arms(opts) -> None:
 
     figure, axis = plt.subplots(figsize=(7, 4))
     for arm, seeds in curves.items():
-        length = min(len(c) for c in seeds)
-        mean = torch.tensor([c[:length] for c in seeds]).mean(0)
-        smooth = torch.nn.functional.avg_pool1d(mean[None, None], 9, 1, 4, count_include_pad=False)[0, 0]
-        axis.plot(range(1, length + 1), smooth.tolist(), label=arm)
+        length = min(len(values) for _, values in seeds)
+        mean = torch.tensor([values[:length] for _, values in seeds]).mean(0)
+        axis.plot(seeds[0][0][:length], mean.tolist(), label=arm, marker=".")
     axis.set_xlabel("step")
-    axis.set_ylabel(f"training reward (mean of {len(opts.seeds)} seeds, 9-step window)")
+    axis.set_ylabel(f"training reward (mean of {len(opts.seeds)} seeds)")
     axis.legend()
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,7 +205,7 @@ def overhead(opts) -> None:
             self.passes.append(float(trainer.callback_metrics["credit/pass_seconds"]))
 
     settings = {
-        "chain policy (0.8M), responses up to 32 tokens": (
+        "chain policy (0.9M), responses up to 32 tokens": (
             dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512),
             32,
             16,
@@ -205,7 +226,7 @@ def overhead(opts) -> None:
         policy = dict(arch="gpt_neox", vocab_size=64, max_position_embeddings=length + 32, **shape)
         module = GRPOModule(
             policy, rollout=dict(n=n, max_new_tokens=length), credit="coupled",
-            credit_options=dict(window=10, horizon=[10, 100]),
+            credit_options=dict(window=10, horizon=[10, 100], map_budget_mb=opts.map_budget_mb),
         )  # fmt: skip
         times = StepTimes()
         trainer = L.Trainer(
@@ -230,12 +251,15 @@ def main() -> None:
     parser.add_argument("--workdir", default=".", help="where the runs go (arms); its hub must hold chain-sft")
     parser.add_argument("--out", default=".", help="where the plot goes (arms)")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every training (arms)")
+    parser.add_argument("--eval-size", type=int, default=1000, help="held-out prompts of the final evaluation")
+    parser.add_argument("--reuse", action="store_true", help="arms: evaluate the runs already in --workdir")
     parser.add_argument("--policy", default="hub:chain-sft", help="perturbation: the policy")
     parser.add_argument("--problems", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--horizon", type=int, nargs=2, default=[2, 24])
     parser.add_argument("--steps", type=int, default=6, help="overhead: training steps per setting")
+    parser.add_argument("--map-budget-mb", type=float, default=256, help="overhead: 0 passes one sample at a time")
     opts = parser.parse_args()
     {"arms": arms, "perturbation": perturbation, "overhead": overhead}[opts.experiment](opts)
 
