@@ -7,6 +7,8 @@ What the rest of zoo builds on it:
 - training: :func:`zoo.modules.pretrain.causal_lm_loss` calls ``forward`` with ``targets``;
 - token log-probs and entropy of given sequences: :func:`zoo.rl.rollout.token_logprobs` (``forward`` logits);
 - critics: :class:`zoo.models.value.ValueModel` reads ``hidden_states`` and ``lm_head``'s width;
+- attention maps of chosen layers (attention-based credit, :mod:`zoo.rl.attention_credit`): ``forward`` with an
+  ``attention_probe`` (:mod:`zoo.models.attention_maps`), layers counted by ``num_attention_calls``;
 - sharding: the strategies wrap each ``block_class`` module (:mod:`zoo.strategies`);
 - weights for a rollout engine: ``named_parameters()`` under the model's own names, which the ``hf`` and
   ``vllm`` engines rename into transformers' names (:func:`zoo.engines.transformers_view`);
@@ -40,10 +42,15 @@ class CausalLM(Protocol):
         targets: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
+        attention_probe: Any = None,
     ) -> torch.Tensor:
         """Logits (B, T, V); given ``targets`` (B, T; -100 ignored) their mean next-token cross-entropy.
-        ``segment_ids`` with ``position_ids`` restarting per segment isolate examples packed into one row."""
+        ``segment_ids`` with ``position_ids`` restarting per segment isolate examples packed into one row.
+        ``attention_probe`` is shown the attention maps of the layers it asks for."""
         ...
+
+    @property
+    def num_attention_calls(self) -> int: ...  # attention calls in one forward (the layers a probe can ask for)
 
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The final-normed hidden states (B, T, H)."""
