@@ -7,19 +7,26 @@ template (``chat_template: auto``), prompts are chat-formatted with the task's s
 ``system_prompt`` (:mod:`zoo.chat`), and generation stops at the template's end of turn as well as at EOS
 (:attr:`PromptDataModule.stop_token_ids`). The training order is seeded and resumable
 (:class:`zoo.loader.ResumableLoader`).
+
+``budgets`` (a task with chains of thought: ``thinking``) asks every prompt under a thinking budget
+(:mod:`zoo.rl.budgets`): ``{levels: [...], fidelity: upper | tracking, sigma, combine: product | sum, weight}``;
+each training prompt gets one level drawn for it, every validation prompt is asked at every level, and the reward
+becomes correctness × budget fidelity.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader
 
 from zoo.chat import chat_format
-from zoo.errors import require_int
+from zoo.errors import DataError, require_int
 from zoo.files import cache_dir
 from zoo.loader import ResumableLoader
+from zoo.rl.budgets import BudgetOptions, budget_line, with_budget
 from zoo.rl.tasks import TASKS, Problem, encode_prompts, load_problems
 from zoo.tokenizer import tokenizer_for
 
@@ -43,9 +50,11 @@ class PromptDataModule(L.LightningDataModule):
         seed: int = 1234,
         chat_template: str = "auto",
         system_prompt: str | None = None,
+        budgets: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         require_int("data.batch_size", batch_size, 1)
+        self.budgets = BudgetOptions.from_dict(budgets) if budgets is not None else None
         require_int("data.train_size", train_size, 1)
         require_int("data.val_size", val_size, 0)
         self.save_hyperparameters()
@@ -63,9 +72,26 @@ class PromptDataModule(L.LightningDataModule):
             h.task, h.path, h.val_path, h.train_size, h.val_size, h.seed, h.options
         )
         texts = [p.prompt + p.solution for p in self.train_problems]
+        if self.budgets is not None:  # the control lines are part of the task's text
+            if not all(p.thoughts for p in self.train_problems + self.val_problems):
+                raise DataError(f"data.budgets: task {h.task!r} has no chains of thought to budget (task: thinking)")
+            texts += [budget_line(b) for b in self.budgets.levels]
         self.tokenizer = tokenizer_for(h.tokenizer, texts, h.vocab_size, cache_dir() / "tokenizers")
         self.reward = TASKS[h.task].reward
+        if self.budgets is not None:
+            self.reward = self.budgets.reward(self.count_tokens)
+            self.train_problems, self.val_problems = self.budgeted(self.train_problems, self.val_problems)
         self.chat = chat_format(self.tokenizer, h.chat_template, h.system_prompt or TASKS[h.task].system)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def budgeted(self, train: list[Problem], val: list[Problem]) -> tuple[list[Problem], list[Problem]]:
+        """RL prompts under thinking budgets: each training prompt with one level drawn for it (seeded), each
+        validation prompt at every level (for accuracy and adherence per budget)."""
+        rng = random.Random(self.hparams.seed)
+        levels = self.budgets.levels
+        return [with_budget(p, rng.choice(levels)) for p in train], [with_budget(p, b) for p in val for b in levels]
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:

@@ -7,7 +7,9 @@ target is -100). Examples are packed whole, in a fixed order, into rows of ``seq
 and see the positions they would see alone. With ``pack: false`` every example has a row of its own, padded at
 the end (no segments: causal attention alone keeps it from the padding), for models that cannot isolate packed
 examples (BLOOM's ALiBi, state-space models such as Mamba). An example longer than ``seq_len`` is an error
-naming it.
+naming it. With ``budgets`` (:mod:`zoo.rl.budgets`) every problem becomes one example per budget level that its
+teacher's chain can be compressed to: the same question, different budgets, different lengths (BARD's
+budget-constrained SFT).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch.utils.data import Dataset
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import DataError, require_int
 from zoo.models.cross_entropy import IGNORE_INDEX as IGNORE
+from zoo.rl.budgets import with_budget
 from zoo.rl.tasks import Problem, encode_prompts
 
 
@@ -84,13 +87,24 @@ class SFTDataModule(PromptDataModule):
         chat_template: str = "auto",
         system_prompt: str | None = None,
         pack: bool = True,
+        budgets: dict[str, Any] | None = None,
     ) -> None:
         require_int("data.seq_len", seq_len, 1)
         super().__init__(
             task, options, path, val_path, tokenizer, vocab_size, train_size, val_size, batch_size, seed,
-            chat_template, system_prompt,
+            chat_template, system_prompt, budgets,
         )  # fmt: skip
         self.save_hyperparameters()
+
+    def budgeted(self, train: list[Problem], val: list[Problem]) -> tuple[list[Problem], list[Problem]]:
+        """Budget-constrained SFT (BARD's contrastive set): every problem once per level it fits, the teacher's
+        chain compressed to that level (:func:`zoo.rl.budgets.compress`)."""
+
+        def expand(problems: list[Problem]) -> list[Problem]:
+            asked = (with_budget(p, b, self.count_tokens) for p in problems for b in self.budgets.levels)
+            return [p for p in asked if p is not None]
+
+        return expand(train), expand(val)
 
     def examples(self, problems: list[Problem]) -> list[tuple[list[int], list[int]]]:
         """(inputs, targets) per problem: targets are the next tokens, -100 where the prompt is predicted."""

@@ -8,6 +8,9 @@ Generated offline, any number, seeded:
 - ``chain``: ``"47+38-19="`` → worked ``"47+38=85 85-19=66 #66"``: chained sums and differences whose steps reuse
   the previous step's result (options: ``terms``, ``digits``, and the sloppy teacher's per-step ``teacher_error``);
   the reward checks the number after ``#``;
+- ``thinking``: the chains of ``chain`` with a correct teacher's chain of thought, ``<think>7+8=15 4+3+1=8
+  47+38=85 check 85-38=47 …</think> 66``, whose column work and checks are optional steps that a thinking
+  budget may drop (:mod:`zoo.rl.budgets`, ``data.budgets``);
 - ``countdown``: ``"Use 3 7 8 to make 29:"`` → an expression using each number once, e.g. ``"3*7+8"``
   (the reward evaluates the expression; any correct one scores 1).
 
@@ -32,6 +35,7 @@ from typing import Any
 
 from zoo.errors import DataError
 from zoo.jsonl import read_jsonl
+from zoo.rl.budgets import Thought, render, split_completion
 from zoo.rl.rewards import exact_match_reward, gsm8k_reward, math_reward
 
 
@@ -40,6 +44,7 @@ class Problem:
     prompt: str
     reference: str
     solution: str  # what a supervised example answers (the reference, or a worked solution)
+    thoughts: tuple[Thought, ...] = ()  # a teacher's chain of thought with optional steps (budgeted tasks)
 
 
 def _without_carries(a: int, b: int, op: str) -> int:
@@ -105,6 +110,60 @@ def chain_reward(prompt: str, completion: str, reference: str) -> float:
     """1 when the completion's text after its first ``#`` is the reference number, else 0."""
     _, marker, answer = completion.partition("#")
     return float(bool(marker) and answer.strip() == reference.strip())
+
+
+def _column_work(a: int, b: int, op: str) -> str:
+    """``a op b`` worked column by column, units first, with each carry or borrow written in: 47+38 → ``7+8=15
+    4+3+1=8``, 52−38 → ``12-8=4 5-3-1=1``."""
+    steps, carry = [], 0
+    while a or b or carry:
+        x, y = a % 10, b % 10
+        a, b = a // 10, b // 10
+        if op == "+":
+            total = x + y + carry
+            steps.append(f"{x}+{y}{'+1' if carry else ''}={total}")
+            carry = total // 10
+            if not (a or b) and carry:  # the last carry is the leading digit
+                break
+        else:
+            borrow = int(x - y - carry < 0)
+            steps.append(f"{x + 10 * borrow}-{y}{'-1' if carry else ''}={x + 10 * borrow - y - carry}")
+            carry = borrow
+            if not (a or b):
+                break
+    return " ".join(steps)
+
+
+def thinking_problems(count: int, seed: int, terms: int = 3, digits: int = 2) -> list[Problem]:
+    """Chains of ``terms`` ``digits``-digit numbers joined by + and − (never below 0), with a correct teacher's
+    chain of thought for budgeted reasoning (BARD): per step, the step itself (essential, ``47+38=85``), before it
+    its column work (optional, priority 1: ``7+8=15 4+3+1=8``) and after it a check by the inverse operation
+    (optional, priority 2: ``check 85-38=47``). The solution is the whole chain, ``<think>…</think> ANSWER``."""
+    rng = random.Random(seed)
+    low, high = 10 ** (digits - 1), 10**digits - 1
+    problems = []
+    while len(problems) < count:
+        numbers = [rng.randint(low, high) for _ in range(terms)]
+        value, expression, thoughts = numbers[0], str(numbers[0]), []
+        for b in numbers[1:]:
+            op = "+" if value < b or rng.random() < 0.5 else "-"
+            result = value + b if op == "+" else value - b
+            check = f"check {result}-{b}={value}" if op == "+" else f"check {result}+{b}={value}"
+            thoughts += [
+                Thought(_column_work(value, b, op), optional=True, priority=1),
+                Thought(f"{value}{op}{b}={result}"),
+                Thought(check, optional=True, priority=2),
+            ]
+            value, expression = result, f"{expression}{op}{b}"
+        problems.append(Problem(f"{expression}=", str(value), render(thoughts, str(value)), tuple(thoughts)))
+    return problems
+
+
+def thinking_reward(prompt: str, completion: str, reference: str) -> float:
+    """1 when the answer after ``</think>`` is the reference (the budget is not looked at: ``data.budgets``
+    replaces this with :class:`zoo.rl.budgets.BudgetReward`)."""
+    answer = split_completion(completion)[1]
+    return float(answer is not None and answer == reference.strip())
 
 
 _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
@@ -197,11 +256,17 @@ class Task:
 TASKS: dict[str, Task] = {
     "arithmetic": Task(exact_match_reward, True, "Answer with the number only."),
     "chain": Task(chain_reward, True, "Work it out one step at a time, then write the answer after '#'."),
+    "thinking": Task(thinking_reward, True, "Think within the budget inside <think></think>, then answer."),
     "countdown": Task(countdown_reward, True, "Answer with one expression that uses each given number once."),
     "gsm8k": Task(gsm8k_reward, False, "Solve the problem step by step, then write the final answer after '####'."),
     "math": Task(math_reward, False, "Solve the problem step by step, and put the final answer in \\boxed{}."),
 }
-GENERATORS = {"arithmetic": arithmetic_problems, "chain": chain_problems, "countdown": countdown_problems}
+GENERATORS = {
+    "arithmetic": arithmetic_problems,
+    "chain": chain_problems,
+    "countdown": countdown_problems,
+    "thinking": thinking_problems,
+}
 READERS = {"gsm8k": gsm8k_problems, "math": math_problems}
 
 
