@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -31,6 +32,7 @@ commands:
   hub push|list|show|pull|export ...   the checkpoint hub (zoo hub --help)
   probe SOURCE           loop probes of a run, .ckpt or hub:NAME on validation text (zoo probe --help)
   infusion analyze SWEEP collapse points and their scaling law for a knowledge-infusion sweep
+  budget SOURCE          a policy under thinking budgets: accuracy, length, adherence, truncation (zoo budget -h)
 
 overrides (Hydra): model=mesh  trainer.max_steps=50  data.path=corpus.txt  +trainer.profiler=simple
   -m / --multirun sweeps:  zoo fit -m module.optim.lr=1e-3,3e-3
@@ -458,6 +460,66 @@ def infusion_command(args: list[str]) -> None:
     print(f"wrote infusion.md, infusion.json, infusion.png and tensorboard/ in {out}")
 
 
+# -- thinking budgets ----------------------------------------------------------------------------------------
+def budget_command(args: list[str]) -> None:
+    from zoo.chat import chat_format
+    from zoo.engines import in_place_engine
+    from zoo.hub import load_model
+    from zoo.rl import budget_evaluation as evaluation
+    from zoo.rl.tasks import TASKS, load_problems
+    from zoo.tokenizer import load_tokenizer
+
+    parser = argparse.ArgumentParser(prog="zoo budget", description="a policy under thinking budgets (BARD)")
+    parser.add_argument("source", help="a run directory, a .ckpt file, hub:NAME or a hub entry directory")
+    parser.add_argument("--levels", type=int, nargs="+", help="budgets in tokens (default: the run's data.budgets)")
+    parser.add_argument("--problems", type=int, default=128, help="held-out questions (the run's validation set)")
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--no-truncation", action="store_true", help="skip the truncate-at-b baseline")
+    parser.add_argument("--out", help="write budgets.md, budgets.json and budgets.png into this directory")
+    opts = parser.parse_args(args)
+    try:
+        loaded = load_model(opts.source)
+        data = loaded.data
+        levels = opts.levels or (data.get("budgets") or {}).get("levels")
+        if not levels:
+            raise ConfigError(f"{opts.source}: trained without data.budgets; give the budgets with --levels")
+        if loaded.tokenizer_dir is None:
+            raise ConfigError(f"{opts.source}: no tokenizer saved with this checkpoint")
+        task = data.get("task", "thinking")
+        _, problems = load_problems(
+            task, data.get("path"), data.get("val_path"), 1, opts.problems, data.get("seed", 1234), data.get("options")
+        )
+        if not all(p.thoughts for p in problems):
+            raise ConfigError(f"{opts.source}: task {task!r} has no thinking chains (task: thinking)")
+        tokenizer = load_tokenizer(loaded.tokenizer_dir)
+        chat = chat_format(tokenizer, data.get("chat_template", "auto"), TASKS[task].system)
+        results = evaluation.evaluate_budgets(
+            in_place_engine(loaded.model.eval(), tokenizer),
+            tokenizer,
+            problems,
+            sorted(levels),
+            opts.max_new_tokens,
+            chat.stop_token_ids if chat is not None else (tokenizer.eos_token_id,),
+            truncation=not opts.no_truncation,
+            prompt_ids=chat.prompt_ids if chat is not None else None,
+        )
+    except ZooError as e:
+        _user_error(e)
+    table = evaluation.markdown_table(results)
+    correlation = evaluation.length_correlation(results)
+    print(f"{opts.source}: {len(problems)} held-out questions per budget, greedy")
+    print(table)
+    print(f"correlation of mean thinking length with the budget: {correlation:.3f}")
+    if opts.out:
+        out = Path(opts.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "budgets.md").write_text(table + "\n")
+        rows = evaluation.report_rows(results)
+        (out / "budgets.json").write_text(json.dumps({"levels": rows, "length_correlation": correlation}, indent=2))
+        evaluation.figure(results).savefig(out / "budgets.png", dpi=100)
+        print(f"wrote budgets.md, budgets.json and budgets.png in {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
@@ -480,8 +542,10 @@ def main(argv: list[str] | None = None) -> None:
         probe_command(rest)
     elif command == "infusion":
         infusion_command(rest)
+    elif command == "budget":
+        budget_command(rest)
     else:
-        fail(f"unknown command {command!r}; commands: fit, validate, test, ls, hub, probe, infusion")
+        fail(f"unknown command {command!r}; commands: fit, validate, test, ls, hub, probe, infusion, budget")
 
 
 if __name__ == "__main__":

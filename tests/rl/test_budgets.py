@@ -138,3 +138,48 @@ def test_bad_budget_settings_are_one_line():
     data = PromptDataModule(task="arithmetic", train_size=10, val_size=2, budgets=dict(levels=[8]))
     with pytest.raises(DataError, match="no chains of thought"):
         data.prepare_data()
+
+
+class _ScriptedPolicy:
+    """A stand-in engine over a character-level tokenizer: asked under budget b it thinks b - 4 characters and
+    answers right when b >= 32 (wrong below); after a forced ``</think>`` it answers right when it had thought at
+    least 30 characters."""
+
+    def __init__(self, tokenizer, answers):
+        self.tokenizer, self.answers = tokenizer, answers
+
+    def generate(self, prompts, n, params):
+        from zoo.generation import GenerationResult, Sample
+
+        samples = []
+        for i, ids in enumerate(prompts):
+            text = self.tokenizer.decode(ids)
+            question = text.split("\n", 1)[1].split("<think>")[0]
+            answer = self.answers[question]
+            if text.endswith("</think>"):  # the truncation baseline's second stage
+                thought = text.split("<think>", 1)[1][: -len("</think>")]
+                completion = f" {answer if len(thought) >= 30 else 'x'}"
+            else:
+                budget = read_budget(text)
+                completion = f"<think>{'y' * (budget - 4)}</think> {answer if budget >= 32 else 'x'}"
+            tokens = self.tokenizer(completion, add_special_tokens=False)["input_ids"][: params.max_new_tokens]
+            samples.append(Sample(i, tokens, [0.0] * len(tokens), "stop"))
+        return GenerationResult(samples)
+
+
+def test_budget_evaluation_scores_each_level_and_the_truncation_baseline():
+    from zoo.rl.budget_evaluation import evaluate_budgets, length_correlation, markdown_table
+
+    problems = thinking_problems(6, seed=2)
+    characters = train_bpe(["<think></think> Thinking budget: tokens.\n0123456789+-=xy"], 100)  # no merges
+    policy = _ScriptedPolicy(characters, {p.prompt: p.reference for p in problems})
+    results = evaluate_budgets(policy, characters, problems, [20, 32, 48], 200, [0])
+    by_budget = {r.budget: r for r in results}
+    assert [by_budget[b].accuracy for b in (20, 32, 48)] == [0, 1, 1]
+    assert [by_budget[b].length for b in (20, 32, 48)] == [16, 28, 44]
+    assert all(r.within_budget == 1 for r in results)
+    assert by_budget[20].relative_error == pytest.approx(4 / 20)
+    # truncation: the unconstrained answer thinks 44 characters; cut at b it answers right only from 30 on
+    assert [by_budget[b].truncated_accuracy for b in (20, 32, 48)] == [0, 1, 1]
+    assert length_correlation(results) == pytest.approx(1.0)
+    assert "| 20 | 0.000 | 0.000 | 16.0 | 1.000 | 0.200 |" in markdown_table(results)
