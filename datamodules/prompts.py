@@ -63,6 +63,7 @@ class PromptDataModule(L.LightningDataModule):
         self.reward = None
         self.train_problems: list[Problem] = []
         self.val_problems: list[Problem] = []
+        self.val_questions: list[Problem] = []  # the validation problems before any budget is set
 
     def prepare_data(self) -> None:
         if self.tokenizer is not None:
@@ -78,6 +79,7 @@ class PromptDataModule(L.LightningDataModule):
             texts += [budget_line(b) for b in self.budgets.levels]
         self.tokenizer = tokenizer_for(h.tokenizer, texts, h.vocab_size, cache_dir() / "tokenizers")
         self.reward = TASKS[h.task].reward
+        self.val_questions = list(self.val_problems)
         if self.budgets is not None:
             self.reward = self.budgets.reward(self.count_tokens)
             self.train_problems, self.val_problems = self.budgeted(self.train_problems, self.val_problems)

@@ -21,6 +21,7 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from zoo.callbacks.budget_metrics import BudgetMetrics
 from zoo.callbacks.fact_recall import FactRecall
 from zoo.callbacks.probes import LoopProbes
 from zoo.callbacks.progress import ProgressBar
@@ -222,6 +223,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         callbacks.append(LoopProbes(cfg.probes.every_n_steps, cfg.probes.samples))
     if "recall_facts" in cfg.data:  # knowledge data: retention and acquisition after every validation
         callbacks.append(FactRecall())
+    if cfg.data.get("budgets"):  # thinking budgets: accuracy, length and adherence per level after every validation
+        callbacks.append(BudgetMetrics())
     if settings.get("enable_progress_bar", True):
         callbacks.append(ProgressBar())
     strategy = instantiate(cfg.strategy)

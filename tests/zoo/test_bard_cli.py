@@ -16,6 +16,9 @@ def test_budget_sft_then_budget_grpo_then_the_per_budget_report(run_zoo, tmp_pat
     run_zoo("fit", "model=bard_sft", *TINY, "data.train_size=100", "data.val_size=4", "trainer.max_steps=4",
             "trainer.val_check_interval=4", "module.evaluation.max_new_tokens=8")  # fmt: skip
     sft = _run_dir(tmp_path / "runs" / "bard_sft")
+    logged = json.loads((sft / "metrics.json").read_text())  # per-budget metrics after every validation
+    assert {f"budget/{b}/accuracy" for b in (20, 32, 48, 64, 96)} <= set(logged)
+    assert all(0 <= logged[f"budget/{b}/within_budget"] <= 1 for b in (20, 96))
     run_zoo("hub", "push", str(sft), "--name", "bard-sft")
     run_zoo("fit", "model=bard_grpo", "model.init_from=hub:bard-sft", "data.train_size=100", "data.val_size=2",
             "data.batch_size=2", "module.rollout.n=2", "module.rollout.max_new_tokens=24",
