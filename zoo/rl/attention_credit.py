@@ -226,6 +226,8 @@ class CreditAssignment:
         start = time.perf_counter()
         signals = self.signals(model, batch, temperature)
         gammas = self.gammas(signals, generator)
+        if gammas.is_cuda:  # the pass's kernels may still run: time them, not their launch
+            torch.cuda.synchronize(gammas.device)
         seconds = time.perf_counter() - start
         mask = batch.response_mask.bool()
         amplified = (gammas > 1) & mask
