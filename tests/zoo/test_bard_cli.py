@@ -41,3 +41,23 @@ def test_a_run_without_budgets_says_so(run_zoo, tmp_path, trained_run):
     process = run_zoo("budget", str(trained_run), check=False)
     assert process.returncode != 0
     assert "trained without data.budgets" in process.stderr.strip().splitlines()[-1]
+
+
+def test_a_hugging_face_policy_with_a_chat_template_trains_and_reports_under_budgets(run_zoo, tmp_path, hf_models):
+    run_zoo("fit", "model=bard_sft", f"model.init_from={hf_models['qwen2']}", "data.train_size=60", "data.val_size=2",
+            "data.seq_len=256", "data.budgets.levels=[20,32]", "trainer.max_steps=2", "trainer.val_check_interval=2",
+            "module.evaluation.max_new_tokens=6", "trainer.enable_progress_bar=false")  # fmt: skip
+    sft = _run_dir(tmp_path / "runs" / "bard_sft")
+    assert "budget/32/accuracy" in json.loads((sft / "metrics.json").read_text())
+    run_zoo("hub", "push", str(sft), "--name", "qwen-bard")
+    run_zoo("fit", "model=bard_grpo", "model.init_from=hub:qwen-bard", "data.train_size=60", "data.val_size=2",
+            "data.batch_size=2", "module.rollout.n=2", "module.rollout.max_new_tokens=12",
+            "data.budgets.levels=[20,32]", "trainer.max_steps=1", "trainer.limit_val_batches=0",
+            "trainer.enable_progress_bar=false")  # fmt: skip
+    metrics = json.loads((_run_dir(tmp_path / "runs" / "bard_grpo") / "metrics.json").read_text())
+    assert (
+        "reward/fidelity" in metrics
+        and "rollout: hf engine" in (_run_dir(tmp_path / "runs" / "bard_grpo") / "cli.log").read_text()
+    )
+    report = run_zoo("budget", "hub:qwen-bard", "--problems", "2", "--max-new-tokens", "6", "--no-truncation")
+    assert "| 20 |" in report.stdout and "| 32 |" in report.stdout
