@@ -162,8 +162,10 @@ class _ScriptedPolicy:
             else:
                 budget = read_budget(text)
                 completion = f"<think>{'y' * (budget - 4)}</think> {answer if budget >= 32 else 'x'}"
-            tokens = self.tokenizer(completion, add_special_tokens=False)["input_ids"][: params.max_new_tokens]
-            samples.append(Sample(i, tokens, [0.0] * len(tokens), "stop"))
+            tokens = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
+            reason = "length" if len(tokens) > params.max_new_tokens else "stop"
+            tokens = tokens[: params.max_new_tokens]
+            samples.append(Sample(i, tokens, [0.0] * len(tokens), reason))
         return GenerationResult(samples)
 
 

@@ -96,7 +96,7 @@ def _truncated_accuracy(engine, prompts, references, budget, opening, encode, de
     continued, finished = [], {}
     for i, draft in enumerate(drafts):
         text = decode(draft.token_ids)
-        if CLOSE in text:  # it closed its thinking within the budget: its own answer stands
+        if CLOSE in text or draft.finish_reason != "length":  # it closed (or ended) within the budget: it stands
             finished[i] = text
         else:
             continued.append((i, prompts[i] + draft.token_ids + encode(CLOSE), text + CLOSE))
