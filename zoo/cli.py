@@ -471,7 +471,13 @@ def budget_command(args: list[str]) -> None:
 
     parser = argparse.ArgumentParser(prog="zoo budget", description="a policy under thinking budgets (BARD)")
     parser.add_argument("source", help="a run directory, a .ckpt file, hub:NAME or a hub entry directory")
-    parser.add_argument("--levels", type=int, nargs="+", help="budgets in tokens (default: the run's data.budgets)")
+    parser.add_argument(
+        "--levels",
+        type=int,
+        nargs="+",
+        help="budgets in tokens (default: the run's data.budgets; a run trained "
+        "without budgets is asked without the control line, its answers scored against each budget)",
+    )
     parser.add_argument("--problems", type=int, default=128, help="held-out questions (the run's validation set)")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--no-truncation", action="store_true", help="skip the truncate-at-b baseline")
@@ -480,7 +486,8 @@ def budget_command(args: list[str]) -> None:
     try:
         loaded = load_model(opts.source)
         data = loaded.data
-        levels = opts.levels or (data.get("budgets") or {}).get("levels")
+        trained_with = (data.get("budgets") or {}).get("levels")
+        levels = opts.levels or trained_with
         if not levels:
             raise ConfigError(f"{opts.source}: trained without data.budgets; give the budgets with --levels")
         if loaded.tokenizer_dir is None:
@@ -502,12 +509,14 @@ def budget_command(args: list[str]) -> None:
             chat.stop_token_ids if chat is not None else (tokenizer.eos_token_id,),
             truncation=not opts.no_truncation,
             prompt_ids=chat.prompt_ids if chat is not None else None,
+            control_line=trained_with is not None,
         )
     except ZooError as e:
         _user_error(e)
     table = evaluation.markdown_table(results)
     correlation = evaluation.length_correlation(results)
-    print(f"{opts.source}: {len(problems)} held-out questions per budget, greedy")
+    asked = "with the budget's control line" if trained_with else "as trained, without a control line"
+    print(f"{opts.source}: {len(problems)} held-out questions per budget, greedy, {asked}")
     print(table)
     print(f"correlation of mean thinking length with the budget: {correlation:.3f}")
     if opts.out:

@@ -142,8 +142,8 @@ def test_bad_budget_settings_are_one_line():
 
 class _ScriptedPolicy:
     """A stand-in engine over a character-level tokenizer: asked under budget b it thinks b - 4 characters and
-    answers right when b >= 32 (wrong below); after a forced ``</think>`` it answers right when it had thought at
-    least 30 characters."""
+    answers right when b >= 32 (wrong below), asked without a budget it thinks 40 and answers right; after a forced
+    ``</think>`` it answers right when it had thought at least 30 characters."""
 
     def __init__(self, tokenizer, answers):
         self.tokenizer, self.answers = tokenizer, answers
@@ -154,13 +154,13 @@ class _ScriptedPolicy:
         samples = []
         for i, ids in enumerate(prompts):
             text = self.tokenizer.decode(ids)
-            question = text.split("\n", 1)[1].split("<think>")[0]
+            question = text.split("\n", 1)[-1].split("<think>")[0]
             answer = self.answers[question]
             if text.endswith("</think>"):  # the truncation baseline's second stage
                 thought = text.split("<think>", 1)[1][: -len("</think>")]
                 completion = f" {answer if len(thought) >= 30 else 'x'}"
             else:
-                budget = read_budget(text)
+                budget = read_budget(text) or 44
                 completion = f"<think>{'y' * (budget - 4)}</think> {answer if budget >= 32 else 'x'}"
             tokens = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
             reason = "length" if len(tokens) > params.max_new_tokens else "stop"
@@ -185,3 +185,15 @@ def test_budget_evaluation_scores_each_level_and_the_truncation_baseline():
     assert [by_budget[b].truncated_accuracy for b in (20, 32, 48)] == [0, 1, 1]
     assert length_correlation(results) == pytest.approx(1.0)
     assert "| 20 | 0.000 | 0.000 | 16.0 | 1.000 | 0.200 |" in markdown_table(results)
+
+
+def test_a_budget_agnostic_model_is_asked_without_the_control_line_and_cut_at_each_budget():
+    from zoo.rl.budget_evaluation import evaluate_budgets
+
+    problems = thinking_problems(4, seed=3)
+    characters = train_bpe(["<think></think> Thinking budget: tokens.\n0123456789+-=xy"], 100)
+    policy = _ScriptedPolicy(characters, {p.prompt: p.reference for p in problems})
+    results = evaluate_budgets(policy, characters, problems, [20, 32, 48], 200, [0], control_line=False)
+    assert [r.accuracy for r in results] == [1, 1, 1] and [r.length for r in results] == [40, 40, 40]
+    assert [r.within_budget for r in results] == [0, 0, 1]
+    assert [r.truncated_accuracy for r in results] == [0, 1, 1]  # its 40-character chain cut at 20, 32, 48

@@ -10,6 +10,10 @@ For each level b every question is asked with b's control line and answered gree
 The truncation baseline asks each question at the largest level (the model's unconstrained thinking), stops the
 thinking after b tokens, closes it with ``</think>`` and lets the model answer: what cutting a long chain gives
 without budget-aware training.
+
+A model trained without budgets (``control_line=False``) is asked as it was trained, without the control line: its
+answers are the same at every level, scored against each b, and its truncation baseline is the classic one (a
+budget-agnostic model's chain cut at b).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ def evaluate_budgets(
     stop_token_ids: Sequence[int],
     truncation: bool = True,
     prompt_ids: Callable[[str], list[int]] | None = None,
+    control_line: bool = True,
 ) -> list[LevelResult]:
     """Per level, the policy's greedy answers to ``problems`` (:class:`zoo.rl.tasks.Problem`, without budget
     lines) scored as the module docstring says; ``prompt_ids`` encodes a prompt (default: the tokenizer, no
@@ -73,15 +78,19 @@ def evaluate_budgets(
     def decode(ids: Sequence[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=True)
 
+    def asked(budget: int) -> list[list[int]]:
+        return [encode((budget_line(budget) if control_line else "") + p.prompt) for p in problems]
+
     greedy = SamplingParams(max_new_tokens, 0.0, stop_token_ids=tuple(stop_token_ids))
     references = [p.reference for p in problems]
-    results = []
+    results, answered = [], {}
     for budget in levels:
-        prompts = [encode(budget_line(budget) + p.prompt) for p in problems]
-        texts = [decode(s.token_ids) for s in engine.generate(prompts, 1, greedy).samples]
-        results.append(_score(texts, references, budget, count))
+        key = budget if control_line else None  # without the control line every level asks the same
+        if key not in answered:
+            answered[key] = [decode(s.token_ids) for s in engine.generate(asked(budget), 1, greedy).samples]
+        results.append(_score(answered[key], references, budget, count))
     if truncation:
-        unconstrained = [encode(budget_line(max(levels)) + p.prompt) for p in problems]
+        unconstrained = asked(max(levels))
         for result in results:
             result.truncated_accuracy = _truncated_accuracy(
                 engine, unconstrained, references, result.budget, count(OPEN), encode, decode, greedy
@@ -96,9 +105,11 @@ def _truncated_accuracy(engine, prompts, references, budget, opening, encode, de
     continued, finished = [], {}
     for i, draft in enumerate(drafts):
         text = decode(draft.token_ids)
-        if CLOSE in text or draft.finish_reason != "length":  # it closed (or ended) within the budget: it stands
+        if draft.finish_reason != "length":  # it ended within the budget: its answer stands as it is
             finished[i] = text
-        else:
+        elif CLOSE in text:  # it closed its thinking within the budget, the answer was cut: let it finish that
+            continued.append((i, prompts[i] + draft.token_ids, text))
+        else:  # cut while thinking: close it and let it answer
             continued.append((i, prompts[i] + draft.token_ids + encode(CLOSE), text + CLOSE))
     if continued:
         answer = SamplingParams(ANSWER_TOKENS, 0.0, stop_token_ids=greedy.stop_token_ids, seed=greedy.seed)
