@@ -225,7 +225,13 @@ class HFCausalLM(nn.Module):
         layers = self.decoder_layers
         handles = []
         for index in sorted(probe.layers):
-            attention = next((m for _, m in layers[index].named_children() if type(m).__name__.endswith("Attention")))
+            children = layers[index].named_children()
+            attention = next((m for _, m in children if type(m).__name__.endswith("Attention")), None)
+            if attention is None:
+                raise ConfigError(
+                    f"model type {self.hf.config.model_type!r}: no attention module found in decoder layer {index} "
+                    "(attention maps read the child module whose class name ends in Attention)"
+                )
 
             def show(module, args, output, index=index):
                 if not isinstance(output, tuple) or len(output) < 2 or output[1] is None:

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
 import torch
 from torchmetrics.aggregation import MeanMetric
 
-from zoo.errors import ConfigError, require_int
+from zoo.errors import ConfigError, config_section, require_int
 from zoo.hub import build_initialized
 from zoo.models import config_from_dict
 from zoo.optim import OptimConfig, TrainingDiverged, adamw_groups, build_adamw, build_schedule, ensure_finite
@@ -76,14 +76,6 @@ class EvaluationConfig:
     ks: list[int] = field(default_factory=lambda: [1])
     temperature: float = 0.0
     max_new_tokens: int = 64
-
-
-def config_section(cls, values: dict | None, key: str):
-    values = dict(values or {})
-    unknown = sorted(set(values) - {f.name for f in fields(cls)})
-    if unknown:
-        raise ConfigError(f"unknown {key} setting(s): {', '.join(unknown)}")
-    return cls(**values)
 
 
 class RLModule(L.LightningModule):

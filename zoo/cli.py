@@ -490,6 +490,8 @@ def budget_command(args: list[str]) -> None:
         levels = opts.levels or trained_with
         if not levels:
             raise ConfigError(f"{opts.source}: trained without data.budgets; give the budgets with --levels")
+        if any(b < 1 for b in levels) or opts.problems < 1 or opts.max_new_tokens < 1:
+            raise ConfigError("--levels, --problems and --max-new-tokens must be >= 1")
         if loaded.tokenizer_dir is None:
             raise ConfigError(f"{opts.source}: no tokenizer saved with this checkpoint")
         task = data.get("task", "thinking")

@@ -27,3 +27,15 @@ def require_int(key: str, value: object, minimum: int) -> None:
     """A :class:`ConfigError` naming ``key`` unless ``value`` is an integer >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+
+
+def config_section(cls, values: dict | None, key: str):
+    """The settings dataclass ``cls`` built from ``values`` (None: its defaults); an unknown setting is an error
+    naming it under ``key``."""
+    from dataclasses import fields
+
+    values = dict(values or {})
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ConfigError(f"unknown {key} setting(s): {', '.join(unknown)}")
+    return cls(**values)

@@ -22,11 +22,11 @@ overlap that is logged. ``random`` and ``none`` need no pass.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, config_section
 from zoo.models.attention_maps import middle_layers
 from zoo.rl.credit import (
     NEEDS,
@@ -63,11 +63,7 @@ class CreditOptions:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> CreditOptions:
-        values = dict(values or {})
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown module.credit_options setting(s): {', '.join(unknown)}")
-        options = cls(**values)
+        options = config_section(cls, values, "module.credit_options")
         options.validate()
         return options
 
@@ -75,6 +71,8 @@ class CreditOptions:
         def bad(key: str, why: str) -> ConfigError:
             return ConfigError(f"module.credit_options.{key} {why}, got {getattr(self, key)!r}")
 
+        if not self.gamma_amp > 0:
+            raise bad("gamma_amp", "must be > 0")
         if not 0 <= self.q <= 1:
             raise bad("q", "must be in [0, 1]")
         if not 0 < self.head_fraction <= 0.5:

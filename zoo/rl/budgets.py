@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 OPEN, CLOSE = "<think>", "</think>"
 FIDELITIES = ("upper", "tracking")
@@ -121,7 +121,7 @@ class BudgetReward:
 class BudgetOptions:
     """``data.budgets``: the levels a budgeted task trains and is evaluated at, and its reward."""
 
-    levels: list[int]
+    levels: list[int] = field(default_factory=list)
     fidelity: str = "upper"
     sigma: float = 0.25
     combine: str = "product"
@@ -129,16 +129,13 @@ class BudgetOptions:
 
     @classmethod
     def from_dict(cls, values: dict) -> BudgetOptions:
-        from zoo.errors import ConfigError
+        from zoo.errors import ConfigError, config_section
 
-        values = dict(values)
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"unknown data.budgets setting(s): {', '.join(unknown)}")
-        levels = values.get("levels")
+        options = config_section(cls, values, "data.budgets")
+        levels = options.levels
         if not isinstance(levels, list | tuple) or not levels or not all(isinstance(b, int) and b > 0 for b in levels):
             raise ConfigError(f"data.budgets.levels must be a list of positive token counts, got {levels!r}")
-        options = cls(**{**values, "levels": sorted(levels)})
+        options.levels = sorted(levels)
         if options.fidelity not in FIDELITIES:
             raise ConfigError(f"data.budgets.fidelity must be one of {', '.join(FIDELITIES)}, got {options.fidelity!r}")
         if options.combine not in COMBINATIONS:
