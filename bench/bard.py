@@ -9,54 +9,59 @@ one (``data.budgets.combine=sum``), and from the budget-agnostic SFT (RL without
 asked under each budget (``zoo budget``, ``--problems`` held-out questions, with the truncation baseline), and the
 script prints per arm and budget the accuracy, the thinking length and the share within budget (mean over seeds,
 then the per-seed values), the correlation of length with budget, and writes the accuracy and length curves of
-every arm to WORKDIR/bard.png. ``--reuse`` reports the runs already in the workdir.
+every arm to WORKDIR/bard.png. ``--reuse`` reports the runs already in the workdir; ``--parallel`` runs (default
+2) go side by side, each with its share of the cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from zoo_runs import latest_run, threads_per_run, zoo
+
+POLICIES = {"bard-sft": [], "agnostic-sft": ["data.budgets=null"]}  # the two SFTs, pushed as NAME-SEED
 ARMS = {  # name: (how it is trained, from which policy)
-    "budget SFT": None,
-    "budget-agnostic SFT": None,
+    "budget SFT": ("bard-sft", None),
+    "budget-agnostic SFT": ("agnostic-sft", None),
     "budget SFT + GRPO (correct x fidelity)": ("bard-sft", []),
     "budget SFT + GRPO (correct + fidelity)": ("bard-sft", ["data.budgets.combine=sum"]),
     "budget-agnostic SFT + GRPO (no budget SFT)": ("agnostic-sft", []),
 }
 
 
-def _zoo(workdir: Path, log: str, *args: str) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    with open(workdir / log, "w") as out:
-        subprocess.run([sys.executable, "-m", "zoo", *args], cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
-                       check=True)  # fmt: skip
-    return (workdir / log).read_text()
-
-
-def _run_dir(workdir: Path, name: str) -> Path | None:
-    found = sorted((workdir / "runs" / name).glob("*/metrics.json"))
-    return found[-1].parent if found else None
-
-
-def _fit(workdir: Path, name: str, reuse: bool, *overrides: str) -> Path:
-    run = _run_dir(workdir, name) if reuse else None
+def _fit(workdir: Path, name: str, opts, threads: int, *overrides: str) -> Path:
+    run = latest_run(workdir, name) if opts.reuse else None
     if run is None:
-        _zoo(workdir, f"{name}.log", "fit", *overrides, f"name={name}", "trainer.enable_progress_bar=false")
-        run = _run_dir(workdir, name)
+        zoo(workdir, threads, f"{name}.log", "fit", *overrides, f"name={name}", "trainer.enable_progress_bar=false")
+        run = latest_run(workdir, name)
     return run
 
 
-def _report(workdir: Path, run: Path, name: str, opts) -> dict:
-    out = workdir / "reports" / name
-    levels = [str(b) for b in opts.levels]
-    _zoo(workdir, f"report_{name}.log", "budget", str(run), "--problems", str(opts.problems), "--levels", *levels,
-         "--out", str(out))  # fmt: skip
+def _sft(policy: str, seed: int, opts, threads: int) -> Path:
+    workdir, name = Path(opts.workdir).resolve(), f"{policy.replace('-', '_')}_{seed}"
+    run = _fit(workdir, name, opts, threads, "model=bard_sft", f"seed={seed}", f"trainer.max_steps={opts.sft_steps}",
+               "data.train_size=8000", f"trainer.val_check_interval={opts.sft_steps}", *POLICIES[policy])  # fmt: skip
+    zoo(workdir, threads, f"push_{name}.log", "hub", "push", str(run), "--name", f"{policy}-{seed}", "--force")
+    return run
+
+
+def _arm(arm: str, seed: int, opts, threads: int) -> dict:
+    """The policy of ``arm`` and ``seed`` (its SFT, or GRPO from it) asked under each budget (``zoo budget``)."""
+    workdir, (start, extra) = Path(opts.workdir).resolve(), ARMS[arm]
+    if extra is None:
+        name, run = f"{start.replace('-', '_')}_{seed}", latest_run(workdir, f"{start.replace('-', '_')}_{seed}")
+    else:
+        name = f"grpo_{start}_{'sum' if extra else 'product'}_{seed}"
+        grpo = ["model=bard_grpo", f"model.init_from=hub:{start}-{seed}", f"seed={seed}", f"module.rollout.seed={seed}",
+                f"trainer.max_steps={opts.rl_steps}", *extra]  # fmt: skip
+        run = _fit(workdir, name, opts, threads, *grpo)
+    out, levels = workdir / "reports" / name, [str(b) for b in opts.levels]
+    zoo(workdir, threads, f"report_{name}.log", "budget", str(run), "--problems", str(opts.problems), "--levels",
+        *levels, "--out", str(out))  # fmt: skip
     return json.loads((out / "budgets.json").read_text())
 
 
@@ -69,29 +74,15 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[20, 32, 48, 64, 96])
     parser.add_argument("--workdir", default=".")
     parser.add_argument("--reuse", action="store_true")
+    parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
     opts = parser.parse_args()
-    workdir = Path(opts.workdir).resolve()
-    reports: dict[str, list[dict]] = {arm: [] for arm in ARMS}
-    for seed in opts.seeds:
-        sft = ["model=bard_sft", f"seed={seed}", f"trainer.max_steps={opts.sft_steps}", "data.train_size=8000",
-               f"trainer.val_check_interval={opts.sft_steps}"]  # fmt: skip
-        policies = {
-            "bard-sft": _fit(workdir, f"bard_sft_{seed}", opts.reuse, *sft),
-            "agnostic-sft": _fit(workdir, f"agnostic_sft_{seed}", opts.reuse, *sft, "data.budgets=null"),
-        }
-        for policy, run in policies.items():
-            _zoo(workdir, f"push_{policy}_{seed}.log", "hub", "push", str(run), "--name", f"{policy}-{seed}", "--force")
-        reports["budget SFT"].append(_report(workdir, policies["bard-sft"], f"bard_sft_{seed}", opts))
-        reports["budget-agnostic SFT"].append(_report(workdir, policies["agnostic-sft"], f"agnostic_sft_{seed}", opts))
-        for arm, spec in ARMS.items():
-            if spec is None:
-                continue
-            start, extra = spec
-            name = f"grpo_{start}_{'sum' if extra else 'product'}_{seed}"
-            grpo = ["model=bard_grpo", f"model.init_from=hub:{start}-{seed}", f"seed={seed}",
-                    f"module.rollout.seed={seed}", f"trainer.max_steps={opts.rl_steps}", *extra]  # fmt: skip
-            run = _fit(workdir, name, opts.reuse, *grpo)
-            reports[arm].append(_report(workdir, run, name, opts))
+    threads = threads_per_run(opts.parallel)
+    with ThreadPoolExecutor(opts.parallel) as pool:
+        sfts = [(policy, seed) for seed in opts.seeds for policy in POLICIES]
+        list(pool.map(lambda job: _sft(*job, opts, threads), sfts))
+        jobs = [(arm, seed) for seed in opts.seeds for arm in ARMS]
+        done = dict(zip(jobs, pool.map(lambda job: _arm(*job, opts, threads), jobs), strict=True))
+    reports = {arm: [done[arm, seed] for seed in opts.seeds] for arm in ARMS}
     print(f"{len(opts.seeds)} seeds, {opts.problems} held-out questions per budget, greedy")
     print("| arm | budget | accuracy | truncated at b | thinking length | L <= b | length-budget correlation |")
     print("|---|---|---|---|---|---|---|")
@@ -106,8 +97,8 @@ def main() -> None:
 
             print(f"| {arm} | {budget} | {mean('accuracy')} | {mean('truncated_accuracy')} | {mean('length')} "
                   f"| {mean('within_budget')} | {correlation:.3f} |")  # fmt: skip
-    _plot(reports, opts.levels, workdir / "bard.png")
-    print(f"plot: {workdir / 'bard.png'}")
+    _plot(reports, opts.levels, Path(opts.workdir).resolve() / "bard.png")
+    print(f"plot: {Path(opts.workdir).resolve() / 'bard.png'}")
 
 
 def _plot(reports: dict[str, list[dict]], levels: list[int], path: Path) -> None:

@@ -29,46 +29,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from zoo_runs import latest_run, threads_per_run, zoo
 
 ARMS = ("none", "random", "local", "global", "coupled")
 
 
 # -- arms ----------------------------------------------------------------------------------------------------------
-def _zoo(workdir: Path, threads: int, log: str, *overrides: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
-    with open(workdir / log, "w") as out:
-        command = [sys.executable, "-m", "zoo", *overrides, "trainer.enable_progress_bar=false"]
-        subprocess.run(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, check=True)
-
-
-def _run_dir(workdir: Path, name: str) -> Path | None:
-    found = sorted((workdir / "runs" / name).glob("*/metrics.json"))
-    return found[-1].parent if found else None
-
-
 def _train_and_evaluate(arm: str, seed: int, opts, threads: int) -> tuple[Path, float]:
     """The run of ``arm`` and ``seed`` (reused when ``--reuse`` finds it), and its final policy's greedy pass@1 on
     ``--eval-size`` held-out prompts."""
     workdir, name = Path(opts.workdir).resolve(), f"credit_{arm}_{seed}"
-    run = _run_dir(workdir, name) if opts.reuse else None
+    run = latest_run(workdir, name) if opts.reuse else None
     if run is None:
         overrides = ["experiment=chain_grpo", f"module.credit={arm}", f"seed={seed}", f"name={name}", *opts.extra]
-        _zoo(workdir, threads, f"{name}.log", "fit", *overrides)
-        run = _run_dir(workdir, name)
+        zoo(workdir, threads, f"{name}.log", "fit", *overrides, "trainer.enable_progress_bar=false")
+        run = latest_run(workdir, name)
     evaluation = f"eval_{name}"
-    _zoo(workdir, threads, f"{evaluation}.log", "validate", f"ckpt_path={run}", f"data.val_size={opts.eval_size}",
-         f"name={evaluation}")  # fmt: skip
-    return run, json.loads((_run_dir(workdir, evaluation) / "metrics.json").read_text())["val/pass@1"]
+    zoo(workdir, threads, f"{evaluation}.log", "validate", f"ckpt_path={run}", f"data.val_size={opts.eval_size}",
+        f"name={evaluation}", "trainer.enable_progress_bar=false")  # fmt: skip
+    return run, json.loads((latest_run(workdir, evaluation) / "metrics.json").read_text())["val/pass@1"]
 
 
 def _reward_curve(run: Path) -> tuple[list[int], list[float]]:
@@ -87,7 +73,7 @@ def _spread(values: list[float]) -> str:
 
 def arms(opts) -> None:
     jobs = [(arm, seed) for arm in opts.arms for seed in opts.seeds]
-    threads = max(1, (os.cpu_count() or 1) // opts.parallel)
+    threads = threads_per_run(opts.parallel)
     with ThreadPoolExecutor(opts.parallel) as pool:
         done = dict(zip(jobs, pool.map(lambda job: _train_and_evaluate(*job, opts, threads), jobs), strict=True))
     curves: dict[str, list[tuple[list[int], list[float]]]] = {}
