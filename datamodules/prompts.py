@@ -12,6 +12,9 @@ template (``chat_template: auto``), prompts are chat-formatted with the task's s
 (:mod:`zoo.rl.budgets`): ``{levels: [...], fidelity: upper | tracking, sigma, combine: product | sum, weight}``;
 each training prompt gets one level drawn for it, every validation prompt is asked at every level, and the reward
 becomes correctness × budget fidelity.
+
+``posterior_prompt`` (a template with ``{prompt}`` and ``{answer}``, :mod:`zoo.rl.posterior_prompt`) gives every
+training problem a second, answer-conditioned prompt as well (``posterior_ids``), for RAVR's posterior sampler.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from zoo.errors import DataError, require_int
 from zoo.files import cache_dir
 from zoo.loader import ResumableLoader
 from zoo.rl.budgets import BudgetOptions, budget_line, with_budget
-from zoo.rl.tasks import TASKS, Problem, encode_prompts, load_problems
+from zoo.rl.posterior_prompt import check_template, posterior_prompt
+from zoo.rl.tasks import TASKS, Problem, encode_prompts, encode_texts, load_problems
 from zoo.tokenizer import tokenizer_for
 
 
@@ -51,10 +55,12 @@ class PromptDataModule(L.LightningDataModule):
         chat_template: str = "auto",
         system_prompt: str | None = None,
         budgets: dict[str, Any] | None = None,
+        posterior_prompt: str | None = None,
     ) -> None:
         super().__init__()
         require_int("data.batch_size", batch_size, 1)
         self.budgets = BudgetOptions.from_dict(budgets) if budgets is not None else None
+        self.posterior_template = check_template(posterior_prompt) if posterior_prompt is not None else None
         require_int("data.train_size", train_size, 1)
         require_int("data.val_size", val_size, 0)
         self.save_hyperparameters()
@@ -77,6 +83,7 @@ class PromptDataModule(L.LightningDataModule):
             if not all(p.thoughts for p in self.train_problems + self.val_problems):
                 raise DataError(f"data.budgets: task {h.task!r} has no chains of thought to budget (task: thinking)")
             texts += [budget_line(b) for b in self.budgets.levels]
+        texts += [self.posterior_text(p) for p in self.train_problems] if self.posterior_template else []
         self.tokenizer = tokenizer_for(h.tokenizer, texts, h.vocab_size, cache_dir() / "tokenizers")
         self.reward = TASKS[h.task].reward
         self.val_questions = list(self.val_problems)
@@ -84,6 +91,10 @@ class PromptDataModule(L.LightningDataModule):
             self.reward = self.budgets.reward(self.count_tokens)
             self.train_problems, self.val_problems = self.budgeted(self.train_problems, self.val_problems)
         self.chat = chat_format(self.tokenizer, h.chat_template, h.system_prompt or TASKS[h.task].system)
+
+    def posterior_text(self, problem: Problem) -> str:
+        """The answer-conditioned prompt of ``problem`` (``posterior_prompt`` set)."""
+        return posterior_prompt(self.posterior_template, problem.prompt, problem.reference)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -109,6 +120,10 @@ class PromptDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
         self.train_set = encode_prompts(self.tokenizer, self.train_problems, self.chat)
+        if self.posterior_template is not None:
+            texts = [self.posterior_text(p) for p in self.train_problems]
+            for item, ids in zip(self.train_set, encode_texts(self.tokenizer, texts, self.chat), strict=True):
+                item["posterior_ids"] = ids
         self.val_set = encode_prompts(self.tokenizer, self.val_problems, self.chat)
         self.val_prompts = self.val_set  # for pass@k, under the name the SFT data uses
 

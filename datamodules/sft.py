@@ -9,7 +9,9 @@ the end (no segments: causal attention alone keeps it from the padding), for mod
 examples (BLOOM's ALiBi, state-space models such as Mamba). An example longer than ``seq_len`` is an error
 naming it. With ``budgets`` (:mod:`zoo.rl.budgets`) every problem becomes one example per budget level that its
 teacher's chain can be compressed to: the same question, different budgets, different lengths (BARD's
-budget-constrained SFT).
+budget-constrained SFT). With ``posterior_prompt`` every training problem is also taught under its
+answer-conditioned prompt (:mod:`zoo.rl.posterior_prompt`): the same solution, reached with the answer in view,
+so that the policy learns to reason towards a given answer (the ability RAVR's posterior sampler relies on).
 """
 
 from __future__ import annotations
@@ -88,11 +90,12 @@ class SFTDataModule(PromptDataModule):
         system_prompt: str | None = None,
         pack: bool = True,
         budgets: dict[str, Any] | None = None,
+        posterior_prompt: str | None = None,
     ) -> None:
         require_int("data.seq_len", seq_len, 1)
         super().__init__(
             task, options, path, val_path, tokenizer, vocab_size, train_size, val_size, batch_size, seed,
-            chat_template, system_prompt, budgets,
+            chat_template, system_prompt, budgets, posterior_prompt,
         )  # fmt: skip
         self.save_hyperparameters()
 
@@ -127,6 +130,9 @@ class SFTDataModule(PromptDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
         h = self.hparams
-        self.train_set = _Rows(pack(self.examples(self.train_problems), h.seq_len, h.pack))
+        train = self.train_problems
+        if self.posterior_template is not None:
+            train = train + [Problem(self.posterior_text(p), p.reference, p.solution) for p in train]
+        self.train_set = _Rows(pack(self.examples(train), h.seq_len, h.pack))
         self.val_set = _Rows(pack(self.examples(self.val_problems), h.seq_len, h.pack))
         self.val_prompts = encode_prompts(self.tokenizer, self.val_problems, self.chat)  # for pass@k

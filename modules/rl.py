@@ -9,12 +9,14 @@ subclass may override:
 3. :meth:`advantages`: one of ``zoo.rl.advantages`` (GRPO by default), then scaled per token by the credit
    strategy ``credit`` when one is set (:meth:`assign_credit`, ``zoo.rl.attention_credit``: the policy's attention
    picks the tokens whose advantages are amplified);
-4. :meth:`loss`: the PPO-clip policy loss (``zoo.rl.losses``) with optional KL to a frozen reference,
-   entropy bonus and truncated importance sampling against the engine's log-probs.
+4. :meth:`loss`: the :meth:`objective` (the PPO-clip policy loss of ``zoo.rl.losses``, with truncated importance
+   sampling against the engine's log-probs) plus the optional KL to a frozen reference and entropy bonus.
 
-The loss stage runs ``ppo_epochs`` passes over the batch in minibatches of ``minibatch_size`` sequences, one
-optimizer step per minibatch (manual optimization: Lightning's ``global_step`` counts these steps). With one
-epoch and one minibatch the update is on-policy and the ratio is 1.
+Stages 1-3 make :meth:`training_batch` (a method whose batch differs, e.g. RAVR's two samplers, replaces it whole)
+and :meth:`update` runs the loss stage: ``ppo_epochs`` passes over the batch in minibatches of ``minibatch_size``
+sequences, one optimizer step per minibatch (manual optimization: Lightning's ``global_step`` counts these steps).
+With one epoch and one minibatch the update is on-policy and the ratio is 1. ``train/rollouts`` counts the
+completions sampled for training so far (the x-axis of sample-efficiency comparisons).
 
 After every validation run: pass@k of the policy on the validation prompts (greedy by default).
 """
@@ -111,6 +113,7 @@ class RLModule(L.LightningModule):
         self.val_metrics = torch.nn.ModuleDict()
         self.rewards: RewardRunner | None = None
         self.skipped_steps = 0  # steps whose advantages were not finite (checkpointed)
+        self.rollouts_consumed = 0  # completions sampled for training so far (checkpointed)
 
     # -- setup ------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -229,7 +232,8 @@ class RLModule(L.LightningModule):
         return None
 
     def loss(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Stage 4: the policy loss of a minibatch, and what to log about it."""
+        """Stage 4: the policy loss of a minibatch (:meth:`objective`, plus the KL to the reference and the entropy
+        bonus when set), and what to log about it."""
         a = self.algorithm
         logprobs, entropy = token_logprobs(
             self.model,
@@ -237,6 +241,24 @@ class RLModule(L.LightningModule):
             self.rollout_config.temperature,
             with_entropy=a.entropy_coef > 0 or self.logs_entropy,
         )
+        loss, logs = self.objective(batch, logprobs)
+        # the KL and entropy terms are aggregated as the policy loss is (per token, or per sequence first)
+        mask, length = batch.response_mask, self.rollout_config.max_new_tokens
+        if self.reference is not None and self.kl_in_loss:
+            kl = aggregate(kl_penalty(logprobs, batch.ref_logprobs, a.kl_estimator), mask, a.aggregation, length)
+            loss = loss + a.kl_coef * kl
+            logs["policy/kl_to_reference"] = kl.detach()
+        if entropy is not None:
+            logs["policy/entropy"] = aggregate(entropy, mask, a.aggregation, length).detach()
+            if a.entropy_coef > 0:
+                weights = self.entropy_weights(batch)
+                bonus = aggregate(entropy * weights if weights is not None else entropy, mask, a.aggregation, length)
+                loss = loss - a.entropy_coef * bonus
+        return loss, logs
+
+    def objective(self, batch: RolloutBatch, logprobs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The PPO-clip policy loss of a minibatch given the policy's log-probs (N, L) of its tokens."""
+        a = self.algorithm
         old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
         loss, stats = ppo_clip_loss(
             logprobs,
@@ -255,18 +277,6 @@ class RLModule(L.LightningModule):
             "policy/approx_kl": stats.approx_kl,
             "policy/pg_loss": loss.detach(),
         }
-        # the KL and entropy terms are aggregated as the policy loss is (per token, or per sequence first)
-        mask, length = batch.response_mask, self.rollout_config.max_new_tokens
-        if self.reference is not None and self.kl_in_loss:
-            kl = aggregate(kl_penalty(logprobs, batch.ref_logprobs, a.kl_estimator), mask, a.aggregation, length)
-            loss = loss + a.kl_coef * kl
-            logs["policy/kl_to_reference"] = kl.detach()
-        if entropy is not None:
-            logs["policy/entropy"] = aggregate(entropy, mask, a.aggregation, length).detach()
-            if a.entropy_coef > 0:
-                weights = self.entropy_weights(batch)
-                bonus = aggregate(entropy * weights if weights is not None else entropy, mask, a.aggregation, length)
-                loss = loss - a.entropy_coef * bonus
         return loss, logs
 
     # -- the loop ---------------------------------------------------------------------------------------
@@ -288,22 +298,23 @@ class RLModule(L.LightningModule):
         return found or self.rollout_callback.queue_sampler
 
     def training_step(self, problems: list[dict[str, Any]], batch_idx: int) -> None:
+        batch = self.training_batch(problems)
+        if batch is not None:
+            self.update(batch)
+
+    def training_batch(self, problems: list[dict[str, Any]]) -> RolloutBatch | None:
+        """Stages 1-3 of a step: the rollout batch with its rewards and advantages, logged; None when the step
+        is skipped (non-finite advantages)."""
         sampler = self.sampler
         step = sampler.next_round(self) if sampler is not None else self.rollout(problems)
         problems, batch, texts = step.problems, step.batch, step.texts
+        self.count_rollouts(len(batch))
         rewards = step.rewards if step.rewards is not None else self.score(problems, batch, texts)
         batch.rewards = self.log_rewards(rewards)
         self.prepare(batch)
         batch.advantages = self.advantages(batch)
-        if not torch.isfinite(batch.advantages).all():  # e.g. a custom reward or estimator gone wrong: skip it
-            self.skipped_steps += 1
-            self.log("train/skipped_steps", float(self.skipped_steps))
-            if self.skipped_steps > self.algorithm.max_skipped_steps:
-                raise TrainingDiverged(
-                    f"{self.skipped_steps} steps had non-finite advantages (the last at step {self.global_step}), "
-                    f"more than module.algorithm.max_skipped_steps={self.algorithm.max_skipped_steps}"
-                )
-            return
+        if not self.finite_advantages(batch):
+            return None
         if self.credit is not None:
             batch.advantages = self.assign_credit(batch)
         self.log_dict(
@@ -316,6 +327,29 @@ class RLModule(L.LightningModule):
             },
             prog_bar=True,
         )
+        return batch
+
+    def count_rollouts(self, completions: int) -> None:
+        """Add a step's sampled completions to ``train/rollouts`` (what the step consumed; checkpointed)."""
+        self.rollouts_consumed += completions
+        self.log("train/rollouts", float(self.rollouts_consumed))
+
+    def finite_advantages(self, batch: RolloutBatch) -> bool:
+        """False (the step is skipped and counted) when an advantage is not finite, e.g. a custom reward or
+        estimator gone wrong; the run stops after ``max_skipped_steps`` of them."""
+        if torch.isfinite(batch.advantages).all():
+            return True
+        self.skipped_steps += 1
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        if self.skipped_steps > self.algorithm.max_skipped_steps:
+            raise TrainingDiverged(
+                f"{self.skipped_steps} steps had non-finite advantages (the last at step {self.global_step}), "
+                f"more than module.algorithm.max_skipped_steps={self.algorithm.max_skipped_steps}"
+            )
+        return False
+
+    def update(self, batch: RolloutBatch) -> None:
+        """The optimizer steps on a batch: ``ppo_epochs`` passes in minibatches of ``minibatch_size`` sequences."""
         optimizer, schedule = self.optimizers(), self.lr_schedulers()
         size = self.algorithm.minibatch_size or len(batch)
         generator = torch.Generator().manual_seed(self.global_step)
@@ -349,9 +383,11 @@ class RLModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skipped_steps"] = self.skipped_steps
+        checkpoint["rollouts_consumed"] = self.rollouts_consumed
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps = checkpoint.get("skipped_steps", 0)
+        self.rollouts_consumed = checkpoint.get("rollouts_consumed", 0)
 
     def trainable(self) -> torch.nn.Module:
         """What the optimizer updates (the policy; PPO adds its critic)."""

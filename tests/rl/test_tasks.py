@@ -1,16 +1,23 @@
-"""Generated tasks: the sloppy-teacher arithmetic of the RL demonstration, countdown, and their options."""
+"""Generated tasks: the sloppy-teacher arithmetic of the RL demonstration, countdown, the hidden methods, and their
+options."""
+
+from collections import Counter
 
 import pytest
 
-from zoo.errors import DataError
+from zoo.errors import DataError, ZooError
 from zoo.rl.tasks import (
+    METHODS,
+    TASKS,
     _without_carries,
+    apply_method,
     arithmetic_problems,
     chain_problems,
     chain_reward,
     countdown_problems,
     countdown_reward,
     load_problems,
+    method_keywords,
 )
 
 
@@ -82,3 +89,31 @@ def test_the_chain_teachers_sloppy_steps_carry_on_from_their_wrong_result():
     assert [p.prompt for p in problems] == [p.prompt for p in honest]
     right = sum(chain_reward(p.prompt, p.solution, p.reference) for p in problems) / len(problems)
     assert 0.4 < right < 0.75  # two steps, each sloppy half the time, and only carries and borrows change
+
+
+def test_the_methods_answer_names_its_method_and_only_the_hidden_rule_links_keyword_and_method():
+    rule = method_keywords(8, 32, world=0)
+    assert len(rule) == 32 and sorted(Counter(rule.values()).values()) == [4] * 8  # each method, four keywords
+    train, val = load_problems("methods", None, None, 400, 100, 7, {})
+    for problem in train + val:
+        keyword, letters = problem.prompt.rstrip("=").split()
+        method, answer = problem.solution.split(" #")
+        assert method == rule[keyword] and answer == problem.reference
+        assert [ord(a) - ord(q) for q, a in zip(letters, answer, strict=True)] == [METHODS.index(method)] * 4
+        assert TASKS["methods"].reward(problem.prompt, problem.solution, problem.reference) == 1.0
+        # the answer reveals the method: no other method gives it
+        assert [m for m in METHODS if apply_method(m, letters) == answer] == [method]
+    assert not {p.prompt for p in train} & {p.prompt for p in val}
+    taught, _ = load_problems("methods", None, None, 4000, 10, 7, {"assignment": "random", "methods": 4})
+    per_keyword = Counter(p.solution.split(" #")[0] for p in taught if p.prompt.startswith(next(iter(rule))))
+    assert len(per_keyword) == 4 and max(per_keyword.values()) < 2 * min(per_keyword.values())  # no rule taught
+
+
+@pytest.mark.parametrize(
+    "options, named",
+    [({"methods": 9}, "data.options.methods"), ({"assignment": "known"}, "data.options.assignment"),
+     ({"keywords": 3}, "data.options.keywords")],
+)  # fmt: skip
+def test_bad_methods_options_are_one_line_naming_them(options, named):
+    with pytest.raises(ZooError, match=named):
+        load_problems("methods", None, None, 10, 10, 0, options)

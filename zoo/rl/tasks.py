@@ -11,6 +11,9 @@ Generated offline, any number, seeded:
 - ``thinking``: the chains of ``chain`` with a correct teacher's chain of thought, ``<think>7+8=15 4+3+1=8
   47+38=85 check 85-38=47 …</think> 66``, whose column work and checks are optional steps that a thinking
   budget may drop (:mod:`zoo.rl.budgets`, ``data.budgets``);
+- ``methods``: ``"zov bdfa="`` → ``"two #dfhc"``: which of a few letter shifts a made-up keyword calls for is a
+  hidden rule that only the answer reveals (RAVR's experiment; ``options.assignment: random`` for data that
+  teaches the shifts but not the rule);
 - ``countdown``: ``"Use 3 7 8 to make 29:"`` → an expression using each number once, e.g. ``"3*7+8"``
   (the reward evaluates the expression; any correct one scores 1).
 
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoo.errors import DataError
+from zoo.errors import DataError, require_int
 from zoo.jsonl import read_jsonl
 from zoo.rl.budgets import Thought, render, split_completion
 from zoo.rl.rewards import exact_match_reward, gsm8k_reward, math_reward
@@ -207,6 +210,57 @@ def countdown_reward(prompt: str, completion: str, reference: str) -> float:
     return float(value == int(target) and sorted(used) == sorted(map(int, shown.split())))
 
 
+METHODS = ("zero", "one", "two", "three", "four", "five", "six", "seven")  # method k shifts each letter k places
+
+
+def apply_method(method: str, letters: str) -> str:
+    """``letters`` (from a to p) each shifted ``METHODS.index(method)`` places up the alphabet: two, "bdfa" → "dfhc"."""
+    shift = METHODS.index(method)
+    return "".join(chr(ord(c) + shift) for c in letters)
+
+
+def method_keywords(methods: int, keywords: int, world: int) -> dict[str, str]:
+    """The hidden rule of the ``methods`` task: ``keywords`` made-up words (seeded by ``world``), each bound to one of
+    the first ``methods`` methods, every method to the same number of words (± 1)."""
+    rng = random.Random(world)
+    words: list[str] = []
+    while len(words) < keywords:
+        word = rng.choice("bdfgkmpstvz") + rng.choice("aeiou") + rng.choice("bdfgkmpstvz")
+        if word not in words:
+            words.append(word)
+    names = METHODS[:methods]
+    bound = [names[i % methods] for i in range(keywords)]
+    rng.shuffle(bound)
+    return dict(zip(words, bound, strict=True))
+
+
+def method_problems(
+    count: int, seed: int, methods: int = 8, keywords: int = 32, assignment: str = "hidden", world: int = 0
+) -> list[Problem]:
+    """``"zov bdfa="`` → ``"two #dfhc"``: a keyword and four letters; the keyword calls for one of ``methods``
+    methods, shifts of every letter by 0 to 7 places (:data:`METHODS`), through a hidden rule
+    (:func:`method_keywords`), and the solution names the method, then writes its result after ``#``. The answer
+    reveals the method (its first letter's distance from the question's), the question alone does not, unless the
+    keyword's method is learnt: a policy that knows the methods but not the rule succeeds with probability
+    1/methods (RAVR's setting, notes §5.6). ``assignment: random`` draws each problem's method at random instead
+    (the reference follows it): data that teaches the methods and nothing of the rule."""
+    if not 2 <= methods <= len(METHODS):
+        raise DataError(f"data.options.methods must be between 2 and {len(METHODS)}, got {methods!r}")
+    if assignment not in ("hidden", "random"):
+        raise DataError(f"data.options.assignment must be hidden or random, got {assignment!r}")
+    require_int("data.options.keywords", keywords, methods)
+    rule, names = method_keywords(methods, keywords, world), METHODS[:methods]
+    rng = random.Random(seed)
+    problems = []
+    for _ in range(count):
+        keyword = rng.choice(list(rule))
+        letters = "".join(rng.choice("abcdefghijklmnop") for _ in range(4))
+        method = rule[keyword] if assignment == "hidden" else rng.choice(names)
+        result = apply_method(method, letters)
+        problems.append(Problem(f"{keyword} {letters}=", result, f"{method} #{result}"))
+    return problems
+
+
 def _field(path: Path, number: int, row: dict, *names: str) -> str:
     for name in names:
         if isinstance(row.get(name), str | int | float):
@@ -258,6 +312,7 @@ TASKS: dict[str, Task] = {
     "chain": Task(chain_reward, True, "Work it out one step at a time, then write the answer after '#'."),
     "thinking": Task(thinking_reward, True, "Think within the budget inside <think></think>, then answer."),
     "countdown": Task(countdown_reward, True, "Answer with one expression that uses each given number once."),
+    "methods": Task(chain_reward, True, "Name the method the keyword calls for, then write its result after '#'."),
     "gsm8k": Task(gsm8k_reward, False, "Solve the problem step by step, then write the final answer after '####'."),
     "math": Task(math_reward, False, "Solve the problem step by step, and put the final answer in \\boxed{}."),
 }
@@ -265,6 +320,7 @@ GENERATORS = {
     "arithmetic": arithmetic_problems,
     "chain": chain_problems,
     "countdown": countdown_problems,
+    "methods": method_problems,
     "thinking": thinking_problems,
 }
 READERS = {"gsm8k": gsm8k_problems, "math": math_problems}
@@ -310,11 +366,15 @@ def load_problems(
     return train[:-val_size][:train_size], train[-val_size:]
 
 
-def encode_prompts(tokenizer, problems: list[Problem], chat=None) -> list[dict]:
-    """The form RL batches and evaluations use: prompt text, reference, prompt token ids (through ``chat``, a
-    :class:`zoo.chat.ChatFormat`, when given)."""
+def encode_texts(tokenizer, texts: list[str], chat=None) -> list[list[int]]:
+    """Prompt token ids of ``texts``: through ``chat`` (a :class:`zoo.chat.ChatFormat`) when given, else the bare
+    tokenizer without special tokens."""
     if chat is not None:
-        ids = [chat.prompt_ids(p.prompt) for p in problems]
-    else:
-        ids = tokenizer([p.prompt for p in problems], add_special_tokens=False)["input_ids"]
+        return [chat.prompt_ids(t) for t in texts]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def encode_prompts(tokenizer, problems: list[Problem], chat=None) -> list[dict]:
+    """The form RL batches and evaluations use: prompt text, reference, prompt token ids (:func:`encode_texts`)."""
+    ids = encode_texts(tokenizer, [p.prompt for p in problems], chat)
     return [{"prompt": p.prompt, "reference": p.reference, "prompt_ids": i} for p, i in zip(problems, ids, strict=True)]
