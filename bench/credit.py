@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from zoo_runs import latest_run, threads_per_run, zoo
+from zoo_runs import latest_run, scalars, threads_per_run, zoo
 
 ARMS = ("none", "random", "local", "global", "coupled")
 
@@ -57,16 +57,6 @@ def _train_and_evaluate(arm: str, seed: int, opts, threads: int) -> tuple[Path, 
     return run, json.loads((latest_run(workdir, evaluation) / "metrics.json").read_text())["val/pass@1"]
 
 
-def _reward_curve(run: Path) -> tuple[list[int], list[float]]:
-    """The training reward as logged (every ``trainer.log_every_n_steps`` steps): steps and values."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
-    events.Reload()
-    points = events.Scalars("reward/mean")
-    return [p.step + 1 for p in points], [p.value for p in points]
-
-
 def _spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
 
@@ -83,7 +73,7 @@ def arms(opts) -> None:
     print("|---|---|---|---|")
     for arm in opts.arms:
         finals = [done[arm, s][1] for s in opts.seeds]
-        curves[arm] = [_reward_curve(done[arm, s][0]) for s in opts.seeds]
+        curves[arm] = [scalars(done[arm, s][0], "reward/mean") for s in opts.seeds]
         auc = [statistics.mean(values) for _, values in curves[arm]]
         print(f"| {arm} | {' / '.join(f'{v:.3f}' for v in finals)} | {_spread(finals)} | {_spread(auc)} |")
     import matplotlib

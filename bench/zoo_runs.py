@@ -27,3 +27,13 @@ def latest_run(workdir: Path, name: str) -> Path | None:
 
 def threads_per_run(parallel: int) -> int:
     return max(1, (os.cpu_count() or 1) // parallel)
+
+
+def scalars(run: Path, tag: str) -> tuple[list[int], list[float]]:
+    """A run's TensorBoard scalar ``tag`` as logged: the steps (counted from 1) and the values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    points = events.Scalars(tag)
+    return [p.step + 1 for p in points], [p.value for p in points]

@@ -35,12 +35,13 @@ def test_posterior_advantage_is_the_gain_over_the_prior_mean_in_pooled_standard_
     torch.testing.assert_close(got[1], torch.zeros(2))  # nothing to gain, nothing to spread
 
 
-def test_distillation_weights_keep_only_paths_above_the_baseline_and_sum_to_one():
-    prior = torch.tensor([[0.2, 0.4], [0.8, 0.8]])
-    posterior = torch.tensor([[0.9, 0.1, 0.5], [0.1, 0.2, 0.8]])
+def test_distillation_weights_are_the_gain_over_the_baseline_averaged_over_the_paths():
+    prior = torch.tensor([[0.2, 0.4], [0.8, 0.8], [0.01, 0.03]])
+    posterior = torch.tensor([[0.9, 0.1, 0.5], [0.1, 0.2, 0.8], [0.05, 0.0, 0.0]])
     got = distillation_weights(prior, posterior)
-    torch.testing.assert_close(got[0], torch.tensor([0.6, 0.0, 0.2]) / 0.8)
+    torch.testing.assert_close(got[0], torch.tensor([0.6, 0.0, 0.2]) / 3)
     torch.testing.assert_close(got[1], torch.zeros(3))  # no posterior path beats b̂ = 0.8
+    torch.testing.assert_close(got[2], torch.tensor([0.03, 0.0, 0.0]) / 3)  # a small gain keeps a small weight
 
 
 @settings(max_examples=30, deadline=None)

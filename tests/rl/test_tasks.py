@@ -94,7 +94,8 @@ def test_the_chain_teachers_sloppy_steps_carry_on_from_their_wrong_result():
 def test_the_methods_answer_names_its_method_and_only_the_hidden_rule_links_keyword_and_method():
     rule = method_keywords(8, 32, world=0)
     assert len(rule) == 32 and sorted(Counter(rule.values()).values()) == [4] * 8  # each method, four keywords
-    train, val = load_problems("methods", None, None, 400, 100, 7, {})
+    assert sorted(Counter(method_keywords(3, 8, world=0).values()).values()) == [2, 3, 3]  # as even as can be
+    train, val = load_problems("methods", None, None, 400, 100, 7, {"keywords": 32})
     for problem in train + val:
         keyword, letters = problem.prompt.rstrip("=").split()
         method, answer = problem.solution.split(" #")
@@ -104,7 +105,9 @@ def test_the_methods_answer_names_its_method_and_only_the_hidden_rule_links_keyw
         # the answer reveals the method: no other method gives it
         assert [m for m in METHODS if apply_method(m, letters) == answer] == [method]
     assert not {p.prompt for p in train} & {p.prompt for p in val}
-    taught, _ = load_problems("methods", None, None, 4000, 10, 7, {"assignment": "random", "methods": 4})
+    taught, _ = load_problems(
+        "methods", None, None, 4000, 10, 7, {"assignment": "random", "methods": 4, "keywords": 32}
+    )
     per_keyword = Counter(p.solution.split(" #")[0] for p in taught if p.prompt.startswith(next(iter(rule))))
     assert len(per_keyword) == 4 and max(per_keyword.values()) < 2 * min(per_keyword.values())  # no rule taught
 

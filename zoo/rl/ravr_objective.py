@@ -11,9 +11,11 @@ question-only prompt (:func:`utility_inputs`, :func:`zoo.rl.answer_utility.answe
   normalising by the posterior group's own mean, as GRPO would, would cancel b̂);
 - the prior update (:func:`distillation_weights`, :func:`weighted_path_nll`): weighted cross-entropy on each
   posterior path followed by the cue and the *reference* answer, under the question-only prompt (the sequence s
-  was measured on), ``−Σ_z w(z) · mean_t log π(token_t | x, …)``, ``w ∝ max(0, s − b̂)`` normalised to sum 1 per
-  prompt (0 when no posterior path beats the baseline), averaged over prompts: the utility-reweighted KL term
-  that moves π(z|x) towards the good posterior paths, and the ELBO's reconstruction term log π(y*|x, z) on them;
+  was measured on), ``−Σ_z w(z) · mean_t log π(token_t | x, …)`` with ``w = max(0, s − b̂) / G`` (the gain itself,
+  averaged over the prompt's paths), averaged over prompts: the utility-reweighted KL term that moves π(z|x)
+  towards the good posterior paths, and the ELBO's reconstruction term log π(y*|x, z) on them. The weights are
+  not renormalised to sum 1 per prompt: that would give a wrong path barely above a poor baseline full weight
+  and teach the reference answer after it, which on the methods task unlearns the methods within 30 steps;
 - a Monte-Carlo estimate of KL(q‖p) on the posterior samples, ``mean(log q(z) − log p(z))`` with both
   log-likelihoods summed over the path (:func:`sample_kl`).
 
@@ -83,10 +85,9 @@ def posterior_advantages(prior: torch.Tensor, posterior: torch.Tensor, eps: floa
 
 
 def distillation_weights(prior: torch.Tensor, posterior: torch.Tensor) -> torch.Tensor:
-    """w (B, G') ∝ max(0, s(z) − b̂), summing to 1 over each prompt's posterior paths (all 0 when none beats b̂)."""
-    gain = (posterior - baseline(prior)[:, None]).clamp(min=0)
-    total = gain.sum(-1, keepdim=True)
-    return torch.where(total > 0, gain / total.clamp(min=torch.finfo(gain.dtype).tiny), torch.zeros_like(gain))
+    """w (B, G') = max(0, s(z) − b̂) / G': the utility gained over the prior, averaged over the prompt's posterior
+    paths (not renormalised: a path barely above a poor baseline keeps a weight as small as its gain)."""
+    return (posterior - baseline(prior)[:, None]).clamp(min=0) / posterior.shape[-1]
 
 
 def weighted_path_nll(logprobs: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -235,7 +235,7 @@ def method_keywords(methods: int, keywords: int, world: int) -> dict[str, str]:
 
 
 def method_problems(
-    count: int, seed: int, methods: int = 8, keywords: int = 32, assignment: str = "hidden", world: int = 0
+    count: int, seed: int, methods: int = 8, keywords: int = 8, assignment: str = "hidden", world: int = 0
 ) -> list[Problem]:
     """``"zov bdfa="`` → ``"two #dfhc"``: a keyword and four letters; the keyword calls for one of ``methods``
     methods, shifts of every letter by 0 to 7 places (:data:`METHODS`), through a hidden rule
