@@ -93,8 +93,9 @@ class PromptDataModule(L.LightningDataModule):
         self.chat = chat_format(self.tokenizer, h.chat_template, h.system_prompt or TASKS[h.task].system)
 
     def posterior_text(self, problem: Problem) -> str:
-        """The answer-conditioned prompt of ``problem`` (``posterior_prompt`` set)."""
-        return posterior_prompt(self.posterior_template, problem.prompt, problem.reference)
+        """The answer-conditioned prompt of ``problem`` (``posterior_prompt`` set): its final answer in view."""
+        answer = TASKS[self.hparams.task].final_answer(problem.reference)
+        return posterior_prompt(self.posterior_template, problem.prompt, answer)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

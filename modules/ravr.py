@@ -16,10 +16,12 @@ both samplers (G = ``module.rollout.n`` paths each):
 - prior paths, trained by GRPO on the task's reward, weight ``prior_weight`` (0 by default: the prior samples then
   serve as the baseline b̂ and as the measurement of μ).
 
-s is the length-normalised probability of the reference answer after the path and the task's answer cue
-(``module.ravr.answer_cue``), teacher-forced on the policy before the step's update
-(:mod:`zoo.rl.answer_utility`). Logged: ``ravr/mu`` (μ̂ = E_p[s]), ``ravr/posterior_utility`` (E_q[s] measured on
-the posterior paths), ``ravr/bayes_posterior_utility`` (μ + Var(s)/μ estimated from the prior paths: what the exact
+s is the length-normalised probability of the reference's final answer (``Task.final_answer``: GSM8K's number
+after ``####``) after the path and the task's answer cue (``module.ravr.answer_cue``), teacher-forced on the
+policy before the step's update (:mod:`zoo.rl.answer_utility`).
+
+Logged: ``ravr/mu`` (μ̂ = E_p[s]), ``ravr/posterior_utility`` (E_q[s] measured on the posterior paths),
+``ravr/bayes_posterior_utility`` (μ + Var(s)/μ estimated from the prior paths: what the exact
 Bayesian posterior would reach), ``ravr/kl`` (KL(q‖p) on the posterior samples), ``ravr/prior_accuracy`` and
 ``ravr/posterior_accuracy`` (the task's reward of each sampler), ``ravr/distilled`` (the share of posterior paths
 with a positive weight), ``train/rollouts`` (prior plus posterior completions); validation is the base module's
@@ -42,6 +44,7 @@ from zoo.rl.answer_posterior import estimated_posterior_utility
 from zoo.rl.answer_utility import answer_utility
 from zoo.rl.losses import ppo_clip_loss
 from zoo.rl.rollout import RolloutBatch, assemble, token_logprobs
+from zoo.rl.tasks import TASKS
 
 PRIOR, POSTERIOR, DISTILLED = 0, 1, 2  # the row kinds of a RAVR batch (extras["kind"])
 
@@ -51,7 +54,7 @@ class RAVRConfig:
     posterior_weight: float = 1.0  # the posterior policy gradient, reward s − b̂
     distill_weight: float = 1.0  # utility-weighted cross-entropy of posterior paths under the question-only prompt
     prior_weight: float = 0.0  # GRPO on the prior paths with the task's reward
-    answer_cue: str = "#"  # what precedes the answer in a completion (chain, methods: '#'; gsm8k: '####')
+    answer_cue: str = "#"  # what precedes the answer in a completion (chain, methods: '#'; gsm8k: '#### ')
 
 
 class RAVRModule(RLModule):
@@ -107,7 +110,7 @@ class RAVRModule(RLModule):
             self.tokenizer,
             [p["prompt_ids"] for p in answered],
             texts,
-            [p["reference"] for p in answered],
+            [TASKS[self.trainer.datamodule.hparams.task].final_answer(p["reference"]) for p in answered],
             self.ravr.answer_cue,
         )
         utility = answer_utility(self.model, contexts, answers).view(2, prompts, n)

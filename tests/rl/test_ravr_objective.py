@@ -20,6 +20,7 @@ from zoo.rl.ravr_objective import (
     utility_inputs,
     weighted_path_nll,
 )
+from zoo.rl.tasks import TASKS
 from zoo.tokenizer import train_bpe
 
 
@@ -129,3 +130,8 @@ def test_answer_conditioned_prompts_reach_the_rl_and_sft_data():
                                 posterior_prompt=template)  # fmt: skip
     conditioned.setup()
     assert len(conditioned.train_set) == 2 * len(sft.train_set) and len(conditioned.val_set) == len(sft.val_set)
+
+
+def test_the_answer_ravr_conditions_on_is_the_references_final_answer():
+    assert TASKS["gsm8k"].final_answer("Half of 2,468 is 1,234.\n#### 1,234") == "1234"
+    assert TASKS["methods"].final_answer("dfhc") == "dfhc"

@@ -39,7 +39,7 @@ from typing import Any
 from zoo.errors import DataError, require_int
 from zoo.jsonl import read_jsonl
 from zoo.rl.budgets import Thought, render, split_completion
-from zoo.rl.rewards import exact_match_reward, gsm8k_reward, math_reward
+from zoo.rl.rewards import exact_match_reward, gsm8k_answer, gsm8k_reward, math_reward
 
 
 @dataclass(frozen=True)
@@ -305,6 +305,7 @@ class Task:
     reward: Callable[[str, str, str], float]
     generated: bool  # True: made by a generator; False: read from data.path
     system: str  # the system prompt of a chat-formatted prompt (zoo.chat), written for the task's reward
+    final_answer: Callable[[str], str] = str.strip  # the answer a reference states (RAVR conditions on it)
 
 
 TASKS: dict[str, Task] = {
@@ -313,7 +314,12 @@ TASKS: dict[str, Task] = {
     "thinking": Task(thinking_reward, True, "Think within the budget inside <think></think>, then answer."),
     "countdown": Task(countdown_reward, True, "Answer with one expression that uses each given number once."),
     "methods": Task(chain_reward, True, "Name the method the keyword calls for, then write its result after '#'."),
-    "gsm8k": Task(gsm8k_reward, False, "Solve the problem step by step, then write the final answer after '####'."),
+    "gsm8k": Task(
+        gsm8k_reward,
+        False,
+        "Solve the problem step by step, then write the final answer after '####'.",
+        lambda reference: gsm8k_answer(reference) or reference.strip(),
+    ),
     "math": Task(math_reward, False, "Solve the problem step by step, and put the final answer in \\boxed{}."),
 }
 GENERATORS = {
