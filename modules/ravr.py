@@ -82,6 +82,9 @@ class RAVRModule(RLModule):
             raise ConfigError("module.ravr: posterior_weight, distill_weight and prior_weight are all 0")
         if not c.answer_cue:
             raise ConfigError("module.ravr.answer_cue must not be empty")
+        if self.algorithm.advantage not in estimators.SEQUENCE_ESTIMATORS:
+            known = ", ".join(estimators.SEQUENCE_ESTIMATORS)
+            raise ConfigError(f"module.algorithm.advantage={self.algorithm.advantage!r}: RAVR takes {known}")
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

@@ -128,7 +128,7 @@ def test_ravr_from_the_command_line_on_zoos_model_and_on_a_hugging_face_policy(r
     "override, named",
     [("data.posterior_prompt=null", "data.posterior_prompt"), ("module.ravr.distill_weight=-1", "distill_weight"),
      ("data.posterior_prompt='{question}'", "data.posterior_prompt"), ("module.ravr.cue=x", "module.ravr.cue"),
-     ("module.credit=global", "module.credit")],
+     ("module.credit=global", "module.credit"), ("module.algorithm.advantage=reinforce_pp", "advantage")],
 )  # fmt: skip
 def test_bad_ravr_settings_are_one_line(run_zoo, override, named):
     process = run_zoo("fit", "model=ravr", override, "trainer.max_steps=1", "data.train_size=40", "data.val_size=2",
