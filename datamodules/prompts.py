@@ -14,7 +14,8 @@ each training prompt gets one level drawn for it, every validation prompt is ask
 becomes correctness × budget fidelity.
 
 ``posterior_prompt`` (a template with ``{prompt}`` and ``{answer}``, :mod:`zoo.rl.posterior_prompt`) gives every
-training problem a second, answer-conditioned prompt as well (``posterior_ids``), for RAVR's posterior sampler.
+training problem a second, answer-conditioned prompt as well (``posterior_ids``, with the reference's final answer
+as ``answer``), for RAVR's posterior sampler.
 """
 
 from __future__ import annotations
@@ -92,10 +93,13 @@ class PromptDataModule(L.LightningDataModule):
             self.train_problems, self.val_problems = self.budgeted(self.train_problems, self.val_problems)
         self.chat = chat_format(self.tokenizer, h.chat_template, h.system_prompt or TASKS[h.task].system)
 
+    def final_answer(self, reference: str) -> str:
+        """The answer a reference states (the task's :attr:`zoo.rl.tasks.Task.final_answer`)."""
+        return TASKS[self.hparams.task].final_answer(reference)
+
     def posterior_text(self, problem: Problem) -> str:
         """The answer-conditioned prompt of ``problem`` (``posterior_prompt`` set): its final answer in view."""
-        answer = TASKS[self.hparams.task].final_answer(problem.reference)
-        return posterior_prompt(self.posterior_template, problem.prompt, answer)
+        return posterior_prompt(self.posterior_template, problem.prompt, self.final_answer(problem.reference))
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -124,7 +128,7 @@ class PromptDataModule(L.LightningDataModule):
         if self.posterior_template is not None:
             texts = [self.posterior_text(p) for p in self.train_problems]
             for item, ids in zip(self.train_set, encode_texts(self.tokenizer, texts, self.chat), strict=True):
-                item["posterior_ids"] = ids
+                item["posterior_ids"], item["answer"] = ids, self.final_answer(item["reference"])
         self.val_set = encode_prompts(self.tokenizer, self.val_problems, self.chat)
         self.val_prompts = self.val_set  # for pass@k, under the name the SFT data uses
 

@@ -42,9 +42,7 @@ from zoo.rl import advantages as estimators
 from zoo.rl import ravr_objective as objective
 from zoo.rl.answer_posterior import estimated_posterior_utility
 from zoo.rl.answer_utility import answer_utility
-from zoo.rl.losses import ppo_clip_loss
 from zoo.rl.rollout import RolloutBatch, assemble, token_logprobs
-from zoo.rl.tasks import TASKS
 
 PRIOR, POSTERIOR, DISTILLED = 0, 1, 2  # the row kinds of a RAVR batch (extras["kind"])
 
@@ -113,7 +111,7 @@ class RAVRModule(RLModule):
             self.tokenizer,
             [p["prompt_ids"] for p in answered],
             texts,
-            [TASKS[self.trainer.datamodule.hparams.task].final_answer(p["reference"]) for p in answered],
+            [p["answer"] for p in answered],
             self.ravr.answer_cue,
         )
         utility = answer_utility(self.model, contexts, answers).view(2, prompts, n)
@@ -172,27 +170,15 @@ class RAVRModule(RLModule):
         )
 
     def objective(self, batch: RolloutBatch, logprobs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        a, c, kind = self.algorithm, self.ravr, batch.extras["kind"]
-        old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
+        c, kind = self.ravr, batch.extras["kind"]
         loss, logs = logprobs.sum() * 0.0, {}  # a minibatch may hold no row of a part
         for part, weight, name in ((PRIOR, c.prior_weight, "prior"), (POSTERIOR, c.posterior_weight, "posterior")):
             rows = kind == part
             if weight > 0 and rows.any():
-                pg, stats = ppo_clip_loss(
-                    logprobs[rows],
-                    old[rows],
-                    batch.advantages[rows],
-                    batch.response_mask[rows],
-                    a.clip_low,
-                    a.clip_high,
-                    a.aggregation,
-                    rollout_logprobs=batch.rollout_logprobs[rows],
-                    tis_cap=a.tis_cap,
-                    max_length=self.rollout_config.max_new_tokens,
-                )
+                pg, stats = super().objective(batch.select(rows), logprobs[rows])
                 loss = loss + weight * pg
                 logs[f"ravr/{name}_pg_loss"] = pg.detach()
-                logs[f"policy/{name}_clip_fraction"] = stats.clip_fraction
+                logs[f"policy/{name}_clip_fraction"] = stats["policy/clip_fraction"]
         rows = kind == DISTILLED
         if c.distill_weight > 0 and rows.any():
             nll = objective.weighted_path_nll(logprobs[rows], batch.response_mask[rows], batch.extras["weight"][rows])
