@@ -9,8 +9,9 @@ subclass may override:
 3. :meth:`advantages`: one of ``zoo.rl.advantages`` (GRPO by default), then scaled per token by the credit
    strategy ``credit`` when one is set (:meth:`assign_credit`, ``zoo.rl.attention_credit``: the policy's attention
    picks the tokens whose advantages are amplified);
-4. :meth:`loss`: the :meth:`objective` (the PPO-clip policy loss of ``zoo.rl.losses``, with truncated importance
-   sampling against the engine's log-probs) plus the optional KL to a frozen reference and entropy bonus.
+4. :meth:`loss`: the :meth:`objective` (the policy-gradient loss ``pg_variant`` of ``zoo.rl.pg_variants``: by
+   default PPO-clip with truncated importance sampling against the engine's log-probs; the off-policy variants
+   for asynchronous rollout) plus the optional KL to a frozen reference and entropy bonus.
 
 Stages 1-3 make :meth:`training_batch` (a method whose batch differs, e.g. RAVR's two samplers, replaces it whole)
 and :meth:`update` runs the loss stage: ``ppo_epochs`` passes over the batch in minibatches of ``minibatch_size``
@@ -39,7 +40,8 @@ from zoo.optim import OptimConfig, TrainingDiverged, adamw_groups, build_adamw, 
 from zoo.rl import advantages as estimators
 from zoo.rl.attention_credit import CreditAssignment
 from zoo.rl.evaluation import evaluate_pass_at_k
-from zoo.rl.losses import aggregate, kl_penalty, ppo_clip_loss
+from zoo.rl.losses import aggregate, kl_penalty
+from zoo.rl.pg_variants import PolicyInputs, policy_loss, variant_options
 from zoo.rl.rewards import PendingRewards, RewardBatch, RewardRunner
 from zoo.rl.rollout import RolloutBatch, Round, token_logprobs
 from zoo.sampling import SamplingParams
@@ -61,6 +63,8 @@ class AlgorithmConfig:
     advantage: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp
     clip_low: float = 0.2
     clip_high: float = 0.2  # DAPO's clip-higher: 0.28
+    pg_variant: str = "ppo"  # ppo | decoupled_ppo | tis | cispo | topr | kimi15 (zoo.rl.pg_variants)
+    pg_options: dict[str, Any] = field(default_factory=dict)  # the variant's own settings
     aggregation: str = "token_mean"  # token_mean (DAPO) | seq_mean_token_mean (GRPO) | seq_mean_token_sum
     ppo_epochs: int = 1
     minibatch_size: int | None = None  # sequences per optimizer step; None: the whole rollout batch
@@ -104,6 +108,7 @@ class RLModule(L.LightningModule):
         if not self.algorithm.reward_timeout_s > 0:
             raise ConfigError(f"module.algorithm.reward_timeout_s must be > 0, got {self.algorithm.reward_timeout_s!r}")
         require_int("module.algorithm.max_skipped_steps", self.algorithm.max_skipped_steps, 0)
+        self.pg_options = variant_options(self.algorithm.pg_variant, self.algorithm.pg_options)
         assignment = CreditAssignment(credit, credit_options)  # validates both, even when off
         self.credit = assignment if credit != "none" else None
         if self.algorithm.advantage not in (*estimators.SEQUENCE_ESTIMATORS, "reinforce_pp"):
@@ -257,25 +262,28 @@ class RLModule(L.LightningModule):
         return loss, logs
 
     def objective(self, batch: RolloutBatch, logprobs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The PPO-clip policy loss of a minibatch given the policy's log-probs (N, L) of its tokens."""
+        """The policy loss of a minibatch (``module.algorithm.pg_variant``, :mod:`zoo.rl.pg_variants`) given the
+        policy's log-probs (N, L) of its tokens."""
         a = self.algorithm
-        old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
-        loss, stats = ppo_clip_loss(
-            logprobs,
-            old,
-            batch.advantages,
-            batch.response_mask,
+        proximal = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
+        inputs = PolicyInputs(
+            logprobs, proximal, batch.rollout_logprobs, batch.advantages, batch.rewards, batch.response_mask
+        )
+        loss, stats, extras = policy_loss(
+            a.pg_variant,
+            self.pg_options,
+            inputs,
             a.clip_low,
             a.clip_high,
             a.aggregation,
-            rollout_logprobs=batch.rollout_logprobs,
-            tis_cap=a.tis_cap,
-            max_length=self.rollout_config.max_new_tokens,
+            self.rollout_config.max_new_tokens,
+            a.tis_cap,
         )
         logs = {
             "policy/clip_fraction": stats.clip_fraction,
             "policy/approx_kl": stats.approx_kl,
             "policy/pg_loss": loss.detach(),
+            **extras,
         }
         return loss, logs
 

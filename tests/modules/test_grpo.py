@@ -6,6 +6,7 @@ import torch
 
 from zoo.callbacks.rollout import RolloutCallback
 from zoo.datamodules.prompts import PromptDataModule
+from zoo.errors import ConfigError
 from zoo.modules.grpo import GRPOModule
 
 POLICY = dict(
@@ -78,7 +79,19 @@ def test_a_reward_that_throws_scores_zero_and_training_goes_on(cpu_trainer):
     [
         dict(advantage="rloo", ppo_epochs=2, minibatch_size=32, kl_coef=0.1),
         dict(advantage="reinforce_pp", entropy_coef=0.01, clip_high=0.28),
+        *(
+            dict(pg_variant=variant, pg_options=options, ppo_epochs=2, minibatch_size=64)
+            for variant, options in [
+                ("ppo", {"dual_clip": 3.0}),
+                ("decoupled_ppo", {"level": "geometric", "filter": [0.5, 2.0]}),
+                ("tis", {}),
+                ("cispo", {"unified_mask": True}),
+                ("topr", {}),
+                ("kimi15", {}),
+            ]
+        ),
     ],
+    ids=lambda algorithm: algorithm.get("pg_variant") or algorithm["advantage"],
 )
 def test_other_estimators_and_loss_terms_train(cpu_trainer, algorithm):
     history, trainer = _fit(lambda p, c, r: float(c.strip().startswith("7")), 4, cpu_trainer, algorithm=algorithm)
@@ -88,6 +101,12 @@ def test_other_estimators_and_loss_terms_train(cpu_trainer, algorithm):
     assert torch.isfinite(metrics["train/loss"])
     assert ("policy/kl_to_reference" in metrics) == ("kl_coef" in algorithm)
     assert ("policy/entropy" in metrics) == ("entropy_coef" in algorithm)
+    assert ("policy/train_infer_weight" in metrics) == (algorithm.get("pg_variant") == "decoupled_ppo")
+
+
+def test_an_unknown_variant_option_is_named():
+    with pytest.raises(ConfigError, match="pg_options .*pg_variant=cispo.*: clip"):
+        GRPOModule(POLICY, algorithm=dict(pg_variant="cispo", pg_options={"clip": 0.1}))
 
 
 def test_ppo_with_a_critic_raises_the_reward_too(cpu_trainer):
@@ -164,7 +183,8 @@ def _hand_built_batch(module, seed=0):
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean"])
 def test_the_loss_is_the_policy_loss_plus_the_kl_penalty_minus_the_entropy_bonus(aggregation):
-    from zoo.rl.losses import aggregate, kl_penalty, ppo_clip_loss, token_entropy
+    from zoo.rl.losses import aggregate, kl_penalty, token_entropy
+    from zoo.rl.pg_variants import ppo_clip_loss
     from zoo.rl.rollout import token_logprobs
 
     torch.manual_seed(0)

@@ -6,7 +6,8 @@ import random
 import pytest
 import torch
 
-from zoo.rl.losses import aggregate, clipped_value_loss, kl_penalty, ppo_clip_loss, token_entropy
+from zoo.rl.losses import aggregate, clipped_value_loss, kl_penalty, token_entropy
+from zoo.rl.pg_variants import ppo_clip_loss
 
 
 def test_clip_by_hand():

@@ -1,0 +1,189 @@
+"""The policy-gradient variants (zoo/rl/pg_variants.py) against hand-computed values and an element-by-element
+Python implementation of each formula, loss and gradient; option checking."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from zoo.errors import ConfigError
+from zoo.rl.pg_variants import PG_VARIANTS, PolicyInputs, policy_loss, variant_options
+
+
+def _inputs(seed=0, B=4, T=6, spread=0.4):
+    rng = random.Random(seed)
+
+    def table(sigma):
+        return torch.tensor([[rng.gauss(0, sigma) for _ in range(T)] for _ in range(B)], dtype=torch.float64)
+
+    logprobs = (table(spread) - 1.0).requires_grad_()
+    proximal, behaviour = logprobs.detach() + table(spread), logprobs.detach() + table(spread)
+    advantages = table(1.0)
+    scores = torch.tensor([1.0, 0.0, -0.5, 2.0][:B], dtype=torch.float64)
+    mask = torch.tensor([[1] * T, [1] * (T - 2) + [0] * 2, [1, 1, 0, 0, 0, 0], [1] * T][:B], dtype=torch.float64)
+    return PolicyInputs(logprobs, proximal, behaviour, advantages, scores, mask)
+
+
+def _reference(variant, options, x, clip_low, clip_high, tis_cap):
+    """Per-token loss and its derivative in log π_θ, one token at a time, and which tokens stay in the loss."""
+    B, T = x.mask.shape
+    logprobs = x.logprobs.detach()
+    loss, grad, keep = [[0.0] * T for _ in range(B)], [[0.0] * T for _ in range(B)], [[0.0] * T for _ in range(B)]
+    for b in range(B):
+        tokens = [t for t in range(T) if x.mask[b, t]]
+        gap = [float(x.proximal[b, t] - x.behaviour[b, t]) for t in tokens]
+        sequence_weight = {"sequence": math.exp(sum(gap)), "geometric": math.exp(sum(gap) / len(gap))}
+        for t in tokens:
+            lp, A = float(logprobs[b, t]), float(x.advantages[b, t])
+            r, rho = math.exp(lp - float(x.proximal[b, t])), math.exp(lp - float(x.behaviour[b, t]))
+            kept = 1.0
+            if variant in ("ppo", "decoupled_ppo"):
+                lo, hi = 1 - clip_low, 1 + clip_high
+                clipped_r = min(max(r, lo), hi)
+                if r * A <= clipped_r * A:
+                    value, slope = -r * A, -r * A
+                else:
+                    value, slope = -clipped_r * A, 0.0
+                if options.dual_clip is not None and A < 0 and value > -options.dual_clip * A:
+                    value, slope = -options.dual_clip * A, 0.0
+                w = math.exp(float(x.proximal[b, t] - x.behaviour[b, t]))
+                if variant == "ppo":
+                    w = min(w, tis_cap)
+                else:
+                    w = sequence_weight.get(options.level, w)
+                    if options.filter is not None and not options.filter[0] <= w <= options.filter[1]:
+                        kept = 0.0
+                    w = min(w, options.cap)
+                value, slope = value * w, slope * w
+            elif variant in ("tis", "cispo", "topr"):
+                if variant == "tis":
+                    w = min(max(rho, options.low), options.high)
+                elif variant == "cispo":
+                    w = min(max(rho, 1 - clip_low), 1 + clip_high)
+                    if options.unified_mask and ((A > 0 and rho > 1 + clip_high) or (A < 0 and rho < 1 - clip_low)):
+                        kept = 0.0
+                else:
+                    positive = float(x.scores[b]) > 0
+                    w = options.positive_weight if positive else options.negative_weight * min(rho, 1.0)
+                value, slope = -w * A * lp, -w * A
+            else:  # kimi15
+                drift = lp - float(x.behaviour[b, t])
+                value, slope = -A * lp + options.tau / 2 * drift**2, -A + options.tau * drift
+            loss[b][t], grad[b][t], keep[b][t] = value, slope, kept
+    f64 = torch.float64
+    return torch.tensor(loss, dtype=f64), torch.tensor(grad, dtype=f64), torch.tensor(keep, dtype=f64)
+
+
+CASES = [
+    ("ppo", {}),
+    ("ppo", {"dual_clip": 1.5}),
+    ("decoupled_ppo", {}),
+    ("decoupled_ppo", {"level": "sequence", "cap": 1.5}),
+    ("decoupled_ppo", {"level": "geometric", "filter": [0.8, 1.2], "dual_clip": 2.0}),
+    ("decoupled_ppo", {"level": "token", "filter": [0.7, 1.3]}),
+    ("tis", {}),
+    ("tis", {"low": 0.5, "high": 1.5}),
+    ("cispo", {}),
+    ("cispo", {"unified_mask": True}),
+    ("topr", {}),
+    ("topr", {"positive_weight": 0.5, "negative_weight": 2.0}),
+    ("kimi15", {}),
+    ("kimi15", {"tau": 0.5}),
+]
+
+
+@pytest.mark.parametrize("variant,options", CASES)
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"])
+def test_loss_and_gradient_match_the_formula_token_by_token(variant, options, aggregation):
+    parsed = variant_options(variant, options)
+    for seed in range(3):
+        x = _inputs(seed)
+        loss, _, _ = policy_loss(variant, parsed, x, 0.2, 0.25, aggregation, max_length=8, tis_cap=1.3)
+        loss.backward()
+        per_token, slope, keep = _reference(variant, parsed, x, 0.2, 0.25, 1.3)
+        mask = x.mask * keep
+        if aggregation == "token_mean":
+            weights = mask / mask.sum()
+        elif aggregation == "seq_mean_token_mean":
+            weights = mask / mask.sum(1, keepdim=True).clamp(min=1) / len(mask)
+        else:
+            weights = mask / 8 / len(mask)
+        assert loss.item() == pytest.approx((per_token * weights).sum().item(), rel=1e-9, abs=1e-12)
+        torch.testing.assert_close(x.logprobs.grad, slope * weights, rtol=1e-9, atol=1e-12)
+
+
+def test_hand_computed_values():
+    one = torch.zeros(1, 1, dtype=torch.float64)
+    mask = torch.ones(1, 1, dtype=torch.float64)
+
+    def run(variant, options, logprob, proximal, behaviour, advantage, score=1.0):
+        x = PolicyInputs(
+            torch.full((1, 1), math.log(logprob), dtype=torch.float64),
+            one + math.log(proximal),
+            one + math.log(behaviour),
+            one + advantage,
+            torch.tensor([score], dtype=torch.float64),
+            mask,
+        )
+        return policy_loss(variant, variant_options(variant, options), x, 0.2, 0.2, tis_cap=2.0)[0].item()
+
+    # ppo: r = 0.3/0.2 = 1.5 clipped to 1.2; weight min(0.2/0.1, 2) = 2 → −1.2·2
+    assert run("ppo", {}, 0.3, 0.2, 0.1, 1.0) == pytest.approx(-2.4)
+    # A < 0, r = 3: −min(−3, −1.2) = 3; dual clip 2 caps it at 2; weight min(1/0.5, 2) = 2
+    assert run("ppo", {}, 0.6, 0.2, 0.1, -1.0) == pytest.approx(6.0)
+    assert run("ppo", {"dual_clip": 2.0}, 0.6, 0.2, 0.1, -1.0) == pytest.approx(4.0)
+    # decoupled: weight 2 capped at 1.2; filtered out when outside [0.8, 1.2]
+    assert run("decoupled_ppo", {}, 0.3, 0.2, 0.1, 1.0) == pytest.approx(-1.2 * 1.2)
+    assert run("decoupled_ppo", {"filter": [0.8, 1.2]}, 0.3, 0.2, 0.1, 1.0) == 0.0
+    # tis: ρ = 0.3/0.1 = 3 truncated to 1: −A·log π
+    assert run("tis", {}, 0.3, 0.2, 0.1, 1.0) == pytest.approx(-math.log(0.3))
+    # cispo: ρ = 3 clipped to 1.2; the unified mask drops A > 0, ρ > 1.2
+    assert run("cispo", {}, 0.3, 0.2, 0.1, 2.0) == pytest.approx(-1.2 * 2 * math.log(0.3))
+    assert run("cispo", {"unified_mask": True}, 0.3, 0.2, 0.1, 2.0) == 0.0
+    # topr: a rewarded completion is SFT-like; an unrewarded one truncated at 1: ρ = 0.05/0.1 = 0.5
+    assert run("topr", {}, 0.05, 0.2, 0.1, 1.0, score=1.0) == pytest.approx(-math.log(0.05))
+    assert run("topr", {}, 0.05, 0.2, 0.1, -1.0, score=0.0) == pytest.approx(0.5 * math.log(0.05))
+    # kimi15: −A·log π + τ/2·(log π − log π_behav)²
+    expected = -math.log(0.3) + 0.05 * math.log(3.0) ** 2
+    assert run("kimi15", {}, 0.3, 0.2, 0.1, 1.0) == pytest.approx(expected)
+
+
+def test_extreme_log_ratios_stay_finite():
+    x = _inputs()
+    x.behaviour[0, 0] = -1e4  # the sampler found the token nearly impossible
+    x.proximal[1, 1] = 1e4
+    for variant, options in CASES:
+        loss, stats, _ = policy_loss(variant, variant_options(variant, options), x, tis_cap=2.0)
+        assert torch.isfinite(loss) and torch.isfinite(stats.approx_kl), variant
+        (grad,) = torch.autograd.grad(loss, x.logprobs)
+        assert torch.isfinite(grad).all(), variant
+
+
+def test_on_policy_every_variant_is_the_policy_gradient():
+    """Sampler, proximal and policy agree: every variant's gradient is −A/|tokens| per token (kimi15's penalty
+    and every weight vanish), so they all train alike on fresh samples."""
+    x = _inputs()
+    x.proximal, x.behaviour = x.logprobs.detach().clone(), x.logprobs.detach().clone()
+    x.scores = torch.ones(4, dtype=torch.float64)  # topr: every completion rewarded
+    expected = -x.advantages * x.mask / x.mask.sum()
+    for variant in PG_VARIANTS:
+        loss, _, _ = policy_loss(variant, variant_options(variant, {}), x, tis_cap=2.0)
+        (grad,) = torch.autograd.grad(loss, x.logprobs)
+        torch.testing.assert_close(grad, expected, msg=variant)
+
+
+@pytest.mark.parametrize(
+    "variant,options,named",
+    [
+        ("nope", {}, "pg_variant 'nope'"),
+        ("tis", {"cap": 2}, "cap"),
+        ("ppo", {"dual_clip": 0.5}, "dual_clip"),
+        ("decoupled_ppo", {"level": "segment"}, "level"),
+        ("decoupled_ppo", {"filter": [1.2, 0.8]}, "filter"),
+        ("tis", {"low": 2.0, "high": 1.0}, "low <= high"),
+    ],
+)
+def test_bad_options_name_the_key(variant, options, named):
+    with pytest.raises(ConfigError, match=named):
+        variant_options(variant, options)
