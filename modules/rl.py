@@ -301,9 +301,9 @@ class RLModule(L.LightningModule):
     @property
     def sampler(self):
         """What decides which prompts each step trains, if not the training loader: a sampler callback (tail
-        batching), or else the rollout callback's queue scheduling."""
+        batching), or else the rollout callback's own (queue scheduling, asynchronous rollout)."""
         found = next((c for c in self.trainer.callbacks if hasattr(c, "next_round")), None)
-        return found or self.rollout_callback.queue_sampler
+        return found or self.rollout_callback.sampler
 
     def training_step(self, problems: list[dict[str, Any]], batch_idx: int) -> None:
         batch = self.training_batch(problems)

@@ -99,6 +99,7 @@ SCHEDULES = {
         ["rollout.schedule=queue", "rollout.extra_prompts=4", "rollout.filter_groups=true"],
         ["queue/returned_prompts", "queue/filtered_groups"],
     ),
+    "asynchronous_alpha_0": (["rollout.async_ratio=0"], ["async/staleness_max", "async/version"]),
 }
 
 
@@ -186,3 +187,17 @@ def test_a_time_based_checkpoint_interval_adds_a_timed_last_checkpoint():
     trainer = build_trainer(cfg, Path("unused"))
     timed = [c for c in trainer.checkpoint_callbacks if c._train_time_interval is not None]
     assert len(timed) == 1 and timed[0]._train_time_interval.total_seconds() == 1800 and timed[0].filename == "last"
+
+
+def test_a_killed_asynchronous_run_loses_and_repeats_no_prompt(sft_policy, zoo_env, tmp_path, monkeypatch):
+    """α = 2: the prompts in flight at the checkpoint are regenerated after the resume; every prompt handed out is
+    trained exactly once or still waits, and the run trains its ten batches."""
+    shutil.copytree(sft_policy / "hub", tmp_path / "hub")
+    monkeypatch.chdir(tmp_path)
+    killed = _kill_after_first_checkpoint([*GRPO, "rollout.async_ratio=2"], "killed", tmp_path, zoo_env, 40)
+    main(["fit", f"resume={killed}"])
+    state = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
+    (sampler,) = [s["async"] for name, s in state["callbacks"].items() if "RolloutCallback" in name]
+    assert state["global_step"] == 40 and sampler["trained_prompts"] == 10 * 4
+    assert sampler["prompts"]["handed"] == sampler["trained_prompts"] + len(sampler["buffer"]["returned"])
+    assert sampler["buffer"]["version"] == 10

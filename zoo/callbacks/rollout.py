@@ -18,6 +18,11 @@ weights in step with the policy, and logs what was generated.
   rewards are all equal does not count, and a new prompt replaces it, up to ``max_launched_prompts`` a step.
   ``max_running`` caps the engine's rows (default: every launched request at once). Prompts a step launched and
   did not train come back first, protected, the next step. The prompt order and those prompts are checkpointed.
+- ``async_ratio`` (α; default null: the synchronous loop): asynchronous rollout (ROLL Flash; the native engine):
+  a worker generates on its own copy of the policy (on ``worker_device``, default the policy's) while the trainer
+  trains, each step trains groups begun at most α versions ago (:mod:`zoo.callbacks.async_rollout`); α = 0 gives
+  the synchronous weights bit for bit. ``max_running`` caps its engine's rows (default: every request the budget
+  allows at once).
 - Logged per rollout: generated tokens/s, mean and max completion length, the share of each finish reason, a
   histogram of completion lengths and, every ``log_samples_every`` rollouts, a few sampled texts; under
   ``schedule: queue`` also ``queue/``: slot occupancy (mean running rows / rows), waiting requests, aborted
@@ -38,6 +43,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.distributed.tensor import DTensor
 
+from zoo.callbacks.async_rollout import AsyncSampler
 from zoo.engines import ENGINES, engine_for
 from zoo.errors import ConfigError, require_int
 from zoo.generation import GenerationResult, NativeEngine
@@ -68,6 +74,8 @@ class RolloutCallback(L.Callback):
         filter_groups: bool = False,
         max_launched_prompts: int | None = None,
         max_running: int | None = None,
+        async_ratio: float | None = None,
+        worker_device: str | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ConfigError(f"rollout engine {engine!r} is not available; engines: {', '.join(ENGINES)}")
@@ -80,10 +88,25 @@ class RolloutCallback(L.Callback):
             require_int("rollout.max_running", max_running, 1)
         if schedule == "batch" and (extra_prompts or filter_groups):
             raise ConfigError("rollout.extra_prompts and rollout.filter_groups need rollout.schedule=queue")
+        if async_ratio is not None:
+            if isinstance(async_ratio, bool) or not isinstance(async_ratio, int | float) or not async_ratio >= 0:
+                raise ConfigError(f"rollout.async_ratio must be a number >= 0 (or null), got {async_ratio!r}")
+            if schedule != "batch" or extra_prompts or filter_groups:
+                raise ConfigError(
+                    "rollout.async_ratio runs its own request-level schedule: leave rollout.schedule, "
+                    "rollout.extra_prompts and rollout.filter_groups at their defaults"
+                )
+            if engine not in ("auto", "native"):
+                raise ConfigError(f"rollout.async_ratio needs the native engine, not rollout.engine={engine}")
+        elif worker_device is not None:
+            raise ConfigError("rollout.worker_device is the asynchronous worker's device: set rollout.async_ratio")
+        self.async_ratio, self.worker_device = async_ratio, worker_device
+        self.async_sampler: AsyncSampler | None = None
         self.schedule, self.extra_prompts, self.filter_groups = schedule, extra_prompts, filter_groups
         self.max_launched_prompts, self.max_running = max_launched_prompts, max_running
         self.queue_sampler: QueueSampler | None = None
         self._restored_queue: dict | None = None  # a checkpoint's queue state, loaded before setup
+        self._restored_async: dict | None = None
         self.engine_name, self.sync_every = engine, sync_every
         self.engine_options = dict(engine_options or {})
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -101,9 +124,29 @@ class RolloutCallback(L.Callback):
             self.queue_sampler = QueueSampler(self, trainer)
             if self._restored_queue is not None:
                 self.queue_sampler.load_state_dict(self._restored_queue)
+        if self.async_ratio is not None and stage == "fit":
+            if any(hasattr(c, "next_round") for c in trainer.callbacks):
+                raise ConfigError(
+                    "rollout.async_ratio runs its own sampler; it does not combine with sampler=tail_batching"
+                )
+            self.async_sampler = AsyncSampler(self, trainer)
+            if self._restored_async is not None:
+                self.async_sampler.load_state_dict(self._restored_async)
+
+    @property
+    def sampler(self) -> QueueSampler | AsyncSampler | None:
+        """The rollout's own sampler, if any: queue scheduling's or asynchronous rollout's."""
+        return self.queue_sampler or self.async_sampler
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.build(pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.async_sampler is not None:
+            self.async_sampler.stop()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.on_fit_end(trainer, pl_module)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.engine is None:  # `zoo validate`: no fit, build it now
@@ -115,6 +158,8 @@ class RolloutCallback(L.Callback):
         policy, tokenizer = pl_module.model, pl_module.trainer.datamodule.tokenizer
         options = self.engine_options
         self.engine_name = engine_for(policy.config, self.engine_name)
+        if self.async_ratio is not None and self.engine_name != "native":
+            raise ConfigError(f"rollout.async_ratio needs the native engine; {self.engine_name} was chosen")
         if self.schedule == "queue" and self.engine_name == "hf":
             raise ConfigError(
                 "rollout.schedule=queue needs a request-level engine (native for zoo's models, or vllm): the hf "
@@ -147,11 +192,18 @@ class RolloutCallback(L.Callback):
         replica.requires_grad_(False)
         return replica.to(self.dtype) if self.dtype is not None else replica
 
+    @staticmethod
+    def weights(pl_module: L.LightningModule):
+        """The policy's named weights, whole (gathered when sharded)."""
+        return ((name, _full(p.detach())) for name, p in pl_module.model.named_parameters())
+
     def sync(self, pl_module: L.LightningModule, step: int) -> None:
-        self.engine.load_weights((name, _full(p.detach())) for name, p in pl_module.model.named_parameters())
+        self.engine.load_weights(self.weights(pl_module))
         self.synced_step = step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if self.async_sampler is not None:
+            self.async_sampler.push(pl_module)
         if trainer.global_step - self.synced_step >= self.sync_every:
             self.sync(pl_module, trainer.global_step)
 
@@ -233,14 +285,22 @@ class RolloutCallback(L.Callback):
         )
 
     def state_dict(self) -> dict:
-        return {"queue": self.queue_sampler.state_dict()} if self.queue_sampler is not None else {}
+        state = {"queue": self.queue_sampler.state_dict()} if self.queue_sampler is not None else {}
+        if self.async_sampler is not None:
+            state["async"] = self.async_sampler.state_dict()
+        return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:  # restored before setup: applied there
         if "queue" in state:
-            if self.queue_sampler is None:  # restored before setup: applied there
+            if self.queue_sampler is None:
                 self._restored_queue = state["queue"]
             else:
                 self.queue_sampler.load_state_dict(state["queue"])
+        if "async" in state:
+            if self.async_sampler is None:
+                self._restored_async = state["async"]
+            else:
+                self.async_sampler.load_state_dict(state["async"])
 
     def _log(self, pl_module: L.LightningModule, result: GenerationResult, seconds: float, prefix: str) -> None:
         lengths = torch.tensor([len(s.token_ids) for s in result.samples], dtype=torch.float)

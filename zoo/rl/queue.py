@@ -116,12 +116,8 @@ def run_queue_round(
         core = engine.core(max_running or len(launched) * n, width + params.max_new_tokens, params.max_new_tokens)
 
         def submit(position: int) -> None:
-            seeds = row_seeds(params.seed, (position + 1) * n)[position * n :].tolist()
-            problem = problems[launched[position]]
-            budget = min(problem.get("max_new_tokens", params.max_new_tokens), params.max_new_tokens)
-            own = params if budget == params.max_new_tokens else replace(params, max_new_tokens=budget)
-            for j in range(n):
-                core.submit(Request((position, j), list(problem["prompt_ids"]), own, seeds[j]))
+            for request in group_requests(problems[launched[position]], position, position, n, params):
+                core.submit(request)
             stats.launched_prompts += 1
 
         for position in range(len(launched)):
@@ -207,10 +203,20 @@ def run_queue_round(
             samples.append(Sample(k, f.token_ids, f.logprobs, f.finish_reason))
             stats.trained_lengths.append(len(f.token_ids))
     stats.generated_tokens = sum(len(f.token_ids) for g in groups for f in g.finished) + sum(stats.aborted_lengths)
-    return QueueOutcome(launched, trained, samples, _concatenate(rewards), filtered, returned, stats)
+    return QueueOutcome(launched, trained, samples, concatenate_rewards(rewards), filtered, returned, stats)
 
 
-def _concatenate(batches: list[RewardBatch]) -> RewardBatch:
+def group_requests(problem: dict[str, Any], key: Any, position: int, n: int, params: SamplingParams) -> list[Request]:
+    """The ``n`` requests of a prompt launched at ``position`` of a step seeded by ``params.seed``: request ``(key,
+    j)`` is seeded as row ``position·n + j`` of :func:`zoo.sampling.row_seeds`; a problem's own ``max_new_tokens``
+    caps its responses below ``params``'."""
+    seeds = row_seeds(params.seed, (position + 1) * n)[position * n :].tolist()
+    budget = min(problem.get("max_new_tokens", params.max_new_tokens), params.max_new_tokens)
+    own = params if budget == params.max_new_tokens else replace(params, max_new_tokens=budget)
+    return [Request((key, j), list(problem["prompt_ids"]), own, seeds[j]) for j in range(n)]
+
+
+def concatenate_rewards(batches: list[RewardBatch]) -> RewardBatch:
     if not batches:
         return RewardBatch(torch.zeros(0))
     names = dict.fromkeys(name for b in batches for name in b.parts)

@@ -1,0 +1,100 @@
+"""Asynchronous rollout (zoo/callbacks/async_rollout.py, zoo/rl/rollout_worker.py) in a Lightning Trainer: α = 0
+gives the synchronous schedule's weights bit for bit (over an epoch boundary too); α > 0 trains within the
+staleness bound and logs what it did; the sampler's state restores; bad settings are named."""
+
+import lightning as L
+import pytest
+import torch
+
+from zoo.callbacks.rollout import RolloutCallback
+from zoo.datamodules.prompts import PromptDataModule
+from zoo.errors import ConfigError
+from zoo.modules.grpo import GRPOModule
+
+POLICY = dict(arch="gpt_neox", vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+
+
+class _Staleness(L.Callback):
+    """Records every step's logged staleness."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_end(self, trainer, *args):
+        self.seen.append(trainer.callback_metrics["async/staleness_max"].item())
+
+
+def _fit(cpu_trainer, steps=4, train_size=64, algorithm=None, extra_callbacks=(), **rollout):
+    torch.manual_seed(0)
+    data = PromptDataModule(task="arithmetic", train_size=train_size, val_size=8, batch_size=4, vocab_size=64)
+    data.prepare_data()
+    data.reward = lambda p, c, r: float(c.strip().startswith("1"))  # a reward the random policy sometimes earns
+    module = GRPOModule(
+        POLICY, optim=dict(lr=1e-3, warmup_steps=1), rollout=dict(n=4, max_new_tokens=5), algorithm=algorithm
+    )
+    callback = RolloutCallback(**rollout)
+    trainer = cpu_trainer(max_steps=steps, limit_val_batches=0, callbacks=[callback, *extra_callbacks])
+    trainer.fit(module, datamodule=data)
+    return module, trainer, callback
+
+
+def _assert_same_weights(a, b):
+    for (name, x), (_, y) in zip(a.model.named_parameters(), b.model.named_parameters(), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    "steps, train_size, algorithm",
+    # 10 prompts: 2 steps of 4 an epoch (2 left out at each epoch's end); 4 optimizer steps a batch
+    [(4, 64, None), (16, 10, dict(ppo_epochs=2, minibatch_size=8))],
+    ids=["one-update", "minibatches-across-epochs"],
+)
+def test_alpha_zero_gives_the_synchronous_weights_bit_for_bit(cpu_trainer, steps, train_size, algorithm):
+    sync, _, _ = _fit(cpu_trainer, steps, train_size=train_size, algorithm=algorithm)
+    asynchronous, trainer, callback = _fit(cpu_trainer, steps, train_size, algorithm, async_ratio=0)
+    _assert_same_weights(sync, asynchronous)
+    metrics = trainer.callback_metrics
+    assert metrics["async/staleness_max"] == 0 and metrics["async/version"] == 3  # the fourth batch's version
+    assert callback.async_sampler.worker is None  # stopped at the end of the fit
+
+
+@pytest.mark.parametrize("alpha", [1, 2])
+def test_alpha_bounds_the_staleness_of_every_step(cpu_trainer, alpha):
+    record = _Staleness()
+    module, trainer, callback = _fit(cpu_trainer, steps=6, async_ratio=alpha, extra_callbacks=[record])
+    assert len(record.seen) == 6 and max(record.seen) <= alpha
+    metrics = trainer.callback_metrics
+    for key in ("async/buffer_size", "async/expired_prompts", "async/trainer_wait_s", "async/worker_idle_share",
+                "async/weight_push_s", "rollout/tokens_per_s", "reward/mean"):  # fmt: skip
+        assert key in metrics, key
+    assert torch.isfinite(metrics["train/loss"])
+    state = callback.state_dict()["async"]
+    buffer = state["buffer"]
+    assert buffer["version"] == 6 and buffer["budget"] == 4 * (7 + alpha)
+    # every prompt handed out is trained (6 steps of 4) or waits to be begun again after a resume
+    assert state["trained_prompts"] == 24
+    assert state["prompts"]["handed"] == 24 + len(buffer["returned"])
+
+
+def test_the_sampler_state_restores_before_setup(cpu_trainer):
+    module, trainer, callback = _fit(cpu_trainer, steps=3, async_ratio=1)
+    restored = RolloutCallback(async_ratio=1)
+    restored.load_state_dict(callback.state_dict())  # before setup, as Lightning restores a checkpoint
+    restored.setup(trainer, module, "fit")
+    assert restored.async_sampler.state_dict() == callback.async_sampler.state_dict()
+
+
+@pytest.mark.parametrize(
+    "settings, named",
+    [
+        (dict(async_ratio=-1), "rollout.async_ratio must be a number >= 0"),
+        (dict(async_ratio="two"), "rollout.async_ratio must be a number >= 0"),
+        (dict(async_ratio=1, schedule="queue"), "leave rollout.schedule"),
+        (dict(async_ratio=1, engine="hf"), "needs the native engine"),
+        (dict(worker_device="cpu"), "set rollout.async_ratio"),
+    ],
+)
+def test_bad_settings_are_named(settings, named):
+    with pytest.raises(ConfigError, match=named):
+        RolloutCallback(**settings)

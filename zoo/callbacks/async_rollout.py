@@ -1,0 +1,187 @@
+"""Asynchronous rollout (ROLL Flash, Lu et al. 2025, arXiv:2510.11345 §3: rollout–train decoupling), the sampler
+the rollout callback runs under ``rollout.async_ratio`` (α).
+
+A :class:`zoo.rl.rollout_worker.RolloutWorker` generates without pause on its own copy of the policy (a thread, on
+the policy's device or ``rollout.worker_device``) into a :class:`zoo.rl.sample_buffer.SampleBuffer`; each training
+step takes its batch from the buffer (groups begun at most α versions ago, oldest first), hands the expired
+prompts' requests to the worker to abort, and after the optimizer steps pushes the new weights: suspend the
+worker → copy the weights in → advance the buffer to the next version → resume. The version counts training
+steps (batches), not optimizer steps.
+
+α = 0 is the synchronous loop: each version begins exactly its step's prompts, in the loader's order, seeded as
+the synchronous step seeds them, so the weights equal the synchronous schedule's bit for bit (tested). With
+α > 0 which samples a step trains depends on timing, so runs are not bitwise repeatable.
+
+Logged every step under ``async/``: the trained samples' staleness (mean, max, and a TensorBoard histogram), the
+buffer's finished groups waiting, prompts expired so far, the trainer's wait for its batch, the worker's idle
+share (nothing to run: waiting for the trainer) and suspended time, and the weight-push time. Checkpointed: the
+buffer's durable state and the prompt stream (prompts in flight at a checkpoint are regenerated after a resume,
+first in line: none is lost or trained twice; with α = 0 the resume is exact).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from zoo.generation import GenerationResult, NativeEngine, Sample
+from zoo.loader import PromptStream
+from zoo.rl.queue import concatenate_rewards
+from zoo.rl.rollout import Round
+from zoo.rl.rollout_worker import RolloutWorker, WorkerStats
+from zoo.rl.sample_buffer import SampleBuffer
+
+BATCH_POLL_S = 1.0  # how often a waiting trainer checks that the worker is alive
+
+
+class _ChunkedStream:
+    """The loader's prompt order, drawn a step's worth at a time (an epoch's tail shorter than a step is skipped,
+    as the loader's ``drop_last`` does) and handed out one by one. ``handed`` counts them: each is trained once or
+    waits in the buffer."""
+
+    def __init__(self, stream: PromptStream, chunk: int) -> None:
+        self.stream, self.chunk, self.ready, self.handed = stream, chunk, deque(), 0
+
+    def __call__(self, count: int) -> list[int]:
+        while len(self.ready) < count:
+            self.ready.extend(self.stream.take(self.chunk, self.chunk))
+        self.handed += count
+        return [self.ready.popleft() for _ in range(count)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stream": self.stream.state_dict(), "ready": list(self.ready), "handed": self.handed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stream.load_state_dict(state["stream"])
+        self.ready, self.handed = deque(state["ready"]), state["handed"]
+
+
+class AsyncSampler:
+    def __init__(self, callback, trainer: L.Trainer) -> None:
+        data = trainer.datamodule
+        self.callback, self.problems = callback, data.train_set
+        self.prompts_per_step = data.hparams.batch_size
+        stream = PromptStream(len(self.problems), data.hparams.seed, trainer.global_rank, trainer.world_size)
+        self.prompts = _ChunkedStream(stream, self.prompts_per_step)
+        self.buffer = SampleBuffer(self.prompts_per_step, callback.async_ratio, self.prompts)
+        self.worker: RolloutWorker | None = None
+        self.logged = WorkerStats()
+        self.push_seconds = 0.0
+        self.trained_prompts = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def start(self, module: L.LightningModule) -> None:
+        """Build the worker's engine on a copy of the policy and start generating for the current version (at the
+        first step: a resumed run's step and weights are restored by then, not yet when the fit starts)."""
+        callback, c = self.callback, module.rollout_config
+        replica = callback._replica(module)
+        if callback.worker_device is not None:
+            replica = replica.to(callback.worker_device)
+        engine = NativeEngine(replica, tokenizer=module.tokenizer, dtype=callback.dtype, **callback.engine_options)
+        rows = callback.max_running or c.n * (
+            self.prompts_per_step + math.ceil(self.prompts_per_step * self.buffer.async_ratio)
+        )
+        width = max(len(p["prompt_ids"]) for p in self.problems)
+        self.worker = RolloutWorker(
+            engine,
+            self.buffer,
+            self.problems,
+            c.n,
+            module.submit_scores,
+            rows,
+            width + c.max_new_tokens,
+            c.max_new_tokens,
+        )
+        if self.buffer.version < 0:
+            self.buffer.advance(0)
+        self.worker.set_policy(None, self.buffer.version, module.sampling_params())
+        self.worker.start()
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+        self.buffer.close()
+
+    # -- a training step --------------------------------------------------------------------------------
+    def next_round(self, module: L.LightningModule) -> Round:
+        if self.worker is None:
+            self.start(module)
+        start = time.perf_counter()
+        while True:
+            if self.worker.error is not None:
+                raise RuntimeError("the rollout worker stopped") from self.worker.error
+            try:
+                groups = self.buffer.get_batch(timeout=BATCH_POLL_S)
+                break
+            except TimeoutError:
+                continue
+        waited = time.perf_counter() - start
+        self.trained_prompts += len(groups)
+        self.worker.abort(self.buffer.expire())
+        samples = [
+            Sample(k, f.token_ids, f.logprobs, f.finish_reason)
+            for k, group in enumerate(groups)
+            for f in group.payload.finished
+        ]
+        result = GenerationResult(samples, generated_tokens=sum(g.payload.generated_tokens for g in groups))
+        launched = [self.problems[g.ticket.problem] for g in groups]
+        step = Round.from_generation(launched, result, module.tokenizer, module.device)
+        step.rewards = concatenate_rewards([g.payload.rewards for g in groups])
+        self._log(module, groups, waited, result)
+        return step
+
+    def push(self, module: L.LightningModule) -> None:
+        """The new weights into the worker's engine, as the next version."""
+        if self.worker is None:  # no step ran (a skipped batch)
+            return
+        start = time.perf_counter()
+        self.worker.suspend()
+        self.worker.set_policy(self.callback.weights(module), self.buffer.version + 1, module.sampling_params())
+        self.buffer.advance(self.buffer.version + 1)
+        self.worker.resume()
+        self.push_seconds = time.perf_counter() - start
+
+    # -- observability ----------------------------------------------------------------------------------
+    def _log(self, module: L.LightningModule, groups, waited: float, result: GenerationResult) -> None:
+        staleness = torch.tensor([float(g.staleness) for g in groups])
+        stats, last = self.worker.stats, self.logged
+        elapsed = (stats.busy_s + stats.idle_s + stats.suspended_s) - (last.busy_s + last.idle_s + last.suspended_s)
+        metrics = {
+            "async/staleness_mean": staleness.mean().item(),
+            "async/staleness_max": staleness.max().item(),
+            "async/version": float(self.buffer.version),
+            "async/buffer_size": float(self.buffer.size),
+            "async/expired_prompts": float(self.buffer.expired_total),
+            "async/trainer_wait_s": waited,
+            "async/worker_idle_share": (stats.idle_s - last.idle_s) / max(elapsed, 1e-9),
+            "async/worker_suspended_s": stats.suspended_s - last.suspended_s,
+            "async/weight_push_s": self.push_seconds,
+            "async/aborted_requests": float(stats.aborted_requests),
+        }
+        module.log_dict(metrics)
+        self.logged = WorkerStats(**vars(stats))
+        self.callback._log(module, result, max(stats.busy_s - last.busy_s, 1e-9), "rollout")
+        tensorboard = next((lg for lg in module.trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if tensorboard is not None and module.trainer.is_global_zero:
+            tensorboard.experiment.add_histogram("async/staleness", staleness, module.global_step)
+
+    # -- state ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        with self.buffer.condition:  # one snapshot: the worker draws prompts under this lock
+            return {
+                "buffer": self.buffer.state_dict(),
+                "prompts": self.prompts.state_dict(),
+                "trained_prompts": self.trained_prompts,
+            }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buffer.load_state_dict(state["buffer"])
+        self.prompts.load_state_dict(state["prompts"])
+        self.trained_prompts = state["trained_prompts"]
