@@ -9,15 +9,36 @@ others generate. Prints, per ``K`` and α, the time per step, the speedup over s
 time per sample beside Proposition 1's bound (``Q = (α+1)·N``), the step time beside Proposition 2's bound, the
 mean staleness and the share of generation time wasted on expired samples.
 
+``real``: GRPO through zoo's own trainer (``RolloutCallback``, ``GRPOModule``) on the long-tailed countdown setting
+of ``bench/tail_batching.py real``: a tiny GPT-NeoX taught here to answer ``[START, k]`` with ``k-1, ..., 1, EOS``,
+prompts whose ``k`` is mostly a few tokens and one in ten 120-250 (rewarded for a correct countdown). Every arm
+trains the same number of samples (``--steps`` steps of ``--prompts`` x ``--n``, the first two not timed: engine
+servers start then) from the same policy: the
+synchronous loop (``async_ratio`` null: generate, then train), and asynchronous rollout at α = 0 (the same loop
+through the worker), 1 and 2 (generation on its own thread and policy copy while the trainer trains). Prints
+trained samples per second, the ratio to synchronous, the mean staleness, the trainer's wait for batches and the
+weight-push time per step.
+
     python bench/async_rl.py simulate
     python bench/async_rl.py simulate --workers 8 16 32 64 --samples 256 --sigma 1.5
+    python bench/async_rl.py real
+    python bench/async_rl.py real --device cuda --prompts 32 --steps 20
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import random
 import statistics
+import time
 
+import lightning as L
+from tail_batching import LONGEST, START, countdown_model
+
+from zoo.callbacks.rollout import RolloutCallback
+from zoo.datamodules.prompts import PromptDataModule
+from zoo.modules.grpo import GRPOModule
 from zoo.rl.async_simulator import LongTail, proposition_1, proposition_2, simulate
 
 
@@ -47,6 +68,117 @@ def run_simulation(args: argparse.Namespace) -> None:
         print(f"   max speedup (Prop. 2, alpha -> inf): {bound.max_speedup:.2f}")
 
 
+WARMUP = 2  # steps not timed
+
+
+class _Numbers:
+    """The countdown vocabulary: token k is the number k, 0 ends a completion."""
+
+    eos_token_id = 0
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(str(i) for i in ids if i)
+
+
+class CountdownData(PromptDataModule):
+    """``prompts`` countdown prompts ``[START, k]``, ``k`` long-tailed; the reward is 1 for ``k-1, ..., 1``."""
+
+    def __init__(self, prompts: int, batch_size: int, tail_share: float, seed: int) -> None:
+        super().__init__(train_size=prompts, val_size=0, batch_size=batch_size, seed=seed)
+        rng = random.Random(seed)
+        self.lengths = [
+            rng.randint(120, LONGEST)
+            if rng.random() < tail_share
+            else max(2, round(6 * math.exp(0.5 * rng.gauss(0, 1))))
+            for _ in range(prompts)
+        ]
+
+    def prepare_data(self) -> None:
+        self.tokenizer = _Numbers()
+        self.reward = lambda prompt, completion, reference: float(completion == reference)
+
+    def setup(self, stage=None) -> None:
+        self.train_set = [
+            {"prompt_ids": [START, k], "prompt": str(k), "reference": " ".join(map(str, range(k - 1, 0, -1)))}
+            for k in self.lengths
+        ]
+        self.val_set = self.val_prompts = []
+
+
+class _Clock(L.Callback):
+    """The time from the end of the first ``WARMUP`` steps (the engine servers start, process ones spawn and import)
+    to the end of training."""
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.fit_loop.epoch_loop.batch_progress.total.completed == WARMUP:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, module):
+        self.seconds = time.perf_counter() - self.start
+
+
+def run_real(args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    policy = countdown_model(args.seed, args.train_steps, args.device)
+    print(f"trained the countdown model in {time.perf_counter() - start:.0f} s")
+    arms = [("synchronous", None), *((f"async alpha={a:g}", a) for a in args.alphas)]
+    results = {}
+    for name, alpha in arms:
+        data = CountdownData(args.prompts * (args.steps + 4), args.prompts, args.tail_share, args.seed)
+        module = GRPOModule(
+            dict(arch="gpt_neox", **{k: getattr(policy.config, k) for k in ("vocab_size", "hidden_size",
+                 "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings")}),
+            optim=dict(lr=1e-5, warmup_steps=0),
+            rollout=dict(n=args.n, max_new_tokens=LONGEST + 4, temperature=args.temperature, seed=args.seed),
+        )  # fmt: skip
+        module.configure_model()
+        module.model.load_state_dict(policy.state_dict())
+        clock = _Clock()
+        trainer = L.Trainer(
+            accelerator="gpu" if args.device == "cuda" else "cpu",
+            devices=1,
+            max_steps=args.steps,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[
+                RolloutCallback(
+                    engine="native", async_ratio=alpha, **({"workers": args.workers} if alpha is not None else {})
+                ),
+                clock,
+                metrics := _Metrics(),
+            ],
+        )
+        trainer.fit(module, datamodule=data)
+        samples = (args.steps - WARMUP) * args.prompts * args.n
+        results[name] = samples / clock.seconds
+        print(
+            f"{name:18s} {clock.seconds:7.1f} s, {samples} samples, {results[name]:7.1f} samples/s "
+            f"({results[name] / results['synchronous']:.2f}x), reward {metrics.mean('reward/mean'):.3f}, "
+            f"staleness {metrics.mean('async/staleness_mean'):.2f}, trainer wait "
+            f"{metrics.mean('async/trainer_wait_s'):.2f} s/step, push {metrics.mean('async/weight_push_s'):.3f} s, "
+            f"rollout {metrics.mean('rollout/seconds'):.3f} s/step, idle {metrics.mean('async/worker_idle_share'):.2f}"
+        )
+
+
+class _Metrics(L.Callback):
+    """Every timed step's logged values."""
+
+    def __init__(self):
+        self.seen: dict[str, list[float]] = {}
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.fit_loop.epoch_loop.batch_progress.total.completed <= WARMUP:
+            return
+        for key, value in trainer.callback_metrics.items():
+            self.seen.setdefault(key, []).append(float(value))
+
+    def mean(self, key: str) -> float:
+        return statistics.mean(self.seen[key]) if key in self.seen else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -59,9 +191,22 @@ def main() -> None:
     sim.add_argument("--max", type=float, default=30.0)
     sim.add_argument("--train", type=float, default=0.05)
     sim.add_argument("--seed", type=int, default=0)
+    real = commands.add_parser("real", help="GRPO through zoo's trainer, synchronous against asynchronous")
+    real.add_argument("--alphas", type=float, nargs="+", default=[0, 1, 2])
+    real.add_argument("--prompts", type=int, default=16, help="prompts per step")
+    real.add_argument("--n", type=int, default=4, help="responses per prompt")
+    real.add_argument("--steps", type=int, default=12)
+    real.add_argument("--train-steps", type=int, default=400, help="steps teaching the countdown model")
+    real.add_argument("--tail-share", type=float, default=0.1)
+    real.add_argument("--temperature", type=float, default=0.7)
+    real.add_argument("--device", default="cpu")
+    real.add_argument("--workers", default="process", choices=["thread", "process"], help="where the engine runs")
+    real.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.command == "simulate":
         run_simulation(args)
+    else:
+        run_real(args)
 
 
 if __name__ == "__main__":

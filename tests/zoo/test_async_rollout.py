@@ -59,6 +59,17 @@ def test_alpha_zero_gives_the_synchronous_weights_bit_for_bit(cpu_trainer, steps
     assert callback.async_sampler.worker is None  # stopped at the end of the fit
 
 
+def test_a_process_worker_gives_the_synchronous_weights_too(cpu_trainer):
+    """The engine server in a spawned process (its own interpreter and policy copy, weights sent through shared
+    memory) computes what the trainer's process computes."""
+    threads = torch.get_num_threads()
+    sync, _, _ = _fit(cpu_trainer)
+    asynchronous, trainer, _ = _fit(cpu_trainer, async_ratio=0, workers="process")
+    _assert_same_weights(sync, asynchronous)
+    assert trainer.callback_metrics["async/version"] == 3
+    assert torch.get_num_threads() == threads  # the trainer's threads are given back
+
+
 @pytest.mark.parametrize("alpha", [1, 2])
 def test_alpha_bounds_the_staleness_of_every_step(cpu_trainer, alpha):
     record = _Staleness()
@@ -93,6 +104,7 @@ def test_the_sampler_state_restores_before_setup(cpu_trainer):
         (dict(async_ratio=1, schedule="queue"), "leave rollout.schedule"),
         (dict(async_ratio=1, engine="hf"), "needs the native engine"),
         (dict(worker_device="cpu"), "set rollout.async_ratio"),
+        (dict(async_ratio=1, workers="fleet"), "rollout.workers 'fleet'"),
     ],
 )
 def test_bad_settings_are_named(settings, named):

@@ -1,8 +1,12 @@
 """Asynchronous rollout (ROLL Flash, Lu et al. 2025, arXiv:2510.11345 §3: rollout–train decoupling), the sampler
 the rollout callback runs under ``rollout.async_ratio`` (α).
 
-A :class:`zoo.rl.rollout_worker.RolloutWorker` generates without pause on its own copy of the policy (a thread, on
-the policy's device or ``rollout.worker_device``) into a :class:`zoo.rl.sample_buffer.SampleBuffer`; each training
+A :class:`zoo.rl.rollout_worker.RolloutWorker` generates without pause into a
+:class:`zoo.rl.sample_buffer.SampleBuffer`, its engine server (:mod:`zoo.rl.engine_server`) on its own copy of the
+policy: a thread (``rollout.workers=thread``, the default) or a spawned process (``process``: no shared GIL), on
+the policy's device or ``rollout.worker_device``. On a CPU the server gets ``rollout.worker_threads`` torch threads
+(default 1) and the trainer's are cut to the other cores (measured on 2 cores: a decoder's second OpenMP thread
+gains nothing, and oversubscribed teams slow the trainer 2.4x). Each training
 step takes its batch from the buffer (groups begun at most α versions ago, oldest first), hands the expired
 prompts' requests to the worker to abort, and after the optimizer steps pushes the new weights: suspend the
 worker → copy the weights in → advance the buffer to the next version → resume. The version counts training
@@ -21,7 +25,9 @@ first in line: none is lost or trained twice; with α = 0 the resume is exact).
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import time
 from collections import deque
 from typing import Any
@@ -32,11 +38,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from zoo.generation import GenerationResult, NativeEngine, Sample
 from zoo.loader import PromptStream
+from zoo.rl.engine_server import EngineSpec, process_server, thread_server
 from zoo.rl.queue import concatenate_rewards
 from zoo.rl.rollout import Round
 from zoo.rl.rollout_worker import RolloutWorker, WorkerStats
 from zoo.rl.sample_buffer import SampleBuffer
 
+log = logging.getLogger("zoo")
 BATCH_POLL_S = 1.0  # how often a waiting trainer checks that the worker is alive
 
 
@@ -74,29 +82,45 @@ class AsyncSampler:
         self.logged = WorkerStats()
         self.push_seconds = 0.0
         self.trained_prompts = 0
+        self.trainer_threads: int | None = None  # the trainer's torch threads before the worker took a core
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self, module: L.LightningModule) -> None:
-        """Build the worker's engine on a copy of the policy and start generating for the current version (at the
+        """Start the worker's engine server on a copy of the policy and generate for the current version (at the
         first step: a resumed run's step and weights are restored by then, not yet when the fit starts)."""
         callback, c = self.callback, module.rollout_config
-        replica = callback._replica(module)
-        if callback.worker_device is not None:
-            replica = replica.to(callback.worker_device)
-        engine = NativeEngine(replica, tokenizer=module.tokenizer, dtype=callback.dtype, **callback.engine_options)
-        rows = callback.max_running or c.n * (
-            self.prompts_per_step + math.ceil(self.prompts_per_step * self.buffer.async_ratio)
+        N = self.prompts_per_step
+        rows = callback.max_running or c.n * (N + math.ceil(N * self.buffer.async_ratio))  # the whole budget
+        device = torch.device(callback.worker_device or module.device)
+        spec = EngineSpec(
+            model_config=module.model.config,
+            weights={name: tensor for name, tensor in callback.weights(module)},
+            tokenizer=module.tokenizer,
+            dtype=callback.dtype,
+            engine_options=callback.engine_options,
+            device=str(device),
+            max_running=rows,
+            max_length=max(len(p["prompt_ids"]) for p in self.problems) + c.max_new_tokens,
+            max_new_tokens=c.max_new_tokens,
+            threads=callback.worker_threads or (1 if device.type == "cpu" else None),
         )
-        width = max(len(p["prompt_ids"]) for p in self.problems)
+        if device.type == "cpu" and module.device.type == "cpu":  # the server's cores are not the trainer's
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            trainer_threads = max(1, min(torch.get_num_threads(), cores - spec.threads))
+            if trainer_threads != torch.get_num_threads():
+                log.info("async rollout: the trainer keeps %d of %d cores' torch threads", trainer_threads, cores)
+                self.trainer_threads = torch.get_num_threads()  # given back when the worker stops
+                torch.set_num_threads(trainer_threads)
+        if callback.workers == "process":
+            spec.weights = {name: tensor.cpu() for name, tensor in spec.weights.items()}
+            server = process_server(spec)
+        else:
+            replica = callback._replica(module).to(device)
+            server = thread_server(
+                spec, NativeEngine(replica, module.tokenizer, callback.dtype, **callback.engine_options)
+            )
         self.worker = RolloutWorker(
-            engine,
-            self.buffer,
-            self.problems,
-            c.n,
-            module.submit_scores,
-            rows,
-            width + c.max_new_tokens,
-            c.max_new_tokens,
+            server, self.buffer, self.problems, c.n, module.submit_scores, module.tokenizer, rows
         )
         if self.buffer.version < 0:
             self.buffer.advance(0)
@@ -107,6 +131,9 @@ class AsyncSampler:
         if self.worker is not None:
             self.worker.stop()
             self.worker = None
+        if self.trainer_threads is not None:
+            torch.set_num_threads(self.trainer_threads)
+            self.trainer_threads = None
         self.buffer.close()
 
     # -- a training step --------------------------------------------------------------------------------

@@ -19,10 +19,10 @@ weights in step with the policy, and logs what was generated.
   ``max_running`` caps the engine's rows (default: every launched request at once). Prompts a step launched and
   did not train come back first, protected, the next step. The prompt order and those prompts are checkpointed.
 - ``async_ratio`` (α; default null: the synchronous loop): asynchronous rollout (ROLL Flash; the native engine):
-  a worker generates on its own copy of the policy (on ``worker_device``, default the policy's) while the trainer
-  trains, each step trains groups begun at most α versions ago (:mod:`zoo.callbacks.async_rollout`); α = 0 gives
-  the synchronous weights bit for bit. ``max_running`` caps its engine's rows (default: every request the budget
-  allows at once).
+  a worker generates on its own copy of the policy (on ``worker_device``, default the policy's; with
+  ``worker_threads`` CPU threads, default 1 on a CPU) while the trainer trains, each step trains groups begun at
+  most α versions ago (:mod:`zoo.callbacks.async_rollout`); α = 0 gives the synchronous weights bit for bit.
+  ``max_running`` caps its engine's rows (default: every request the budget allows at once).
 - Logged per rollout: generated tokens/s, mean and max completion length, the share of each finish reason, a
   histogram of completion lengths and, every ``log_samples_every`` rollouts, a few sampled texts; under
   ``schedule: queue`` also ``queue/``: slot occupancy (mean running rows / rows), waiting requests, aborted
@@ -54,6 +54,7 @@ from zoo.sampling import SamplingParams
 
 log = logging.getLogger("zoo")
 SCHEDULES = ("batch", "queue")
+WORKERS = ("thread", "process")  # where asynchronous rollout's engine server runs
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
@@ -76,6 +77,8 @@ class RolloutCallback(L.Callback):
         max_running: int | None = None,
         async_ratio: float | None = None,
         worker_device: str | None = None,
+        worker_threads: int | None = None,
+        workers: str = "thread",
     ) -> None:
         if engine not in ENGINES:
             raise ConfigError(f"rollout engine {engine!r} is not available; engines: {', '.join(ENGINES)}")
@@ -98,9 +101,15 @@ class RolloutCallback(L.Callback):
                 )
             if engine not in ("auto", "native"):
                 raise ConfigError(f"rollout.async_ratio needs the native engine, not rollout.engine={engine}")
-        elif worker_device is not None:
-            raise ConfigError("rollout.worker_device is the asynchronous worker's device: set rollout.async_ratio")
-        self.async_ratio, self.worker_device = async_ratio, worker_device
+        elif worker_device is not None or worker_threads is not None:
+            raise ConfigError("rollout.worker_device and rollout.worker_threads are the asynchronous worker's: "
+                              "set rollout.async_ratio")  # fmt: skip
+        if worker_threads is not None:
+            require_int("rollout.worker_threads", worker_threads, 1)
+        if workers not in WORKERS:
+            raise ConfigError(f"rollout.workers {workers!r} is not one of {', '.join(WORKERS)}")
+        self.workers = workers
+        self.async_ratio, self.worker_device, self.worker_threads = async_ratio, worker_device, worker_threads
         self.async_sampler: AsyncSampler | None = None
         self.schedule, self.extra_prompts, self.filter_groups = schedule, extra_prompts, filter_groups
         self.max_launched_prompts, self.max_running = max_launched_prompts, max_running

@@ -1,25 +1,27 @@
 """A rollout worker of asynchronous RL (ROLL Flash, Lu et al. 2025, arXiv:2510.11345 §3.1): generation that runs on
-while the trainer trains, on its own copy of the policy, feeding a :class:`zoo.rl.sample_buffer.SampleBuffer`.
+while the trainer trains, feeding a :class:`zoo.rl.sample_buffer.SampleBuffer`.
 
-The worker's loop, one engine step at a time (the LLM proxy's loop: engine steps interleaved with commands):
+A worker is a *driver* (a daemon thread of the trainer's process) and an *engine server*
+(:mod:`zoo.rl.engine_server`: a thread, a process or a Ray actor with its own copy of the policy, stepping its
+engine freely). The driver's loop:
 
-1. **begin** prompts while the buffer's budget allows and the engine has rows for them: each prompt is ``n``
+1. **begin** prompts while the buffer's budget allows and the server has rows for them: each prompt is ``n``
    requests (prompt replication) seeded by the sampling params of the version it begins under and its position
-   there (:func:`zoo.rl.queue.group_requests`, as a synchronous step seeds them);
-2. **step** the engine (continuous batching: a finished row is refilled at the next step);
+   there (:func:`zoo.rl.queue.group_requests`, as a synchronous step seeds them), sent in one message;
+2. **receive** the requests that finished;
 3. a prompt whose ``n`` responses finished is **scored** at once on the reward runner's threads, and
    **committed** to the buffer as soon as its rewards are in, while generation goes on.
 
-Commands from the trainer's thread: :meth:`~RolloutWorker.suspend` (returns once the loop is paused between two
-engine steps), :meth:`~RolloutWorker.resume`, :meth:`~RolloutWorker.abort` (expired tickets: their requests leave
+Commands from the trainer's thread: :meth:`~RolloutWorker.suspend` (returns once the driver is paused between two
+loop turns), :meth:`~RolloutWorker.resume`, :meth:`~RolloutWorker.abort` (expired tickets: their requests leave
 the engine), :meth:`~RolloutWorker.stop`. A weight push is suspend → :meth:`~RolloutWorker.set_policy` (the new
-weights, their version and the sampling params prompts begun under it use) → resume. Requests in flight during a
-push go on under the new weights (their later tokens are sampled by the newer policy, as in ROLL; their version
-stays the one they began under, which bounds their staleness).
+weights, their version and the sampling params prompts begun under it use) → resume. The server applies commands
+in order: the requests begun after a push run on the new weights; those in flight go on under them (their later
+tokens are sampled by the newer policy, as in ROLL; their version stays the one they began under, which bounds
+their staleness).
 
-:meth:`~RolloutWorker.start` runs the loop in a daemon thread; :meth:`~RolloutWorker.run` runs it in the calling
-thread (what a Ray actor's process does). An exception in the loop is kept (:attr:`error`), the buffer closed, and
-the trainer's wait ends with it.
+An exception in the driver or the server is kept (:attr:`error`), the buffer closed, and the trainer's wait ends
+with it.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ from typing import Any
 import torch
 
 from zoo.engine_core import Finished
+from zoo.rl.engine_server import ServerChannel
 from zoo.rl.queue import group_requests
 from zoo.rl.rewards import PendingRewards, RewardBatch
 from zoo.rl.sample_buffer import SampleBuffer, Ticket
 from zoo.sampling import SamplingParams
 
-IDLE_WAIT_S = 0.002  # how long an idle loop sleeps before it looks for work again
+POLL_S = 0.002  # how long the driver waits for finished requests before it looks at the buffer again
 
 
 @dataclass
@@ -47,17 +50,16 @@ class GroupResult:
 
     finished: list[Finished]
     rewards: RewardBatch
-    generated_tokens: int  # the group's, aborted requests' included
+    generated_tokens: int
 
 
 @dataclass
 class WorkerStats:
     """Cumulative; the trainer logs the differences."""
 
-    engine_steps: int = 0
-    generated_tokens: int = 0
-    busy_s: float = 0.0  # stepping the engine
-    idle_s: float = 0.0  # nothing to run: the budget is spent (waiting for the trainer) or all is being scored
+    generated_tokens: int = 0  # aborted requests' included
+    busy_s: float = 0.0  # the server stepping its engine
+    idle_s: float = 0.0  # nothing in flight: the budget is spent (waiting for the trainer)
     suspended_s: float = 0.0
     aborted_requests: int = 0
     committed: int = 0
@@ -74,19 +76,19 @@ class _Group:
 class RolloutWorker:
     def __init__(
         self,
-        engine,
+        server: ServerChannel,
         buffer: SampleBuffer,
         problems: Sequence[dict[str, Any]],
         n: int,
         score: Callable[[Sequence[Any], Sequence[str]], PendingRewards],
+        tokenizer,
         max_running: int,
-        max_length: int,
-        max_new_tokens: int,
     ) -> None:
-        self.engine, self.buffer, self.problems, self.n, self.score = engine, buffer, problems, n, score
-        self.max_running, self.max_length, self.max_new_tokens = max_running, max_length, max_new_tokens
+        self.server, self.buffer, self.problems, self.n, self.score = server, buffer, problems, n, score
+        self.tokenizer, self.max_running = tokenizer, max_running
         self.params: dict[int, SamplingParams] = {}  # per version
         self.groups: dict[int, _Group] = {}  # ticket id → group, begun and not committed
+        self.in_flight = 0  # requests sent and not finished
         self.scoring: list[_Group] = []
         self.stats = WorkerStats()
         self.error: BaseException | None = None
@@ -94,24 +96,23 @@ class RolloutWorker:
         self._control = threading.Condition()
         self._pause_requested = self._paused = self._stopping = False
         self._thread: threading.Thread | None = None
-        self.core = None
 
     # -- commands (the trainer's thread) -----------------------------------------------------------------
     def set_policy(self, weights: Iterable[tuple[str, torch.Tensor]] | None, version: int, params: SamplingParams):
         """New weights (None: keep them) and the sampling params of prompts begun at ``version``; call while
         suspended or before the start."""
         if weights is not None:
-            self.engine.load_weights(weights)
+            self.server.load_weights(weights)
         self.params = {v: p for v, p in self.params.items() if v >= version - 64} | {version: params}
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="zoo-rollout-worker", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="zoo-rollout-driver", daemon=True)
         self._thread.start()
 
     def suspend(self) -> None:
         with self._control:
             self._pause_requested = True
-            while not self._paused and self._running():
+            while not self._paused and self._thread is not None and self._thread.is_alive():
                 self._control.wait(0.1)
 
     def resume(self) -> None:
@@ -127,34 +128,25 @@ class RolloutWorker:
         with self._control:
             self._stopping = True
             self._control.notify_all()
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if self._thread is not None:
             self._thread.join()
+        self.server.stop()
 
-    def _running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    # -- the loop ----------------------------------------------------------------------------------------
+    # -- the driver's loop -------------------------------------------------------------------------------
     def run(self) -> None:
         try:
-            with self.engine.serving():
-                self.core = self.engine.core(self.max_running, self.max_length, self.max_new_tokens)
-                while self._commands():
-                    self._begin()
-                    self._commit_scored()
-                    if self.core.busy:
-                        start = time.perf_counter()
-                        finished = self.core.step()
-                        self.stats.busy_s += time.perf_counter() - start
-                        self.stats.engine_steps += 1
-                        self._take(finished)
-                    else:
-                        start = time.perf_counter()
-                        time.sleep(IDLE_WAIT_S)
-                        self.stats.idle_s += time.perf_counter() - start
+            while self._commands():
+                self._begin()
+                self._commit_scored()
+                start = time.perf_counter()
+                finished = self.server.receive(POLL_S)
+                if not self.in_flight and not self.scoring:
+                    self.stats.idle_s += time.perf_counter() - start
+                self._take(finished)
+            self.stats.busy_s = self.server.busy_s
         except BaseException as error:  # kept for the trainer, which stops with it
             self.error = error
             self.buffer.close()
-            raise
 
     def _commands(self) -> bool:
         """Apply aborts, pause while suspended; False once stopping."""
@@ -169,40 +161,44 @@ class RolloutWorker:
                 self._paused = False
                 self.stats.suspended_s += time.perf_counter() - start
             stopping = self._stopping
+        ids = []
         for ticket in aborts:
             group = self.groups.pop(ticket.id, None)
             if group is None:
                 continue
-            for j in range(self.n):
-                if (aborted := self.core.abort((ticket.id, j))) is not None:
-                    self.stats.aborted_requests += 1
-                    self.stats.generated_tokens += len(aborted.token_ids)
+            running = self.n - len(group.finished)
+            ids += [(ticket.id, j) for j in range(self.n)]
+            self.in_flight -= running
+            self.stats.aborted_requests += running
             if group in self.scoring:
                 self.scoring.remove(group)
+        self.server.abort(ids)
+        self.stats.busy_s = self.server.busy_s
         return not stopping
 
     def _begin(self) -> None:
-        core = self.core
-        while len(core.running) + len(core.waiting) + self.n <= self.max_running:
+        requests = []
+        while self.in_flight + len(requests) + self.n <= self.max_running:
             ticket = self.buffer.begin()
             if ticket is None:
-                return
+                break
             problem = self.problems[ticket.problem]
-            params = self.params[ticket.version]
-            for request in group_requests(problem, ticket.id, ticket.position, self.n, params):
-                core.submit(request)
+            requests += group_requests(problem, ticket.id, ticket.position, self.n, self.params[ticket.version])
             self.groups[ticket.id] = _Group(ticket)
+        self.server.submit(requests)
+        self.in_flight += len(requests)
 
     def _take(self, finished: list[Finished]) -> None:
         for result in sorted(finished, key=lambda f: f.id):
+            self.stats.generated_tokens += len(result.token_ids)
             group = self.groups.get(result.id[0])
-            if group is None:
+            if group is None or result.finish_reason == "abort":  # an aborted group's
                 continue
             group.finished.append(result)
-            self.stats.generated_tokens += len(result.token_ids)
+            self.in_flight -= 1
             if len(group.finished) == self.n:
                 group.finished.sort(key=lambda f: f.id)
-                texts = [self.engine.tokenizer.decode(f.token_ids, skip_special_tokens=True) for f in group.finished]
+                texts = [self.tokenizer.decode(f.token_ids, skip_special_tokens=True) for f in group.finished]
                 group.pending = self.score([self.problems[group.ticket.problem]] * self.n, texts)
                 self.scoring.append(group)
 
