@@ -15,7 +15,9 @@ prompts whose ``k`` is mostly a few tokens and one in ten 120-250 (rewarded for 
 trains the same number of samples (``--steps`` steps of ``--prompts`` x ``--n``, the first two not timed: engine
 servers start then) from the same policy: the
 synchronous loop (``async_ratio`` null: generate, then train), and asynchronous rollout at α = 0 (the same loop
-through the worker), 1 and 2 (generation on its own thread and policy copy while the trainer trains). Prints
+through the worker), 1, 2 and 4 (generation in its own process, ``--workers``, on its own policy copy while the
+trainer trains), each with ROLL's rule (an older version's share of a batch waits for its stragglers) and without
+waiting (stragglers past the window expire and are begun again). Prints
 trained samples per second, the ratio to synchronous, the mean staleness, the trainer's wait for batches and the
 weight-push time per step.
 
@@ -121,9 +123,13 @@ def run_real(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     policy = countdown_model(args.seed, args.train_steps, args.device)
     print(f"trained the countdown model in {time.perf_counter() - start:.0f} s")
-    arms = [("synchronous", None), *((f"async alpha={a:g}", a) for a in args.alphas)]
+    arms = [("synchronous", None, {})]
+    for alpha in args.alphas:
+        arms.append((f"async alpha={alpha:g}", alpha, {"workers": args.workers}))
+        if alpha > 0:
+            arms.append((f"async alpha={alpha:g} no wait", alpha, {"workers": args.workers, "wait_for_stragglers": False}))
     results = {}
-    for name, alpha in arms:
+    for name, alpha, options in arms:
         data = CountdownData(args.prompts * (args.steps + 4), args.prompts, args.tail_share, args.seed)
         module = GRPOModule(
             dict(arch="gpt_neox", **{k: getattr(policy.config, k) for k in ("vocab_size", "hidden_size",
@@ -144,9 +150,7 @@ def run_real(args: argparse.Namespace) -> None:
             enable_progress_bar=False,
             enable_model_summary=False,
             callbacks=[
-                RolloutCallback(
-                    engine="native", async_ratio=alpha, **({"workers": args.workers} if alpha is not None else {})
-                ),
+                RolloutCallback(engine="native", async_ratio=alpha, **options),
                 clock,
                 metrics := _Metrics(),
             ],
@@ -155,7 +159,7 @@ def run_real(args: argparse.Namespace) -> None:
         samples = (args.steps - WARMUP) * args.prompts * args.n
         results[name] = samples / clock.seconds
         print(
-            f"{name:18s} {clock.seconds:7.1f} s, {samples} samples, {results[name]:7.1f} samples/s "
+            f"{name:24s} {clock.seconds:7.1f} s, {samples} samples, {results[name]:7.1f} samples/s "
             f"({results[name] / results['synchronous']:.2f}x), reward {metrics.mean('reward/mean'):.3f}, "
             f"staleness {metrics.mean('async/staleness_mean'):.2f}, trainer wait "
             f"{metrics.mean('async/trainer_wait_s'):.2f} s/step, push {metrics.mean('async/weight_push_s'):.3f} s, "
@@ -192,10 +196,10 @@ def main() -> None:
     sim.add_argument("--train", type=float, default=0.05)
     sim.add_argument("--seed", type=int, default=0)
     real = commands.add_parser("real", help="GRPO through zoo's trainer, synchronous against asynchronous")
-    real.add_argument("--alphas", type=float, nargs="+", default=[0, 1, 2])
-    real.add_argument("--prompts", type=int, default=16, help="prompts per step")
+    real.add_argument("--alphas", type=float, nargs="+", default=[0, 1, 2, 4])
+    real.add_argument("--prompts", type=int, default=4, help="prompts per step")
     real.add_argument("--n", type=int, default=4, help="responses per prompt")
-    real.add_argument("--steps", type=int, default=12)
+    real.add_argument("--steps", type=int, default=40)
     real.add_argument("--train-steps", type=int, default=400, help="steps teaching the countdown model")
     real.add_argument("--tail-share", type=float, default=0.1)
     real.add_argument("--temperature", type=float, default=0.7)

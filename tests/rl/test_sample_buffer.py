@@ -25,11 +25,11 @@ class _Stream:
         return fresh
 
 
-def _simulate(N, alpha, steps, rng, abort_rate=0.05):
+def _simulate(N, alpha, steps, rng, abort_rate=0.05, wait=True):
     """One worker and one trainer interleaved at random, single-threaded: the trainer takes a batch whenever one
     is ready (and sometimes dawdles), the worker begins, finishes or gives up prompts. Returns the batches."""
     stream = _Stream()
-    buffer = SampleBuffer(N, alpha, stream)
+    buffer = SampleBuffer(N, alpha, stream, wait_for_stragglers=wait)
     buffer.advance(0)
     batches, trained = [], []
     while len(batches) < steps:
@@ -63,9 +63,10 @@ def _simulate(N, alpha, steps, rng, abort_rate=0.05):
     alpha=st.sampled_from([0, 0.5, 1, 1.5, 2, 2.25, 3, 4]),
     steps=st.integers(1, 12),
     seed=st.integers(0, 2**20),
+    wait=st.booleans(),
 )
-def test_staleness_is_bounded_and_every_prompt_is_trained_once_or_still_waits(N, alpha, steps, seed):
-    buffer, stream, batches, trained = _simulate(N, alpha, steps, random.Random(seed))
+def test_staleness_is_bounded_and_every_prompt_is_trained_once_or_still_waits(N, alpha, steps, seed, wait):
+    buffer, stream, batches, trained = _simulate(N, alpha, steps, random.Random(seed), wait=wait)
     window = math.ceil(alpha)
     for version, batch in batches:
         assert len(batch) == N
@@ -120,6 +121,21 @@ def test_an_older_versions_share_waits_for_its_running_prompts():
     assert buffer.ready_batch() is None
     buffer.commit(t[3], None)
     assert [g.ticket for g in buffer.ready_batch()] == [t[2], t[3]]
+
+
+def test_without_waiting_a_batch_takes_what_has_finished_and_the_straggler_expires():
+    buffer = SampleBuffer(2, 1, _Stream(), wait_for_stragglers=False)
+    buffer.advance(0)
+    t = [buffer.begin() for _ in range(4)]
+    buffer.commit(t[0], None), buffer.commit(t[1], None)
+    buffer.get_batch(timeout=1)
+    buffer.advance(1)
+    newer = [buffer.begin() for _ in range(2)]
+    buffer.commit(t[2], None), buffer.commit(newer[0], None)
+    assert [g.ticket for g in buffer.ready_batch()] == [t[2], newer[0]]  # t[3] still runs: not waited for
+    assert buffer.expire() == [t[3]]  # too old for version 2: aborted, begun again first
+    buffer.advance(2)
+    assert buffer.begin().problem == t[3].problem
 
 
 def test_the_restored_buffer_gives_back_every_prompt_not_trained():

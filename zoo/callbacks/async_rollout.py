@@ -77,7 +77,8 @@ class AsyncSampler:
         self.prompts_per_step = data.hparams.batch_size
         stream = PromptStream(len(self.problems), data.hparams.seed, trainer.global_rank, trainer.world_size)
         self.prompts = _ChunkedStream(stream, self.prompts_per_step)
-        self.buffer = SampleBuffer(self.prompts_per_step, callback.async_ratio, self.prompts)
+        wait = callback.wait_for_stragglers
+        self.buffer = SampleBuffer(self.prompts_per_step, callback.async_ratio, self.prompts, wait)
         self.worker: RolloutWorker | None = None
         self.logged = WorkerStats()
         self.push_seconds = 0.0

@@ -22,7 +22,9 @@ weights in step with the policy, and logs what was generated.
   a worker generates on its own copy of the policy (on ``worker_device``, default the policy's; with
   ``worker_threads`` CPU threads, default 1 on a CPU) while the trainer trains, each step trains groups begun at
   most α versions ago (:mod:`zoo.callbacks.async_rollout`); α = 0 gives the synchronous weights bit for bit.
-  ``max_running`` caps its engine's rows (default: every request the budget allows at once).
+  ``max_running`` caps its engine's rows (default: every request the budget allows at once); ``workers``: where
+  its engine server runs (``thread`` or ``process``); ``wait_for_stragglers`` (ROLL's rule, default true): an older
+  version's share of a batch waits for its running prompts, or else (false) stragglers expire and are begun again.
 - Logged per rollout: generated tokens/s, mean and max completion length, the share of each finish reason, a
   histogram of completion lengths and, every ``log_samples_every`` rollouts, a few sampled texts; under
   ``schedule: queue`` also ``queue/``: slot occupancy (mean running rows / rows), waiting requests, aborted
@@ -79,6 +81,7 @@ class RolloutCallback(L.Callback):
         worker_device: str | None = None,
         worker_threads: int | None = None,
         workers: str = "thread",
+        wait_for_stragglers: bool = True,
     ) -> None:
         if engine not in ENGINES:
             raise ConfigError(f"rollout engine {engine!r} is not available; engines: {', '.join(ENGINES)}")
@@ -108,7 +111,7 @@ class RolloutCallback(L.Callback):
             require_int("rollout.worker_threads", worker_threads, 1)
         if workers not in WORKERS:
             raise ConfigError(f"rollout.workers {workers!r} is not one of {', '.join(WORKERS)}")
-        self.workers = workers
+        self.workers, self.wait_for_stragglers = workers, wait_for_stragglers
         self.async_ratio, self.worker_device, self.worker_threads = async_ratio, worker_device, worker_threads
         self.async_sampler: AsyncSampler | None = None
         self.schedule, self.extra_prompts, self.filter_groups = schedule, extra_prompts, filter_groups

@@ -9,8 +9,12 @@ to ``n + 1``.
 
 - **Staleness.** A batch at version ``n`` holds only groups begun at versions ``≥ n − ⌈α⌉``, oldest first; for a
   fractional α at most ``⌊frac(α)·N⌋`` of its ``N`` groups come from the oldest allowed version ``n − ⌈α⌉``. So
-  no group is more than ``⌈α⌉`` versions stale and the batch's mean staleness is at most α. An older version's
-  share waits for that version's running prompts (they would expire otherwise); the current version fills the rest.
+  no group is more than ``⌈α⌉`` versions stale and the batch's mean staleness is at most α. With
+  ``wait_for_stragglers`` (ROLL's rule, the default) an older version's share waits for that version's running
+  prompts; the current version fills the rest. Without it a batch takes what has finished, and a straggler that
+  outlives the window expires: the batch never waits for an old long response, at the price of the tokens it had
+  made and a lean toward short responses (an expired prompt is begun again, first in line; one that cannot finish
+  within the window would never be trained).
 - **Budget.** Prompts may begin while ``running + committed < budget``; every advance adds ``N`` to the budget, and
   the first adds ``⌈α·N⌉`` more: the workers run at most that far ahead of the trainer. α = 0 is synchronous
   training: each version begins exactly the ``N`` prompts its step trains.
@@ -55,12 +59,19 @@ class BufferClosed(Exception):
 
 
 class SampleBuffer:
-    def __init__(self, prompts_per_step: int, async_ratio: float, fresh: Callable[[int], list[int]]) -> None:
+    def __init__(
+        self,
+        prompts_per_step: int,
+        async_ratio: float,
+        fresh: Callable[[int], list[int]],
+        wait_for_stragglers: bool = True,
+    ) -> None:
         if prompts_per_step < 1:
             raise ValueError(f"prompts_per_step must be >= 1, got {prompts_per_step}")
         if not async_ratio >= 0:
             raise ValueError(f"async_ratio must be >= 0, got {async_ratio}")
         self.prompts_per_step, self.async_ratio, self.fresh = prompts_per_step, async_ratio, fresh
+        self.wait_for_stragglers = wait_for_stragglers
         self.window = math.ceil(async_ratio)  # how many versions back a batch may reach
         self.version = -1  # before the first advance
         self.budget = 0
@@ -131,7 +142,11 @@ class SampleBuffer:
             if version == self.version:  # the current version fills the rest
                 if finished < need:
                     return None
-            elif finished < share and any(t.version == version for t in self.running.values()):
+            elif (
+                self.wait_for_stragglers
+                and finished < share
+                and any(t.version == version for t in self.running.values())
+            ):
                 return None  # an older version's share waits for its running prompts
             count = min(share, finished)
             if count:
