@@ -125,9 +125,10 @@ def run_real(args: argparse.Namespace) -> None:
     print(f"trained the countdown model in {time.perf_counter() - start:.0f} s")
     arms = [("synchronous", None, {})]
     for alpha in args.alphas:
-        arms.append((f"async alpha={alpha:g}", alpha, {"workers": args.workers}))
+        options = {"workers": args.workers}
+        arms.append((f"async alpha={alpha:g}", alpha, options))
         if alpha > 0:
-            arms.append((f"async alpha={alpha:g} no wait", alpha, {"workers": args.workers, "wait_for_stragglers": False}))
+            arms.append((f"async alpha={alpha:g} no wait", alpha, {**options, "wait_for_stragglers": False}))
     results = {}
     for name, alpha, options in arms:
         data = CountdownData(args.prompts * (args.steps + 4), args.prompts, args.tail_share, args.seed)
