@@ -23,25 +23,41 @@ weight-push time per step.
 
     python bench/async_rl.py simulate
     python bench/async_rl.py simulate --workers 8 16 32 64 --samples 256 --sigma 1.5
+``agentic``: multi-turn rollout with simulated environments whose steps take ``normal(μ, σ)`` seconds, μ = σ = 10 ms
+(the paper's 10 s, scaled), on a tiny random GPT-NeoX: the synchronous multi-turn loop (every turn waits for the
+slowest environment) against environment-level asynchrony (``zoo/envs/agent_rollout.py``), and with redundant
+environments (more groups and more trajectories a group launched than kept). Prints the rollout time of each
+(mean of ``--repeats``), the ratio to synchronous, and the summed environment time.
+
+``parity``: the arithmetic GRPO demo of the README (``experiment=arithmetic_sft`` then ``experiment=arithmetic_grpo``,
+200 steps) per seed, synchronous and at α = 1 and 2: held-out greedy pass@1 after the last step, per seed and as
+mean ± std (``--parallel`` runs side by side, one thread each, in ``--workdir``; ZOO_HUB should point there too).
+
     python bench/async_rl.py real
     python bench/async_rl.py real --device cuda --prompts 32 --steps 20
+    python bench/async_rl.py agentic
+    ZOO_HUB=exp/hub python bench/async_rl.py parity --seeds 1337 1 2 --workdir exp
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import statistics
 import time
 
 import lightning as L
+import torch
 from tail_batching import LONGEST, START, countdown_model
+from zoo_runs import latest_run, threads_per_run, zoo
 
 from zoo.callbacks.rollout import RolloutCallback
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.modules.grpo import GRPOModule
 from zoo.rl.async_simulator import LongTail, proposition_1, proposition_2, simulate
+from zoo.sampling import SamplingParams
 
 
 def run_simulation(args: argparse.Namespace) -> None:
@@ -184,6 +200,89 @@ class _Metrics(L.Callback):
         return statistics.mean(self.seen[key]) if key in self.seen else float("nan")
 
 
+def run_agentic(args: argparse.Namespace) -> None:
+    from zoo.envs.agent_rollout import run_agent_rollout
+    from zoo.envs.simulated import SimulatedEnvironment
+    from zoo.generation import NativeEngine
+    from zoo.models import build_model, config_from_dict
+
+    data = PromptDataModule(task="arithmetic", train_size=args.groups + args.extra_groups, val_size=0, vocab_size=64)
+    data.setup()
+    torch.manual_seed(args.seed)
+    config = dict(arch="gpt_neox", vocab_size=len(data.tokenizer), hidden_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)  # fmt: skip
+    engine = NativeEngine(build_model(config_from_dict(config)).eval(), tokenizer=data.tokenizer)
+    params = SamplingParams(max_new_tokens=args.new, temperature=1.0, stop_token_ids=data.stop_token_ids, seed=0)
+    mean = args.latency_ms / 1000
+
+    def environment(problem, seed):
+        return SimulatedEnvironment(mean, mean, turns=args.turns, observation=" ok", seed=seed)
+
+    arms = {
+        "synchronous": dict(synchronous=True),
+        "env-level async": {},
+        f"+ redundancy ({args.extra_groups} groups, 1 a group)": dict(extra_groups=args.extra_groups, redundancy=1),
+    }
+    print(f"{args.groups} groups x {args.group_size} trajectories, {args.turns} turns of <= {args.new} tokens, "
+          f"environment steps normal({args.latency_ms:g} ms, {args.latency_ms:g} ms)")  # fmt: skip
+    base = None
+    for name, options in arms.items():
+        times, env = [], []
+        for repeat in range(args.repeats):
+            launch = data.train_set[: args.groups + options.get("extra_groups", 0)]
+            p = SamplingParams(**{**vars(params), "seed": repeat})
+            outcome = run_agent_rollout(engine, launch, environment, p, data.tokenizer, args.group_size,
+                                        num_groups=args.groups, max_turns=args.turns, max_context=256,
+                                        **{k: v for k, v in options.items() if k != "extra_groups"},
+                                        extra_groups=options.get("extra_groups", 0))  # fmt: skip
+            times.append(outcome.stats.seconds)
+            env.append(outcome.stats.env_seconds)
+        seconds = statistics.mean(times)
+        base = base or seconds
+        print(
+            f"{name:34s} {seconds:6.3f} s ({base / seconds:.2f}x), environment time summed {statistics.mean(env):.2f} s"
+        )
+
+
+PARITY_ARMS = {"synchronous": [], "alpha=1": ["rollout.async_ratio=1"], "alpha=2": ["rollout.async_ratio=2"]}
+
+
+def run_parity(args: argparse.Namespace) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    threads, quiet = threads_per_run(args.parallel), "trainer.enable_progress_bar=false"
+
+    def sft(seed: int) -> None:
+        name = f"sft_{seed}"
+        if latest_run(workdir, name) is None:
+            zoo(workdir, threads, f"{name}.log", "fit", "experiment=arithmetic_sft", f"seed={seed}", f"name={name}",
+                quiet)  # fmt: skip
+        zoo(workdir, threads, f"push_{name}.log", "hub", "push", str(latest_run(workdir, name)), "--name",
+            f"arithmetic-sft-{seed}", "--force")  # fmt: skip
+
+    def grpo(arm: str, seed: int) -> float:
+        name = f"grpo_{arm.replace('=', '')}_{seed}"
+        if latest_run(workdir, name) is None:
+            zoo(workdir, threads, f"{name}.log", "fit", "experiment=arithmetic_grpo", f"seed={seed}", f"name={name}",
+                f"model.init_from=hub:arithmetic-sft-{seed}", quiet, *PARITY_ARMS[arm])  # fmt: skip
+        return json.loads((latest_run(workdir, name) / "metrics.json").read_text())["val/pass@1"]
+
+    with ThreadPoolExecutor(args.parallel) as pool:
+        list(pool.map(sft, args.seeds))
+        jobs = {(arm, seed): pool.submit(grpo, arm, seed) for seed in args.seeds for arm in PARITY_ARMS}
+        results = {key: job.result() for key, job in jobs.items()}
+    print("| arm | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean ± std |")
+    print("|---" * (len(args.seeds) + 2) + "|")
+    for arm in PARITY_ARMS:
+        values = [results[arm, seed] for seed in args.seeds]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        cells = " | ".join(f"{v:.3f}" for v in values)
+        print(f"| {arm} | {cells} | {statistics.mean(values):.3f} ± {spread:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -207,11 +306,22 @@ def main() -> None:
     real.add_argument("--device", default="cpu")
     real.add_argument("--workers", default="process", choices=["thread", "process"], help="where the engine runs")
     real.add_argument("--seed", type=int, default=0)
+    agentic = commands.add_parser("agentic", help="environment-level asynchrony against the synchronous loop")
+    agentic.add_argument("--groups", type=int, default=16)
+    agentic.add_argument("--group-size", type=int, default=4)
+    agentic.add_argument("--extra-groups", type=int, default=2)
+    agentic.add_argument("--turns", type=int, default=10)
+    agentic.add_argument("--new", type=int, default=4, help="tokens a turn at most")
+    agentic.add_argument("--latency-ms", type=float, default=10.0, help="mean = std of an environment step")
+    agentic.add_argument("--repeats", type=int, default=3)
+    agentic.add_argument("--seed", type=int, default=0)
+    parity = commands.add_parser("parity", help="the arithmetic GRPO demo, synchronous against alpha = 1 and 2")
+    parity.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2])
+    parity.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    parity.add_argument("--workdir", default="exp/async_parity")
     args = parser.parse_args()
-    if args.command == "simulate":
-        run_simulation(args)
-    else:
-        run_real(args)
+    commands = {"simulate": run_simulation, "real": run_real, "agentic": run_agentic, "parity": run_parity}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

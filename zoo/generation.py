@@ -31,7 +31,8 @@ class Sample:
     prompt_index: int
     token_ids: list[int]
     logprobs: list[float]
-    finish_reason: str  # "stop" (a stop token or string) or "length"
+    finish_reason: str  # "stop" (a stop token or string) or "length"; a multi-turn trajectory's own reasons
+    mask: list[int] | None = None  # multi-turn: per token, 1 the policy's (trained on), 0 an observation's
 
 
 @dataclass

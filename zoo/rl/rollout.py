@@ -83,7 +83,8 @@ class Round:
 
 
 def assemble(prompts: Sequence[Sequence[int]], samples: Sequence[Sample], device: Any = None) -> RolloutBatch:
-    """Lay out ``samples`` (grouped by prompt, as the engines return them) for the trainer."""
+    """Lay out ``samples`` (grouped by prompt, as the engines return them) for the trainer; a multi-turn sample's
+    observation tokens (its ``mask``'s zeros) stay out of ``response_mask``."""
     sequences = [list(prompts[s.prompt_index]) + s.token_ids for s in samples]
     width = max(len(q) for q in sequences)
     input_ids = torch.zeros(len(samples), width, dtype=torch.long)
@@ -92,7 +93,9 @@ def assemble(prompts: Sequence[Sequence[int]], samples: Sequence[Sample], device
     for row, (sequence, sample) in enumerate(zip(sequences, samples, strict=True)):
         start = len(prompts[sample.prompt_index]) - 1  # target position of the first completion token
         input_ids[row, : len(sequence)] = torch.tensor(sequence)
-        mask[row, start : start + len(sample.token_ids)] = 1
+        turns = getattr(sample, "mask", None)
+        policy = torch.tensor(turns, dtype=mask.dtype) if turns is not None else 1
+        mask[row, start : start + len(sample.token_ids)] = policy
         rollout_logprobs[row, start : start + len(sample.token_ids)] = torch.tensor(sample.logprobs)
     prompt_index = torch.tensor([s.prompt_index for s in samples])
     return RolloutBatch(input_ids, mask, rollout_logprobs, prompt_index).to(device or "cpu")

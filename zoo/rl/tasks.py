@@ -377,7 +377,7 @@ def encode_texts(tokenizer, texts: list[str], chat=None) -> list[list[int]]:
     tokenizer without special tokens."""
     if chat is not None:
         return [chat.prompt_ids(t) for t in texts]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []  # data.val_size=0: none
 
 
 def encode_prompts(tokenizer, problems: list[Problem], chat=None) -> list[dict]:

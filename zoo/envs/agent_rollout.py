@@ -1,0 +1,236 @@
+"""Multi-turn rollout with environments (ROLL Flash, Lu et al. 2025, arXiv:2510.11345 §3.1: environment-level
+asynchronous rollout and redundant environment groups), on the native engine's request-level core.
+
+A trajectory alternates policy turns and environment steps: its context starts as the problem's prompt (plus the
+environment's first observation); each turn is a request of the engine on the whole context so far, its tokens are
+appended (the policy's: trained on), the decoded turn goes to ``env.step`` and the observation's tokens are
+appended (masked out of the loss), until the environment says done, ``max_turns`` turns are taken or the context
+(``max_context`` tokens; an observation is cut to what fits) is full. Its reward is the sum of its steps' rewards.
+
+- **Environment-level asynchrony** (default): every trajectory runs its own loop. An environment step runs on a
+  worker thread while the engine keeps decoding the other trajectories' turns; the next turn is submitted the
+  moment its observation is back. No trajectory waits for another.
+- **Synchronous** (``synchronous=True``, the baseline): turn by turn with barriers: every active trajectory's turn
+  is decoded, then every environment steps (in parallel), and the next turn starts when the slowest is back.
+- **Redundancy**: ``num_groups + extra_groups`` groups are launched (a group: one problem, ``group_size +
+  redundancy`` trajectories, each with its own environment); a group is complete once ``group_size`` of its
+  trajectories are done (the rest are aborted), and the rollout ends once ``num_groups`` groups are complete (the
+  others are aborted): the first finishers are kept. An environment that raises ends its trajectory with reward 0,
+  counted in ``env_failures``.
+
+Seeds: turn ``t`` of trajectory ``m`` of the group launched at position ``g`` is row ``(g·M + m)·T + t`` of
+:func:`zoo.sampling.row_seeds` (``M`` trajectories a group, ``T = max_turns``), so a turn's tokens depend on its
+context, the params and its seed only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from zoo.engine_core import Request
+from zoo.envs import Environment, Step
+from zoo.generation import Sample
+from zoo.sampling import SamplingParams, row_seeds
+
+
+@dataclass
+class Trajectory:
+    group: int
+    member: int
+    environment: Environment
+    context: list[int]
+    prompt_length: int
+    policy_mask: list[int] = field(default_factory=list)  # per token after the prompt: 1 the policy's, 0 observed
+    logprobs: list[float] = field(default_factory=list)  # per token after the prompt (0 for observed ones)
+    reward: float = 0.0
+    turns: int = 0
+    done: bool = False
+    finish_reason: str = ""  # done | turns | context | error | aborted
+
+    def sample(self, prompt_index: int) -> Sample:
+        return Sample(
+            prompt_index, self.context[self.prompt_length :], list(self.logprobs), self.finish_reason,
+            mask=list(self.policy_mask),
+        )  # fmt: skip
+
+
+@dataclass
+class AgentStats:
+    turns: int = 0
+    env_steps: int = 0
+    env_seconds: float = 0.0  # summed over steps
+    env_failures: int = 0
+    decode_steps: int = 0
+    aborted_trajectories: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class AgentOutcome:
+    groups: list[int]  # positions (launch order) of the complete groups kept, ascending
+    trajectories: list[Trajectory]  # theirs, ``group_size`` a group, by group then member
+    stats: AgentStats
+
+    def samples(self) -> list[Sample]:
+        return [t.sample(k) for k, g in enumerate(self.groups) for t in self.trajectories if t.group == g]
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def run_agent_rollout(
+    engine,
+    problems: Sequence[dict[str, Any]],
+    make_environment: Callable[[dict[str, Any], int], Environment],
+    params: SamplingParams,
+    tokenizer,
+    group_size: int,
+    num_groups: int | None = None,
+    redundancy: int = 0,
+    extra_groups: int = 0,
+    max_turns: int = 4,
+    max_context: int = 512,
+    synchronous: bool = False,
+    env_threads: int = 64,
+) -> AgentOutcome:
+    """Roll out ``group_size`` trajectories for each of ``problems`` (the launch; ``num_groups`` of them kept,
+    default all but ``extra_groups``); ``make_environment(problem, seed)`` builds one trajectory's environment."""
+    launched = len(problems)
+    needed = num_groups if num_groups is not None else launched - extra_groups
+    if not 1 <= needed <= launched:
+        raise ValueError(f"{needed} groups cannot be kept from {launched} launched")
+    members, start = group_size + redundancy, time.perf_counter()
+    seeds = row_seeds(params.seed, launched * members * max_turns).tolist()
+    stats, trajectories = AgentStats(), []
+    pool = ThreadPoolExecutor(max_workers=env_threads, thread_name_prefix="zoo-env")
+    for g, problem in enumerate(problems):
+        for m in range(members):
+            env = make_environment(problem, seeds[(g * members + m) * max_turns])
+            first = _encode(tokenizer, env.reset(problem))
+            context = list(problem["prompt_ids"]) + first
+            trajectory = Trajectory(g, m, env, context, len(problem["prompt_ids"]))
+            trajectory.policy_mask, trajectory.logprobs = [0] * len(first), [0.0] * len(first)
+            trajectories.append(trajectory)
+    finished_members = [0] * launched
+    complete: list[int] = []
+    stepping: dict[Future, Trajectory] = {}
+    with engine.serving():
+        core = engine.core(launched * members, max_context, params.max_new_tokens)
+
+        def submit(t: Trajectory) -> None:
+            room = min(params.max_new_tokens, max_context - len(t.context))
+            if room < 1:
+                return end(t, "context")
+            seed = seeds[(t.group * members + t.member) * max_turns + t.turns]
+            own = params if room == params.max_new_tokens else replace(params, max_new_tokens=room)
+            core.submit(Request((t.group, t.member), list(t.context), own, seed))
+
+        def end(t: Trajectory, reason: str) -> None:
+            t.done, t.finish_reason = True, reason
+            finished_members[t.group] += 1
+            if finished_members[t.group] == group_size:
+                complete.append(t.group)
+                for other in trajectories:  # the group's slower members are not needed
+                    if other.group == t.group and not other.done:
+                        abort(other)
+
+        def abort(t: Trajectory) -> None:
+            core.abort((t.group, t.member))
+            t.done, t.finish_reason = True, "aborted"
+            stats.aborted_trajectories += 1
+
+        def stepped(t: Trajectory, future: Future) -> None:
+            stats.env_steps += 1
+            if t.done:  # aborted while its environment stepped
+                return
+            try:
+                result, seconds = future.result()
+                stats.env_seconds += seconds
+            except Exception:
+                stats.env_failures += 1
+                t.reward = 0.0
+                return end(t, "error")
+            observed = _encode(tokenizer, result.observation)
+            full = len(t.context) + len(observed) > max_context
+            observed = observed[: max_context - len(t.context)]  # what fits of it
+            t.context += observed
+            t.policy_mask += [0] * len(observed)
+            t.logprobs += [0.0] * len(observed)
+            t.reward += result.reward
+            if result.done:
+                end(t, "done")
+            elif full:
+                end(t, "context")
+            elif t.turns >= max_turns:
+                end(t, "turns")
+            elif not synchronous:
+                submit(t)
+
+        def acted(t: Trajectory, tokens: list[int], logprobs: list[float]) -> None:
+            t.context += tokens
+            t.policy_mask += [1] * len(tokens)
+            t.logprobs += logprobs
+            t.turns += 1
+            stats.turns += 1
+            action = tokenizer.decode(tokens, skip_special_tokens=True)
+            stepping[pool.submit(_timed_step, t.environment, action)] = t
+
+        def settle(block: bool) -> None:
+            """Take the environment steps that are back (with ``block``: wait for at least one)."""
+            if not stepping:
+                return
+            done, _ = wait(list(stepping), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+            for future in done:
+                stepped(stepping.pop(future), future)
+
+        def decode() -> None:
+            """One engine step; the turns it finished go to their environments."""
+            for f in core.step():
+                t = trajectories[f.id[0] * members + f.id[1]]
+                if not t.done and f.finish_reason != "abort":
+                    acted(t, f.token_ids, f.logprobs)
+            stats.decode_steps += 1
+
+        for t in trajectories:
+            submit(t)
+        while len(complete) < needed:
+            if synchronous:  # one turn for every active trajectory, then every environment step: two barriers
+                while core.busy:
+                    decode()
+                while stepping:
+                    settle(block=True)
+                for t in trajectories:
+                    if not t.done:
+                        submit(t)
+                if not core.busy and not stepping and len(complete) < needed:
+                    break
+                continue
+            if core.busy:
+                decode()
+                settle(block=False)
+            elif stepping:
+                settle(block=True)
+            else:
+                break
+        for t in trajectories:
+            if not t.done:
+                abort(t)
+    pool.shutdown(wait=False, cancel_futures=True)
+    stats.seconds = time.perf_counter() - start
+    kept_groups = sorted(complete[:needed])
+    kept = []
+    for g in kept_groups:
+        done = [t for t in trajectories if t.group == g and t.finish_reason not in ("aborted",)]
+        kept += sorted(done, key=lambda t: t.member)[:group_size]
+    return AgentOutcome(kept_groups, kept, stats)
+
+
+def _timed_step(environment: Environment, action: str) -> tuple[Step, float]:
+    start = time.perf_counter()
+    result = environment.step(action)
+    return result, time.perf_counter() - start
