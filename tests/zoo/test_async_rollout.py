@@ -56,7 +56,7 @@ def test_alpha_zero_gives_the_synchronous_weights_bit_for_bit(cpu_trainer, steps
     _assert_same_weights(sync, asynchronous)
     metrics = trainer.callback_metrics
     assert metrics["async/staleness_max"] == 0 and metrics["async/version"] == 3  # the fourth batch's version
-    assert callback.async_sampler.worker is None  # stopped at the end of the fit
+    assert callback.async_sampler.workers == []  # stopped at the end of the fit
 
 
 def test_a_process_worker_gives_the_synchronous_weights_too(cpu_trainer):
@@ -68,6 +68,31 @@ def test_a_process_worker_gives_the_synchronous_weights_too(cpu_trainer):
     _assert_same_weights(sync, asynchronous)
     assert trainer.callback_metrics["async/version"] == 3
     assert torch.get_num_threads() == threads  # the trainer's threads are given back
+
+
+def test_two_process_workers_share_the_buffer(cpu_trainer):
+    record = _Staleness()
+    module, trainer, callback = _fit(
+        cpu_trainer, steps=5, async_ratio=1, workers="process", num_workers=2, extra_callbacks=[record]
+    )
+    assert len(record.seen) == 5 and max(record.seen) <= 1
+    assert callback.state_dict()["async"]["trained_prompts"] == 5 * 4
+
+
+def test_ray_workers_train_asynchronously(cpu_trainer):
+    """Two rollout workers as Ray actors on a local Ray (the weights through its object store)."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'zoo[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        record = _Staleness()
+        module, trainer, callback = _fit(
+            cpu_trainer, steps=4, async_ratio=1, workers="ray", num_workers=2, extra_callbacks=[record]
+        )
+        assert len(record.seen) == 4 and max(record.seen) <= 1
+        assert trainer.callback_metrics["async/version"] == 3 and torch.isfinite(trainer.callback_metrics["train/loss"])
+        assert callback.state_dict()["async"]["trained_prompts"] == 4 * 4
+    finally:
+        ray.shutdown()
 
 
 @pytest.mark.parametrize("alpha", [1, 2])
@@ -105,6 +130,8 @@ def test_the_sampler_state_restores_before_setup(cpu_trainer):
         (dict(async_ratio=1, engine="hf"), "needs the native engine"),
         (dict(worker_device="cpu"), "set rollout.async_ratio"),
         (dict(async_ratio=1, workers="fleet"), "rollout.workers 'fleet'"),
+        (dict(async_ratio=1, num_workers=0), "rollout.num_workers"),
+        (dict(async_ratio=1, ray_address="auto"), "for rollout.workers=ray"),
     ],
 )
 def test_bad_settings_are_named(settings, named):

@@ -79,7 +79,8 @@ class AsyncSampler:
         self.prompts = _ChunkedStream(stream, self.prompts_per_step)
         wait = callback.wait_for_stragglers
         self.buffer = SampleBuffer(self.prompts_per_step, callback.async_ratio, self.prompts, wait)
-        self.worker: RolloutWorker | None = None
+        self.workers: list[RolloutWorker] = []
+        self.logged_at = 0.0
         self.logged = WorkerStats()
         self.push_seconds = 0.0
         self.trained_prompts = 0
@@ -112,26 +113,35 @@ class AsyncSampler:
                 log.info("async rollout: the trainer keeps %d of %d cores' torch threads", trainer_threads, cores)
                 self.trainer_threads = torch.get_num_threads()  # given back when the worker stops
                 torch.set_num_threads(trainer_threads)
-        if callback.workers == "process":
-            spec.weights = {name: tensor.cpu() for name, tensor in spec.weights.items()}
-            server = process_server(spec)
-        else:
-            replica = callback._replica(module).to(device)
-            server = thread_server(
-                spec, NativeEngine(replica, module.tokenizer, callback.dtype, **callback.engine_options)
-            )
-        self.worker = RolloutWorker(
-            server, self.buffer, self.problems, c.n, module.submit_scores, module.tokenizer, rows
-        )
+        K = callback.num_workers
+        spec.max_running = rows = -(-rows // K)  # each worker's share of the rows
+        self.workers = []
+        for _ in range(K):
+            if callback.workers == "process":
+                spec.weights = {name: tensor.cpu() for name, tensor in spec.weights.items()}
+                server = process_server(spec)
+            elif callback.workers == "ray":
+                from zoo.rl.ray_workers import ray_server
+
+                spec.weights = {name: tensor.cpu() for name, tensor in spec.weights.items()}
+                server = ray_server(spec, callback.ray_address, callback.worker_resources)
+            else:
+                replica = callback._replica(module).to(device)
+                engine = NativeEngine(replica, module.tokenizer, callback.dtype, **callback.engine_options)
+                server = thread_server(spec, engine)
+            score, tokenizer = module.submit_scores, module.tokenizer
+            self.workers.append(RolloutWorker(server, self.buffer, self.problems, c.n, score, tokenizer, rows))
         if self.buffer.version < 0:
             self.buffer.advance(0)
-        self.worker.set_policy(None, self.buffer.version, module.sampling_params())
-        self.worker.start()
+        for worker in self.workers:
+            worker.set_policy(None, self.buffer.version, module.sampling_params())
+            worker.start()
+        self.logged_at = time.perf_counter()
 
     def stop(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
-            self.worker = None
+        for worker in self.workers:
+            worker.stop()
+        self.workers = []
         if self.trainer_threads is not None:
             torch.set_num_threads(self.trainer_threads)
             self.trainer_threads = None
@@ -139,12 +149,13 @@ class AsyncSampler:
 
     # -- a training step --------------------------------------------------------------------------------
     def next_round(self, module: L.LightningModule) -> Round:
-        if self.worker is None:
+        if not self.workers:
             self.start(module)
         start = time.perf_counter()
         while True:
-            if self.worker.error is not None:
-                raise RuntimeError("the rollout worker stopped") from self.worker.error
+            for worker in self.workers:
+                if worker.error is not None:
+                    raise RuntimeError("a rollout worker stopped") from worker.error
             try:
                 groups = self.buffer.get_batch(timeout=BATCH_POLL_S)
                 break
@@ -152,7 +163,9 @@ class AsyncSampler:
                 continue
         waited = time.perf_counter() - start
         self.trained_prompts += len(groups)
-        self.worker.abort(self.buffer.expire())
+        expired = self.buffer.expire()
+        for worker in self.workers:  # each aborts the tickets it holds
+            worker.abort(expired)
         samples = [
             Sample(k, f.token_ids, f.logprobs, f.finish_reason)
             for k, group in enumerate(groups)
@@ -166,21 +179,29 @@ class AsyncSampler:
         return step
 
     def push(self, module: L.LightningModule) -> None:
-        """The new weights into the worker's engine, as the next version."""
-        if self.worker is None:  # no step ran (a skipped batch)
+        """The new weights into the workers' engines, as the next version."""
+        if not self.workers:  # no step ran
             return
         start = time.perf_counter()
-        self.worker.suspend()
-        self.worker.set_policy(self.callback.weights(module), self.buffer.version + 1, module.sampling_params())
+        for worker in self.workers:
+            worker.suspend()
+        weights = list(self.callback.weights(module))
+        for worker in self.workers:
+            worker.set_policy(weights, self.buffer.version + 1, module.sampling_params())
         self.buffer.advance(self.buffer.version + 1)
-        self.worker.resume()
+        for worker in self.workers:
+            worker.resume()
         self.push_seconds = time.perf_counter() - start
 
     # -- observability ----------------------------------------------------------------------------------
     def _log(self, module: L.LightningModule, groups, waited: float, result: GenerationResult) -> None:
         staleness = torch.tensor([float(g.staleness) for g in groups])
-        stats, last = self.worker.stats, self.logged
-        elapsed = (stats.busy_s + stats.idle_s + stats.suspended_s) - (last.busy_s + last.idle_s + last.suspended_s)
+        stats, last = WorkerStats(), self.logged
+        for worker in self.workers:
+            for key, value in vars(worker.stats).items():
+                setattr(stats, key, getattr(stats, key) + value)
+        now = time.perf_counter()
+        elapsed, self.logged_at = (now - self.logged_at) * len(self.workers), now
         metrics = {
             "async/staleness_mean": staleness.mean().item(),
             "async/staleness_max": staleness.max().item(),

@@ -22,9 +22,11 @@ weights in step with the policy, and logs what was generated.
   a worker generates on its own copy of the policy (on ``worker_device``, default the policy's; with
   ``worker_threads`` CPU threads, default 1 on a CPU) while the trainer trains, each step trains groups begun at
   most α versions ago (:mod:`zoo.callbacks.async_rollout`); α = 0 gives the synchronous weights bit for bit.
-  ``max_running`` caps its engine's rows (default: every request the budget allows at once); ``workers``: where
-  its engine server runs (``thread`` or ``process``); ``wait_for_stragglers`` (ROLL's rule, default true): an older
-  version's share of a batch waits for its running prompts, or else (false) stragglers expire and are begun again.
+  ``max_running`` caps the engines' rows (default: every request the budget allows at once, split between the
+  ``num_workers`` workers); ``workers``: where the engine servers run (``thread``, ``process`` or ``ray``: Ray
+  actors, on the cluster at ``ray_address``, each asking ``worker_resources``); ``wait_for_stragglers`` (ROLL's
+  rule, default true): an older version's share of a batch waits for its running prompts, or else (false)
+  stragglers expire and are begun again.
 - Logged per rollout: generated tokens/s, mean and max completion length, the share of each finish reason, a
   histogram of completion lengths and, every ``log_samples_every`` rollouts, a few sampled texts; under
   ``schedule: queue`` also ``queue/``: slot occupancy (mean running rows / rows), waiting requests, aborted
@@ -56,7 +58,7 @@ from zoo.sampling import SamplingParams
 
 log = logging.getLogger("zoo")
 SCHEDULES = ("batch", "queue")
-WORKERS = ("thread", "process")  # where asynchronous rollout's engine server runs
+WORKERS = ("thread", "process", "ray")  # where asynchronous rollout's engine servers run
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
@@ -82,6 +84,9 @@ class RolloutCallback(L.Callback):
         worker_threads: int | None = None,
         workers: str = "thread",
         wait_for_stragglers: bool = True,
+        num_workers: int = 1,
+        ray_address: str | None = None,
+        worker_resources: dict | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ConfigError(f"rollout engine {engine!r} is not available; engines: {', '.join(ENGINES)}")
@@ -111,7 +116,11 @@ class RolloutCallback(L.Callback):
             require_int("rollout.worker_threads", worker_threads, 1)
         if workers not in WORKERS:
             raise ConfigError(f"rollout.workers {workers!r} is not one of {', '.join(WORKERS)}")
-        self.workers, self.wait_for_stragglers = workers, wait_for_stragglers
+        require_int("rollout.num_workers", num_workers, 1)
+        if workers != "ray" and (ray_address is not None or worker_resources):
+            raise ConfigError("rollout.ray_address and rollout.worker_resources are for rollout.workers=ray")
+        self.workers, self.wait_for_stragglers, self.num_workers = workers, wait_for_stragglers, num_workers
+        self.ray_address, self.worker_resources = ray_address, dict(worker_resources or {})
         self.async_ratio, self.worker_device, self.worker_threads = async_ratio, worker_device, worker_threads
         self.async_sampler: AsyncSampler | None = None
         self.schedule, self.extra_prompts, self.filter_groups = schedule, extra_prompts, filter_groups
