@@ -141,7 +141,7 @@ def run_real(args: argparse.Namespace) -> None:
     print(f"trained the countdown model in {time.perf_counter() - start:.0f} s")
     arms = [("synchronous", None, {})]
     for alpha in args.alphas:
-        options = {"workers": args.workers}
+        options = {"workers": args.workers, "worker_device": args.worker_device}
         arms.append((f"async alpha={alpha:g}", alpha, options))
         if alpha > 0:
             arms.append((f"async alpha={alpha:g} no wait", alpha, {**options, "wait_for_stragglers": False}))
@@ -305,6 +305,7 @@ def main() -> None:
     real.add_argument("--temperature", type=float, default=0.7)
     real.add_argument("--device", default="cpu")
     real.add_argument("--workers", default="process", choices=["thread", "process"], help="where the engine runs")
+    real.add_argument("--worker-device", default=None, help="the workers' device (default: the trainer's)")
     real.add_argument("--seed", type=int, default=0)
     agentic = commands.add_parser("agentic", help="environment-level asynchrony against the synchronous loop")
     agentic.add_argument("--groups", type=int, default=16)

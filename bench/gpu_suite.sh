@@ -9,6 +9,8 @@
 #               static-cache compiled generate, Pythia-160M, batch 64, 128 prompt + 512 new tokens
 #   queue       queue scheduling against synchronous batch rollout (bench/queue_scheduling.py): the long-tailed
 #               countdown setting and Pythia-160M sampling (128 + up to 512 tokens, long-tailed lengths), bf16
+#   async       asynchronous RL (bench/async_rl.py real on the GPU, thread workers on the trainer's GPU and, with
+#               two GPUs, on cuda:1), and the agentic benchmark
 #   infusion    experiment=infusion_sweep_gpu shortened to INFUSION_STEPS steps at each size, with
 #               INFUSION_FACTS domain facts: its throughput and the full GPU sweep's cost from it
 # Results land in $OUT (default ./gpu_results). Run from the repository root with zoo installed.
@@ -17,7 +19,7 @@
 #   SECTIONS="recursive experiment" EXPERIMENT_STEPS=150 bash bench/gpu_suite.sh
 set -uo pipefail
 OUT=$(realpath -m "${OUT:-gpu_results}")
-SECTIONS=${SECTIONS:-train_step tests fit recursive experiment rollout queue infusion}
+SECTIONS=${SECTIONS:-train_step tests fit recursive experiment rollout queue async infusion}
 MODEL=${MODEL:-pythia-160m}
 BATCH=${BATCH:-16}
 SEQ=${SEQ:-2048}
@@ -49,6 +51,15 @@ if has rollout; then
   python3 bench/rollout.py --model "$MODEL" --batch 64 --prompt 128 --new 512 --dtype bf16 \
     --engines "${ROLLOUT_ENGINES:-hf_static,native,native_eager}" --json "$OUT/rollout.jsonl" 2>&1 \
     | tee "$OUT/rollout.log" || status=1
+fi
+
+if has async; then
+  echo "== asynchronous RL: countdown GRPO on the GPU, and the agentic loop =="
+  devices=$(python3 -c "import torch; print(torch.cuda.device_count())")
+  (cd bench && python3 async_rl.py real --device cuda --prompts 16 --steps 30 --workers thread \
+    && { [ "$devices" -lt 2 ] || python3 async_rl.py real --device cuda --prompts 16 --steps 30 --workers thread \
+      --worker-device cuda:1; } \
+    && python3 async_rl.py agentic) 2>&1 | tee "$OUT/async.log" || status=1
 fi
 
 if has queue; then

@@ -25,7 +25,7 @@ class _Staleness(L.Callback):
         self.seen.append(trainer.callback_metrics["async/staleness_max"].item())
 
 
-def _fit(cpu_trainer, steps=4, train_size=64, algorithm=None, extra_callbacks=(), **rollout):
+def _fit(cpu_trainer, steps=4, train_size=64, algorithm=None, extra_callbacks=(), trainer_options=None, **rollout):
     torch.manual_seed(0)
     data = PromptDataModule(task="arithmetic", train_size=train_size, val_size=8, batch_size=4, vocab_size=64)
     data.prepare_data()
@@ -34,7 +34,10 @@ def _fit(cpu_trainer, steps=4, train_size=64, algorithm=None, extra_callbacks=()
         POLICY, optim=dict(lr=1e-3, warmup_steps=1), rollout=dict(n=4, max_new_tokens=5), algorithm=algorithm
     )
     callback = RolloutCallback(**rollout)
-    trainer = cpu_trainer(max_steps=steps, limit_val_batches=0, callbacks=[callback, *extra_callbacks])
+    options = dict(
+        max_steps=steps, limit_val_batches=0, callbacks=[callback, *extra_callbacks], **(trainer_options or {})
+    )
+    trainer = cpu_trainer(**options)
     trainer.fit(module, datamodule=data)
     return module, trainer, callback
 
@@ -68,6 +71,18 @@ def test_a_process_worker_gives_the_synchronous_weights_too(cpu_trainer):
     _assert_same_weights(sync, asynchronous)
     assert trainer.callback_metrics["async/version"] == 3
     assert torch.get_num_threads() == threads  # the trainer's threads are given back
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("worker_device", [None, "cuda:1"])
+def test_alpha_zero_on_a_gpu_gives_the_synchronous_weights(cpu_trainer, worker_device):
+    """On the trainer's GPU (time-sliced) or on a second one."""
+    if worker_device == "cuda:1" and torch.cuda.device_count() < 2:
+        pytest.skip("one GPU: the worker on a second GPU needs two")
+    gpu = dict(accelerator="gpu", devices=1)
+    sync, _, _ = _fit(cpu_trainer, trainer_options=gpu)
+    asynchronous, trainer, _ = _fit(cpu_trainer, trainer_options=gpu, async_ratio=0, worker_device=worker_device)
+    _assert_same_weights(sync, asynchronous)
 
 
 def test_two_process_workers_share_the_buffer(cpu_trainer):
