@@ -45,6 +45,16 @@ def _commands():
             yield line, words
 
 
+def _first_of_sweep(value: str) -> str:
+    """A sweep's first value (``a,b,c``); commas inside braces or brackets belong to one value."""
+    depth = 0
+    for i, c in enumerate(value):
+        depth += (c in "{[") - (c in "}]")
+        if c == "," and depth == 0:
+            return value[:i]
+    return value
+
+
 @pytest.mark.parametrize("line, words", list(_commands()), ids=[line for line, _ in _commands()])
 def test_every_command_line_composes(line, words, options):
     overrides = []
@@ -52,6 +62,6 @@ def test_every_command_line_composes(line, words, options):
         key, value = word.split("=", 1)
         if key in ("resume", "ckpt_path") or value.startswith("hub:"):
             continue  # a run or entry of the reader's own
-        overrides.append(f"{key}={value.split(',')[0]}")  # a sweep: its first value
+        overrides.append(f"{key}={_first_of_sweep(value)}")
     with initialize_config_module("zoo.configs", version_base="1.3"):
         compose("fit", overrides=overrides)

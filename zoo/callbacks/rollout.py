@@ -27,6 +27,8 @@ weights in step with the policy, and logs what was generated.
   actors, on the cluster at ``ray_address``, each asking ``worker_resources``); ``wait_for_stragglers`` (ROLL's
   rule, default true): an older version's share of a batch waits for its running prompts, or else (false)
   stragglers expire and are begun again.
+- ``agent``: multi-turn agents with environments (:mod:`zoo.callbacks.agent_sampler`: each step rolls out the
+  prompts' trajectories with environment-level asynchrony; the native engine).
 - Logged per rollout: generated tokens/s, mean and max completion length, the share of each finish reason, a
   histogram of completion lengths and, every ``log_samples_every`` rollouts, a few sampled texts; under
   ``schedule: queue`` also ``queue/``: slot occupancy (mean running rows / rows), waiting requests, aborted
@@ -47,6 +49,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.distributed.tensor import DTensor
 
+from zoo.callbacks.agent_sampler import AgentSampler, agent_config
 from zoo.callbacks.async_rollout import AsyncSampler
 from zoo.engines import ENGINES, engine_for
 from zoo.errors import ConfigError, require_int
@@ -87,6 +90,7 @@ class RolloutCallback(L.Callback):
         num_workers: int = 1,
         ray_address: str | None = None,
         worker_resources: dict | None = None,
+        agent: dict | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ConfigError(f"rollout engine {engine!r} is not available; engines: {', '.join(ENGINES)}")
@@ -121,6 +125,12 @@ class RolloutCallback(L.Callback):
             raise ConfigError("rollout.ray_address and rollout.worker_resources are for rollout.workers=ray")
         self.workers, self.wait_for_stragglers, self.num_workers = workers, wait_for_stragglers, num_workers
         self.ray_address, self.worker_resources = ray_address, dict(worker_resources or {})
+        self.agent = agent_config(agent) if agent is not None else None
+        if self.agent is not None and (async_ratio is not None or schedule != "batch"):
+            raise ConfigError("rollout.agent runs its own multi-turn schedule: leave rollout.async_ratio and "
+                              "rollout.schedule at their defaults")  # fmt: skip
+        self.agent_sampler: AgentSampler | None = None
+        self._restored_agent: dict | None = None
         self.async_ratio, self.worker_device, self.worker_threads = async_ratio, worker_device, worker_threads
         self.async_sampler: AsyncSampler | None = None
         self.schedule, self.extra_prompts, self.filter_groups = schedule, extra_prompts, filter_groups
@@ -154,10 +164,15 @@ class RolloutCallback(L.Callback):
             if self._restored_async is not None:
                 self.async_sampler.load_state_dict(self._restored_async)
 
+        if self.agent is not None and stage == "fit":
+            self.agent_sampler = AgentSampler(self, trainer)
+            if self._restored_agent is not None:
+                self.agent_sampler.load_state_dict(self._restored_agent)
+
     @property
-    def sampler(self) -> QueueSampler | AsyncSampler | None:
-        """The rollout's own sampler, if any: queue scheduling's or asynchronous rollout's."""
-        return self.queue_sampler or self.async_sampler
+    def sampler(self) -> QueueSampler | AsyncSampler | AgentSampler | None:
+        """The rollout's own sampler, if any: queue scheduling's, asynchronous rollout's or multi-turn agents'."""
+        return self.queue_sampler or self.async_sampler or self.agent_sampler
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.build(pl_module)
@@ -179,8 +194,8 @@ class RolloutCallback(L.Callback):
         policy, tokenizer = pl_module.model, pl_module.trainer.datamodule.tokenizer
         options = self.engine_options
         self.engine_name = engine_for(policy.config, self.engine_name)
-        if self.async_ratio is not None and self.engine_name != "native":
-            raise ConfigError(f"rollout.async_ratio needs the native engine; {self.engine_name} was chosen")
+        if (self.async_ratio is not None or self.agent is not None) and self.engine_name != "native":
+            raise ConfigError(f"rollout.async_ratio and rollout.agent need the native engine, not {self.engine_name}")
         if self.schedule == "queue" and self.engine_name == "hf":
             raise ConfigError(
                 "rollout.schedule=queue needs a request-level engine (native for zoo's models, or vllm): the hf "
@@ -309,6 +324,8 @@ class RolloutCallback(L.Callback):
         state = {"queue": self.queue_sampler.state_dict()} if self.queue_sampler is not None else {}
         if self.async_sampler is not None:
             state["async"] = self.async_sampler.state_dict()
+        if self.agent_sampler is not None:
+            state["agent"] = self.agent_sampler.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:  # restored before setup: applied there
@@ -322,6 +339,11 @@ class RolloutCallback(L.Callback):
                 self._restored_async = state["async"]
             else:
                 self.async_sampler.load_state_dict(state["async"])
+        if "agent" in state:
+            if self.agent_sampler is None:
+                self._restored_agent = state["agent"]
+            else:
+                self.agent_sampler.load_state_dict(state["agent"])
 
     def _log(self, pl_module: L.LightningModule, result: GenerationResult, seconds: float, prefix: str) -> None:
         lengths = torch.tensor([len(s.token_ids) for s in result.samples], dtype=torch.float)

@@ -1,0 +1,124 @@
+"""Multi-turn agents in RL training: the sampler the rollout callback runs under ``rollout.agent``.
+
+Each step launches ``data.batch_size + extra_groups`` prompts (in the loader's seeded order) and rolls out
+``group_size + redundancy`` trajectories of each with their environments (:func:`zoo.envs.agent_rollout.
+run_agent_rollout`: environment-level asynchrony unless ``synchronous``), keeps the first ``data.batch_size``
+complete groups of ``group_size`` (the module's ``rollout.n``), and trains them: the policy's turns are the
+completion, the observations are masked out of the loss, and a trajectory's reward is the sum of its
+environment's step rewards. Launched groups that were not kept are not trained (as ROLL's redundant
+environments).
+
+``rollout.agent`` settings: ``environment`` (``simulated``, or the dotted path of a class taking the settings in
+``environment_options`` and ``seed``; it follows :mod:`zoo.envs`' interface), ``max_turns`` (4),
+``max_context`` (tokens a trajectory may hold; default: the longest prompt + ``max_turns`` x (``max_new_tokens``
++ 32)), ``redundancy`` and ``extra_groups`` (0), ``synchronous`` (false). Logged under ``agent/``: turns per
+trajectory, environment steps and their mean seconds, environment failures, aborted trajectories, rollout
+seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import get_class
+
+from zoo.envs.agent_rollout import run_agent_rollout
+from zoo.envs.simulated import SimulatedEnvironment
+from zoo.errors import ConfigError, config_section, require_int
+from zoo.generation import GenerationResult
+from zoo.loader import PromptStream
+from zoo.rl.rewards import RewardBatch
+from zoo.rl.rollout import Round
+
+ENVIRONMENTS = {"simulated": SimulatedEnvironment}
+
+
+@dataclass
+class AgentConfig:
+    environment: str = "simulated"
+    environment_options: dict[str, Any] = field(default_factory=dict)
+    max_turns: int = 4
+    max_context: int | None = None
+    redundancy: int = 0
+    extra_groups: int = 0
+    synchronous: bool = False
+
+    def environment_class(self):
+        if self.environment in ENVIRONMENTS:
+            return ENVIRONMENTS[self.environment]
+        try:
+            return get_class(self.environment)
+        except Exception as error:
+            raise ConfigError(
+                f"rollout.agent.environment {self.environment!r} is neither one of {', '.join(ENVIRONMENTS)} nor "
+                f"an importable class"
+            ) from error
+
+
+def agent_config(values: dict[str, Any]) -> AgentConfig:
+    config = config_section(AgentConfig, values, "rollout.agent")
+    require_int("rollout.agent.max_turns", config.max_turns, 1)
+    require_int("rollout.agent.redundancy", config.redundancy, 0)
+    require_int("rollout.agent.extra_groups", config.extra_groups, 0)
+    config.environment_class()  # named now, not at the first step
+    return config
+
+
+class AgentSampler:
+    def __init__(self, callback, trainer: L.Trainer) -> None:
+        data = trainer.datamodule
+        self.callback, self.config, self.problems = callback, callback.agent, data.train_set
+        self.prompts_per_step = data.hparams.batch_size
+        self.stream = PromptStream(len(self.problems), data.hparams.seed, trainer.global_rank, trainer.world_size)
+        self.environment = self.config.environment_class()
+
+    def make_environment(self, problem: dict[str, Any], seed: int):
+        return self.environment(**self.config.environment_options, seed=seed)
+
+    def next_round(self, module: L.LightningModule) -> Round:
+        c, params = self.config, module.sampling_params()
+        launch = self.stream.take(self.prompts_per_step + c.extra_groups, self.prompts_per_step + c.extra_groups)
+        problems = [self.problems[i] for i in launch]
+        longest = max(len(p["prompt_ids"]) for p in problems)
+        max_context = c.max_context or longest + c.max_turns * (params.max_new_tokens + 32)
+        outcome = run_agent_rollout(
+            self.callback.engine,
+            problems,
+            self.make_environment,
+            params,
+            module.tokenizer,
+            module.rollout_config.n,
+            num_groups=self.prompts_per_step,
+            redundancy=c.redundancy,
+            max_turns=c.max_turns,
+            max_context=max_context,
+            synchronous=c.synchronous,
+        )
+        kept = [problems[g] for g in outcome.groups]
+        samples = outcome.samples()
+        result = GenerationResult(samples, decode_steps=outcome.stats.decode_steps)
+        result.generated_tokens = sum(sum(s.mask) for s in samples)
+        step = Round.from_generation(kept, result, module.tokenizer, module.device)
+        step.rewards = RewardBatch(torch.tensor([t.reward for t in outcome.trajectories]))
+        s = outcome.stats
+        module.log_dict(
+            {
+                "agent/turns_mean": s.turns / max(len(outcome.trajectories), 1),
+                "agent/env_steps": float(s.env_steps),
+                "agent/env_step_s": s.env_seconds / max(s.env_steps, 1),
+                "agent/env_failures": float(s.env_failures),
+                "agent/aborted_trajectories": float(s.aborted_trajectories),
+                "agent/rollout_s": s.seconds,
+            }
+        )
+        self.callback._log(module, result, s.seconds, "rollout")
+        return step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stream": self.stream.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stream.load_state_dict(state["stream"])
