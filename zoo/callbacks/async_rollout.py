@@ -3,10 +3,11 @@ the rollout callback runs under ``rollout.async_ratio`` (α).
 
 A :class:`zoo.rl.rollout_worker.RolloutWorker` generates without pause into a
 :class:`zoo.rl.sample_buffer.SampleBuffer`, its engine server (:mod:`zoo.rl.engine_server`) on its own copy of the
-policy: a thread (``rollout.workers=thread``, the default) or a spawned process (``process``: no shared GIL), on
-the policy's device or ``rollout.worker_device``. On a CPU the server gets ``rollout.worker_threads`` torch threads
-(default 1) and the trainer's are cut to the other cores (measured on 2 cores: a decoder's second OpenMP thread
-gains nothing, and oversubscribed teams slow the trainer 2.4x). Each training
+policy: a thread (``rollout.workers=thread``, the default), a spawned process (``process``: no shared GIL) or a
+Ray actor (``ray``); ``rollout.num_workers`` of them share the buffer, on the policy's device or
+``rollout.worker_device`` (a list: worker k on device k, in turn). On a CPU the servers get
+``rollout.worker_threads`` torch threads (default 1) and the trainer's are cut to the other cores (measured on 2
+cores: a decoder's second OpenMP thread gains nothing, and oversubscribed teams slow the trainer 2.4x). Each training
 step takes its batch from the buffer (groups begun at most α versions ago, oldest first), hands the expired
 prompts' requests to the worker to abort, and after the optimizer steps pushes the new weights: suspend the
 worker → copy the weights in → advance the buffer to the next version → resume. The version counts training
@@ -93,7 +94,9 @@ class AsyncSampler:
         callback, c = self.callback, module.rollout_config
         N = self.prompts_per_step
         rows = callback.max_running or c.n * (N + math.ceil(N * self.buffer.async_ratio))  # the whole budget
-        device = torch.device(callback.worker_device or module.device)
+        chosen = callback.worker_device or str(module.device)
+        devices = [torch.device(d) for d in (chosen if isinstance(chosen, list | tuple) else [chosen])]
+        device = devices[0]
         spec = EngineSpec(
             model_config=module.model.config,
             weights={name: tensor for name, tensor in callback.weights(module)},
@@ -116,7 +119,8 @@ class AsyncSampler:
         K = callback.num_workers
         spec.max_running = rows = -(-rows // K)  # each worker's share of the rows
         self.workers = []
-        for _ in range(K):
+        for k in range(K):
+            spec.device = str(devices[k % len(devices)])  # worker k's device (a list of them: one each, in turn)
             if callback.workers == "process":
                 spec.weights = {name: tensor.cpu() for name, tensor in spec.weights.items()}
                 server = process_server(spec)
@@ -126,7 +130,7 @@ class AsyncSampler:
                 spec.weights = {name: tensor.cpu() for name, tensor in spec.weights.items()}
                 server = ray_server(spec, callback.ray_address, callback.worker_resources)
             else:
-                replica = callback._replica(module).to(device)
+                replica = callback._replica(module).to(spec.device)
                 engine = NativeEngine(replica, module.tokenizer, callback.dtype, **callback.engine_options)
                 server = thread_server(spec, engine)
             score, tokenizer = module.submit_scores, module.tokenizer

@@ -19,7 +19,8 @@ weights in step with the policy, and logs what was generated.
   ``max_running`` caps the engine's rows (default: every launched request at once). Prompts a step launched and
   did not train come back first, protected, the next step. The prompt order and those prompts are checkpointed.
 - ``async_ratio`` (α; default null: the synchronous loop): asynchronous rollout (ROLL Flash; the native engine):
-  a worker generates on its own copy of the policy (on ``worker_device``, default the policy's; with
+  a worker generates on its own copy of the policy (on ``worker_device``, default the policy's, or a list of
+  devices taken in turn by the ``num_workers`` workers; with
   ``worker_threads`` CPU threads, default 1 on a CPU) while the trainer trains, each step trains groups begun at
   most α versions ago (:mod:`zoo.callbacks.async_rollout`); α = 0 gives the synchronous weights bit for bit.
   ``max_running`` caps the engines' rows (default: every request the budget allows at once, split between the
@@ -83,7 +84,7 @@ class RolloutCallback(L.Callback):
         max_launched_prompts: int | None = None,
         max_running: int | None = None,
         async_ratio: float | None = None,
-        worker_device: str | None = None,
+        worker_device: str | list[str] | None = None,
         worker_threads: int | None = None,
         workers: str = "thread",
         wait_for_stragglers: bool = True,
