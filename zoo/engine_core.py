@@ -216,7 +216,8 @@ class RowPool:
                 step()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: a trainer in another thread of the process (asynchronous rollout) may use the GPU meanwhile
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             step()
         self.valid.copy_(saved[0])  # warm-up and capture ran the step: undo what they wrote
         self.columns.copy_(saved[1])
