@@ -18,8 +18,9 @@ synchronous loop (``async_ratio`` null: generate, then train), and asynchronous 
 through the worker), 1, 2 and 4 (generation in its own process, ``--workers``, on its own policy copy while the
 trainer trains), each with ROLL's rule (an older version's share of a batch waits for its stragglers) and without
 waiting (stragglers past the window expire and are begun again). Prints
-trained samples per second, the ratio to synchronous, the mean staleness, the trainer's wait for batches and the
-weight-push time per step.
+trained samples per second, the ratio to synchronous, the mean staleness, the trainer's wait for batches, the
+weight-push time per step, the mean length of the responses trained (expiry favours short ones) and the prompts
+expired.
 
     python bench/async_rl.py simulate
     python bench/async_rl.py simulate --workers 8 16 32 64 --samples 256 --sigma 1.5
@@ -180,7 +181,9 @@ def run_real(args: argparse.Namespace) -> None:
             f"({results[name] / results['synchronous']:.2f}x), reward {metrics.mean('reward/mean'):.3f}, "
             f"staleness {metrics.mean('async/staleness_mean'):.2f}, trainer wait "
             f"{metrics.mean('async/trainer_wait_s'):.2f} s/step, push {metrics.mean('async/weight_push_s'):.3f} s, "
-            f"rollout {metrics.mean('rollout/seconds'):.3f} s/step, idle {metrics.mean('async/worker_idle_share'):.2f}"
+            f"rollout {metrics.mean('rollout/seconds'):.3f} s/step, "
+            f"idle {metrics.mean('async/worker_idle_share'):.2f}, "
+            f"trained length {metrics.mean('rollout/length_mean'):.1f}, expired {metrics.last('async/expired_prompts'):.0f}"
         )
 
 
@@ -198,6 +201,9 @@ class _Metrics(L.Callback):
 
     def mean(self, key: str) -> float:
         return statistics.mean(self.seen[key]) if key in self.seen else float("nan")
+
+    def last(self, key: str) -> float:
+        return self.seen[key][-1] if key in self.seen else float("nan")
 
 
 def run_agentic(args: argparse.Namespace) -> None:

@@ -135,7 +135,20 @@ def test_without_waiting_a_batch_takes_what_has_finished_and_the_straggler_expir
     assert [g.ticket for g in buffer.ready_batch()] == [t[2], newer[0]]  # t[3] still runs: not waited for
     assert buffer.expire() == [t[3]]  # too old for version 2: aborted, begun again first
     buffer.advance(2)
-    assert buffer.begin().problem == t[3].problem
+    again = buffer.begin()
+    assert again.problem == t[3].problem and again.protected
+    buffer.commit(newer[1], None)
+    buffer.commit(buffer.begin(), None)
+    batch = buffer.get_batch(timeout=1)  # version 2's batch: `again` still runs, and is not too old yet
+    assert again not in [g.ticket for g in batch]
+    assert buffer.expire() == []
+    buffer.advance(3)
+    for ticket in (buffer.begin(), buffer.begin()):
+        buffer.commit(ticket, None)
+    assert buffer.ready_batch() is None  # enough has finished, but the protected prompt would expire: wait
+    buffer.commit(again, None)
+    batch = buffer.ready_batch()
+    assert batch[0].ticket == again and batch[0].staleness == 1  # taken first
 
 
 def test_the_restored_buffer_gives_back_every_prompt_not_trained():
