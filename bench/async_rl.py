@@ -183,7 +183,8 @@ def run_real(args: argparse.Namespace) -> None:
             f"{metrics.mean('async/trainer_wait_s'):.2f} s/step, push {metrics.mean('async/weight_push_s'):.3f} s, "
             f"rollout {metrics.mean('rollout/seconds'):.3f} s/step, "
             f"idle {metrics.mean('async/worker_idle_share'):.2f}, "
-            f"trained length {metrics.mean('rollout/length_mean'):.1f}, expired {metrics.last('async/expired_prompts'):.0f}"
+            f"trained length {metrics.mean('rollout/length_mean'):.1f}, "
+            f"expired {metrics.last('async/expired_prompts'):.0f}"
         )
 
 
