@@ -27,7 +27,7 @@ weights in step with the policy, and logs what was generated.
   ``num_workers`` workers); ``workers``: where the engine servers run (``thread``, ``process`` or ``ray``: Ray
   actors, on the cluster at ``ray_address``, each asking ``worker_resources``); ``wait_for_stragglers`` (ROLL's
   rule, default true): an older version's share of a batch waits for its running prompts, or else (false)
-  stragglers expire and are begun again.
+  stragglers expire and are begun again, protected (the batch at the end of their new window waits for them).
 - ``agent``: multi-turn agents with environments (:mod:`zoo.callbacks.agent_sampler`: each step rolls out the
   prompts' trajectories with environment-level asynchrony; the native engine).
 - Logged per rollout: generated tokens/s, mean and max completion length, the share of each finish reason, a
