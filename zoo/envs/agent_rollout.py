@@ -8,8 +8,11 @@ appended (masked out of the loss), until the environment says done, ``max_turns`
 (``max_context`` tokens; an observation is cut to what fits) is full. Its reward is the sum of its steps' rewards.
 
 - **Environment-level asynchrony** (default): every trajectory runs its own loop. An environment step runs on a
-  worker thread while the engine keeps decoding the other trajectories' turns; the next turn is submitted the
-  moment its observation is back. No trajectory waits for another.
+  worker thread while the engine keeps decoding the other trajectories' turns; no trajectory waits for another's
+  turn. Trajectories back from their environments are admitted together (one prefill for several) once a quarter
+  of all have come back, or at once when fewer than a quarter are in the engine: measured on the agentic
+  benchmark, admitting each on arrival put a prefill in nearly every decode step (1.40x over synchronous, 1.55x
+  batched).
 - **Synchronous** (``synchronous=True``, the baseline): turn by turn with barriers: every active trajectory's turn
   is decoded, then every environment steps (in parallel), and the next turn starts when the slowest is back.
 - **Redundancy**: ``num_groups + extra_groups`` groups are launched (a group: one problem, ``group_size +
@@ -169,7 +172,7 @@ def run_agent_rollout(
             elif t.turns >= max_turns:
                 end(t, "turns")
             elif not synchronous:
-                submit(t)
+                arrived.append(t)
 
         def acted(t: Trajectory, tokens: list[int], logprobs: list[float]) -> None:
             t.context += tokens
@@ -196,6 +199,8 @@ def run_agent_rollout(
                     acted(t, f.token_ids, f.logprobs)
             stats.decode_steps += 1
 
+        arrived: list[Trajectory] = []  # back from their environments, to be admitted together
+        together = max(1, len(trajectories) // 4)
         for t in trajectories:
             submit(t)
         while len(complete) < needed:
@@ -210,11 +215,18 @@ def run_agent_rollout(
                 if not core.busy and not stepping and len(complete) < needed:
                     break
                 continue
+            if arrived and (len(arrived) >= together or len(core.running) + len(core.waiting) < together):
+                for t in arrived:
+                    if not t.done:  # its group may have completed meanwhile
+                        submit(t)
+                arrived.clear()
             if core.busy:
                 decode()
                 settle(block=False)
             elif stepping:
                 settle(block=True)
+            elif arrived:
+                continue
             else:
                 break
         for t in trajectories:
