@@ -2,6 +2,8 @@
 synchronous loop's trajectories; observation tokens stay out of the loss and the policy's log-probs are the
 trainer's; redundancy keeps the first finishers; a failing environment scores 0 and is counted."""
 
+import time
+
 import pytest
 import torch
 
@@ -101,6 +103,49 @@ def test_a_failing_environment_scores_zero_and_is_counted():
     failed = [t for t in outcome.trajectories if t.finish_reason == "error"]
     assert len(failed) == 2 and all(t.reward == 0 and t.turns == 1 for t in failed)
     assert outcome.stats.env_failures == 2
+
+
+class _Hangs(SimulatedEnvironment):
+    def step(self, action):
+        time.sleep(5)
+        return Step("ok", 1.0, True)
+
+
+class _NaN(SimulatedEnvironment):
+    def step(self, action):
+        return Step("ok", float("nan"), True)
+
+
+class _NoStep(SimulatedEnvironment):
+    def step(self, action):
+        return {"observation": "ok"}
+
+
+class _BrokenReset(SimulatedEnvironment):
+    def reset(self, problem):
+        raise FileNotFoundError("index.bin")
+
+
+@pytest.mark.parametrize(
+    "bad, reason, counter, named",
+    [
+        (_Hangs, "timeout", "env_timeouts", None),
+        (_NaN, "error", "env_failures", "finite reward"),
+        (_NoStep, "error", "env_failures", "not a Step"),
+        (_BrokenReset, "error", "env_failures", "reset: FileNotFoundError: index.bin"),
+    ],
+)
+def test_a_hanging_or_malformed_environment_ends_its_trajectory_with_reward_0(bad, reason, counter, named):
+    def environment(problem, seed):
+        return bad(0, 0) if problem["prompt_ids"][-1] == 4 else SimulatedEnvironment(0, 0, 1, observation="ok")
+
+    start = time.perf_counter()
+    outcome = _rollout(environment=environment, env_timeout_s=0.2)
+    assert time.perf_counter() - start < 3  # a hung step is abandoned, not waited for
+    bad_ones = [t for t in outcome.trajectories if t.finish_reason == reason]
+    assert len(bad_ones) == 2 and all(t.reward == 0 for t in bad_ones)
+    assert getattr(outcome.stats, counter) == 2
+    assert named is None or named in outcome.stats.errors[0]
 
 
 @pytest.mark.parametrize("max_turns, max_context, reason", [(2, 64, "turns"), (5, 14, "context")])

@@ -106,14 +106,20 @@ def test_the_first_step_may_begin_n_plus_ceil_alpha_n_prompts(N, alpha, expected
     assert sum(buffer.begin() is not None for _ in range(100)) == N
 
 
-def test_an_older_versions_share_waits_for_its_running_prompts():
-    buffer = SampleBuffer(2, 1, _Stream())
+def _second_step(wait):
+    """N = 2, α = 1: version 0 began four prompts and trained two; version 1 has begun two. The buffer, version
+    0's tickets and version 1's."""
+    buffer = SampleBuffer(2, 1, _Stream(), wait_for_stragglers=wait)
     buffer.advance(0)
     t = [buffer.begin() for _ in range(4)]
     buffer.commit(t[0], None), buffer.commit(t[1], None)
     buffer.get_batch(timeout=1)
     buffer.advance(1)
-    newer = [buffer.begin() for _ in range(2)]
+    return buffer, t, [buffer.begin() for _ in range(2)]
+
+
+def test_an_older_versions_share_waits_for_its_running_prompts():
+    buffer, t, newer = _second_step(wait=True)
     for ticket in newer:
         buffer.commit(ticket, None)
     assert buffer.ready_batch() is None  # version 0 still runs two prompts that would expire unused
@@ -124,13 +130,7 @@ def test_an_older_versions_share_waits_for_its_running_prompts():
 
 
 def test_without_waiting_a_batch_takes_what_has_finished_and_the_straggler_expires():
-    buffer = SampleBuffer(2, 1, _Stream(), wait_for_stragglers=False)
-    buffer.advance(0)
-    t = [buffer.begin() for _ in range(4)]
-    buffer.commit(t[0], None), buffer.commit(t[1], None)
-    buffer.get_batch(timeout=1)
-    buffer.advance(1)
-    newer = [buffer.begin() for _ in range(2)]
+    buffer, t, newer = _second_step(wait=False)
     buffer.commit(t[2], None), buffer.commit(newer[0], None)
     assert [g.ticket for g in buffer.ready_batch()] == [t[2], newer[0]]  # t[3] still runs: not waited for
     assert buffer.expire() == [t[3]]  # too old for version 2: aborted, begun again first

@@ -69,6 +69,8 @@ def test_observation_tokens_get_no_gradient(cpu_trainer, monkeypatch):
         (dict(environment="nowhere.Env"), "rollout.agent.environment 'nowhere.Env'"),
         (dict(max_turns=0), "rollout.agent.max_turns"),
         (dict(turns=3), "unknown rollout.agent setting"),
+        (dict(environment_options={"turn": 3}), "environment_options do not fit SimulatedEnvironment"),
+        (dict(env_timeout_s=0), "rollout.agent.env_timeout_s"),
     ],
 )
 def test_bad_agent_settings_are_named(agent, named):

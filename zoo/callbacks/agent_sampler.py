@@ -11,13 +11,17 @@ environments).
 ``rollout.agent`` settings: ``environment`` (``simulated``, or the dotted path of a class taking the settings in
 ``environment_options`` and ``seed``; it follows :mod:`zoo.envs`' interface), ``max_turns`` (4),
 ``max_context`` (tokens a trajectory may hold; default: the longest prompt + ``max_turns`` x (``max_new_tokens``
-+ 32)), ``redundancy`` and ``extra_groups`` (0), ``synchronous`` (false). Logged under ``agent/``: turns per
-trajectory, environment steps and their mean seconds, environment failures, aborted trajectories, rollout
-seconds.
++ 32)), ``redundancy`` and ``extra_groups`` (0), ``synchronous`` (false), ``env_timeout_s`` (30: a step past it
+ends its trajectory with reward 0). Options that do not fit the class are a one-line error when the run is
+configured, a constructor that fails one at the first step. Logged under ``agent/``: turns per trajectory,
+environment steps and their mean seconds, environment failures and timeouts (the first reason as a warning),
+aborted trajectories, rollout seconds.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +37,7 @@ from zoo.loader import PromptStream
 from zoo.rl.rewards import RewardBatch
 from zoo.rl.rollout import Round
 
+log = logging.getLogger("zoo")
 ENVIRONMENTS = {"simulated": SimulatedEnvironment}
 
 
@@ -45,6 +50,7 @@ class AgentConfig:
     redundancy: int = 0
     extra_groups: int = 0
     synchronous: bool = False
+    env_timeout_s: float = 30.0
 
     def environment_class(self):
         if self.environment in ENVIRONMENTS:
@@ -63,7 +69,13 @@ def agent_config(values: dict[str, Any]) -> AgentConfig:
     require_int("rollout.agent.max_turns", config.max_turns, 1)
     require_int("rollout.agent.redundancy", config.redundancy, 0)
     require_int("rollout.agent.extra_groups", config.extra_groups, 0)
-    config.environment_class()  # named now, not at the first step
+    if not config.env_timeout_s > 0:
+        raise ConfigError(f"rollout.agent.env_timeout_s must be > 0, got {config.env_timeout_s!r}")
+    environment = config.environment_class()  # named now, not at the first step
+    try:
+        inspect.signature(environment).bind(**config.environment_options, seed=0)
+    except TypeError as error:
+        raise ConfigError(f"rollout.agent.environment_options do not fit {environment.__name__}: {error}") from None
     return config
 
 
@@ -76,7 +88,12 @@ class AgentSampler:
         self.environment = self.config.environment_class()
 
     def make_environment(self, problem: dict[str, Any], seed: int):
-        return self.environment(**self.config.environment_options, seed=seed)
+        try:
+            return self.environment(**self.config.environment_options, seed=seed)
+        except Exception as error:
+            raise ConfigError(
+                f"rollout.agent: {self.environment.__name__}(**{self.config.environment_options}) failed: {error}"
+            ) from error
 
     def next_round(self, module: L.LightningModule) -> Round:
         c, params = self.config, module.sampling_params()
@@ -96,6 +113,7 @@ class AgentSampler:
             max_turns=c.max_turns,
             max_context=max_context,
             synchronous=c.synchronous,
+            env_timeout_s=c.env_timeout_s,
         )
         kept = [problems[g] for g in outcome.groups]
         samples = outcome.samples()
@@ -110,11 +128,14 @@ class AgentSampler:
                 "agent/env_steps": float(s.env_steps),
                 "agent/env_step_s": s.env_seconds / max(s.env_steps, 1),
                 "agent/env_failures": float(s.env_failures),
+                "agent/env_timeouts": float(s.env_timeouts),
                 "agent/aborted_trajectories": float(s.aborted_trajectories),
                 "agent/rollout_s": s.seconds,
             }
         )
-        self.callback._log(module, result, s.seconds, "rollout")
+        if s.errors:
+            log.warning("rollout.agent: %d environment steps failed, e.g. %s", s.env_failures, s.errors[0])
+        self.callback.log_generation(module, result, s.seconds, "rollout")
         return step
 
     def state_dict(self) -> dict[str, Any]:

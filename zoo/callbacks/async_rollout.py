@@ -118,19 +118,19 @@ class AsyncSampler:
                 torch.set_num_threads(trainer_threads)
         K = callback.num_workers
         spec.max_running = rows = -(-rows // K)  # each worker's share of the rows
+        if callback.workers != "thread":  # the weights travel to another process: from host memory
+            spec.weights = {name: tensor.cpu() for name, tensor in spec.weights.items()}
         self.workers = []
         for k in range(K):
             spec.device = str(devices[k % len(devices)])  # worker k's device (a list of them: one each, in turn)
             if callback.workers == "process":
-                spec.weights = {name: tensor.cpu() for name, tensor in spec.weights.items()}
                 server = process_server(spec)
             elif callback.workers == "ray":
                 from zoo.rl.ray_workers import ray_server
 
-                spec.weights = {name: tensor.cpu() for name, tensor in spec.weights.items()}
                 server = ray_server(spec, callback.ray_address, callback.worker_resources)
             else:
-                replica = callback._replica(module).to(spec.device)
+                replica = callback.replica(module).to(spec.device)
                 engine = NativeEngine(replica, module.tokenizer, callback.dtype, **callback.engine_options)
                 server = thread_server(spec, engine)
             score, tokenizer = module.submit_scores, module.tokenizer
@@ -220,7 +220,7 @@ class AsyncSampler:
         }
         module.log_dict(metrics)
         self.logged = WorkerStats(**vars(stats))
-        self.callback._log(module, result, max(stats.busy_s - last.busy_s, 1e-9), "rollout")
+        self.callback.log_generation(module, result, max(stats.busy_s - last.busy_s, 1e-9), "rollout")
         tensorboard = next((lg for lg in module.trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         if tensorboard is not None and module.trainer.is_global_zero:
             tensorboard.experiment.add_histogram("async/staleness", staleness, module.global_step)

@@ -204,7 +204,7 @@ class RolloutCallback(L.Callback):
             )
         dtype = self.dtype or next(policy.parameters()).dtype  # hf and vllm: by default the policy's own
         if self.engine_name == "native":
-            self.engine = NativeEngine(self._replica(pl_module), tokenizer=tokenizer, dtype=self.dtype, **options)
+            self.engine = NativeEngine(self.replica(pl_module), tokenizer=tokenizer, dtype=self.dtype, **options)
         elif self.engine_name == "hf":
             from zoo.engines.hf import HFEngine
 
@@ -217,7 +217,7 @@ class RolloutCallback(L.Callback):
         self.sync(pl_module, step=pl_module.global_step)
         log.info("rollout: %s engine, weights synced every %d step(s)", self.engine_name, self.sync_every)
 
-    def _replica(self, pl_module: L.LightningModule) -> torch.nn.Module:
+    def replica(self, pl_module: L.LightningModule) -> torch.nn.Module:
         """The native engine's private copy of the policy (rebuilt whole when the policy is sharded)."""
         policy = pl_module.model
         if any(isinstance(p, DTensor) for p in policy.parameters()):
@@ -259,7 +259,7 @@ class RolloutCallback(L.Callback):
         result = self.engine.generate(prompts, n, params, finished_groups_quota, group_complete_at)
         seconds = time.perf_counter() - start
         self.rollouts += 1
-        self._log(pl_module, result, seconds, log_prefix)
+        self.log_generation(pl_module, result, seconds, log_prefix)
         return result
 
     def queue_round(
@@ -299,7 +299,7 @@ class RolloutCallback(L.Callback):
         launched = [problems[i] for i in outcome.launched]
         step = Round.from_generation(launched, result, self.engine.tokenizer, module.device)
         step.rewards = outcome.rewards
-        self._log(module, result, seconds, "rollout")
+        self.log_generation(module, result, seconds, "rollout")
         self._log_queue(module, outcome.stats)
         return step, outcome
 
@@ -346,7 +346,8 @@ class RolloutCallback(L.Callback):
             else:
                 self.agent_sampler.load_state_dict(state["agent"])
 
-    def _log(self, pl_module: L.LightningModule, result: GenerationResult, seconds: float, prefix: str) -> None:
+    def log_generation(self, pl_module: L.LightningModule, result: GenerationResult, seconds: float, prefix: str):
+        """Log what a rollout generated under ``prefix``: tokens/s, lengths, finish reasons, a few texts."""
         lengths = torch.tensor([len(s.token_ids) for s in result.samples], dtype=torch.float)
         if not len(lengths):
             return

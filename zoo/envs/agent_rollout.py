@@ -8,7 +8,7 @@ appended (masked out of the loss), until the environment says done, ``max_turns`
 (``max_context`` tokens; an observation is cut to what fits) is full. Its reward is the sum of its steps' rewards.
 
 - **Environment-level asynchrony** (default): every trajectory runs its own loop. An environment step runs on a
-  worker thread while the engine keeps decoding the other trajectories' turns; no trajectory waits for another's
+  daemon thread while the engine keeps decoding the other trajectories' turns; no trajectory waits for another's
   turn. Trajectories back from their environments are admitted together (one prefill for several) once a quarter
   of all have come back, or at once when fewer than a quarter are in the engine: measured on the agentic
   benchmark, admitting each on arrival put a prefill in nearly every decode step (1.40x over synchronous, 1.55x
@@ -18,8 +18,11 @@ appended (masked out of the loss), until the environment says done, ``max_turns`
 - **Redundancy**: ``num_groups + extra_groups`` groups are launched (a group: one problem, ``group_size +
   redundancy`` trajectories, each with its own environment); a group is complete once ``group_size`` of its
   trajectories are done (the rest are aborted), and the rollout ends once ``num_groups`` groups are complete (the
-  others are aborted): the first finishers are kept. An environment that raises ends its trajectory with reward 0,
-  counted in ``env_failures``.
+  others are aborted): the first finishers are kept.
+- **Bad environments**: one whose ``reset`` or ``step`` raises, or whose step returns anything but a
+  :class:`zoo.envs.Step` with a finite reward, ends its trajectory with reward 0 (``env_failures``, the first
+  reasons in ``errors``); a step that runs past ``env_timeout_s`` ends it the same way (``env_timeouts``; its
+  daemon thread is abandoned and never keeps the process alive). Training goes on.
 
 Seeds: turn ``t`` of trajectory ``m`` of the group launched at position ``g`` is row ``(g·M + m)·T + t`` of
 :func:`zoo.sampling.row_seeds` (``M`` trajectories a group, ``T = max_turns``), so a turn's tokens depend on its
@@ -28,9 +31,12 @@ context, the params and its seed only.
 
 from __future__ import annotations
 
+import math
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -52,7 +58,7 @@ class Trajectory:
     reward: float = 0.0
     turns: int = 0
     done: bool = False
-    finish_reason: str = ""  # done | turns | context | error | aborted
+    finish_reason: str = ""  # done | turns | context | error | timeout | aborted
 
     def sample(self, prompt_index: int) -> Sample:
         return Sample(
@@ -67,6 +73,8 @@ class AgentStats:
     env_steps: int = 0
     env_seconds: float = 0.0  # summed over steps
     env_failures: int = 0
+    env_timeouts: int = 0
+    errors: list[str] = field(default_factory=list)  # the first few failures' reasons
     decode_steps: int = 0
     aborted_trajectories: int = 0
     seconds: float = 0.0
@@ -99,7 +107,7 @@ def run_agent_rollout(
     max_turns: int = 4,
     max_context: int = 512,
     synchronous: bool = False,
-    env_threads: int = 64,
+    env_timeout_s: float = 30.0,
 ) -> AgentOutcome:
     """Roll out ``group_size`` trajectories for each of ``problems`` (the launch; ``num_groups`` of them kept,
     default all but ``extra_groups``); ``make_environment(problem, seed)`` builds one trajectory's environment."""
@@ -109,19 +117,31 @@ def run_agent_rollout(
         raise ValueError(f"{needed} groups cannot be kept from {launched} launched")
     members, start = group_size + redundancy, time.perf_counter()
     seeds = row_seeds(params.seed, launched * members * max_turns).tolist()
-    stats, trajectories = AgentStats(), []
-    pool = ThreadPoolExecutor(max_workers=env_threads, thread_name_prefix="zoo-env")
+    stats, trajectories, broken = AgentStats(), [], []
+    threads = _StepThreads()
+
+    def failed(reason: str) -> None:
+        stats.env_failures += 1
+        if len(stats.errors) < 3:
+            stats.errors.append(reason)
+
     for g, problem in enumerate(problems):
         for m in range(members):
             env = make_environment(problem, seeds[(g * members + m) * max_turns])
-            first = _encode(tokenizer, env.reset(problem))
-            context = list(problem["prompt_ids"]) + first
-            trajectory = Trajectory(g, m, env, context, len(problem["prompt_ids"]))
+            trajectory = Trajectory(g, m, env, list(problem["prompt_ids"]), len(problem["prompt_ids"]))
+            try:
+                first = _encode(tokenizer, env.reset(problem))
+            except Exception as error:
+                failed(f"reset: {type(error).__name__}: {error}")
+                broken.append(trajectory)
+                first = []
+            trajectory.context += first
             trajectory.policy_mask, trajectory.logprobs = [0] * len(first), [0.0] * len(first)
             trajectories.append(trajectory)
     finished_members = [0] * launched
     complete: list[int] = []
     stepping: dict[Future, Trajectory] = {}
+    deadlines: dict[Future, float] = {}
     with engine.serving():
         core = engine.core(launched * members, max_context, params.max_new_tokens)
 
@@ -154,8 +174,10 @@ def run_agent_rollout(
             try:
                 result, seconds = future.result()
                 stats.env_seconds += seconds
-            except Exception:
-                stats.env_failures += 1
+                if not isinstance(result, Step) or not math.isfinite(result.reward):
+                    raise TypeError(f"step returned {result!r}, not a Step with a finite reward")
+            except Exception as error:
+                failed(f"step: {type(error).__name__}: {error}")
                 t.reward = 0.0
                 return end(t, "error")
             observed = _encode(tokenizer, result.observation)
@@ -181,15 +203,28 @@ def run_agent_rollout(
             t.turns += 1
             stats.turns += 1
             action = tokenizer.decode(tokens, skip_special_tokens=True)
-            stepping[pool.submit(_timed_step, t.environment, action)] = t
+            future = threads.submit(t.environment, action)
+            stepping[future], deadlines[future] = t, time.monotonic() + env_timeout_s
 
         def settle(block: bool) -> None:
-            """Take the environment steps that are back (with ``block``: wait for at least one)."""
+            """Take the environment steps that are back (with ``block``: wait for at least one, or for the first
+            deadline); a step past its deadline ends its trajectory."""
             if not stepping:
                 return
-            done, _ = wait(list(stepping), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+            timeout = max(0.0, min(deadlines.values()) - time.monotonic()) if block else 0
+            done, _ = wait(list(stepping), timeout=timeout, return_when=FIRST_COMPLETED)
             for future in done:
+                deadlines.pop(future)
                 stepped(stepping.pop(future), future)
+            now = time.monotonic()
+            for future in [f for f, deadline in deadlines.items() if deadline <= now]:
+                t = stepping.pop(future)
+                deadlines.pop(future)
+                stats.env_steps += 1
+                if not t.done:
+                    stats.env_timeouts += 1
+                    t.reward = 0.0
+                    end(t, "timeout")
 
         def decode() -> None:
             """One engine step; the turns it finished go to their environments."""
@@ -201,8 +236,11 @@ def run_agent_rollout(
 
         arrived: list[Trajectory] = []  # back from their environments, to be admitted together
         together = max(1, len(trajectories) // 4)
+        for t in broken:
+            end(t, "error")
         for t in trajectories:
-            submit(t)
+            if not t.done:
+                submit(t)
         while len(complete) < needed:
             if synchronous:  # one turn for every active trajectory, then every environment step: two barriers
                 while core.busy:
@@ -232,7 +270,7 @@ def run_agent_rollout(
         for t in trajectories:
             if not t.done:
                 abort(t)
-    pool.shutdown(wait=False, cancel_futures=True)
+    threads.close()
     stats.seconds = time.perf_counter() - start
     kept_groups = sorted(complete[:needed])
     kept = []
@@ -242,7 +280,39 @@ def run_agent_rollout(
     return AgentOutcome(kept_groups, kept, stats)
 
 
-def _timed_step(environment: Environment, action: str) -> tuple[Step, float]:
-    start = time.perf_counter()
-    result = environment.step(action)
-    return result, time.perf_counter() - start
+class _StepThreads:
+    """Environment steps on daemon threads (one per trajectory at most; started as needed, kept for the rollout):
+    a step that never returns is abandoned at its deadline, its thread replaced, and it does not keep the process
+    alive after training (a thread pool's threads would)."""
+
+    def __init__(self) -> None:
+        self.work: queue.SimpleQueue = queue.SimpleQueue()
+        self.idle = 0
+        self.lock = threading.Lock()
+
+    def submit(self, environment: Environment, action: str) -> Future:
+        future: Future = Future()
+        with self.lock:
+            if self.idle == 0:
+                threading.Thread(target=self._serve, name="zoo-env", daemon=True).start()
+            else:
+                self.idle -= 1
+        self.work.put((future, environment, action))
+        return future
+
+    def _serve(self) -> None:
+        while (item := self.work.get()) is not None:
+            future, environment, action = item
+            start = time.perf_counter()
+            try:
+                future.set_result((environment.step(action), time.perf_counter() - start))
+            except Exception as error:
+                future.set_exception(error)
+            with self.lock:
+                self.idle += 1
+
+    def close(self) -> None:
+        with self.lock:
+            for _ in range(self.idle):
+                self.work.put(None)
+            self.idle = 0
