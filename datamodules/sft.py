@@ -16,6 +16,7 @@ so that the policy learns to reason towards a given answer (the ability RAVR's p
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import DataError, require_int
 from zoo.models.cross_entropy import IGNORE_INDEX as IGNORE
 from zoo.rl.budgets import with_budget
-from zoo.rl.tasks import Problem, encode_prompts
+from zoo.rl.tasks import TASKS, Problem, encode_prompts
 
 
 def pack(
@@ -112,20 +113,46 @@ class SFTDataModule(PromptDataModule):
     def examples(self, problems: list[Problem]) -> list[tuple[list[int], list[int]]]:
         """(inputs, targets) per problem: targets are the next tokens, -100 where the prompt is predicted."""
         if self.chat is not None:
+            if TASKS[self.hparams.task].observation is not None:
+                raise DataError(
+                    f"SFT of task {self.hparams.task!r} masks environment observations without a chat template only: "
+                    "set data.chat_template=none"
+                )
             out = []
             for problem in problems:
                 sequence, labels = self.chat.example(problem.prompt, problem.solution)
                 out.append((sequence[:-1], labels[1:]))
             return out
         prompts = self.tokenizer([p.prompt for p in problems], add_special_tokens=False)["input_ids"]
-        solutions = self.tokenizer([p.solution for p in problems], add_special_tokens=False)["input_ids"]
         eos = self.tokenizer.eos_token_id
         out = []
-        for prompt, solution in zip(prompts, solutions, strict=True):
+        for prompt, problem in zip(prompts, problems, strict=True):
+            solution, trained = self.solution_tokens(problem.solution)
             sequence = prompt + solution + [eos]
-            labels = [IGNORE] * len(prompt) + solution + [eos]
+            targets = [t if keep else IGNORE for t, keep in zip(solution, trained, strict=True)]
+            labels = [IGNORE] * len(prompt) + targets + [eos]
             out.append((sequence[:-1], labels[1:]))
         return out
+
+    def solution_tokens(self, solution: str) -> tuple[list[int], list[bool]]:
+        """A solution's tokens and which are trained on: all, or, for a task with environment observations (the
+        search agent's retrieved passages), the agent's own text only; each piece tokenized on its own, as the
+        multi-turn rollout tokenizes turns and observations."""
+        pattern = TASKS[self.hparams.task].observation
+        if pattern is None:
+            tokens = self.tokenizer(solution, add_special_tokens=False)["input_ids"]
+            return tokens, [True] * len(tokens)
+        tokens, trained, start = [], [], 0
+        for match in [*re.finditer(pattern, solution, re.DOTALL), None]:
+            pieces = [(solution[start : match.start() if match else len(solution)], True)]
+            if match:
+                pieces.append((match.group(), False))
+                start = match.end()
+            for text, own in pieces:
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+                tokens += ids
+                trained += [own] * len(ids)
+        return tokens, trained
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()

@@ -74,6 +74,7 @@ class AlgorithmConfig:
     tis_cap: float | None = 2.0  # truncated importance sampling against the engine's log-probs; None: off
     reward_timeout_s: float = 10.0
     max_skipped_steps: int = 10  # steps skipped for non-finite advantages before the run stops
+    skip_uniform_groups: bool = False  # train only the groups whose rewards differ (QAgent's code; DAPO's filter)
 
 
 @dataclass
@@ -319,12 +320,6 @@ class RLModule(L.LightningModule):
         self.count_rollouts(len(batch))
         rewards = step.rewards if step.rewards is not None else self.score(problems, batch, texts)
         batch.rewards = self.log_rewards(rewards)
-        self.prepare(batch)
-        batch.advantages = self.advantages(batch)
-        if not self.finite_advantages(batch):
-            return None
-        if self.credit is not None:
-            batch.advantages = self.assign_credit(batch)
         self.log_dict(
             {
                 "reward/mean": batch.rewards.mean(),
@@ -335,7 +330,27 @@ class RLModule(L.LightningModule):
             },
             prog_bar=True,
         )
+        if self.algorithm.skip_uniform_groups:
+            batch = self.varied_groups(batch)
+        self.prepare(batch)
+        batch.advantages = self.advantages(batch)
+        if not self.finite_advantages(batch):
+            return None
+        if self.credit is not None:
+            batch.advantages = self.assign_credit(batch)
         return batch
+
+    def varied_groups(self, batch: RolloutBatch) -> RolloutBatch:
+        """The batch without the groups whose rewards are all equal (no signal under group-normalised advantages;
+        they would only dilute the loss's mean). When every group is uniform the whole batch stays: its advantages
+        are all 0, so only the KL term moves the policy, and the optimizer step still counts (a run of skipped
+        steps would never reach ``max_steps``)."""
+        groups = batch.rewards.view(-1, self.rollout_config.n)
+        varied = (groups != groups[:, :1]).any(1)
+        self.log("train/uniform_groups", (~varied).float().mean())
+        if not varied.any():
+            return batch
+        return batch.select(varied.repeat_interleave(self.rollout_config.n).nonzero().squeeze(1))
 
     def count_rollouts(self, completions: int) -> None:
         """Add a step's sampled completions to ``train/rollouts`` (what the step consumed; checkpointed)."""

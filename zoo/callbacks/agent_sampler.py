@@ -8,21 +8,25 @@ completion, the observations are masked out of the loss, and a trajectory's rewa
 environment's step rewards. Launched groups that were not kept are not trained (as ROLL's redundant
 environments).
 
-``rollout.agent`` settings: ``environment`` (``simulated``, or the dotted path of a class taking the settings in
-``environment_options`` and ``seed``; it follows :mod:`zoo.envs`' interface), ``max_turns`` (4),
-``max_context`` (tokens a trajectory may hold; default: the longest prompt + ``max_turns`` x (``max_new_tokens``
-+ 32)), ``redundancy`` and ``extra_groups`` (0), ``synchronous`` (false), ``env_timeout_s`` (30: a step past it
-ends its trajectory with reward 0). Options that do not fit the class are a one-line error when the run is
-configured, a constructor that fails one at the first step. Logged under ``agent/``: turns per trajectory,
-environment steps and their mean seconds, environment failures and timeouts (the first reason as a warning),
-aborted trajectories, rollout seconds.
+An environment class may declare ``stop_strings`` (every turn ends at them: the search environment's
+``</search>``, ``</answer>``) and ``scored_by_module = True`` (its step rewards are ignored and the module scores
+the decoded trajectories, observations included, as it scores single-turn completions: QAgent's rewards).
+
+``rollout.agent`` settings: ``environment`` (``simulated``, ``search`` (:mod:`zoo.envs.search`), or the dotted path
+of a class taking the settings in ``environment_options`` and ``seed``; it follows :mod:`zoo.envs`' interface),
+``max_turns`` (4), ``max_context`` (tokens a trajectory may hold; default: the longest prompt + ``max_turns`` x
+(``max_new_tokens`` + 32)), ``redundancy`` and ``extra_groups`` (0), ``synchronous`` (false), ``env_timeout_s`` (30:
+a step past it ends its trajectory with reward 0). Options that do not fit the class are a one-line error when the
+run is configured, a constructor that fails one at the first step. Logged under ``agent/``: turns per trajectory,
+environment steps and their mean seconds, environment failures and timeouts (the first reason as a warning), aborted
+trajectories, rollout seconds.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import lightning as L
@@ -30,6 +34,7 @@ import torch
 from hydra.utils import get_class
 
 from zoo.envs.agent_rollout import run_agent_rollout
+from zoo.envs.search import SearchEnvironment
 from zoo.envs.simulated import SimulatedEnvironment
 from zoo.errors import ConfigError, config_section, require_int
 from zoo.generation import GenerationResult
@@ -38,7 +43,7 @@ from zoo.rl.rewards import RewardBatch
 from zoo.rl.rollout import Round
 
 log = logging.getLogger("zoo")
-ENVIRONMENTS = {"simulated": SimulatedEnvironment}
+ENVIRONMENTS = {"simulated": SimulatedEnvironment, "search": SearchEnvironment}
 
 
 @dataclass
@@ -62,6 +67,36 @@ class AgentConfig:
                 f"rollout.agent.environment {self.environment!r} is neither one of {', '.join(ENVIRONMENTS)} nor "
                 f"an importable class"
             ) from error
+
+    def make_environment(self, problem: dict[str, Any], seed: int):
+        environment = self.environment_class()
+        try:
+            return environment(**self.environment_options, seed=seed)
+        except Exception as error:
+            raise ConfigError(
+                f"rollout.agent: {environment.__name__}(**{self.environment_options}) failed: {error}"
+            ) from error
+
+    def rollout(self, engine, problems: list[dict[str, Any]], params, tokenizer, group_size: int, num_groups: int):
+        """Trajectories of ``problems`` (:func:`zoo.envs.agent_rollout.run_agent_rollout` with these settings);
+        the first ``num_groups`` complete groups are kept. Turns also stop at the environment's stop strings."""
+        stops = getattr(self.environment_class(), "stop_strings", ())
+        params = replace(params, stop_strings=tuple(dict.fromkeys((*params.stop_strings, *stops))))
+        longest = max(len(p["prompt_ids"]) for p in problems)
+        return run_agent_rollout(
+            engine,
+            problems,
+            self.make_environment,
+            params,
+            tokenizer,
+            group_size,
+            num_groups=num_groups,
+            redundancy=self.redundancy,
+            max_turns=self.max_turns,
+            max_context=self.max_context or longest + self.max_turns * (params.max_new_tokens + 32),
+            synchronous=self.synchronous,
+            env_timeout_s=self.env_timeout_s,
+        )
 
 
 def agent_config(values: dict[str, Any]) -> AgentConfig:
@@ -87,40 +122,25 @@ class AgentSampler:
         self.stream = PromptStream(len(self.problems), data.hparams.seed, trainer.global_rank, trainer.world_size)
         self.environment = self.config.environment_class()
 
-    def make_environment(self, problem: dict[str, Any], seed: int):
-        try:
-            return self.environment(**self.config.environment_options, seed=seed)
-        except Exception as error:
-            raise ConfigError(
-                f"rollout.agent: {self.environment.__name__}(**{self.config.environment_options}) failed: {error}"
-            ) from error
-
     def next_round(self, module: L.LightningModule) -> Round:
-        c, params = self.config, module.sampling_params()
+        c = self.config
         launch = self.stream.take(self.prompts_per_step + c.extra_groups, self.prompts_per_step + c.extra_groups)
         problems = [self.problems[i] for i in launch]
-        longest = max(len(p["prompt_ids"]) for p in problems)
-        max_context = c.max_context or longest + c.max_turns * (params.max_new_tokens + 32)
-        outcome = run_agent_rollout(
+        outcome = c.rollout(
             self.callback.engine,
             problems,
-            self.make_environment,
-            params,
+            module.sampling_params(),
             module.tokenizer,
             module.rollout_config.n,
-            num_groups=self.prompts_per_step,
-            redundancy=c.redundancy,
-            max_turns=c.max_turns,
-            max_context=max_context,
-            synchronous=c.synchronous,
-            env_timeout_s=c.env_timeout_s,
+            self.prompts_per_step,
         )
         kept = [problems[g] for g in outcome.groups]
         samples = outcome.samples()
         result = GenerationResult(samples, decode_steps=outcome.stats.decode_steps)
         result.generated_tokens = sum(sum(s.mask) for s in samples)
         step = Round.from_generation(kept, result, module.tokenizer, module.device)
-        step.rewards = RewardBatch(torch.tensor([t.reward for t in outcome.trajectories]))
+        if not getattr(self.environment, "scored_by_module", False):
+            step.rewards = RewardBatch(torch.tensor([t.reward for t in outcome.trajectories]))
         s = outcome.stats
         module.log_dict(
             {

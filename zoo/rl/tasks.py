@@ -300,12 +300,27 @@ def math_problems(path: str | Path, template: str = "Problem: {problem}\nSolutio
     return problems
 
 
+def search_problems(count: int, seed: int, teacher_error: float = 0.5, prompt: str = "short") -> list[Problem]:
+    """QAgent's questions about zoo's embedded world, with teacher transcripts (:mod:`zoo.search.task`)."""
+    from zoo.search.task import search_problems as generate
+
+    return generate(count, seed, teacher_error, prompt)
+
+
+def search_reward(prompt: str, completion: str, reference: str) -> float:
+    """QAgent's stage-1 reward: format x strict EM of the last answer (:func:`zoo.search.rewards.stage1_reward`)."""
+    from zoo.search.rewards import stage1_reward
+
+    return stage1_reward(completion, reference)
+
+
 @dataclass(frozen=True)
 class Task:
     reward: Callable[[str, str, str], float]
     generated: bool  # True: made by a generator; False: read from data.path
     system: str  # the system prompt of a chat-formatted prompt (zoo.chat), written for the task's reward
     final_answer: Callable[[str], str] = str.strip  # the answer a reference states (RAVR conditions on it)
+    observation: str | None = None  # a regex of what an environment wrote into a solution (masked in SFT)
 
 
 TASKS: dict[str, Task] = {
@@ -321,6 +336,12 @@ TASKS: dict[str, Task] = {
         lambda reference: gsm8k_answer(reference) or reference.strip(),
     ),
     "math": Task(math_reward, False, "Solve the problem step by step, and put the final answer in \\boxed{}."),
+    "search": Task(
+        search_reward,
+        True,
+        "Plan, search with <search><query>…</query></search>, reflect, then answer within <answer></answer>.",
+        observation=r"\n<information>.*?</information>\n|\nMy previous action is invalid\..*?\n",
+    ),
 }
 GENERATORS = {
     "arithmetic": arithmetic_problems,
@@ -328,6 +349,7 @@ GENERATORS = {
     "countdown": countdown_problems,
     "methods": method_problems,
     "thinking": thinking_problems,
+    "search": search_problems,
 }
 READERS = {"gsm8k": gsm8k_problems, "math": math_problems}
 

@@ -1,0 +1,115 @@
+"""QAgent's environment and masks (zoo/envs/search.py, zoo/search/task.py): what the environment answers, the
+observation tokens that never get gradient (RL) and never a target (SFT), and frozen readers that plug in."""
+
+import pytest
+import torch
+
+from zoo.envs.search import SearchEnvironment
+from zoo.errors import DataError
+from zoo.generation import Sample
+from zoo.models import build_model, config_from_dict
+from zoo.rl.pg_variants import PolicyInputs, policy_loss, variant_options
+from zoo.rl.rollout import assemble, token_logprobs
+from zoo.search.readers import ExtractiveReader, build_reader
+from zoo.search.tags import RETRY, STOP_STRINGS, retrieved_passages
+from zoo.search.task import PROMPTS, question_of, teacher_transcript
+from zoo.search.world import default_world
+from zoo.tokenizer import train_bpe
+
+WORLD = default_world()
+TWO_HOP = next(q for q in WORLD.questions if len(q.hops) == 2)
+
+
+def test_environment_answers_searches_with_passages_and_anything_else_with_the_retry():
+    env = SearchEnvironment("world", top_k=2, max_queries=2)
+    assert env.reset({"prompt": "x"}) == "" and env.stop_strings == STOP_STRINGS
+    bridge = TWO_HOP.hops[0]
+    queries = "".join(f"<query>{q}</query>" for q in (f"{bridge.entity} discovered", "nothing matches zzz", "extra"))
+    step = env.step(f"<plan>p</plan><search>{queries}</search>")
+    assert not step.done and step.reward == 0 and step.observation.startswith("\n<information>Doc 1(Title: ")
+    passages = retrieved_passages(step.observation)
+    assert passages[0].title == bridge.entity and len(passages) == 2  # top 2 of the first query, none of the second
+    assert env.counts == {"searches": 1, "queries": 2, "invalid": 0}  # the third query is over max_queries
+    assert env.step("<plan>hmm</plan>").observation == RETRY and env.counts["invalid"] == 1
+    assert env.step("<answer>x</answer>").done
+
+
+def _trajectory(tokenizer, question):
+    """A hand-written trajectory laid out as the multi-turn rollout lays it out: the teacher's turns (the policy's
+    tokens) and the environment's observations, each tokenized on its own."""
+    env = SearchEnvironment("world")
+    turns = [
+        f"<plan>look up {h.entity}</plan><search><query>{h.entity} {h.keyword}</query></search>" for h in question.hops
+    ]
+    tokens, mask = [], []
+    for k, turn in enumerate(turns):
+        own = tokenizer(turn if k == 0 else f"<reflection>{question.hops[k - 1].finding}</reflection>" + turn)
+        observed = tokenizer(env.step(turn).observation)
+        tokens += own["input_ids"] + observed["input_ids"]
+        mask += [1] * len(own["input_ids"]) + [0] * len(observed["input_ids"])
+    own = tokenizer(f"<reflection>{question.hops[-1].finding}</reflection><answer>{question.answer}</answer>")
+    return tokens + own["input_ids"], mask + [1] * len(own["input_ids"])
+
+
+def test_information_tokens_never_receive_gradient():
+    texts = [
+        PROMPTS["short"].format(question=q.text) + teacher_transcript(q, False, SearchEnvironment())
+        for q in WORLD.questions[:50]
+    ]
+    tokenizer = train_bpe(texts, vocab_size=400)
+    tokens, mask = _trajectory(tokenizer, TWO_HOP)
+    prompt = tokenizer(PROMPTS["short"].format(question=TWO_HOP.text))["input_ids"]
+    batch = assemble([prompt], [Sample(0, tokens, [0.0] * len(tokens), "stop", mask=mask)])
+    start = len(prompt) - 1
+    assert batch.response_mask[0, start : start + len(tokens)].tolist() == mask
+    information = tokenizer.decode([t for t, m in zip(tokens, mask, strict=True) if not m])
+    assert information.count("<information>") == 2 and "<answer>" not in information
+    torch.manual_seed(0)
+    model = build_model(config_from_dict(dict(arch="gpt_neox", vocab_size=len(tokenizer), hidden_size=32,
+        num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=512)))  # fmt: skip
+    logprobs, _ = token_logprobs(model, batch.input_ids)
+    logprobs.retain_grad()
+    inputs = PolicyInputs(logprobs, logprobs.detach(), logprobs.detach(), torch.ones_like(logprobs),
+                          torch.ones(1), batch.response_mask)  # fmt: skip
+    loss, _, _ = policy_loss("ppo", variant_options("ppo", {}), inputs, 0.2, 0.2, "seq_mean_token_mean", 64, None)
+    loss.backward()
+    grad = logprobs.grad[0, start : start + len(tokens)]
+    observed = torch.tensor(mask) == 0
+    assert (grad[observed] == 0).all() and (grad[~observed] != 0).all()
+
+
+def test_sft_targets_skip_the_observations(zoo_env):
+    from zoo.datamodules.sft import SFTDataModule
+    from zoo.models.cross_entropy import IGNORE_INDEX
+
+    data = SFTDataModule(task="search", options={"teacher_error": 0.0}, train_size=40, val_size=4, seq_len=512,
+                         chat_template="none", vocab_size=400)  # fmt: skip
+    data.setup()
+    inputs, targets = data.examples(data.train_problems[:5])[0]
+    trained = data.tokenizer.decode([t for t in targets if t != IGNORE_INDEX])
+    solution = data.train_problems[0].solution
+    assert "<information>" in solution and "<information>" not in trained and "Doc 1" not in trained
+    for piece in ("<plan>", "</search>", "<reflection>", "<answer>"):
+        assert trained.count(piece) == solution.count(piece)
+    data.chat = object()  # as a tokenizer with a chat template would give
+    with pytest.raises(DataError, match="chat_template=none"):
+        data.examples(data.train_problems[:1])
+
+
+def test_teachers_and_question_of():
+    env = SearchEnvironment("world")
+    good, sloppy = teacher_transcript(TWO_HOP, False, env), teacher_transcript(TWO_HOP, True, env)
+    assert good.endswith(f"<answer>{TWO_HOP.answer}</answer>") and good.count("<search>") == 2
+    assert sloppy.count("<search>") == 1 and f"<answer>{TWO_HOP.hops[0].value}</answer>" in sloppy
+    for template in PROMPTS.values():
+        assert question_of(template.format(question=TWO_HOP.text)) == TWO_HOP.text
+
+
+def test_model_readers_plug_in_beside_the_extractive_one(hf_models, trained_run):
+    question, passages = TWO_HOP.text, [p for p in WORLD.passages if p.title == TWO_HOP.hops[0].entity]
+    assert isinstance(build_reader("extractive"), ExtractiveReader)
+    for source in (str(hf_models["llama"]), str(trained_run)):
+        reader = build_reader(source, max_new_tokens=4)
+        first = reader([question, "Who?"], [passages, []])
+        assert len(first) == 2 and all(isinstance(a, str) and "\n" not in a for a in first)
+        assert reader([question, "Who?"], [passages, []]) == first  # greedy: the same answers again
