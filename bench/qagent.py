@@ -1,15 +1,18 @@
 """QAgent's experiment (arXiv:2510.08383 Table 3's direction; notes §5.8) on zoo's embedded search world, every
 step through the command line.
 
-    python bench/qagent.py [--seeds 1337 1 2] [--parallel 1] [--workdir DIR] [--reuse] [--reader SPEC]
+    python bench/qagent.py [--seeds 1337 1 2] [--parallel 1] [--workdir DIR] [--reuse]
 
-The SFT warm start (``zoo fit experiment=qagent_sft``, pushed to the hub, ZOO_HUB, as ``qagent-sft``) is asked
-greedily on the held-out questions (``zoo validate``); then per seed, from it, GRPO stage 1
-(``experiment=qagent_stage1``, pushed as ``qagent-stage1-SEED``) and from that stage 2 (``experiment=qagent_stage2``).
-Every policy is validated on the same 128 held-out questions with the same frozen reader (``--reader``: extractive
-by default, or a model source): the table prints, as mean ± std over seeds, the end-to-end strict EM, the agent as
-a submodule (Hit of its passages at 1 passage a query, the reader's non-strict EM and F1), searches per question,
-and the baselines: no retrieval and naive RAG (the question as the query, top 5 and top 1).
+First the SFT warm start (``zoo fit experiment=qagent_sft``, pushed to the hub, ZOO_HUB, as ``qagent-sft``) and a
+second frozen reader, a tiny language model (``experiment=qagent_reader_sft``, pushed as ``qagent-reader``). Then
+per seed, from the warm start, GRPO stage 1 (``experiment=qagent_stage1``) and from it stage 2
+(``experiment=qagent_stage2``, rewarded through the extractive reader), each pushed as ``qagent-stage1-SEED`` and
+``qagent-stage2-SEED``. Every policy is validated (``zoo validate``) on the same 128 held-out questions with each
+reader: the extractive one (stage 2's) and the language model (never seen in training: the plug-and-play check).
+Printed per reader, mean ± std over seeds: the end-to-end strict EM, the agent as a submodule (Hit of its passages
+at one passage a query; the reader's non-strict EM and F1 from them), the right answers whose passages lack the
+gold (memory or guesses: "utilisation hacking"), searches per question, and the baselines on the same questions:
+no retrieval, and naive RAG (the question as the one query, top 5).
 """
 
 from __future__ import annotations
@@ -22,22 +25,15 @@ from pathlib import Path
 
 from zoo_runs import latest_run, threads_per_run, zoo
 
+READERS = {"extractive": "extractive", "tiny LM (qagent-reader)": "hub:qagent-reader"}
 COLUMNS = {  # metric: heading
     "val/em": "end-to-end EM",
-    "val/hit": "Hit (agent's passages)",
+    "val/hit": "Hit@1",
     "val/reader_em": "reader EM",
     "val/reader_f1": "reader F1",
+    "val/em_without_hit": "right without the gold passage",
     "val/searches": "searches",
 }
-
-
-def _validate(workdir: Path, threads: int, name: str, source: str, opts, *extra: str) -> dict:
-    run = latest_run(workdir, name) if opts.reuse else None
-    if run is None:
-        zoo(workdir, threads, f"{name}.log", "validate", "experiment=qagent_stage1", f"model.init_from={source}",
-            f"name={name}", f"module.reader={opts.reader}", *extra, "trainer.enable_progress_bar=false")  # fmt: skip
-        run = latest_run(workdir, name)
-    return json.loads((run / "metrics.json").read_text())
 
 
 def _fit(workdir: Path, threads: int, name: str, opts, *args: str) -> Path:
@@ -45,21 +41,35 @@ def _fit(workdir: Path, threads: int, name: str, opts, *args: str) -> Path:
     if run is None:
         zoo(workdir, threads, f"{name}.log", "fit", *args, f"name={name}", "trainer.enable_progress_bar=false")
         run = latest_run(workdir, name)
+    zoo(workdir, threads, f"push_{name}.log", "hub", "push", str(run), "--name", name.replace("_", "-"), "--force")
     return run
 
 
-def _seed(seed: int, opts, threads: int) -> dict[str, dict]:
+def _validate(workdir: Path, threads: int, policy: str, reader: str, opts) -> dict:
+    name = f"validate_{policy.removeprefix('hub:')}_{reader.removeprefix('hub:')}".replace("-", "_")
+    run = latest_run(workdir, name) if opts.reuse else None
+    if run is None:
+        zoo(workdir, threads, f"{name}.log", "validate", "experiment=qagent_stage1", f"model.init_from={policy}",
+            f"name={name}", f"module.reader={reader}", "trainer.enable_progress_bar=false")  # fmt: skip
+        run = latest_run(workdir, name)
+    return json.loads((run / "metrics.json").read_text())
+
+
+def _seed(seed: int, opts, threads: int) -> dict[str, dict[str, dict]]:
     workdir = Path(opts.workdir).resolve()
-    reader = f"module.reader={opts.reader}"
-    stage1 = _fit(workdir, threads, f"qagent_stage1_{seed}", opts, "experiment=qagent_stage1", f"seed={seed}", reader)
-    zoo(workdir, threads, f"push_stage1_{seed}.log", "hub", "push", str(stage1), "--name", f"qagent-stage1-{seed}",
-        "--force")  # fmt: skip
-    stage2 = _fit(workdir, threads, f"qagent_stage2_{seed}", opts, "experiment=qagent_stage2", f"seed={seed}", reader,
-                  f"model.init_from=hub:qagent-stage1-{seed}")  # fmt: skip
+    _fit(workdir, threads, f"qagent_stage1_{seed}", opts, "experiment=qagent_stage1", f"seed={seed}")
+    _fit(workdir, threads, f"qagent_stage2_{seed}", opts, "experiment=qagent_stage2", f"seed={seed}",
+         f"model.init_from=hub:qagent-stage1-{seed}")  # fmt: skip
     return {
-        "stage 1": json.loads((stage1 / "metrics.json").read_text()),
-        "stage 1 + 2": json.loads((stage2 / "metrics.json").read_text()),
-    }
+        arm: {reader: _validate(workdir, threads, f"hub:qagent-{entry}-{seed}", spec, opts) for reader, spec in
+              READERS.items()}
+        for arm, entry in (("stage 1", "stage1"), ("stage 1 + 2", "stage2"))
+    }  # fmt: skip
+
+
+def _cell(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
 
 def main() -> None:
@@ -68,36 +78,32 @@ def main() -> None:
     parser.add_argument("--workdir", default=".")
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--parallel", type=int, default=1, help="seeds at a time")
-    parser.add_argument("--reader", default="extractive")
     opts = parser.parse_args()
-    workdir = Path(opts.workdir).resolve()
-    sft = _fit(workdir, threads_per_run(1), "qagent_sft", opts, "experiment=qagent_sft")
-    zoo(workdir, 1, "push_sft.log", "hub", "push", str(sft), "--name", "qagent-sft", "--force")
-    before = _validate(workdir, threads_per_run(1), "qagent_sft_validate", "hub:qagent-sft", opts)
+    workdir, threads = Path(opts.workdir).resolve(), threads_per_run(1)
+    _fit(workdir, threads, "qagent_sft", opts, "experiment=qagent_sft")
+    _fit(workdir, threads, "qagent_reader", opts, "experiment=qagent_reader_sft")
+    before = {reader: _validate(workdir, threads, "hub:qagent-sft", spec, opts) for reader, spec in READERS.items()}
     with ThreadPoolExecutor(opts.parallel) as pool:
         runs = list(pool.map(lambda s: _seed(s, opts, threads_per_run(opts.parallel)), opts.seeds))
-    print(f"{len(opts.seeds)} seeds ({', '.join(map(str, opts.seeds))}), 128 held-out questions, reader {opts.reader}")
-    print("| policy | " + " | ".join(COLUMNS.values()) + " |")
-    print("|---|" + "---|" * len(COLUMNS))
-    print(
-        f"| no retrieval | - | - | {before['val/vanilla_reader_em']:.3f} | {before['val/vanilla_reader_f1']:.3f} | 0 |"
-    )
-    print(f"| naive RAG (question, top 5) | - | {before['val/naive_rag_hit']:.3f} | "
-          f"{before['val/naive_rag_reader_em']:.3f} | {before['val/naive_rag_reader_f1']:.3f} | 1 |")  # fmt: skip
-    print("| SFT warm start | " + " | ".join(f"{before.get(m, float('nan')):.3f}" for m in COLUMNS) + " |")
-    for arm in ("stage 1", "stage 1 + 2"):
-        cells = []
-        for metric in COLUMNS:
-            values = [r[arm].get(metric, float("nan")) for r in runs]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.3f} ± {spread:.3f}")
-        print(f"| {arm} | " + " | ".join(cells) + " |")
-    for arm in ("stage 1", "stage 1 + 2"):
-        per_seed = "; ".join(
-            f"{seed}: EM {r[arm]['val/em']:.3f}, Hit {r[arm]['val/hit']:.3f}, reader EM {r[arm]['val/reader_em']:.3f}"
-            for seed, r in zip(opts.seeds, runs, strict=True)
-        )
-        print(f"{arm} per seed: {per_seed}")
+    print(f"{len(opts.seeds)} seeds ({', '.join(map(str, opts.seeds))}), 128 held-out questions")
+    for reader in READERS:
+        b = before[reader]
+        print(f"\nreader: {reader}")
+        print("| policy | " + " | ".join(COLUMNS.values()) + " |")
+        print("|---|" + "---|" * len(COLUMNS))
+        print(f"| no retrieval | - | - | {b['val/vanilla_reader_em']:.3f} | {b['val/vanilla_reader_f1']:.3f} | - | 0 |")
+        print(f"| naive RAG (the question, top 5) | - | {b['val/naive_rag_hit']:.3f} (Hit@5) | "
+              f"{b['val/naive_rag_reader_em']:.3f} | {b['val/naive_rag_reader_f1']:.3f} | - | 1 |")  # fmt: skip
+        print("| SFT warm start | " + " | ".join(f"{b[m]:.3f}" for m in COLUMNS) + " |")
+        for arm in ("stage 1", "stage 1 + 2"):
+            print(f"| {arm} | " + " | ".join(_cell([r[arm][reader][m] for r in runs]) for m in COLUMNS) + " |")
+        for arm in ("stage 1", "stage 1 + 2"):
+            per_seed = "; ".join(
+                f"{seed}: EM {r[arm][reader]['val/em']:.3f}, Hit {r[arm][reader]['val/hit']:.3f}, "
+                f"reader EM {r[arm][reader]['val/reader_em']:.3f}"
+                for seed, r in zip(opts.seeds, runs, strict=True)
+            )
+            print(f"{arm} per seed: {per_seed}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from zoo.search.corpus import Passage
 from zoo.search.readers import build_reader
 from zoo.search.rewards import cover_match, exact_match, hit, stage1_reward, stage2_reward, token_f1
 from zoo.search.tags import format_ok, last_answer, retrieved_passages
-from zoo.search.task import question_of
+from zoo.search.task import golds_of, question_of
 
 VALIDATION_METRICS = (
     "em", "f1", "format", "searches", "turns", "hit", "em_without_hit", "reader_em", "reader_f1",
@@ -89,7 +89,7 @@ class QAgentModule(GRPOModule):
 
     def score(self, problems: list[dict[str, Any]], batch: RolloutBatch, texts: list[str]) -> RewardBatch:
         asked = [problems[i] for i in batch.prompt_index.tolist()]
-        golds = [p["reference"] for p in asked]
+        golds = [golds_of(p["reference"]) for p in asked]
         end_to_end = [stage1_reward(t, g) for t, g in zip(texts, golds, strict=True)]
         parts = {
             "stage1": torch.tensor(end_to_end),
@@ -114,7 +114,7 @@ class QAgentModule(GRPOModule):
         outcome = agent.rollout(callback.engine, problems, params, self.tokenizer, 1, len(problems))
         texts = [self.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in outcome.samples()]
         kept = [problems[g] for g in outcome.groups]
-        golds = [p["reference"] for p in kept]
+        golds = [golds_of(p["reference"]) for p in kept]
         questions = [question_of(p["prompt"]) for p in kept]
         passages = [retrieved_passages(t) for t in texts]
         environment = agent.make_environment(kept[0], 0)

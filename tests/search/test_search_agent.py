@@ -113,3 +113,40 @@ def test_model_readers_plug_in_beside_the_extractive_one(hf_models, trained_run)
         first = reader([question, "Who?"], [passages, []])
         assert len(first) == 2 and all(isinstance(a, str) and "\n" not in a for a in first)
         assert reader([question, "Who?"], [passages, []]) == first  # greedy: the same answers again
+
+
+def test_reader_data_answers_the_gold_exactly_when_its_passage_is_shown():
+    from zoo.rl.tasks import load_problems
+    from zoo.search.rewards import cover_match
+
+    train, _ = load_problems("search_reader", None, None, 200, 10, 0)
+    shown_gold = 0
+    for problem in train:
+        passages = problem.prompt.split("\n\nAnswer the given question")[0]
+        has_gold = cover_match(passages, problem.reference)
+        shown_gold += has_gold
+        assert (problem.solution.strip() == problem.reference) == bool(has_gold) or (
+            not has_gold and problem.solution.strip() == problem.reference  # an extractive guess that is right
+        )
+    assert 0.4 < shown_gold / len(train) < 0.8
+
+
+def test_questions_of_your_own_with_several_answers(tmp_path):
+    import json
+
+    from zoo.rl.tasks import TASKS, load_problems
+    from zoo.search.task import golds_of
+
+    rows = [{"question": "Who wrote Hamlet", "golden_answers": ["Shakespeare", "William Shakespeare"]},
+            {"question": "Capital of France?", "answer": "Paris"}]  # fmt: skip
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    train, val = load_problems("search", str(path), str(path), 10, 10, 0)
+    assert len(train) == 2 and question_of(train[0].prompt) == "Who wrote Hamlet?"
+    assert golds_of(train[0].reference) == ["Shakespeare", "William Shakespeare"] and train[1].reference == "Paris"
+    reward = TASKS["search"].reward
+    assert reward(train[0].prompt, "<answer>william shakespeare</answer>", train[0].reference) == 1.0
+    assert reward(train[0].prompt, "<answer>Marlowe</answer>", train[0].reference) == 0.0
+    path.write_text(json.dumps({"question": "q", "answers": [1, 2]}) + "\n")
+    with pytest.raises(DataError, match=r"qa.jsonl:1: a question needs"):
+        load_problems("search", str(path), None, 1, 0, 0)

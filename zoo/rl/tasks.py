@@ -307,11 +307,33 @@ def search_problems(count: int, seed: int, teacher_error: float = 0.5, prompt: s
     return generate(count, seed, teacher_error, prompt)
 
 
+def search_reader_problems(count: int, seed: int, distractors: int = 1) -> list[Problem]:
+    """A frozen reader's training data over zoo's embedded world (:func:`zoo.search.task.reader_problems`)."""
+    from zoo.search.task import reader_problems
+
+    return reader_problems(count, seed, distractors)
+
+
+def cover_reward(prompt: str, completion: str, reference: str) -> float:
+    """1 when the reference occurs in the completion's first line as whole words (QAgent's non-strict EM)."""
+    from zoo.search.rewards import cover_match
+
+    return cover_match(completion.strip().split("\n")[0], reference)
+
+
+def search_questions(path: str | Path) -> list[Problem]:
+    """QAgent's questions from a JSONL file (NQ / HotpotQA style, :func:`zoo.search.task.read_questions`)."""
+    from zoo.search.task import read_questions
+
+    return read_questions(path)
+
+
 def search_reward(prompt: str, completion: str, reference: str) -> float:
     """QAgent's stage-1 reward: format x strict EM of the last answer (:func:`zoo.search.rewards.stage1_reward`)."""
     from zoo.search.rewards import stage1_reward
+    from zoo.search.task import golds_of
 
-    return stage1_reward(completion, reference)
+    return stage1_reward(completion, golds_of(reference))
 
 
 @dataclass(frozen=True)
@@ -342,6 +364,7 @@ TASKS: dict[str, Task] = {
         "Plan, search with <search><query>…</query></search>, reflect, then answer within <answer></answer>.",
         observation=r"\n<information>.*?</information>\n|\nMy previous action is invalid\..*?\n",
     ),
+    "search_reader": Task(cover_reward, True, "Answer the question from the passages in a few words."),
 }
 GENERATORS = {
     "arithmetic": arithmetic_problems,
@@ -350,8 +373,9 @@ GENERATORS = {
     "methods": method_problems,
     "thinking": thinking_problems,
     "search": search_problems,
+    "search_reader": search_reader_problems,
 }
-READERS = {"gsm8k": gsm8k_problems, "math": math_problems}
+READERS = {"gsm8k": gsm8k_problems, "math": math_problems, "search": search_questions}
 
 
 def load_problems(
@@ -369,7 +393,7 @@ def load_problems(
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
     options = dict(options or {})
-    if task in GENERATORS:
+    if task in GENERATORS and not (path and task in READERS):
         generator = GENERATORS[task]
         accepted = set(inspect.signature(generator).parameters) - {"count", "seed"}
         unknown = sorted(set(options) - accepted)
@@ -391,7 +415,7 @@ def load_problems(
         return train[:train_size], READERS[task](val_path)[:val_size]
     if len(train) <= val_size:
         raise DataError(f"{path}: {len(train)} problems, not enough to hold out {val_size} for validation")
-    return train[:-val_size][:train_size], train[-val_size:]
+    return train[: len(train) - val_size][:train_size], train[len(train) - val_size :]
 
 
 def encode_texts(tokenizer, texts: list[str], chat=None) -> list[list[int]]:

@@ -39,6 +39,10 @@ def passages_text(passages: Sequence[Passage]) -> str:
     return "\n".join(p.render(rank) for rank, p in enumerate(passages, start=1))
 
 
+def reader_prompt(question: str, passages: Sequence[Passage]) -> str:
+    return READER_PROMPT.format(passages=passages_text(passages), question=question.rstrip("?. ") + "?")
+
+
 def _stem(word: str) -> str:
     word = word.lower()
     for suffix in _SUFFIXES:
@@ -91,7 +95,7 @@ class ModelReader:
         self.engine = in_place_engine(self.model, self.tokenizer)
 
     def prompt_ids(self, question: str, passages: Sequence[Passage]) -> list[int]:
-        text = READER_PROMPT.format(passages=passages_text(passages), question=question.rstrip("?. ") + "?")
+        text = reader_prompt(question, passages)
         if self.chat is not None:
             return self.chat.prompt_ids(text)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

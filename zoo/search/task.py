@@ -16,11 +16,15 @@ SFT masks the observations (:data:`zoo.rl.tasks.Task.observation`), as RL does. 
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 from zoo.envs.search import SearchEnvironment
 from zoo.errors import DataError
-from zoo.search.readers import ExtractiveReader
+from zoo.jsonl import read_jsonl
+from zoo.search.readers import ExtractiveReader, reader_prompt
+from zoo.search.rewards import cover_match
 from zoo.search.world import Question, default_world
 
 PROMPTS = {
@@ -38,11 +42,45 @@ PROMPTS = {
 }
 
 
+def read_questions(path: str | Path) -> list:
+    """Questions of your own, one JSON object a line: ``{"question", "answer"}``, or several acceptable answers as a
+    list in ``"answers"`` or ``"golden_answers"`` (NQ / HotpotQA in Search-R1's files), asked with the paper's
+    prompt; the reference of several answers is their JSON list (:func:`golds_of`). The solution is the bare answer
+    (no transcript: SFT warm starts use the embedded world)."""
+    from zoo.rl.tasks import Problem
+
+    path = Path(path)
+    problems = []
+    for number, row in read_jsonl(path):
+        question = row.get("question")
+        answers = next((row[k] for k in ("answer", "answers", "golden_answers") if k in row), None)
+        answers = [answers] if isinstance(answers, str) else answers
+        if not isinstance(question, str) or not answers or not all(isinstance(a, str) for a in answers):
+            raise DataError(f"{path}:{number}: a question needs a 'question' string and an 'answer' (or 'answers', "
+                            "'golden_answers': strings)")  # fmt: skip
+        reference = answers[0] if len(answers) == 1 else json.dumps(answers)
+        problems.append(Problem(PROMPTS["paper"].format(question=question.strip().rstrip("?.") + "?"), reference,
+                                f"<answer>{answers[0]}</answer>"))  # fmt: skip
+    return problems
+
+
+def golds_of(reference: str) -> str | list[str]:
+    """The acceptable answers a problem's reference holds: one, or a JSON list of several."""
+    if reference.startswith("["):
+        try:
+            answers = json.loads(reference)
+        except json.JSONDecodeError:
+            return reference
+        if isinstance(answers, list) and all(isinstance(a, str) for a in answers):
+            return answers
+    return reference
+
+
 def question_of(prompt: str) -> str:
     """The question a prompt of :data:`PROMPTS` asks (what the frozen reader is given)."""
     _, marker, rest = prompt.rpartition("Question: ")
     question = rest.strip() if marker else prompt.strip()
-    return question[:-1] if question.endswith("?.") else question
+    return question[:-1] if question.endswith("?.") else question.removesuffix(".")
 
 
 def teacher_transcript(question: Question, sloppy: bool, environment: SearchEnvironment) -> str:
@@ -61,6 +99,30 @@ def teacher_transcript(question: Question, sloppy: bool, environment: SearchEnvi
         text += act(f"<plan>look up {hop.entity}</plan><search><query>{hop.entity} {hop.keyword}</query></search>")
         text += f"<reflection>{hop.finding}</reflection>"
     return text + f"<answer>{question.answer}</answer>"
+
+
+def reader_problems(count: int, seed: int, distractors: int = 1) -> list:
+    """A frozen reader's training data (a second reader beside the extractive one): the reader's prompt over some
+    passages and a world question, answered in a few words. Half the time the passages are the question's hops'
+    (the answer is there), a quarter the first hop's only, a quarter none of them; ``distractors`` random passages
+    are mixed in at random places. The answer is the gold when its passage is there, else what an extractive
+    reading offers (a reader answers from what it reads)."""
+    from zoo.rl.tasks import Problem
+
+    world, rng = default_world(), random.Random(seed)
+    titles = {p.title: p for p in world.passages}
+    problems = []
+    for _ in range(count):
+        question = rng.choice(world.questions)
+        hops = [titles[h.entity] for h in question.hops]
+        draw = rng.random()
+        shown = hops if draw < 0.5 else hops[:1] if draw < 0.75 else []
+        for distractor in rng.sample(world.passages, distractors):
+            shown.insert(rng.randint(0, len(shown)), distractor)
+        known = cover_match(" ".join(p.text for p in shown), question.answer)
+        answer = question.answer if known else ExtractiveReader.answer(question.text, shown)
+        problems.append(Problem(reader_prompt(question.text, shown), question.answer, f" {answer}"))
+    return problems
 
 
 def search_problems(count: int, seed: int, teacher_error: float = 0.5, prompt: str = "short") -> list:
