@@ -2,6 +2,7 @@
 step through the command line.
 
     python bench/qagent.py [--seeds 1337 1 2] [--parallel 1] [--workdir DIR] [--reuse]
+    python bench/qagent.py --memory 0.5 --teacher-error 0.3 --seeds 1337 1 --readers extractive   # hacking check
 
 First the SFT warm start (``zoo fit experiment=qagent_sft``, pushed to the hub, ZOO_HUB, as ``qagent-sft``) and a
 second frozen reader, a tiny language model (``experiment=qagent_reader_sft``, pushed as ``qagent-reader``). Then
@@ -13,6 +14,11 @@ Printed per reader, mean ± std over seeds: the end-to-end strict EM, the agent 
 at one passage a query; the reader's non-strict EM and F1 from them), the right answers whose passages lack the
 gold (memory or guesses: "utilisation hacking"), searches per question, and the baselines on the same questions:
 no retrieval, and naive RAG (the question as the one query, top 5).
+
+``--memory SHARE``: the "utilisation hacking" check of notes §5.8. The warm start also learns from a teacher that
+answers the last hop from memory (``data.options.memory``; ``--teacher-error`` the sloppy share), a route stage 1
+pays for whenever the memory is right and stage 2 does not (the reader sees no gold passage; Hit counts half). Its
+runs are named ``*_memory``; watch ``right without the gold passage``.
 """
 
 from __future__ import annotations
@@ -56,13 +62,14 @@ def _validate(workdir: Path, threads: int, policy: str, reader: str, opts) -> di
 
 
 def _seed(seed: int, opts, threads: int) -> dict[str, dict[str, dict]]:
-    workdir = Path(opts.workdir).resolve()
-    _fit(workdir, threads, f"qagent_stage1_{seed}", opts, "experiment=qagent_stage1", f"seed={seed}")
-    _fit(workdir, threads, f"qagent_stage2_{seed}", opts, "experiment=qagent_stage2", f"seed={seed}",
-         f"model.init_from=hub:qagent-stage1-{seed}")  # fmt: skip
+    workdir, tag = Path(opts.workdir).resolve(), opts.tag
+    _fit(workdir, threads, f"qagent_stage1{tag}_{seed}", opts, "experiment=qagent_stage1", f"seed={seed}",
+         f"model.init_from=hub:qagent-sft{tag.replace('_', '-')}")  # fmt: skip
+    _fit(workdir, threads, f"qagent_stage2{tag}_{seed}", opts, "experiment=qagent_stage2", f"seed={seed}",
+         f"model.init_from=hub:qagent-stage1{tag.replace('_', '-')}-{seed}")  # fmt: skip
     return {
-        arm: {reader: _validate(workdir, threads, f"hub:qagent-{entry}-{seed}", spec, opts) for reader, spec in
-              READERS.items()}
+        arm: {reader: _validate(workdir, threads, f"hub:qagent-{entry}{tag.replace('_', '-')}-{seed}", READERS[reader],
+                                opts) for reader in opts.readers}
         for arm, entry in (("stage 1", "stage1"), ("stage 1 + 2", "stage2"))
     }  # fmt: skip
 
@@ -78,15 +85,22 @@ def main() -> None:
     parser.add_argument("--workdir", default=".")
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--parallel", type=int, default=1, help="seeds at a time")
+    parser.add_argument("--readers", nargs="+", choices=list(READERS), default=list(READERS))
+    parser.add_argument("--memory", type=float, help="the warm start's share of the memory teacher")
+    parser.add_argument("--teacher-error", type=float, default=0.8, help="with --memory: the sloppy share")
     opts = parser.parse_args()
     workdir, threads = Path(opts.workdir).resolve(), threads_per_run(1)
-    _fit(workdir, threads, "qagent_sft", opts, "experiment=qagent_sft")
-    _fit(workdir, threads, "qagent_reader", opts, "experiment=qagent_reader_sft")
-    before = {reader: _validate(workdir, threads, "hub:qagent-sft", spec, opts) for reader, spec in READERS.items()}
+    opts.tag = "_memory" if opts.memory is not None else ""
+    options = [f"data.options={{teacher_error: {opts.teacher_error}, memory: {opts.memory}}}"] if opts.tag else []
+    _fit(workdir, threads, f"qagent_sft{opts.tag}", opts, "experiment=qagent_sft", *options)
+    if "tiny LM (qagent-reader)" in opts.readers:
+        _fit(workdir, threads, "qagent_reader", opts, "experiment=qagent_reader_sft")
+    before = {r: _validate(workdir, threads, f"hub:qagent-sft{opts.tag.replace('_', '-')}", READERS[r], opts)
+              for r in opts.readers}  # fmt: skip
     with ThreadPoolExecutor(opts.parallel) as pool:
         runs = list(pool.map(lambda s: _seed(s, opts, threads_per_run(opts.parallel)), opts.seeds))
     print(f"{len(opts.seeds)} seeds ({', '.join(map(str, opts.seeds))}), 128 held-out questions")
-    for reader in READERS:
+    for reader in opts.readers:
         b = before[reader]
         print(f"\nreader: {reader}")
         print("| policy | " + " | ".join(COLUMNS.values()) + " |")

@@ -11,6 +11,7 @@ from zoo.models import build_model, config_from_dict
 from zoo.rl.pg_variants import PolicyInputs, policy_loss, variant_options
 from zoo.rl.rollout import assemble, token_logprobs
 from zoo.search.readers import ExtractiveReader, build_reader
+from zoo.search.rewards import hit, stage1_reward
 from zoo.search.tags import RETRY, STOP_STRINGS, retrieved_passages
 from zoo.search.task import PROMPTS, question_of, teacher_transcript
 from zoo.search.world import default_world
@@ -53,7 +54,7 @@ def _trajectory(tokenizer, question):
 
 def test_information_tokens_never_receive_gradient():
     texts = [
-        PROMPTS["short"].format(question=q.text) + teacher_transcript(q, False, SearchEnvironment())
+        PROMPTS["short"].format(question=q.text) + teacher_transcript(q, "competent", SearchEnvironment())
         for q in WORLD.questions[:50]
     ]
     tokenizer = train_bpe(texts, vocab_size=400)
@@ -98,9 +99,13 @@ def test_sft_targets_skip_the_observations(zoo_env):
 
 def test_teachers_and_question_of():
     env = SearchEnvironment("world")
-    good, sloppy = teacher_transcript(TWO_HOP, False, env), teacher_transcript(TWO_HOP, True, env)
+    good, sloppy = teacher_transcript(TWO_HOP, "competent", env), teacher_transcript(TWO_HOP, "sloppy", env)
     assert good.endswith(f"<answer>{TWO_HOP.answer}</answer>") and good.count("<search>") == 2
     assert sloppy.count("<search>") == 1 and f"<answer>{TWO_HOP.hops[0].value}</answer>" in sloppy
+    memory = teacher_transcript(TWO_HOP, "memory", env)
+    assert memory.count("<search>") == 1 and memory.endswith(f"<answer>{TWO_HOP.answer}</answer>")
+    assert stage1_reward(memory, TWO_HOP.answer) == 1.0  # the route stage 1 cannot tell from retrieval
+    assert not hit("\n".join(p.text for p in retrieved_passages(memory)), TWO_HOP.answer)
     for template in PROMPTS.values():
         assert question_of(template.format(question=TWO_HOP.text)) == TWO_HOP.text
 

@@ -300,11 +300,13 @@ def math_problems(path: str | Path, template: str = "Problem: {problem}\nSolutio
     return problems
 
 
-def search_problems(count: int, seed: int, teacher_error: float = 0.5, prompt: str = "short") -> list[Problem]:
+def search_problems(
+    count: int, seed: int, teacher_error: float = 0.5, prompt: str = "short", memory: float = 0.0
+) -> list[Problem]:
     """QAgent's questions about zoo's embedded world, with teacher transcripts (:mod:`zoo.search.task`)."""
     from zoo.search.task import search_problems as generate
 
-    return generate(count, seed, teacher_error, prompt)
+    return generate(count, seed, teacher_error, prompt, memory)
 
 
 def search_reader_problems(count: int, seed: int, distractors: int = 1) -> list[Problem]:

@@ -8,7 +8,9 @@ is a transcript, environment observations included, written by a teacher:
 - the competent teacher (share ``1 - teacher_error``) plans each hop, searches ``"{entity} {keyword}"``, reads the
   passage the environment returns, reflects on what it found, then answers;
 - the sloppy teacher searches the question as it is, once, and answers what an extractive reading of the passage
-  offers: right for one hop, the bridge entity (wrong) for two.
+  offers: right for one hop, the bridge entity (wrong) for two;
+- the memory teacher (share ``memory``, 0 by default) searches every hop but the last and answers the last from
+  what it knows.
 
 SFT masks the observations (:data:`zoo.rl.tasks.Task.observation`), as RL does. The observations are produced by
 :class:`zoo.envs.search.SearchEnvironment` itself, so SFT and RL see the same text.
@@ -83,14 +85,22 @@ def question_of(prompt: str) -> str:
     return question[:-1] if question.endswith("?.") else question.removesuffix(".")
 
 
-def teacher_transcript(question: Question, sloppy: bool, environment: SearchEnvironment) -> str:
-    """The transcript of a teacher's trajectory, observations included."""
+TEACHERS = ("competent", "sloppy", "memory")
+
+
+def teacher_transcript(question: Question, teacher: str, environment: SearchEnvironment) -> str:
+    """The transcript of a teacher's trajectory (one of :data:`TEACHERS`), observations included."""
     text = ""
 
     def act(turn: str) -> str:
         return turn + environment.step(turn).observation
 
-    if sloppy:
+    if teacher == "memory":  # the last hop from what it knows: no search for it
+        for hop in question.hops[:-1]:
+            text += act(f"<plan>look up {hop.entity}</plan><search><query>{hop.entity} {hop.keyword}</query></search>")
+            text += f"<reflection>{hop.finding}</reflection>"
+        return text + f"<plan>recall {question.hops[-1].entity}</plan><answer>{question.answer}</answer>"
+    if teacher == "sloppy":
         turn = f"<plan>look up the question</plan><search><query>{question.text}</query></search>"
         found = environment.retriever.search([question.text], environment.top_k)[0]
         answer = ExtractiveReader.answer(question.text, found)
@@ -125,15 +135,21 @@ def reader_problems(count: int, seed: int, distractors: int = 1) -> list:
     return problems
 
 
-def search_problems(count: int, seed: int, teacher_error: float = 0.5, prompt: str = "short") -> list:
+def search_problems(
+    count: int, seed: int, teacher_error: float = 0.5, prompt: str = "short", memory: float = 0.0
+) -> list:
     """``count`` questions of the world, drawn without replacement while they last (seeded), each with a
-    teacher's transcript (sloppy with probability ``teacher_error``)."""
+    teacher's transcript: sloppy with probability ``teacher_error``, from memory with probability ``memory`` (the
+    last hop answered without searching it: the answer the teacher knows; a policy that learns this route answers
+    held-out questions from what it memorised of the training transcripts, the parametric route of notes §5.8),
+    competent otherwise."""
     from zoo.rl.tasks import Problem
 
     if prompt not in PROMPTS:
         raise DataError(f"data.options.prompt must be one of {', '.join(PROMPTS)}, got {prompt!r}")
-    if not 0 <= teacher_error <= 1:
-        raise DataError(f"data.options.teacher_error must lie in [0, 1], got {teacher_error!r}")
+    if not (0 <= teacher_error and 0 <= memory and teacher_error + memory <= 1):
+        raise DataError(f"data.options.teacher_error and memory must be >= 0 and sum to <= 1, got {teacher_error!r}, "
+                        f"{memory!r}")  # fmt: skip
     world, rng = default_world(), random.Random(seed)
     environment = SearchEnvironment("world")
     order: list[Question] = []
@@ -141,7 +157,8 @@ def search_problems(count: int, seed: int, teacher_error: float = 0.5, prompt: s
         order += rng.sample(world.questions, len(world.questions))
     problems = []
     for question in order[:count]:
-        sloppy = rng.random() < teacher_error
-        transcript = teacher_transcript(question, sloppy, environment)
+        draw = rng.random()
+        teacher = "sloppy" if draw < teacher_error else "memory" if draw < teacher_error + memory else "competent"
+        transcript = teacher_transcript(question, teacher, environment)
         problems.append(Problem(PROMPTS[prompt].format(question=question.text), question.answer, transcript))
     return problems
