@@ -91,7 +91,9 @@ def main() -> None:
     opts = parser.parse_args()
     workdir, threads = Path(opts.workdir).resolve(), threads_per_run(1)
     opts.tag = "_memory" if opts.memory is not None else ""
-    options = [f"data.options={{teacher_error: {opts.teacher_error}, memory: {opts.memory}}}"] if opts.tag else []
+    options = (
+        [f"data.options.teacher_error={opts.teacher_error}", f"+data.options.memory={opts.memory}"] if opts.tag else []
+    )
     _fit(workdir, threads, f"qagent_sft{opts.tag}", opts, "experiment=qagent_sft", *options)
     if "tiny LM (qagent-reader)" in opts.readers:
         _fit(workdir, threads, "qagent_reader", opts, "experiment=qagent_reader_sft")
