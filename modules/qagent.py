@@ -133,7 +133,6 @@ class QAgentModule(GRPOModule):
             "turns": [float(t.turns) for t in outcome.trajectories],
             "length": [float(len(s.token_ids)) for s in outcome.samples()],
             "hit": [hit("\n".join(p.text for p in found), g) for found, g in zip(passages, golds, strict=True)],
-            "em_without_hit": [],  # filled below: right answers whose passages lack the gold (parametric or guessed)
             "reader_em": [cover_match(a, g) for a, g in zip(read, golds, strict=True)],
             "reader_f1": [token_f1(a, g) for a, g in zip(read, golds, strict=True)],
             "vanilla_reader_em": [cover_match(a, g) for a, g in zip(vanilla, golds, strict=True)],
@@ -142,6 +141,7 @@ class QAgentModule(GRPOModule):
             "naive_rag_reader_em": [cover_match(a, g) for a, g in zip(naive_read, golds, strict=True)],
             "naive_rag_reader_f1": [token_f1(a, g) for a, g in zip(naive_read, golds, strict=True)],
         }
+        # right answers whose passages lack the gold: from memory, or guessed
         values["em_without_hit"] = [em * (1 - h) for em, h in zip(values["em"], values["hit"], strict=True)]
         if self.reward_stage == 1:
             values["reward"] = values["pass@1"]

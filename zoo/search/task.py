@@ -27,6 +27,7 @@ from zoo.errors import DataError
 from zoo.jsonl import read_jsonl
 from zoo.search.readers import ExtractiveReader, reader_prompt
 from zoo.search.rewards import cover_match
+from zoo.search.tags import retrieved_passages
 from zoo.search.world import Question, default_world
 
 PROMPTS = {
@@ -101,10 +102,9 @@ def teacher_transcript(question: Question, teacher: str, environment: SearchEnvi
             text += f"<reflection>{hop.finding}</reflection>"
         return text + f"<plan>recall {question.hops[-1].entity}</plan><answer>{question.answer}</answer>"
     if teacher == "sloppy":
-        turn = f"<plan>look up the question</plan><search><query>{question.text}</query></search>"
-        found = environment.retriever.search([question.text], environment.top_k)[0]
-        answer = ExtractiveReader.answer(question.text, found)
-        return act(turn) + f"<reflection>found {answer}</reflection><answer>{answer}</answer>"
+        searched = act(f"<plan>look up the question</plan><search><query>{question.text}</query></search>")
+        answer = ExtractiveReader.answer(question.text, retrieved_passages(searched))
+        return searched + f"<reflection>found {answer}</reflection><answer>{answer}</answer>"
     for hop in question.hops:
         text += act(f"<plan>look up {hop.entity}</plan><search><query>{hop.entity} {hop.keyword}</query></search>")
         text += f"<reflection>{hop.finding}</reflection>"
