@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torchmetrics.aggregation import MeanMetric
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, ZooError, require_int
 from zoo.modules.grpo import GRPOModule
 from zoo.rl.rewards import RewardBatch
 from zoo.rl.rollout import RolloutBatch
@@ -67,6 +67,8 @@ class QAgentModule(GRPOModule):
         super().__init__(model, optim, rollout, algorithm, evaluation, credit, credit_options)
         if reward_stage not in (1, 2):
             raise ConfigError(f"module.reward_stage must be 1 or 2, got {reward_stage!r}")
+        require_int("module.reader_max_new_tokens", reader_max_new_tokens, 1)
+        require_int("module.naive_top_k", naive_top_k, 1)
         self.reward_stage, self.reader_spec = reward_stage, reader
         self.reader_max_new_tokens, self.naive_top_k = reader_max_new_tokens, naive_top_k
         self.reader = None
@@ -76,7 +78,10 @@ class QAgentModule(GRPOModule):
         agent = self.rollout_callback.agent
         if agent is None or not getattr(agent.environment_class(), "scored_by_module", False):
             raise ConfigError("QAgent trains with rollout.agent.environment=search (model=qagent sets it)")
-        self.reader = build_reader(self.reader_spec, self.reader_max_new_tokens, self.device)
+        try:
+            self.reader = build_reader(self.reader_spec, self.reader_max_new_tokens, self.device)
+        except ZooError as error:
+            raise ConfigError(f"module.reader={self.reader_spec}: {error}") from error
         for name in VALIDATION_METRICS:
             self.val_metrics[name] = MeanMetric()
 

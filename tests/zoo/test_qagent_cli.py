@@ -59,6 +59,11 @@ def test_sft_then_stage1_then_stage2_through_the_hub(run_zoo, tmp_path):
 def test_bad_settings_fail_in_one_line(run_zoo):
     process = run_zoo("fit", "model=qagent", *RL, "module.reward_stage=3", check=False)
     assert process.returncode == 2 and process.stderr.strip() == "zoo: error: module.reward_stage must be 1 or 2, got 3"
+    for setting in ("module.reader_max_new_tokens=0", "module.naive_top_k=-1"):
+        process = run_zoo("fit", "model=qagent", *RL, setting, check=False)
+        assert process.returncode == 2 and setting.split("=")[0] in process.stderr.strip().splitlines()[-1]
+    process = run_zoo("fit", "model=qagent", *RL, "module.reader=/nowhere", check=False)
+    assert process.returncode == 2 and process.stderr.strip().startswith("zoo: error: module.reader=/nowhere: ")
     process = run_zoo("fit", "model=qagent", *RL, "rollout.agent.environment_options.top_k=0", check=False)
     assert process.returncode == 2 and "top_k" in process.stderr
     process = run_zoo("fit", "model=qagent", *RL, "rollout.agent.environment_options.corpus=/nowhere.jsonl",
