@@ -33,6 +33,7 @@ commands:
   probe SOURCE           loop probes of a run, .ckpt or hub:NAME on validation text (zoo probe --help)
   infusion analyze SWEEP collapse points and their scaling law for a knowledge-infusion sweep
   budget SOURCE          a policy under thinking budgets: accuracy, length, adherence, truncation (zoo budget -h)
+  synth run|metrics ...  DESIGNER data synthesis and the diversity metrics of a question set (zoo synth -h)
 
 overrides (Hydra): model=mesh  trainer.max_steps=50  data.path=corpus.txt  +trainer.profiler=simple
   -m / --multirun sweeps:  zoo fit -m module.optim.lr=1e-3,3e-3
@@ -531,6 +532,81 @@ def budget_command(args: list[str]) -> None:
         print(f"wrote budgets.md, budgets.json and budgets.png in {out}")
 
 
+# -- data synthesis ------------------------------------------------------------------------------------------
+def synth_command(args: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="zoo synth", description="DESIGNER data synthesis (arXiv:2508.12726)")
+    sub = parser.add_subparsers(dest="action", required=True)
+    run = sub.add_parser("run", help="run (or continue) the pipeline; its output: WORKDIR/sft.jsonl, report.md")
+    run.add_argument("config", help="a config name under configs/synth (default, math) or a YAML file")
+    run.add_argument("overrides", nargs="*", help="key=value settings, e.g. workdir=synth/run1 llm.model=hub:NAME")
+    run.add_argument("--restart", action="store_true", help="delete the work directory's stages and start over")
+    metrics = sub.add_parser("metrics", help="mean cosine / L2 / 1-NN distance, K-means inertia, radius")
+    metrics.add_argument("data", nargs="+", help="JSONL files (question|problem|text) or synth work directories")
+    metrics.add_argument("--field", help="the text field (default: question, problem or text)")
+    metrics.add_argument("--embedder", default="minilm", help="minilm | hashing | hub:NAME (a zoo model)")
+    metrics.add_argument("--limit", type=int, help="a seeded sample of this many texts per set")
+    metrics.add_argument("--k", type=int, default=16, help="K-means clusters for the inertia")
+    metrics.add_argument("--float32", action="store_true", help="the O(N²) metrics in float32 (faster at scale)")
+    metrics.add_argument("--json", help="also write the figures to this JSON file")
+    opts = parser.parse_args(args)
+    try:
+        if opts.action == "run":
+            _synth_run(opts)
+        else:
+            _synth_metrics(opts)
+    except ZooError as e:
+        _user_error(e)
+
+
+def _synth_run(opts) -> None:
+    import shutil
+
+    from zoo.synth.pipeline import Pipeline, check_workdir, load_config
+
+    config = load_config(opts.config, opts.overrides)
+    workdir = Path(config["workdir"]).expanduser()
+    if opts.restart and workdir.is_dir():
+        shutil.rmtree(workdir)
+    check_workdir(config, workdir)
+    out = Pipeline(config, workdir).run()
+    print((workdir / "report.md").read_text())
+    print(f"wrote {out} ({sum(1 for _ in out.open())} examples) and {workdir / 'report.md'}")
+
+
+def _synth_metrics(opts) -> None:
+    import time
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from zoo.synth.embedders import build_embedder
+    from zoo.synth.metrics import METRICS, diversity
+    from zoo.synth.sources import read_texts
+
+    if opts.embedder == "minilm":
+        embedder = build_embedder({"kind": "sentence-transformers", "path": "minilm"})
+    elif opts.embedder == "hashing":
+        embedder = build_embedder({"kind": "hashing"})
+    else:
+        embedder = build_embedder({"kind": "zoo", "model": opts.embedder})
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    table = Table("data", "N", *METRICS, "seconds", box=None, pad_edge=False)
+    results = {}
+    for source in opts.data:
+        texts = read_texts(source, opts.field, opts.limit)
+        start = time.perf_counter()
+        vectors = embedder.embed(texts).to(device)
+        figures = diversity(vectors, opts.k, dtype=torch.float32 if opts.float32 else torch.float64)
+        results[source] = {"n": len(texts), **figures}
+        table.add_row(
+            source, str(len(texts)), *(f"{figures[m]:.4f}" for m in METRICS), f"{time.perf_counter() - start:.1f}"
+        )
+    Console(width=200).print(table)
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(results, indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
@@ -555,8 +631,10 @@ def main(argv: list[str] | None = None) -> None:
         infusion_command(rest)
     elif command == "budget":
         budget_command(rest)
+    elif command == "synth":
+        synth_command(rest)
     else:
-        fail(f"unknown command {command!r}; commands: fit, validate, test, ls, hub, probe, infusion, budget")
+        fail(f"unknown command {command!r}; commands: fit, validate, test, ls, hub, probe, infusion, budget, synth")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@
   not published: a parameter);
 - ``radius``: the geometric mean of the per-dimension standard deviations (population std), in log space.
 
-Everything runs on the embeddings' device (a GPU when they are on one).
+Everything runs on the embeddings' device (a GPU when they are on one). The O(N²) metrics take ``dtype``: float64
+(exact; the default) or float32 for speed at scale (blocks in float32, sums still in float64).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def mean_cosine_distance(embeddings: torch.Tensor) -> float:
     return float(1 - similarity)
 
 
-def mean_l2_distance(embeddings: torch.Tensor, chunk: int = 4096) -> float:
-    x = embeddings.double()
+def mean_l2_distance(embeddings: torch.Tensor, chunk: int = 4096, dtype: torch.dtype = torch.float64) -> float:
+    x = embeddings.to(dtype)
     n, total = x.shape[0], torch.zeros((), dtype=torch.float64, device=x.device)
     pairs = _pairs(n)
     for start in range(0, n, chunk):
@@ -44,12 +45,14 @@ def mean_l2_distance(embeddings: torch.Tensor, chunk: int = 4096) -> float:
         distances = torch.cdist(block, x[start:])  # the block against itself and every later row
         rows = torch.arange(block.shape[0], device=x.device)[:, None]
         columns = torch.arange(distances.shape[1], device=x.device)[None, :]
-        total += distances[columns > rows].sum()  # i < j only
+        total += distances[columns > rows].sum(dtype=torch.float64)  # i < j only
     return float(total / pairs)
 
 
-def nearest_neighbour_distance(embeddings: torch.Tensor, chunk: int = 4096) -> float:
-    unit = _unit(embeddings)
+def nearest_neighbour_distance(
+    embeddings: torch.Tensor, chunk: int = 4096, dtype: torch.dtype = torch.float64
+) -> float:
+    unit = _unit(embeddings).to(dtype)
     n = unit.shape[0]
     _pairs(n)
     total = torch.zeros((), dtype=torch.float64, device=unit.device)
@@ -57,7 +60,7 @@ def nearest_neighbour_distance(embeddings: torch.Tensor, chunk: int = 4096) -> f
         similarity = unit[start : start + chunk] @ unit.T
         rows = torch.arange(similarity.shape[0], device=unit.device)
         similarity[rows, rows + start] = -torch.inf  # not itself
-        total += (1 - similarity.max(1).values).sum()
+        total += (1 - similarity.max(1).values.double()).sum()
     return float(total / n)
 
 
@@ -87,3 +90,19 @@ def kmeans_inertia(embeddings: torch.Tensor, k: int, iterations: int = 50, seed:
 def radius(embeddings: torch.Tensor) -> float:
     std = embeddings.double().std(0, unbiased=False)
     return float(torch.exp(torch.log(std).mean()))
+
+
+METRICS = ("mean_cosine_distance", "mean_l2_distance", "nearest_neighbour_distance", "kmeans_inertia", "radius")
+
+
+def diversity(
+    embeddings: torch.Tensor, k: int = 16, chunk: int = 4096, dtype: torch.dtype = torch.float64, seed: int = 0
+) -> dict[str, float]:
+    """All five metrics of ``embeddings`` (on their device)."""
+    return {
+        "mean_cosine_distance": mean_cosine_distance(embeddings),
+        "mean_l2_distance": mean_l2_distance(embeddings, chunk, dtype),
+        "nearest_neighbour_distance": nearest_neighbour_distance(embeddings, chunk, dtype),
+        "kmeans_inertia": kmeans_inertia(embeddings, min(k, len(embeddings)), seed=seed),
+        "radius": radius(embeddings),
+    }

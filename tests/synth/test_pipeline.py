@@ -1,0 +1,175 @@
+"""DESIGNER's pipeline end to end against a real local server (the HTTP backend): stage counts, the record
+schema, planted duplicates and contamination, malformed answers, a SIGKILL mid-stage and the rerun, bad
+settings."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from zoo.errors import ConfigError, DataError
+from zoo.rl.tasks import math_problems
+from zoo.synth.pipeline import STAGES, Pipeline, check_workdir, load_config
+from zoo.synth.store import StageStore
+
+WORDS = "river stone garden lamp window paper copper silver forest harbour meadow valley engine signal market".split()
+
+
+def _bank(path, count=60):
+    rng = random.Random(0)
+    rows = []
+    for i in range(count):
+        a, b, c = rng.randint(2, 90), rng.randint(2, 90), rng.randint(2, 9)
+        if i % 3 == 0:
+            rows.append({"question": f"Which compound did the chemist number {i} discover near the {WORDS[i % 15]}?"})
+        else:
+            extra = " Then she buys 3 more, gives away 2, and sells the rest at 4 each." * (i % 4)
+            text = f"A {WORDS[i % 15]} shop has {a} items and gets {b} more every {c} days.{extra} How many in total?"
+            rows.append({"question": text, "answer": f"#### {a + b}"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _sources(path, count=24):
+    rng = random.Random(1)
+    rows = []
+    for i in range(count):
+        words = [rng.choice(WORDS) for _ in range(40)]
+        rows.append({"id": f"s{i}", "text": f"Segment {i} says " + " ".join(words)})
+    rows[7]["text"] = rows[3]["text"].upper() + " AND MORE"  # a planted near duplicate
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    _bank(tmp_path / "bank.jsonl")
+    rows = _sources(tmp_path / "sources.jsonl")
+    planted = "What does the text say about " + " ".join(rows[11]["text"].split()[:10]) + "?"  # a benchmark copy
+    (tmp_path / "bench.jsonl").write_text(json.dumps({"problem": planted}) + "\n")
+    return tmp_path
+
+
+def _overrides(inputs, server, workdir, **more) -> list[str]:
+    settings = {
+        "workdir": str(workdir),
+        "bank.files": f"[{inputs / 'bank.jsonl'}]",
+        "sources.files": f"[{inputs / 'sources.jsonl'}]",
+        "sources.min_words": 5,
+        "llm.backend": "http",
+        "llm.base_url": server.url,
+        "llm.model": "canned",
+        "llm.cache": "null",
+        "llm.backoff": 0.01,
+        "select.total": 30,
+        "select.k": "[2,3,4]",
+        "decontaminate.files": f"[{inputs / 'bench.jsonl'}]",
+        "annotate.batch_size": 8,
+        **more,
+    }
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+def _run(inputs, server, workdir, **more):
+    config = load_config("default", _overrides(inputs, server, workdir, **more))
+    check_workdir(config, workdir)
+    return Pipeline(config, workdir, log=lambda _: None).run()
+
+
+def test_the_pipeline_runs_end_to_end_with_counts_that_add_up(inputs, canned_server):
+    workdir = inputs / "run"
+    with canned_server(malformed={2, 5}) as server:
+        out = _run(inputs, server, workdir)
+        generate_body = next(b for b in server.bodies if "Candidate design logics" in b["messages"][0]["content"])
+    report = {s["stage"]: s for s in json.loads((workdir / "report.json").read_text())}
+    assert list(report) == list(STAGES)
+    assert report["bank"]["out"] == 60 and report["annotate"]["in"] == 60
+    assert report["annotate"]["malformed_answers"] == 2 and report["annotate"]["out"] == 60  # both asked again
+    assert report["annotate"]["llm_calls"] == 62
+    chain = [("annotate", "select"), ("select", "extract"), ("extract", "dedup"), ("sources", "retrieve")]
+    chain += [("retrieve", "generate"), ("generate", "minhash"), ("minhash", "decontaminate")]
+    chain += [("decontaminate", "answer")]
+    for before, after in chain:
+        assert report[before]["out"] == report[after]["in"], (before, after)
+    assert report["select"]["out"] == 30 and report["sources"]["out"] == 24
+    assert report["minhash"]["removed"] == 1 and report["decontaminate"]["removed"] == 1
+    removed = StageStore(workdir / "08_minhash" / "removed").records()
+    assert removed == [{"id": "sources:s7#0", "duplicate_of": "sources:s3#0"}]
+    contaminated = StageStore(workdir / "09_decontaminate" / "removed").records()
+    assert contaminated == [{"id": "sources:s11#0", "benchmark": "bench.jsonl:1"}]
+
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == report["answer"]["out"] == 22
+    logics = {r["id"]: r for r in StageStore(workdir / "04_dedup").records()}
+    for row in rows:
+        assert set(row) >= {"problem", "answer", "solution", "logic", "source", "discipline"}
+        assert row["solution"].startswith("<think>\n") and "\n</think>\n\n" in row["solution"]
+        assert row["logic"] in logics
+    # the generation prompt holds the segment and its retrieved logics, numbered, as dedup kept them
+    prompt = generate_body["messages"][0]["content"]
+    retrieved = {r["id"]: r for r in StageStore(workdir / "06_retrieve").records()}
+    segment = next(r for r in retrieved.values() if r["text"] in prompt)
+    same = [i for i, r in logics.items() if r["discipline"] == segment["discipline"]]
+    assert len(segment["candidates"]) == min(5, len(same)) >= 2 and set(segment["candidates"]) <= set(same)
+    for number, logic_id in enumerate(segment["candidates"], start=1):
+        assert f"[{number}]\n```mermaid\n{logics[logic_id]['logic']}\n```" in prompt
+    problems = math_problems(out)  # what data=sft with data.task=math reads
+    assert len(problems) == 22 and problems[0].solution.strip() == rows[0]["solution"]
+
+
+def test_a_sigkill_mid_stage_loses_at_most_the_batch_in_flight(inputs, canned_server, zoo_env):
+    with canned_server() as server:
+        reference = _run(inputs, server, inputs / "reference").read_text()
+        server.by_kind.clear()
+        server.delay = 0.05
+        workdir = inputs / "killed"
+        args = ["synth", "run", "default", *_overrides(inputs, server, workdir, **{"llm.concurrency": 1})]
+        process = subprocess.Popen([sys.executable, "-m", "zoo", *args], env=zoo_env, stdout=subprocess.DEVNULL)
+        items = workdir / "01_annotate" / "items.jsonl"
+        deadline = time.time() + 120
+        while not (items.is_file() and len(items.read_text().splitlines()) >= 16) and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        done = len(items.read_text().splitlines())
+        assert 16 <= done < 60 and not (workdir / "01_annotate" / "stage.json").exists()
+        asked_before = server.by_kind["annotate"]
+        server.delay = 0.0
+        out = _run(inputs, server, workdir, **{"llm.concurrency": 1})
+    assert asked_before - done <= 8  # at most one batch (annotate.batch_size) was in flight and lost
+    assert server.by_kind["annotate"] == asked_before + (60 - done)  # the rerun asked only for the rest
+    assert out.read_text() == reference  # the same data as a run that was never stopped
+
+
+def test_a_torn_last_line_is_dropped_on_resume(tmp_path):
+    store = StageStore(tmp_path / "stage")
+    store.append([{"id": "a"}, {"id": "b"}])
+    with open(store.items_path, "a") as f:
+        f.write('{"id": "c", "o')  # a write cut short by a crash
+    assert store.records() == [{"id": "a"}, {"id": "b"}]
+    store.append([{"id": "c"}])
+    assert [r["id"] for r in store.records()] == ["a", "b", "c"]
+
+
+def test_bad_settings_are_one_line_errors(inputs, canned_server):
+    with pytest.raises(ConfigError, match="unknown synth setting select.totl"):
+        load_config("default", ["workdir=x", "select.totl=3"])
+    with pytest.raises(ConfigError, match="no synth config 'nope'"):
+        load_config("nope")
+    with pytest.raises(ConfigError, match="workdir must be set"):
+        load_config("default")
+    with canned_server() as server:
+        workdir = inputs / "run"
+        check_workdir(load_config("default", _overrides(inputs, server, workdir)), workdir)
+        changed = load_config("default", _overrides(inputs, server, workdir, **{"select.total": 31}))
+        with pytest.raises(DataError, match="made with other select settings"):
+            check_workdir(changed, workdir)
+        check_workdir(load_config("default", _overrides(inputs, server, workdir, **{"llm.concurrency": 2})), workdir)
+        bad_row = inputs / "bad.jsonl"
+        bad_row.write_text('{"question": "ok"}\n{"answer": "no question"}\n')
+        with pytest.raises(DataError, match="bad.jsonl:2: no field 'question' or 'problem'"):
+            _run(inputs, server, inputs / "other", **{"bank.files": f"[{bad_row}]"})

@@ -1,0 +1,451 @@
+"""DESIGNER's pipeline (arXiv:2508.12726; notes §3.3), stage by stage, each stage's output in the work directory
+(:mod:`zoo.synth.store`: resumable, a killed run continues where it stopped):
+
+====  ==============  =====================================================================================
+ 00   bank            the question bank (:mod:`zoo.synth.sources`)
+ 01   annotate        LLM: discipline, difficulty (Easy … Very Hard), question type
+ 02   select          K-means per discipline (K by silhouette), equal per cluster, Very Hard:Hard:Medium = 3:2:1
+ 03   extract         LLM: each selected question's design logic, a Mermaid flowchart (parsed, validated)
+ 04   dedup           similarity graph of the logics (τ = 0.85), connected components, each one's centroid
+ 05   sources         source segments; a segment without a discipline gets the nearest bank discipline's
+ 06   retrieve        coarse ranking: the top-5 logics of each segment by cosine, within its discipline
+ 07   generate        LLM: fine ranking (choose one of the 5) and a question that follows it, with a reference
+ 08   minhash         near-duplicate questions removed (datasketch MinHash, Jaccard >= 0.7 on word 3-grams)
+ 09   decontaminate   questions sharing a word 13-gram with a benchmark file removed
+ 10   answer          LLM: a long reasoning answer, ``<think>…</think>`` then the answer
+====  ==============  =====================================================================================
+
+The result, ``sft.jsonl`` (``problem``, ``answer``, ``solution``, plus the logic, source and discipline), is what
+``zoo fit model=sft data.task=math data.path=<workdir>/sft.jsonl`` trains on; ``report.md`` holds the counts and
+times of every stage. A malformed LLM answer is counted and asked again with a new seed at
+``retry_temperature``; an item still malformed after its retries is kept out (and counted).
+
+Choices where the paper is silent (stated here and in the README): a segment's discipline, when its row does not
+give one, is the discipline whose bank questions' mean embedding is nearest (the paper used a trained classifier);
+logics are embedded by their steps in order, joined with arrows; MinHash keeps the first of each group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo.errors import ConfigError, DataError
+from zoo.synth import prompts, sources
+from zoo.synth.store import StageStore
+
+STAGES = (
+    "bank",
+    "annotate",
+    "select",
+    "extract",
+    "dedup",
+    "sources",
+    "retrieve",
+    "generate",
+    "minhash",
+    "decontaminate",
+    "answer",
+)
+RUNTIME_KEYS = {  # settings a rerun may change without changing what the stages compute
+    "llm": ("concurrency", "retries", "backoff", "timeout", "batch_size", "device", "api_key_env", "cache"),
+    "embedder": ("batch_size", "device"),
+}
+
+
+def item_seed(seed: int, stage: str, item: str, attempt: int) -> int:
+    digest = hashlib.blake2b(f"{seed}/{stage}/{item}/{attempt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2
+
+
+@dataclass
+class Item:
+    id: str
+    prompt: str
+    context: Any = None
+
+
+def _batches(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Pipeline:
+    def __init__(self, config: dict, workdir: str | Path, log: Callable[[str], None] = print) -> None:
+        self.config, self.workdir, self.log = config, Path(workdir), log
+        self.seed = int(config["seed"])
+        self.summaries: dict[str, dict] = {}
+
+    # -- backends, built when a stage first needs them --------------------------------------------------------
+    @cached_property
+    def llm(self):
+        from zoo.synth.llm import build_llm
+
+        return build_llm(self.config["llm"])
+
+    @cached_property
+    def embedder(self):
+        from zoo.synth.embedders import build_embedder
+
+        return build_embedder(self.config["embedder"])
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        return self.embedder.embed(texts) if texts else torch.zeros(0, 1)
+
+    # -- stages --------------------------------------------------------------------------------------------
+    def store(self, name: str) -> StageStore:
+        return StageStore(self.workdir / f"{STAGES.index(name):02d}_{name}")
+
+    def _whole(self, name: str, compute: Callable[[], tuple[list[dict], dict]]) -> list[dict]:
+        store = self.store(name)
+        if store.finished:
+            self.summaries[name] = store.summary()
+            return store.records()
+        self.log(f"[{name}] ...")
+        start = time.perf_counter()
+        records, summary = compute()
+        store.write(records)
+        summary = {"stage": name, **summary, "out": len(records), "seconds": round(time.perf_counter() - start, 2)}
+        store.finish(summary)
+        self.summaries[name] = summary
+        self.log(f"[{name}] {summary['in']} in, {summary['out']} out, {summary['seconds']} s")
+        return records
+
+    def _llm_stage(
+        self, name: str, items: list[Item], parse: Callable[[str, Item], dict], settings: dict
+    ) -> list[dict]:
+        """One LLM call per item (batched, retried on malformed answers); appended batch by batch."""
+        store = self.store(name)
+        if store.finished:
+            self.summaries[name] = store.summary()
+            return [r for r in store.records() if r["ok"]]
+        done = {r["id"] for r in store.records()}
+        pending = [item for item in items if item.id not in done]
+        self.log(f"[{name}] {len(items)} items, {len(done)} done before, {len(pending)} to go")
+        start = time.perf_counter()
+        retries, batch_size = int(settings["retries"]), int(settings["batch_size"])
+        for batch in _batches(pending, batch_size):
+            results: dict[str, dict] = {}
+            todo, errors = list(batch), {}
+            for attempt in range(retries + 1):
+                temperature = settings["temperature"] if attempt == 0 else settings["retry_temperature"]
+                seeds = [item_seed(self.seed, name, item.id, attempt) for item in todo]
+                texts = self.llm.complete([i.prompt for i in todo], int(settings["max_tokens"]), temperature, seeds)
+                failed = []
+                for item, text in zip(todo, texts, strict=True):
+                    try:
+                        results[item.id] = {"id": item.id, "ok": True, "attempts": attempt + 1, **parse(text, item)}
+                    except prompts.Malformed as e:
+                        errors[item.id] = (str(e), text[:400])
+                        failed.append(item)
+                todo = failed
+                if not todo:
+                    break
+            for item in todo:
+                error, raw = errors[item.id]
+                results[item.id] = {"id": item.id, "ok": False, "attempts": retries + 1, "error": error, "raw": raw}
+            store.append(results[item.id] for item in batch)
+        records = store.records()
+        by_id = {r["id"]: r for r in records}
+        ok = [by_id[i.id] for i in items if by_id[i.id]["ok"]]
+        summary = {
+            "stage": name,
+            "in": len(items),
+            "out": len(ok),
+            "failed": len(items) - len(ok),
+            "malformed_answers": sum(r["attempts"] - (1 if r["ok"] else 0) for r in records),
+            "llm_calls": sum(r["attempts"] for r in records),
+            "resumed_with": len(done),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        store.finish(summary)
+        self.summaries[name] = summary
+        self.log(f"[{name}] {summary['out']} ok, {summary['failed']} failed, {summary['malformed_answers']} malformed")
+        return ok
+
+    # -- the run ------------------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        cfg = self.config
+        taxonomy = cfg["taxonomy"]
+        bank = self._whole("bank", self._bank)
+        by_id = {q["id"]: q for q in bank}
+
+        def annotation(text: str, item: Item) -> dict:
+            a = prompts.parse_annotation(text, taxonomy["disciplines"], taxonomy["types"])
+            return {"discipline": a.discipline, "difficulty": a.difficulty, "type": a.type}
+
+        annotate_prompt = prompts.ANNOTATE.format(
+            question="{question}", disciplines=", ".join(taxonomy["disciplines"]), types=", ".join(taxonomy["types"])
+        )
+        items = [Item(q["id"], annotate_prompt.replace("{question}", q["text"])) for q in bank]
+        annotated = self._llm_stage("annotate", items, annotation, cfg["annotate"])
+        selected = self._whole("select", lambda: self._select(annotated, by_id))
+
+        def logic(text: str, item: Item) -> dict:
+            mermaid, steps = prompts.parse_logic(text, int(cfg["extract"]["min_steps"]))
+            return {"logic": mermaid, "steps": steps, "discipline": item.context}
+
+        with_answer = cfg["extract"]["with_answer"]
+        items = [
+            Item(q["id"], prompts.extract_prompt(q["text"], q.get("answer") if with_answer else None), q["discipline"])
+            for q in selected
+        ]
+        logics = self._llm_stage("extract", items, logic, cfg["extract"])
+        kept = self._whole("dedup", lambda: self._dedup(logics))
+        segments = self._whole("sources", lambda: self._sources(annotated, by_id))
+        retrieved = self._whole("retrieve", lambda: self._retrieve(segments, kept))
+        logic_by_id = {r["id"]: r for r in kept}
+
+        def generated(text: str, item: Item) -> dict:
+            g = prompts.parse_generated(text, len(item.context["candidates"]))
+            chosen = item.context["candidates"][g.choice]
+            return {
+                "question": g.question,
+                "answer": g.answer,
+                "logic": chosen,
+                "source": item.id,
+                "discipline": logic_by_id[chosen]["discipline"],
+            }
+
+        items = [
+            Item(r["id"], prompts.generate_prompt(r["text"], [logic_by_id[c]["logic"] for c in r["candidates"]]), r)
+            for r in retrieved
+            if r["candidates"]
+        ]
+        questions = self._llm_stage("generate", items, generated, cfg["generate"])
+        unique = self._whole("minhash", lambda: self._minhash(questions))
+        clean = self._whole("decontaminate", lambda: self._decontaminate(unique))
+
+        def long_answer(text: str, item: Item) -> dict:
+            thinking, answer = prompts.parse_long_answer(text)
+            q = item.context
+            return {
+                "problem": q["question"],
+                "answer": q["answer"],
+                "solution": f"<think>\n{thinking}\n</think>\n\n{answer}",
+                "final": answer,
+                "logic": q["logic"],
+                "source": q["source"],
+                "discipline": q["discipline"],
+            }
+
+        items = [Item(q["id"], prompts.ANSWER.format(question=q["question"]), q) for q in clean]
+        answered = self._llm_stage("answer", items, long_answer, cfg["answer"])
+        return self._finish(answered)
+
+    def _bank(self) -> tuple[list[dict], dict]:
+        bank = sources.load_bank(list(self.config["bank"]["files"]))
+        limit = self.config["bank"]["limit"]
+        total = len(bank)
+        if limit is not None and limit < total:
+            bank = sorted(random.Random(self.seed).sample(bank, limit), key=lambda q: bank.index(q))
+        return [{"id": q.id, "text": q.text, "answer": q.answer} for q in bank], {"in": total}
+
+    def _select(self, annotated: list[dict], by_id: dict) -> tuple[list[dict], dict]:
+        from zoo.synth.selection import select
+
+        settings = self.config["select"]
+        embeddings = self.embed([by_id[a["id"]]["text"] for a in annotated]).double().numpy()
+        chosen, cluster_of, clusters = select(
+            embeddings,
+            [a["discipline"] for a in annotated],
+            [a["difficulty"] for a in annotated],
+            int(settings["total"]),
+            list(settings["k"]),
+            self.seed,
+            int(settings["silhouette_sample"]),
+        )
+        records = [{**by_id[annotated[i]["id"]], **annotated[i], "cluster": cluster_of[i]} for i in chosen]
+        for r in records:
+            r.pop("ok"), r.pop("attempts")
+        return records, {"in": len(annotated), "clusters": clusters}
+
+    def _steps_text(self, record: dict) -> str:
+        return " -> ".join(record["steps"])
+
+    def _dedup(self, logics: list[dict]) -> tuple[list[dict], dict]:
+        from zoo.synth.dedup import deduplicate_embeddings
+
+        settings = self.config["dedup"]
+        embeddings = self.embed([self._steps_text(r) for r in logics])
+        keep = deduplicate_embeddings(
+            embeddings, [r["discipline"] for r in logics], float(settings["threshold"]), bool(settings["inclusive"])
+        )
+        records = [{k: logics[i][k] for k in ("id", "logic", "steps", "discipline")} for i in keep]
+        return records, {"in": len(logics), "removed": len(logics) - len(keep)}
+
+    def _sources(self, annotated: list[dict], by_id: dict) -> tuple[list[dict], dict]:
+        settings = self.config["sources"]
+        segments = sources.load_segments(
+            list(settings["files"]), int(settings["max_words"]), int(settings["min_words"])
+        )
+        total = len(segments)
+        limit = settings["limit"]
+        if limit is not None and limit < total:
+            picked = sorted(random.Random(self.seed + 1).sample(range(total), limit))
+            segments = [segments[i] for i in picked]
+        missing = [s for s in segments if s.discipline is None]
+        assigned: dict[str, str] = {}
+        if missing and annotated:
+            names = sorted({a["discipline"] for a in annotated})
+            bank = self.embed([by_id[a["id"]]["text"] for a in annotated]).double()
+            centroids = torch.stack(
+                [bank[[i for i, a in enumerate(annotated) if a["discipline"] == n]].mean(0) for n in names]
+            )
+            centroids = torch.nn.functional.normalize(centroids, dim=1)
+            nearest = (self.embed([s.text for s in missing]).double() @ centroids.T).argmax(1).tolist()
+            assigned = {s.id: names[k] for s, k in zip(missing, nearest, strict=True)}
+        records = [{"id": s.id, "text": s.text, "discipline": s.discipline or assigned.get(s.id)} for s in segments]
+        return records, {"in": total}
+
+    def _retrieve(self, segments: list[dict], logics: list[dict]) -> tuple[list[dict], dict]:
+        from zoo.synth.retrieval import top_k
+
+        settings = self.config["retrieve"]
+        if not logics:
+            return [{**s, "candidates": [], "scores": []} for s in segments], {"in": len(segments)}
+        within = bool(settings["within_discipline"])
+        ranked = top_k(
+            self.embed([s["text"] for s in segments]),
+            self.embed([self._steps_text(r) for r in logics]),
+            int(settings["top_k"]),
+            [s["discipline"] for s in segments] if within else None,
+            [r["discipline"] for r in logics] if within else None,
+        )
+        records = [
+            {**s, "candidates": [logics[i]["id"] for i, _ in ranks], "scores": [round(v, 6) for _, v in ranks]}
+            for s, ranks in zip(segments, ranked, strict=True)
+        ]
+        return records, {"in": len(segments)}
+
+    def _minhash(self, questions: list[dict]) -> tuple[list[dict], dict]:
+        from zoo.synth.near_duplicates import near_duplicates
+
+        s = self.config["minhash"]
+        dropped = near_duplicates(
+            [q["question"] for q in questions], float(s["threshold"]), int(s["ngram"]), int(s["num_perm"]), self.seed
+        )
+        removed = [{"id": questions[i]["id"], "duplicate_of": questions[j]["id"]} for i, j in dropped.items()]
+        self._removed("minhash", removed)
+        kept = [q for i, q in enumerate(questions) if i not in dropped]
+        return kept, {"in": len(questions), "removed": len(removed)}
+
+    def _decontaminate(self, questions: list[dict]) -> tuple[list[dict], dict]:
+        from zoo.synth.decontamination import BenchmarkIndex
+
+        s = self.config["decontaminate"]
+        index = BenchmarkIndex(int(s["n"]))
+        indexed = {str(path): index.add_file(path, list(s["fields"])) for path in s["files"]}
+        kept, removed = [], []
+        for q in questions:
+            origin = index.match([q["question"], q["answer"]])
+            if origin is None:
+                kept.append(q)
+            else:
+                removed.append({"id": q["id"], "benchmark": origin})
+        self._removed("decontaminate", removed)
+        return kept, {"in": len(questions), "removed": len(removed), "benchmark_texts": indexed}
+
+    def _removed(self, name: str, removed: list[dict]) -> None:
+        store = self.store(name)
+        store.directory.mkdir(parents=True, exist_ok=True)
+        StageStore(store.directory / "removed").write(removed)
+
+    def _finish(self, answered: list[dict]) -> Path:
+        from zoo.files import atomic_file
+
+        out = self.workdir / "sft.jsonl"
+        with atomic_file(out, "w") as f:
+            for r in answered:
+                f.write(json.dumps({k: v for k, v in r.items() if k not in ("ok", "attempts")}) + "\n")
+        report = [self.summaries[name] for name in STAGES]
+        with atomic_file(self.workdir / "report.json", "w") as f:
+            json.dump(report, f, indent=2)
+        (self.workdir / "report.md").write_text(markdown_report(report) + "\n")
+        return out
+
+
+def markdown_report(report: list[dict]) -> str:
+    lines = [
+        "| stage | in | out | removed | malformed answers | failed | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in report:
+        cells = [s.get(k, "") for k in ("in", "out", "removed", "malformed_answers", "failed", "seconds")]
+        lines.append(f"| {s['stage']} | " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+# -- configuration ---------------------------------------------------------------------------------------------
+def load_config(source: str, overrides: Sequence[str] = ()) -> dict:
+    """The pipeline settings: ``configs/synth/default.yaml``, then ``source`` (a name under configs/synth or a
+    YAML path), then ``key=value`` overrides. An unknown key is an error naming it."""
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    folder = resources.files("zoo.configs") / "synth"
+    base = OmegaConf.create((folder / "default.yaml").read_text())
+    path = Path(source).expanduser()
+    if not path.is_file():
+        named = folder / f"{source}.yaml"
+        if not named.is_file():
+            options = sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+            raise ConfigError(f"no synth config {source!r}: not a file, nor one of {', '.join(options)}")
+        text = named.read_text()
+    else:
+        text = path.read_text()
+    try:
+        user = OmegaConf.create(text)
+        dotlist = OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{source}: {str(e).splitlines()[0]}") from None
+    for layer in (user, dotlist):
+        _check_keys(OmegaConf.to_container(layer), OmegaConf.to_container(base), "")
+        if "llm" in layer and "backend" in layer.llm and layer.llm.backend != base.llm.get("backend"):
+            base.llm = OmegaConf.create({})  # another backend: the defaults of the first do not apply
+        base = OmegaConf.merge(base, layer)
+    config = OmegaConf.to_container(base, resolve=True)
+    if config.get("workdir") in (None, "???"):
+        raise ConfigError("workdir must be set, e.g. workdir=synth/run1")
+    return config
+
+
+def _check_keys(layer: dict, base: dict, prefix: str) -> None:
+    for key, value in layer.items():
+        if key not in base:
+            raise ConfigError(f"unknown synth setting {prefix}{key}")
+        if prefix == "" and key in ("llm", "embedder"):
+            continue  # checked by the backend's own settings
+        if isinstance(value, dict) and isinstance(base[key], dict):
+            _check_keys(value, base[key], f"{prefix}{key}.")
+
+
+def check_workdir(config: dict, workdir: Path) -> None:
+    """Save the settings with a new work directory; refuse to continue one made with other settings."""
+    saved = workdir / "config.json"
+    if not saved.is_file():
+        workdir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(config, indent=2))
+        return
+    before = json.loads(saved.read_text())
+    for key in sorted(set(before) | set(config)):
+        a, b = before.get(key), config.get(key)
+        if key in RUNTIME_KEYS and isinstance(a, dict) and isinstance(b, dict):
+            a = {k: v for k, v in a.items() if k not in RUNTIME_KEYS[key]}
+            b = {k: v for k, v in b.items() if k not in RUNTIME_KEYS[key]}
+        if a != b:
+            raise DataError(
+                f"{workdir} was made with other {key} settings ({a} then, {b} now): "
+                "use another workdir, or --restart to start it over"
+            )
