@@ -11,6 +11,8 @@
 #               countdown setting and Pythia-160M sampling (128 + up to 512 tokens, long-tailed lengths), bf16
 #   async       asynchronous RL (bench/async_rl.py real on the GPU, thread workers on the trainer's GPU and, with
 #               two GPUs, on cuda:1), and the agentic benchmark
+#   synth       DESIGNER's diversity metrics at the paper's scale, 300,000 x 384 and x 2560, float32 and float64,
+#               checked against brute force on 20,000 rows (bench/synth_metrics.py)
 #   infusion    experiment=infusion_sweep_gpu shortened to INFUSION_STEPS steps at each size, with
 #               INFUSION_FACTS domain facts: its throughput and the full GPU sweep's cost from it
 # Results land in $OUT (default ./gpu_results). Run from the repository root with zoo installed.
@@ -19,7 +21,7 @@
 #   SECTIONS="recursive experiment" EXPERIMENT_STEPS=150 bash bench/gpu_suite.sh
 set -uo pipefail
 OUT=$(realpath -m "${OUT:-gpu_results}")
-SECTIONS=${SECTIONS:-train_step tests fit recursive experiment rollout queue async infusion}
+SECTIONS=${SECTIONS:-train_step tests fit recursive experiment rollout queue async synth infusion}
 MODEL=${MODEL:-pythia-160m}
 BATCH=${BATCH:-16}
 SEQ=${SEQ:-2048}
@@ -108,6 +110,14 @@ if has experiment; then
     probes.every_n_steps="$((EXPERIMENT_STEPS / 2))" 2>&1 | tee "$OUT/experiment.log" || status=1
   cp runs/mesh_matched_compute_gpu/*/results.md runs/mesh_matched_compute_gpu/*/results.png "$OUT/" 2>/dev/null
 fi
+if has synth; then
+  echo "== DESIGNER diversity metrics: 300,000 x 384 and x 2560 =="
+  for dim in 384 2560; do
+    python3 bench/synth_metrics.py --n 300000 --dim "$dim" --json "$OUT/synth_metrics.jsonl" 2>&1 \
+      | tee -a "$OUT/synth_metrics.log" || status=1
+  done
+fi
+
 if has infusion; then
   echo "== knowledge infusion at GPU scale: $INFUSION_STEPS steps per size, $INFUSION_FACTS domain facts =="
   for size in $INFUSION_MODELS; do

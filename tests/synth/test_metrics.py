@@ -62,3 +62,21 @@ def test_kmeans_inertia_finds_separated_clusters():
         kmeans_inertia(x, 0)
     with pytest.raises(ValueError, match="at least 2"):
         mean_cosine_distance(torch.ones(1, 3))
+
+
+def test_float32_blocks_agree_with_float64():
+    x = torch.randn(500, 32, generator=torch.Generator().manual_seed(3))
+    assert mean_l2_distance(x, 64, torch.float32) == pytest.approx(mean_l2_distance(x, 64), rel=1e-5)
+    assert nearest_neighbour_distance(x, 64, torch.float32) == pytest.approx(
+        nearest_neighbour_distance(x, 64), rel=1e-5
+    )
+
+
+@pytest.mark.gpu
+def test_the_gpu_gives_the_cpu_figures():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    x = torch.randn(3000, 64, generator=torch.Generator().manual_seed(4))
+    for fn in (mean_cosine_distance, mean_l2_distance, nearest_neighbour_distance, radius):
+        assert fn(x.cuda()) == pytest.approx(fn(x), rel=1e-9), fn.__name__
+    assert kmeans_inertia(x.cuda(), 8, seed=1) == pytest.approx(kmeans_inertia(x, 8, seed=1), rel=1e-6)

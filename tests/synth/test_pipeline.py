@@ -151,8 +151,9 @@ def test_a_torn_last_line_is_dropped_on_resume(tmp_path):
     with open(store.items_path, "a") as f:
         f.write('{"id": "c", "o')  # a write cut short by a crash
     assert store.records() == [{"id": "a"}, {"id": "b"}]
-    store.append([{"id": "c"}])
+    store.append([{"id": "c", "text": "a line\u2028separator and a \x1c file separator"}])
     assert [r["id"] for r in store.records()] == ["a", "b", "c"]
+    assert store.records()[2]["text"] == "a line\u2028separator and a \x1c file separator"
 
 
 def test_bad_settings_are_one_line_errors(inputs, canned_server):
@@ -173,3 +174,28 @@ def test_bad_settings_are_one_line_errors(inputs, canned_server):
         bad_row.write_text('{"question": "ok"}\n{"answer": "no question"}\n')
         with pytest.raises(DataError, match="bad.jsonl:2: no field 'question' or 'problem'"):
             _run(inputs, server, inputs / "other", **{"bank.files": f"[{bad_row}]"})
+
+
+def test_the_synth_command_line(run_zoo, tmp_path):
+    data = tmp_path / "questions.jsonl"
+    data.write_text("".join(json.dumps({"problem": f"What is {i} plus {i * 7}?"}) + "\n" for i in range(40)))
+    out = tmp_path / "metrics.json"
+    shown = run_zoo("synth", "metrics", str(data), "--embedder", "hashing", "--k", "4", "--json", str(out))
+    figures = json.loads(out.read_text())[str(data)]
+    assert figures["n"] == 40 and 0 < figures["mean_cosine_distance"] < 1 and figures["kmeans_inertia"] > 0
+    assert "nearest_neighbour_distance" in shown.stdout
+    for args, message in [
+        (["run", "default", "workdir=w", "select.totl=3"], "unknown synth setting select.totl"),
+        (["run", "default", "workdir=w"], "llm.model must be set"),
+        (["metrics", str(tmp_path / "none.jsonl"), "--embedder", "hashing"], "not found"),
+    ]:
+        failed = run_zoo("synth", *args, check=False)
+        assert failed.returncode == 2 and failed.stderr.strip().count("\n") == 0, failed.stderr
+        assert message in failed.stderr
+
+
+def test_choosing_another_backend_drops_the_defaults_of_the_first():
+    config = load_config("default", ["workdir=w", "embedder.kind=sentence-transformers", "llm.backend=http"])
+    assert config["embedder"] == {"kind": "sentence-transformers"}
+    assert config["llm"] == {"backend": "http"}
+    assert load_config("default", ["workdir=w"])["embedder"] == {"kind": "hashing", "dim": 384}

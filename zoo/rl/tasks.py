@@ -17,6 +17,9 @@ Generated offline, any number, seeded:
 - ``countdown``: ``"Use 3 7 8 to make 29:"`` → an expression using each number once, e.g. ``"3*7+8"``
   (the reward evaluates the expression; any correct one scores 1).
 
+- ``designer``: DESIGNER's four LLM prompts with a template teacher's answers (:mod:`zoo.synth.teacher`), for
+  an offline writer model; the reward checks that the pipeline's parser accepts the answer.
+
 Read from JSONL, one problem per line (a malformed row stops with its file and line):
 
 - ``gsm8k``: ``{"question", "answer"}``, the final answer after ``####``;
@@ -338,6 +341,30 @@ def search_reward(prompt: str, completion: str, reference: str) -> float:
     return stage1_reward(completion, golds_of(reference))
 
 
+def designer_problems(
+    count: int,
+    seed: int,
+    bank: list[str] | None = None,
+    sources: list[str] | None = None,
+    max_words: int = 60,
+    top_k: int = 5,
+    with_answer: bool = True,
+) -> list[Problem]:
+    """DESIGNER's four LLM prompts with the template teacher's answers (:func:`zoo.synth.teacher.demonstrations`):
+    what an offline writer model is fine-tuned on."""
+    from zoo.synth.teacher import demonstrations
+
+    pairs = demonstrations(count, seed, bank, sources, max_words, top_k, with_answer)
+    return [Problem(prompt, answer, answer) for prompt, answer in pairs]
+
+
+def designer_reward(prompt: str, completion: str, reference: str) -> float:
+    """1 when the pipeline's parser takes the completion (the format, not the content)."""
+    from zoo.synth.teacher import accepted
+
+    return float(accepted(prompt, completion))
+
+
 @dataclass(frozen=True)
 class Task:
     reward: Callable[[str, str, str], float]
@@ -367,6 +394,7 @@ TASKS: dict[str, Task] = {
         observation=r"\n<information>.*?</information>\n|\nMy previous action is invalid\..*?\n",
     ),
     "search_reader": Task(cover_reward, True, "Answer the question from the passages in a few words."),
+    "designer": Task(designer_reward, True, "Follow the instructions and reply in exactly the form they ask for."),
 }
 GENERATORS = {
     "arithmetic": arithmetic_problems,
@@ -376,6 +404,7 @@ GENERATORS = {
     "thinking": thinking_problems,
     "search": search_problems,
     "search_reader": search_reader_problems,
+    "designer": designer_problems,
 }
 READERS = {"gsm8k": gsm8k_problems, "math": math_problems, "search": search_questions}
 

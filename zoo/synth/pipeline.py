@@ -56,6 +56,7 @@ STAGES = (
     "decontaminate",
     "answer",
 )
+SELECTORS = {"llm": "backend", "embedder": "kind"}  # the setting that picks a section's backend
 RUNTIME_KEYS = {  # settings a rerun may change without changing what the stages compute
     "llm": ("concurrency", "retries", "backoff", "timeout", "batch_size", "device", "api_key_env", "cache"),
     "embedder": ("batch_size", "device"),
@@ -84,6 +85,7 @@ class Pipeline:
         self.config, self.workdir, self.log = config, Path(workdir), log
         self.seed = int(config["seed"])
         self.summaries: dict[str, dict] = {}
+        self._embedded: dict[str, torch.Tensor] = {}
 
     # -- backends, built when a stage first needs them --------------------------------------------------------
     @cached_property
@@ -99,7 +101,11 @@ class Pipeline:
         return build_embedder(self.config["embedder"])
 
     def embed(self, texts: list[str]) -> torch.Tensor:
-        return self.embedder.embed(texts) if texts else torch.zeros(0, 1)
+        """Embeddings of ``texts``; each distinct text is embedded once a run (stages share the bank's)."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._embedded))
+        if missing:
+            self._embedded.update(zip(missing, self.embedder.embed(missing), strict=True))
+        return torch.stack([self._embedded[t] for t in texts]) if texts else torch.zeros(0, 1)
 
     # -- stages --------------------------------------------------------------------------------------------
     def store(self, name: str) -> StageStore:
@@ -183,10 +189,8 @@ class Pipeline:
             a = prompts.parse_annotation(text, taxonomy["disciplines"], taxonomy["types"])
             return {"discipline": a.discipline, "difficulty": a.difficulty, "type": a.type}
 
-        annotate_prompt = prompts.ANNOTATE.format(
-            question="{question}", disciplines=", ".join(taxonomy["disciplines"]), types=", ".join(taxonomy["types"])
-        )
-        items = [Item(q["id"], annotate_prompt.replace("{question}", q["text"])) for q in bank]
+        template = annotation_prompt(taxonomy)
+        items = [Item(q["id"], template.replace("{question}", q["text"])) for q in bank]
         annotated = self._llm_stage("annotate", items, annotation, cfg["annotate"])
         selected = self._whole("select", lambda: self._select(annotated, by_id))
 
@@ -374,6 +378,21 @@ class Pipeline:
         return out
 
 
+def annotation_prompt(taxonomy: dict) -> str:
+    """The annotation prompt of a taxonomy, with ``{question}`` still to fill."""
+    disciplines, types = ", ".join(taxonomy["disciplines"]), ", ".join(taxonomy["types"])
+    return prompts.ANNOTATE.format(question="{question}", disciplines=disciplines, types=types)
+
+
+def default_taxonomy() -> dict:
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+
+    default = OmegaConf.create((resources.files("zoo.configs") / "synth" / "default.yaml").read_text())
+    return OmegaConf.to_container(default.taxonomy)
+
+
 def markdown_report(report: list[dict]) -> str:
     lines = [
         "| stage | in | out | removed | malformed answers | failed | seconds |",
@@ -412,8 +431,9 @@ def load_config(source: str, overrides: Sequence[str] = ()) -> dict:
         raise ConfigError(f"{source}: {str(e).splitlines()[0]}") from None
     for layer in (user, dotlist):
         _check_keys(OmegaConf.to_container(layer), OmegaConf.to_container(base), "")
-        if "llm" in layer and "backend" in layer.llm and layer.llm.backend != base.llm.get("backend"):
-            base.llm = OmegaConf.create({})  # another backend: the defaults of the first do not apply
+        for section, selector in SELECTORS.items():  # another backend: the defaults of the first do not apply
+            if section in layer and selector in layer[section] and layer[section][selector] != base[section][selector]:
+                base[section] = OmegaConf.create({})
         base = OmegaConf.merge(base, layer)
     config = OmegaConf.to_container(base, resolve=True)
     if config.get("workdir") in (None, "???"):

@@ -40,7 +40,8 @@ class StageStore:
             with open(self.items_path, "r+b") as f:
                 f.truncate(len(complete))
         records = []
-        for number, line in enumerate(complete.decode().splitlines(), start=1):
+        # split at newlines only: str.splitlines would also cut at the Unicode line separators a text may hold
+        for number, line in enumerate(complete.decode().split("\n")[:-1], start=1):
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:

@@ -7,7 +7,8 @@ are the pipeline's counts and filters, not question quality.
 - annotation: the discipline by keywords (the first taxonomy entry whose keywords occur; else ``other``), the
   difficulty by the number of numbers and words, the type ``calculation`` when the question holds numbers;
 - design logic: four steps naming the question's own content words, as a Mermaid flowchart;
-- generation: logic 1, a question on the source's first content words, the next words as the answer;
+- generation: the candidate logic sharing the most words with the source, a question on the source's first
+  words, the next words as the answer;
 - long answer: a short ``<think>`` restating the question, then an answer.
 """
 
@@ -24,6 +25,7 @@ KEYWORDS = {
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _WORD = re.compile(r"[A-Za-z]{3,}")
 _STOP = {"the", "and", "for", "with", "that", "this", "what", "which", "how", "does", "are", "was", "were", "from"}
+_STOP |= {"text", "say", "about"}
 
 
 def kind_of(prompt: str) -> str:
@@ -63,10 +65,14 @@ def design_logic(question: str) -> str:
     return f"```mermaid\nflowchart TD\n{body}\n    S{len(steps) - 1}[{steps[-1]}]\n```"
 
 
-def generated(source: str) -> str:
+def generated(source: str, logics: list[str] = ()) -> str:
+    """Logic: the candidate sharing the most words with the source (the first on a tie)."""
     words = source.split()
+    seen = {w.lower() for w in _WORD.findall(source)}
+    overlap = [len(seen & {w.lower() for w in _WORD.findall(logic)}) for logic in logics] or [0]
+    choice = overlap.index(max(overlap)) + 1
     question = f"What does the text say about {' '.join(words[:10])}?"
-    return f"Logic: 1\nQuestion: {question}\nAnswer: {' '.join(words[10:16]) or words[-1]}"
+    return f"Logic: {choice}\nQuestion: {question}\nAnswer: {' '.join(words[10:16]) or words[-1]}"
 
 
 def long_answer(question: str) -> str:
@@ -82,5 +88,69 @@ def teacher_answer(prompt: str) -> str:
     if kind == "extract":
         return design_logic(_between(prompt, "Question: ", "\n"))
     if kind == "generate":
-        return generated(_between(prompt, "Source text:\n", "\n\nCandidate design logics"))
+        logics = re.findall(r"```mermaid\n(.*?)```", prompt.split("Candidate design logics", 1)[1], re.DOTALL)
+        return generated(_between(prompt, "Source text:\n", "\n\nCandidate design logics"), logics)
     return long_answer(prompt.split("\n\nThink it through", 1)[0])
+
+
+def demonstrations(
+    count: int,
+    seed: int,
+    bank: list[str] | None = None,
+    sources: list[str] | None = None,
+    max_words: int = 60,
+    top_k: int = 5,
+    with_answer: bool = True,
+) -> list[tuple[str, str]]:
+    """``count`` (prompt, teacher answer) pairs over the pipeline's four LLM prompts in equal shares, built from
+    ``bank`` questions and ``sources`` segments (the pipeline's own specs; default ``embedded``) exactly as the
+    pipeline builds them (``with_answer``: extraction prompts show the bank's answers, as ``extract.with_answer``),
+    with the default taxonomy: what a writer model is fine-tuned on."""
+    import random
+
+    from zoo.synth import prompts
+    from zoo.synth.pipeline import annotation_prompt, default_taxonomy
+    from zoo.synth.sources import load_bank, load_segments
+
+    rng = random.Random(seed)
+    questions = load_bank(bank or ["embedded"])
+    segments = load_segments(sources or ["embedded"], max_words, min_words=10)
+    segments = [s for s in segments if len(s.text) <= 8 * max_words]  # no runs of symbols that tokenize long
+    taxonomy = default_taxonomy()
+    pairs = []
+    for i in range(count):
+        kind = ("annotate", "extract", "generate", "answer")[i % 4]
+        question = rng.choice(questions)
+        if kind == "annotate":
+            prompt = annotation_prompt(taxonomy).replace("{question}", question.text)
+        elif kind == "extract":
+            prompt = prompts.extract_prompt(question.text, question.answer if with_answer else None)
+        elif kind == "generate":
+            logics = [prompts.parse_logic(design_logic(q.text), 3)[0] for q in rng.sample(questions, top_k)]
+            prompt = prompts.generate_prompt(rng.choice(segments).text, logics)
+        else:
+            segment = rng.choice(segments).text
+            prompt = prompts.ANSWER.format(question=generated(segment).split("\nQuestion: ", 1)[1].split("\n")[0])
+        pairs.append((prompt, teacher_answer(prompt)))
+    return pairs
+
+
+def accepted(prompt: str, completion: str) -> bool:
+    """Whether the pipeline's parser for this prompt's stage takes ``completion`` (with the default taxonomy)."""
+    from zoo.synth import prompts
+    from zoo.synth.pipeline import default_taxonomy
+
+    kind = kind_of(prompt)
+    try:
+        if kind == "annotate":
+            taxonomy = default_taxonomy()
+            prompts.parse_annotation(completion, taxonomy["disciplines"], taxonomy["types"])
+        elif kind == "extract":
+            prompts.parse_logic(completion, 3)
+        elif kind == "generate":
+            prompts.parse_generated(completion, prompt.count("```mermaid"))
+        else:
+            prompts.parse_long_answer(completion)
+    except prompts.Malformed:
+        return False
+    return True
