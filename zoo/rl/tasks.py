@@ -43,6 +43,7 @@ from zoo.errors import DataError, require_int
 from zoo.jsonl import read_jsonl
 from zoo.rl.budgets import Thought, render, split_completion
 from zoo.rl.rewards import exact_match_reward, gsm8k_answer, gsm8k_reward, math_reward
+from zoo.synth.teacher import designer_problems
 
 
 @dataclass(frozen=True)
@@ -339,23 +340,6 @@ def search_reward(prompt: str, completion: str, reference: str) -> float:
     from zoo.search.task import golds_of
 
     return stage1_reward(completion, golds_of(reference))
-
-
-def designer_problems(
-    count: int,
-    seed: int,
-    bank: list[str] | None = None,
-    sources: list[str] | None = None,
-    max_words: int = 60,
-    top_k: int = 5,
-    with_answer: bool = True,
-) -> list[Problem]:
-    """DESIGNER's four LLM prompts with the template teacher's answers (:func:`zoo.synth.teacher.demonstrations`):
-    what an offline writer model is fine-tuned on."""
-    from zoo.synth.teacher import demonstrations
-
-    pairs = demonstrations(count, seed, bank, sources, max_words, top_k, with_answer)
-    return [Problem(prompt, answer, answer) for prompt, answer in pairs]
 
 
 def designer_reward(prompt: str, completion: str, reference: str) -> float:

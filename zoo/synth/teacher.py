@@ -15,6 +15,10 @@ are the pipeline's counts and filters, not question quality.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zoo.rl.tasks import Problem
 
 KEYWORDS = {
     "mathematics": ("number", "sum", "how many", "how much", "total", "percent", "equation", "integer", "$"),
@@ -93,7 +97,7 @@ def teacher_answer(prompt: str) -> str:
     return long_answer(prompt.split("\n\nThink it through", 1)[0])
 
 
-def demonstrations(
+def designer_problems(
     count: int,
     seed: int,
     bank: list[str] | None = None,
@@ -101,13 +105,15 @@ def demonstrations(
     max_words: int = 60,
     top_k: int = 5,
     with_answer: bool = True,
-) -> list[tuple[str, str]]:
-    """``count`` (prompt, teacher answer) pairs over the pipeline's four LLM prompts in equal shares, built from
+) -> list[Problem]:
+    """``count`` problems (a prompt, the teacher's answer as reference and solution) over the pipeline's four LLM
+    prompts in equal shares, built from
     ``bank`` questions and ``sources`` segments (the pipeline's own specs; default ``embedded``) exactly as the
     pipeline builds them (``with_answer``: extraction prompts show the bank's answers, as ``extract.with_answer``),
     with the default taxonomy: what a writer model is fine-tuned on."""
     import random
 
+    from zoo.rl.tasks import Problem
     from zoo.synth import prompts
     from zoo.synth.pipeline import annotation_prompt, default_taxonomy
     from zoo.synth.sources import load_bank, load_segments
@@ -117,7 +123,7 @@ def demonstrations(
     segments = load_segments(sources or ["embedded"], max_words, min_words=10)
     segments = [s for s in segments if len(s.text) <= 8 * max_words]  # no runs of symbols that tokenize long
     taxonomy = default_taxonomy()
-    pairs = []
+    problems = []
     for i in range(count):
         kind = ("annotate", "extract", "generate", "answer")[i % 4]
         question = rng.choice(questions)
@@ -131,8 +137,9 @@ def demonstrations(
         else:
             segment = rng.choice(segments).text
             prompt = prompts.ANSWER.format(question=generated(segment).split("\nQuestion: ", 1)[1].split("\n")[0])
-        pairs.append((prompt, teacher_answer(prompt)))
-    return pairs
+        answer = teacher_answer(prompt)
+        problems.append(Problem(prompt, answer, answer))
+    return problems
 
 
 def accepted(prompt: str, completion: str) -> bool:
