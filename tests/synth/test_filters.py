@@ -44,14 +44,14 @@ def test_a_planted_benchmark_13_gram_is_found_through_case_and_punctuation(tmp_p
     index = _index(tmp_path, [{"problem": BASE}, {"question": "What is 2 + 2?"}])
     words = BASE.split()
     planted = "Consider this: " + " ".join(words[10:23]).upper().replace(" ", ", ", 1) + " -- and more."
-    assert index.match(["clean text", planted]) == "bench.jsonl:1"
+    assert index.match(["clean text", planted]) == f"{tmp_path / 'bench.jsonl'}:1"
     twelve = "Consider this: " + " ".join(words[10:22]) + " -- and more."
     assert index.match([twelve]) is None  # twelve shared words are not a 13-gram
 
 
 def test_a_short_benchmark_question_copied_whole_is_caught(tmp_path):
     index = _index(tmp_path, [{"question": "What is two plus two?"}])
-    assert index.match(["Now answer: what is two plus two? Explain."]) == "bench.jsonl:1"
+    assert index.match(["Now answer: what is two plus two? Explain."]) == f"{tmp_path / 'bench.jsonl'}:1"
     assert index.match(["What is two plus three?"]) is None
 
 
@@ -60,7 +60,7 @@ def test_real_gsm8k_test_questions_are_caught_when_reworded_around(tmp_path, sha
     index = BenchmarkIndex(13)
     assert index.add_file(path) == 1319
     question = json.loads(path.read_text().splitlines()[100])["question"]
-    assert index.match([f"Here is a new problem. {question} Show your work."]) == "test.jsonl:101"
+    assert index.match([f"Here is a new problem. {question} Show your work."]) == f"{path}:101"
     assert index.match(["A farmer has 12 cows and buys 7 more; how many cows does the farmer have now?"]) is None
 
 

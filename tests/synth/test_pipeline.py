@@ -100,7 +100,7 @@ def test_the_pipeline_runs_end_to_end_with_counts_that_add_up(inputs, canned_ser
     removed = StageStore(workdir / "08_minhash" / "removed").records()
     assert removed == [{"id": "sources:s7#0", "duplicate_of": "sources:s3#0"}]
     contaminated = StageStore(workdir / "09_decontaminate" / "removed").records()
-    assert contaminated == [{"id": "sources:s11#0", "benchmark": "bench.jsonl:1"}]
+    assert contaminated == [{"id": "sources:s11#0", "benchmark": f"{inputs / 'bench.jsonl'}:1"}]
 
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == report["answer"]["out"] == 22

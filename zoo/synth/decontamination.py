@@ -43,7 +43,7 @@ class BenchmarkIndex:
         for number, row in read_jsonl(path):
             for field in fields:
                 if isinstance(row.get(field), str):
-                    self.add(row[field], f"{path.name}:{number}")
+                    self.add(row[field], f"{path}:{number}")
                     count += 1
         if not count:
             raise DataError(f"{path}: no field {' or '.join(fields)} in any row")

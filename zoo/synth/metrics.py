@@ -43,9 +43,7 @@ def mean_l2_distance(embeddings: torch.Tensor, chunk: int = 4096, dtype: torch.d
     for start in range(0, n, chunk):
         block = x[start : start + chunk]
         distances = torch.cdist(block, x[start:])  # the block against itself and every later row
-        rows = torch.arange(block.shape[0], device=x.device)[:, None]
-        columns = torch.arange(distances.shape[1], device=x.device)[None, :]
-        total += distances[columns > rows].sum(dtype=torch.float64)  # i < j only
+        total += distances.triu(1).sum(dtype=torch.float64)  # i < j only
     return float(total / pairs)
 
 
