@@ -18,7 +18,7 @@ import warnings
 from importlib import resources
 from pathlib import Path
 
-from zoo.errors import ConfigError, ZooError
+from zoo.errors import ConfigError, DataError, ZooError
 
 CONFIG_MODULE = "zoo.configs"
 GROUPS = ("model", "module", "data", "rollout", "sampler", "trainer", "strategy", "logger", "experiment", "debug")
@@ -584,6 +584,8 @@ def _synth_metrics(opts) -> None:
     from zoo.synth.metrics import METRICS, diversity
     from zoo.synth.sources import read_texts
 
+    if opts.k < 1 or (opts.limit is not None and opts.limit < 2):
+        raise ConfigError("--k must be >= 1 and --limit >= 2")
     if opts.embedder == "minilm":
         embedder = build_embedder({"kind": "sentence-transformers", "path": "minilm"})
     elif opts.embedder == "hashing":
@@ -595,6 +597,8 @@ def _synth_metrics(opts) -> None:
     results = {}
     for source in opts.data:
         texts = read_texts(source, opts.field, opts.limit)
+        if len(texts) < 2:
+            raise DataError(f"{source}: {len(texts)} text; the pairwise metrics need at least 2")
         start = time.perf_counter()
         vectors = embedder.embed(texts).to(device)
         figures = diversity(vectors, opts.k, dtype=torch.float32 if opts.float32 else torch.float64)

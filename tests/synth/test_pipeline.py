@@ -163,6 +163,13 @@ def test_bad_settings_are_one_line_errors(inputs, canned_server):
         load_config("nope")
     with pytest.raises(ConfigError, match="workdir must be set"):
         load_config("default")
+    broken = inputs / "broken.yaml"
+    broken.write_text("workdir: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not a valid config"):
+        load_config(str(broken))
+    broken.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="a mapping of settings"):
+        load_config(str(broken))
     with canned_server() as server:
         workdir = inputs / "run"
         check_workdir(load_config("default", _overrides(inputs, server, workdir)), workdir)
@@ -179,6 +186,8 @@ def test_bad_settings_are_one_line_errors(inputs, canned_server):
 def test_the_synth_command_line(run_zoo, tmp_path):
     data = tmp_path / "questions.jsonl"
     data.write_text("".join(json.dumps({"problem": f"What is {i} plus {i * 7}?"}) + "\n" for i in range(40)))
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"question": "alone"}\n')
     out = tmp_path / "metrics.json"
     shown = run_zoo("synth", "metrics", str(data), "--embedder", "hashing", "--k", "4", "--json", str(out))
     figures = json.loads(out.read_text())[str(data)]
@@ -188,6 +197,8 @@ def test_the_synth_command_line(run_zoo, tmp_path):
         (["run", "default", "workdir=w", "select.totl=3"], "unknown synth setting select.totl"),
         (["run", "default", "workdir=w"], "llm.model must be set"),
         (["metrics", str(tmp_path / "none.jsonl"), "--embedder", "hashing"], "not found"),
+        (["metrics", str(data), "--embedder", "hashing", "--k", "0"], "--k must be >= 1"),
+        (["metrics", str(one), "--embedder", "hashing"], "1 text; the pairwise metrics need at least 2"),
     ]:
         failed = run_zoo("synth", *args, check=False)
         assert failed.returncode == 2 and failed.stderr.strip().count("\n") == 0, failed.stderr
@@ -199,3 +210,23 @@ def test_choosing_another_backend_drops_the_defaults_of_the_first():
     assert config["embedder"] == {"kind": "sentence-transformers"}
     assert config["llm"] == {"backend": "http"}
     assert load_config("default", ["workdir=w"])["embedder"] == {"kind": "hashing", "dim": 384}
+
+
+def test_an_llm_that_never_answers_in_form_leaves_an_empty_result_not_a_crash(inputs, canned_server):
+    workdir = inputs / "run"
+    with canned_server(malformed=set(range(1, 1000))) as server:
+        out = _run(inputs, server, workdir, **{"annotate.retries": 1})
+    assert out.read_text() == ""
+    report = {s["stage"]: s for s in json.loads((workdir / "report.json").read_text())}
+    assert report["annotate"]["failed"] == 60 and report["annotate"]["malformed_answers"] == 120
+    assert report["select"]["out"] == 0 and report["answer"]["in"] == 0
+    failed = StageStore(workdir / "01_annotate").records()[0]
+    assert failed["ok"] is False and failed["error"] == "no 'Discipline:' line" and failed["raw"] == "I cannot do that."
+
+
+def test_a_server_that_fails_for_good_stops_the_stage_and_keeps_what_was_done(inputs, canned_server):
+    workdir = inputs / "run"
+    with canned_server(status=503) as server:
+        with pytest.raises(Exception, match=r"POST .*: HTTP 503 \(canned failure\), after 2 attempt"):
+            _run(inputs, server, workdir, **{"llm.retries": 1})
+    assert not (workdir / "01_annotate" / "stage.json").exists() and (workdir / "00_bank" / "stage.json").exists()

@@ -172,7 +172,7 @@ class HTTPLLM:
                 with urllib.request.urlopen(request, timeout=self.settings.timeout) as response:
                     return self._text(json.loads(response.read()))
             except urllib.error.HTTPError as e:
-                detail = e.read()[:200].decode(errors="replace").strip()
+                detail = " ".join(e.read()[:200].decode(errors="replace").split())  # one line
                 problem = f"HTTP {e.code}" + (f" ({detail})" if detail else "")
                 if e.code not in RETRIED_STATUS:
                     break
@@ -200,8 +200,11 @@ class HTTPLLM:
 
     def complete(self, prompts: Sequence[str], max_tokens: int, temperature: float, seeds: Sequence[int]) -> list[str]:
         bodies = [self._body(p, max_tokens, temperature, s) for p, s in zip(prompts, seeds, strict=True)]
-        with ThreadPoolExecutor(self.settings.concurrency) as pool:
+        pool = ThreadPoolExecutor(self.settings.concurrency)
+        try:
             return list(pool.map(self._one, bodies))
+        finally:  # a failure or Ctrl-C sends nothing more: queued requests are dropped, not run
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 BACKENDS = {"native": (NativeSettings, NativeLLM), "http": (HTTPSettings, HTTPLLM)}

@@ -410,6 +410,7 @@ def load_config(source: str, overrides: Sequence[str] = ()) -> dict:
     YAML path), then ``key=value`` overrides. An unknown key is an error naming it."""
     from importlib import resources
 
+    import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -427,8 +428,10 @@ def load_config(source: str, overrides: Sequence[str] = ()) -> dict:
     try:
         user = OmegaConf.create(text)
         dotlist = OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{source}: {str(e).splitlines()[0]}") from None
+    except (OmegaConfBaseException, yaml.YAMLError) as e:
+        raise ConfigError(f"{source}: not a valid config ({' '.join(str(e).split())[:200]})") from None
+    if not OmegaConf.is_dict(user):
+        raise ConfigError(f"{source}: a synth config is a mapping of settings")
     for layer in (user, dotlist):
         _check_keys(OmegaConf.to_container(layer), OmegaConf.to_container(base), "")
         for section, selector in SELECTORS.items():  # another backend: the defaults of the first do not apply
