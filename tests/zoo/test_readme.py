@@ -30,7 +30,9 @@ def test_the_group_table_lists_every_option_and_no_other(options):
 
 
 def test_every_group_option_the_readme_names_exists(options):
-    named = set(re.findall(rf"(?<![.\w])({'|'.join(GROUPS)})=([A-Za-z0-9_.\-]+)", README)) - NOT_AN_OPTION  # not llm.model=
+    named = (
+        set(re.findall(rf"(?<![.\w])({'|'.join(GROUPS)})=([A-Za-z0-9_.\-]+)", README)) - NOT_AN_OPTION
+    )  # not llm.model=
     assert named
     missing = sorted((g, o) for g, o in named if not o.isupper() and o.rstrip(".,") not in options[g])  # NAME: a slot
     assert not missing
