@@ -5,6 +5,7 @@ settings."""
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -163,6 +164,17 @@ def test_bad_settings_are_one_line_errors(inputs, canned_server):
         load_config("nope")
     with pytest.raises(ConfigError, match="workdir must be set"):
         load_config("default")
+    for setting, message in [
+        ("annotate.batch_size=0", "annotate.batch_size must be an integer >= 1"),
+        ("extract.retries=-1", "extract.retries must be an integer >= 0"),
+        ("answer.temperature=hot", "answer.temperature must be a number >= 0"),
+        ("minhash.threshold=1.5", "minhash.threshold must lie in (0, 1]"),
+        ("dedup.threshold=2", "dedup.threshold is a cosine"),
+        ("select.k=[]", "select.k must be a list"),
+        ("retrieve.top_k=0", "retrieve.top_k must be an integer >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config("default", ["workdir=x", setting])
     broken = inputs / "broken.yaml"
     broken.write_text("workdir: [unclosed\n")
     with pytest.raises(ConfigError, match="broken.yaml: not a valid config"):

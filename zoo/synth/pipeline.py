@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from zoo.errors import ConfigError, DataError
+from zoo.errors import ConfigError, DataError, require_int
 from zoo.synth import prompts, sources
 from zoo.synth.store import StageStore
 
@@ -441,7 +441,31 @@ def load_config(source: str, overrides: Sequence[str] = ()) -> dict:
     config = OmegaConf.to_container(base, resolve=True)
     if config.get("workdir") in (None, "???"):
         raise ConfigError("workdir must be set, e.g. workdir=synth/run1")
+    _check_ranges(config)
     return config
+
+
+def _check_ranges(config: dict) -> None:
+    """Settings no stage can work with are one-line errors before anything runs."""
+    minimums = {"batch_size": 1, "retries": 0, "max_tokens": 1}
+    for stage in ("annotate", "extract", "generate", "answer"):
+        for key, minimum in minimums.items():
+            require_int(f"{stage}.{key}", config[stage][key], minimum)
+        for key in ("temperature", "retry_temperature"):
+            if not isinstance(config[stage][key], int | float) or config[stage][key] < 0:
+                raise ConfigError(f"{stage}.{key} must be a number >= 0, got {config[stage][key]!r}")
+    for key, minimum in (("select.total", 0), ("retrieve.top_k", 1), ("minhash.ngram", 1), ("minhash.num_perm", 2)):
+        section, name = key.split(".")
+        require_int(key, config[section][name], minimum)
+    for key, minimum in (("decontaminate.n", 1), ("sources.max_words", 1), ("sources.min_words", 0)):
+        section, name = key.split(".")
+        require_int(key, config[section][name], minimum)
+    if not 0 < config["minhash"]["threshold"] <= 1:
+        raise ConfigError(f"minhash.threshold must lie in (0, 1], got {config['minhash']['threshold']}")
+    if not -1 <= config["dedup"]["threshold"] <= 1:
+        raise ConfigError(f"dedup.threshold is a cosine, in [-1, 1], got {config['dedup']['threshold']}")
+    if not config["select"]["k"] or any(not isinstance(k, int) or k < 1 for k in config["select"]["k"]):
+        raise ConfigError(f"select.k must be a list of cluster counts >= 1, got {config['select']['k']}")
 
 
 def _check_keys(layer: dict, base: dict, prefix: str) -> None:
