@@ -3,6 +3,12 @@
 AdamW with decoupled weight decay on matrices only (embeddings included; biases and norms excluded), a linear
 warmup from 0 to the peak rate, then a cosine decay to ``min_lr_ratio`` of the peak at the last step.
 
+``module.optim.name`` picks the implementation: ``adamw`` (torch's; fused on CUDA), ``adamw8bit`` or
+``paged_adamw8bit`` (bitsandbytes, ``pip install 'zoo[bnb]'``: both moments held in 8 bits, block-wise quantized,
+for every tensor of at least 4,096 elements, smaller ones in 32 bits; the paged one pages its state to host memory
+under GPU memory pressure and runs unpaged on a CPU). All three save their state in the checkpoint and resume
+exactly.
+
 Every module calls :func:`ensure_finite` with a step's loss and gradient norm after the backward pass and
 before the optimizer step: a non-finite value stops the run with :class:`TrainingDiverged` (one line naming the
 step), so the weights, and every checkpoint written from them, stay those of the last finite step.
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass, fields
 
 import torch
@@ -40,8 +47,12 @@ def ensure_finite(step: int, **values: torch.Tensor | float) -> None:
     )
 
 
+OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
+
+
 @dataclass
 class OptimConfig:
+    name: str = "adamw"  # adamw | adamw8bit | paged_adamw8bit (bitsandbytes)
     lr: float = 3e-4
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -64,6 +75,8 @@ class OptimConfig:
 
     def check(self) -> None:
         """One line naming the first setting that cannot work."""
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"module.optim.name must be one of {', '.join(OPTIMIZERS)}, got {self.name!r}")
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr >= 0):
             raise ConfigError(f"module.optim.lr must be a number >= 0, got {self.lr!r}")
         if not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
@@ -87,11 +100,21 @@ def adamw_groups(model: nn.Module, config: OptimConfig, lr: float | None = None)
     ]
 
 
-def build_adamw(model: nn.Module | list[dict], config: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over a model's parameters, or over parameter groups (:func:`adamw_groups` of several parts)."""
+def build_adamw(model: nn.Module | list[dict], config: OptimConfig) -> torch.optim.Optimizer:
+    """``config.name``'s AdamW over a model's parameters, or over parameter groups (:func:`adamw_groups` of several
+    parts)."""
     groups = adamw_groups(model, config) if isinstance(model, nn.Module) else model
-    on_cuda = any(p.is_cuda for group in groups for p in group["params"])
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=on_cuda or None)
+    if config.name == "adamw":
+        on_cuda = any(p.is_cuda for group in groups for p in group["params"])
+        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=on_cuda or None)
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise ConfigError(f"module.optim.name={config.name} needs bitsandbytes: pip install 'zoo[bnb]'") from None
+    cls = bnb.optim.AdamW8bit if config.name == "adamw8bit" else bnb.optim.PagedAdamW8bit
+    with warnings.catch_warnings():  # a paged optimizer on a CPU says it runs unpaged: the docstring says so
+        warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")
+        return cls(groups, lr=config.lr, betas=config.betas, eps=config.eps)
 
 
 def build_schedule(

@@ -57,12 +57,21 @@ def _assert_same_end(full, resumed, keys):
         torch.testing.assert_close(again[name], tensor, rtol=0, atol=1e-6)
 
 
-def test_killed_and_resumed_run_matches_an_uninterrupted_run(tiny, zoo_env, tmp_path, monkeypatch):
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw8bit"])
+def test_killed_and_resumed_run_matches_an_uninterrupted_run(optimizer, tiny, zoo_env, tmp_path, monkeypatch):
+    if optimizer != "adamw":
+        pytest.importorskip("bitsandbytes")
     monkeypatch.chdir(tmp_path)  # the uninterrupted run and the resume run in this process; the killed one not
-    main(["fit", *tiny, *RUN, "name=full"])
-    killed = _kill_after_first_checkpoint([*tiny, *RUN], "killed", tmp_path, zoo_env, 150)
+    args = [*tiny, *RUN, f"module.optim.name={optimizer}"]
+    main(["fit", *args, "name=full"])
+    killed = _kill_after_first_checkpoint(args, "killed", tmp_path, zoo_env, 150)
     main(["fit", f"resume={killed}"])
-    _assert_same_end(_run_dir(tmp_path / "runs" / "full"), killed, ["train/loss", "val/loss", "train/tokens"])
+    full = _run_dir(tmp_path / "runs" / "full")
+    _assert_same_end(full, killed, ["train/loss", "val/loss", "train/tokens"])
+    state = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]["state"]
+    packed = [v.get("__bnb_optimizer_quant_state__", v) for v in state.values()]  # bitsandbytes nests its state
+    moments = {v["state1"].dtype if "state1" in v else v["exp_avg"].dtype for v in packed}
+    assert torch.uint8 in moments if optimizer == "adamw8bit" else moments == {torch.float32}
 
 
 SMALL = [
