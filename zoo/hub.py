@@ -31,6 +31,7 @@ import datetime as dt
 import json
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -259,6 +260,7 @@ class Hub:
         metrics_file = run_dir / "metrics.json" if run_dir else None
         metrics = json.loads(metrics_file.read_text()) if metrics_file and metrics_file.is_file() else {}
         card = {
+            "command": _training_command(run_dir),
             "global_step": checkpoint.get("global_step"),
             "tokens_seen": checkpoint.get("tokens_seen"),
             "metrics": metrics,
@@ -546,6 +548,15 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _training_command(run_dir: Path | None) -> str | None:
+    """The ``zoo fit`` command that made a run (its Hydra overrides), when the run directory says."""
+    saved = run_dir / ".hydra" / "overrides.yaml" if run_dir else None
+    if saved is None or not saved.is_file():
+        return None
+    overrides = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.startswith(("hydra.", "resume="))]
+    return " ".join(["zoo", "fit", *(shlex.quote(o) for o in overrides)])
+
+
 def _card_text(front: dict[str, Any]) -> str:
     metrics = front.get("metrics") or {}
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items()) if isinstance(v, int | float))
@@ -556,5 +567,6 @@ def _card_text(front: dict[str, Any]) -> str:
         + "---\n\n"
         + f"# {front['name']}\n\n"
         + f"A zoo `{front['arch']}` model with {front['parameters']:,} parameters, from `{front['source']}`.\n\n"
+        + (f"Trained with `{front['command']}`.\n\n" if front.get("command") else "")
         + table
     )

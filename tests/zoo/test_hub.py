@@ -41,6 +41,7 @@ def test_push_list_show_from_a_run_directory(run_zoo, trained_run, zoo_env):
     assert "tiny-stdlib" in run_zoo("hub", "list").stdout
     shown = run_zoo("hub", "show", "tiny-stdlib").stdout
     assert "verified: every sha256 matches" in shown and "val/loss" in shown and "model.safetensors" in shown
+    assert "Trained with `zoo fit model.hidden_size=32 " in shown and " debug=limit name=tiny`" in shown  # the command
 
     entry = Hub().entry("tiny-stdlib")
     model = entry.build_model()
