@@ -99,9 +99,10 @@ def test_the_pipeline_runs_end_to_end_with_counts_that_add_up(inputs, canned_ser
     assert report["select"]["out"] == 30 and report["sources"]["out"] == 24
     assert report["minhash"]["removed"] == 1 and report["decontaminate"]["removed"] == 1
     removed = StageStore(workdir / "08_minhash" / "removed").records()
-    assert removed == [{"id": "sources:s7#0", "duplicate_of": "sources:s3#0"}]
+    source = inputs / "sources.jsonl"
+    assert removed == [{"id": f"{source}:s7#0", "duplicate_of": f"{source}:s3#0"}]
     contaminated = StageStore(workdir / "09_decontaminate" / "removed").records()
-    assert contaminated == [{"id": "sources:s11#0", "benchmark": f"{inputs / 'bench.jsonl'}:1"}]
+    assert contaminated == [{"id": f"{source}:s11#0", "benchmark": f"{inputs / 'bench.jsonl'}:1"}]
 
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == report["answer"]["out"] == 22
@@ -189,6 +190,16 @@ def test_bad_settings_are_one_line_errors(inputs, canned_server):
         with pytest.raises(DataError, match="made with other select settings"):
             check_workdir(changed, workdir)
         check_workdir(load_config("default", _overrides(inputs, server, workdir, **{"llm.concurrency": 2})), workdir)
+        (inputs / "a").mkdir()
+        (inputs / "b").mkdir()
+        for folder in ("a", "b"):  # one file name in two folders: two banks, distinct ids
+            (inputs / folder / "test.jsonl").write_text('{"question": "What is 1 + 1?"}\n')
+        from zoo.synth.sources import load_bank
+
+        ids = [q.id for q in load_bank([str(inputs / "a" / "test.jsonl"), str(inputs / "b" / "test.jsonl")])]
+        assert ids == [f"{inputs / 'a' / 'test.jsonl'}:1", f"{inputs / 'b' / 'test.jsonl'}:1"]
+        with pytest.raises(DataError, match="occurs twice"):
+            load_bank([str(inputs / "a" / "test.jsonl")] * 2)
         bad_row = inputs / "bad.jsonl"
         bad_row.write_text('{"question": "ok"}\n{"answer": "no question"}\n')
         with pytest.raises(DataError, match="bad.jsonl:2: no field 'question' or 'problem'"):

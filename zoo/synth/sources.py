@@ -9,8 +9,9 @@ written from (notes §3.3).
   world's passages. A text is cut into segments at paragraph breaks, each at most ``max_words`` words (the
   paper splits chapters over 5,000 words); segments under ``min_words`` are dropped.
 
-A malformed row stops with its file and line; every item has a stable id (``<file>:<line>``,
-``<file>:<line>#<segment>``) so that a resumed stage finds its place.
+A malformed row stops with its file and line; every item has a stable, unique id (``<file as given>:<line>``,
+``<file as given>:<row id or line>#<segment>``) so that a resumed stage finds its place; a repeated id is an
+error.
 """
 
 from __future__ import annotations
@@ -65,10 +66,20 @@ def load_bank(files: list[str]) -> list[BankQuestion]:
         for number, row in read_jsonl(path):
             text = _text_field(path, number, row, ("question", "problem"), True)
             answer = _text_field(path, number, row, ("answer", "solution"), False)
-            questions.append(BankQuestion(f"{path.stem}:{number}", text, answer))
+            questions.append(BankQuestion(f"{spec}:{number}", text, answer))
     if not questions:
         raise DataError("bank.files: no questions")
+    _unique([q.id for q in questions], "bank.files")
     return questions
+
+
+def _unique(ids: list[str], key: str) -> None:
+    """Stages find their place by id: two items with one id is an error naming it."""
+    seen: set[str] = set()
+    for item in ids:
+        if item in seen:
+            raise DataError(f"{key}: the id {item!r} occurs twice (a file given twice, or a repeated row id)")
+        seen.add(item)
 
 
 def segments_of(text: str, max_words: int) -> list[str]:
@@ -104,12 +115,12 @@ def _documents(spec: str) -> list[tuple[str, str, str | None]]:
     if not path.is_file():
         raise DataError(f"source file not found: {path}")
     if path.suffix == ".txt":
-        return [(path.stem, read_utf8(path), None)]
+        return [(spec, read_utf8(path), None)]
     docs = []
     for number, row in read_jsonl(path):
         text = _text_field(path, number, row, ("text", "contents"), True)
         discipline = row.get("discipline") if isinstance(row.get("discipline"), str) else None
-        docs.append((f"{path.stem}:{row.get('id', number)}", text, discipline))
+        docs.append((f"{spec}:{row.get('id', number)}", text, discipline))
     return docs
 
 
@@ -122,6 +133,7 @@ def load_segments(files: list[str], max_words: int, min_words: int) -> list[Segm
                     segments.append(Segment(f"{doc_id}#{k}", piece, discipline))
     if not segments:
         raise DataError(f"sources.files: no segment of at least {min_words} words")
+    _unique([s.id for s in segments], "sources.files")
     return segments
 
 
