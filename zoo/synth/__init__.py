@@ -24,3 +24,10 @@ def build(section: str, selector: str, default: str, registry: dict, settings: d
         raise ConfigError(f"{section}.{selector} must be one of {', '.join(registry)}, got {name!r}")
     values, cls = registry[name]
     return cls(config_section(values, settings, section))
+
+
+def device_of(setting: str) -> str:
+    """A backend's ``device`` setting: ``auto`` is CUDA when there is one, else the CPU."""
+    import torch
+
+    return setting if setting != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

@@ -24,7 +24,7 @@ import torch
 
 from zoo.errors import ConfigError
 from zoo.files import sha256_file
-from zoo.synth import build, require
+from zoo.synth import build, device_of, require
 from zoo.synth.text import words
 
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # the Hub's LFS oid
@@ -82,7 +82,7 @@ class ZooModelEmbedder:
         loaded = load_model(settings.model)
         if loaded.tokenizer_dir is None or not hasattr(loaded.model, "hidden_states"):
             raise ConfigError(f"embedder.model={settings.model}: needs a zoo model saved with its tokenizer")
-        device = settings.device if settings.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device_of(settings.device)
         self.model = loaded.model.to(device).eval()
         self.tokenizer = load_tokenizer(loaded.tokenizer_dir)
         context = getattr(self.model.config, "max_position_embeddings", settings.max_tokens)
@@ -139,7 +139,7 @@ class SentenceTransformerEmbedder:
             raise ConfigError(f"embedder.path={settings.path}: no model.safetensors in {path}")
         if pinned is not None and (actual := sha256_file(weights)) != pinned:
             raise ConfigError(f"{weights}: sha256 {actual[:16]}… does not match the expected {pinned[:16]}…")
-        device = settings.device if settings.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device_of(settings.device)
         self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
         self.batch_size = settings.batch_size
 

@@ -32,7 +32,7 @@ from typing import Protocol
 
 from zoo.errors import ConfigError, ZooError
 from zoo.files import atomic_file, cache_dir
-from zoo.synth import build
+from zoo.synth import build, device_of
 
 RETRIED_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -58,8 +58,6 @@ class NativeSettings:
 
 class NativeLLM:
     def __init__(self, settings: NativeSettings) -> None:
-        import torch
-
         from zoo.chat import chat_format
         from zoo.engines import in_place_engine
         from zoo.hub import load_model
@@ -73,7 +71,7 @@ class NativeLLM:
             raise ConfigError(f"llm.model={settings.model}: cannot be loaded ({e})") from None
         if loaded.tokenizer_dir is None:
             raise ConfigError(f"llm.model={settings.model}: no tokenizer saved with this model")
-        device = settings.device if settings.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device_of(settings.device)
         self.model = loaded.model.to(device).eval()
         self.tokenizer = load_tokenizer(loaded.tokenizer_dir)
         self.chat = chat_format(self.tokenizer, settings.chat_template, None)

@@ -75,6 +75,13 @@ class Item:
     context: Any = None
 
 
+def _sample(items: list, limit: int | None, seed: int) -> list:
+    """A seeded sample of ``limit`` of ``items`` in their own order (all of them without a limit)."""
+    if limit is None or limit >= len(items):
+        return items
+    return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), limit))]
+
+
 def _batches(items: Sequence, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -248,11 +255,8 @@ class Pipeline:
 
     def _bank(self) -> tuple[list[dict], dict]:
         bank = sources.load_bank(list(self.config["bank"]["files"]))
-        limit = self.config["bank"]["limit"]
-        total = len(bank)
-        if limit is not None and limit < total:
-            bank = sorted(random.Random(self.seed).sample(bank, limit), key=lambda q: bank.index(q))
-        return [{"id": q.id, "text": q.text, "answer": q.answer} for q in bank], {"in": total}
+        picked = _sample(bank, self.config["bank"]["limit"], self.seed)
+        return [{"id": q.id, "text": q.text, "answer": q.answer} for q in picked], {"in": len(bank)}
 
     def _select(self, annotated: list[dict], by_id: dict) -> tuple[list[dict], dict]:
         from zoo.synth.selection import select
@@ -293,10 +297,7 @@ class Pipeline:
             list(settings["files"]), int(settings["max_words"]), int(settings["min_words"])
         )
         total = len(segments)
-        limit = settings["limit"]
-        if limit is not None and limit < total:
-            picked = sorted(random.Random(self.seed + 1).sample(range(total), limit))
-            segments = [segments[i] for i in picked]
+        segments = _sample(segments, settings["limit"], self.seed + 1)
         missing = [s for s in segments if s.discipline is None]
         assigned: dict[str, str] = {}
         if missing and annotated:
@@ -454,10 +455,15 @@ def _check_ranges(config: dict) -> None:
         for key in ("temperature", "retry_temperature"):
             if not isinstance(config[stage][key], int | float) or config[stage][key] < 0:
                 raise ConfigError(f"{stage}.{key} must be a number >= 0, got {config[stage][key]!r}")
-    for key, minimum in (("select.total", 0), ("retrieve.top_k", 1), ("minhash.ngram", 1), ("minhash.num_perm", 2)):
-        section, name = key.split(".")
-        require_int(key, config[section][name], minimum)
-    for key, minimum in (("decontaminate.n", 1), ("sources.max_words", 1), ("sources.min_words", 0)):
+    for key, minimum in (
+        ("select.total", 0),
+        ("retrieve.top_k", 1),
+        ("minhash.ngram", 1),
+        ("minhash.num_perm", 2),
+        ("decontaminate.n", 1),
+        ("sources.max_words", 1),
+        ("sources.min_words", 0),
+    ):
         section, name = key.split(".")
         require_int(key, config[section][name], minimum)
     if not 0 < config["minhash"]["threshold"] <= 1:
