@@ -75,7 +75,7 @@ class PPOModule(RLModule):
         last = mask.cumsum(1).argmax(1)  # target position of each completion's last token
         rewards = torch.zeros_like(mask)
         rewards[torch.arange(len(batch)), last] = batch.rewards
-        if self.reference is not None:
+        if self.has_reference:
             rewards = rewards - self.algorithm.kl_coef * (batch.old_logprobs - batch.ref_logprobs) * mask
             self.log("policy/kl_to_reference", ((batch.old_logprobs - batch.ref_logprobs) * mask).sum() / mask.sum())
         advantages, batch.returns = gae(rewards, batch.old_values, mask, self.ppo.gamma, self.ppo.lam)

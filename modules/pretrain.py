@@ -20,8 +20,10 @@ import torch
 from torchmetrics.aggregation import MeanMetric
 
 from zoo.hub import build_initialized
+from zoo.lora import apply_lora, check_lora_start, frozen_base_rebuilt, frozen_entries, lora_settings
 from zoo.models import config_from_dict
 from zoo.optim import OptimConfig, build_adamw, build_schedule, ensure_finite
+from zoo.rebuilt_state import check_complete, drop_rebuilt
 from zoo.strategies import clip_grad_norm, shard_for_strategy
 
 Batch = torch.Tensor | dict[str, torch.Tensor]
@@ -62,7 +64,11 @@ class PretrainModule(L.LightningModule):
         self.save_hyperparameters()
         model = dict(model)
         self.init_from = model.pop("init_from", None)
+        self.lora = lora_settings(model.pop("lora", None))
         self.model_config = config_from_dict(model)
+        check_lora_start(self.lora, self.init_from)
+        # what a checkpoint leaves out (rebuilt) is checked in on_load_checkpoint instead
+        self.strict_loading = not frozen_base_rebuilt(self.lora, self.init_from)
         self.optim_config = OptimConfig.from_dict(optim)
         self.model: torch.nn.Module | None = None
         self.val_loss = MeanMetric()
@@ -74,6 +80,8 @@ class PretrainModule(L.LightningModule):
         if self.model is not None:
             return
         self.model = build_initialized(self.model_config, self.init_from)
+        if self.lora is not None:
+            apply_lora(self.model, self.lora)
         shard_for_strategy(self, self.model)
         self.loss_fn = torch.compile(causal_lm_loss) if self.hparams.compile else causal_lm_loss
 
@@ -146,8 +154,15 @@ class PretrainModule(L.LightningModule):
         self._log_evaluation("test")
 
     # -- checkpoints ------------------------------------------------------------------------------------
+    def rebuilt_entries(self) -> set[str]:
+        """The state-dict keys rebuilt at load rather than saved (:mod:`zoo.rebuilt_state`): a LoRA policy's frozen
+        base when it comes from ``model.init_from``."""
+        return frozen_entries(self.model, "model.") if frozen_base_rebuilt(self.lora, self.init_from) else set()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen
+        drop_rebuilt(checkpoint, self.rebuilt_entries())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
+        check_complete(self, checkpoint, self.rebuilt_entries())

@@ -35,8 +35,18 @@ from torchmetrics.aggregation import MeanMetric
 
 from zoo.errors import ConfigError, config_section, require_int
 from zoo.hub import build_initialized
+from zoo.lora import (
+    adapters_disabled,
+    apply_lora,
+    check_lora_start,
+    frozen_base_rebuilt,
+    frozen_entries,
+    lora_settings,
+)
 from zoo.models import config_from_dict
 from zoo.optim import OptimConfig, TrainingDiverged, adamw_groups, build_adamw, build_schedule, ensure_finite
+from zoo.quantization import check_bits, quantize_frozen
+from zoo.rebuilt_state import check_complete, drop_rebuilt
 from zoo.rl import advantages as estimators
 from zoo.rl.attention_credit import CreditAssignment
 from zoo.rl.evaluation import evaluate_pass_at_k
@@ -68,7 +78,8 @@ class AlgorithmConfig:
     aggregation: str = "token_mean"  # token_mean (DAPO) | seq_mean_token_mean (GRPO) | seq_mean_token_sum
     ppo_epochs: int = 1
     minibatch_size: int | None = None  # sequences per optimizer step; None: the whole rollout batch
-    kl_coef: float = 0.0  # > 0 keeps a frozen reference policy
+    kl_coef: float = 0.0  # > 0 keeps a frozen reference policy (a LoRA policy's: itself with its adapters off)
+    reference_quantization: str | None = None  # 8bit | 4bit: the reference held by bitsandbytes (zoo.quantization)
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0
     tis_cap: float | None = 2.0  # truncated importance sampling against the engine's log-probs; None: off
@@ -101,10 +112,20 @@ class RLModule(L.LightningModule):
         self.automatic_optimization = False
         model = dict(model)
         self.init_from = model.pop("init_from", None)
+        self.lora = lora_settings(model.pop("lora", None))
         self.model_config = config_from_dict(model)
+        check_lora_start(self.lora, self.init_from)
         self.optim_config = OptimConfig.from_dict(optim) if optim else OptimConfig(lr=1e-5)
         self.rollout_config = config_section(RolloutConfig, rollout, "module.rollout")
         self.algorithm = config_section(AlgorithmConfig, algorithm, "module.algorithm")
+        check_bits("module.algorithm.reference_quantization", self.algorithm.reference_quantization)
+        if self.lora is not None and self.algorithm.reference_quantization is not None:
+            raise ConfigError(
+                "module.algorithm.reference_quantization: a LoRA policy's reference is its own base (adapters off), "
+                "not a copy; quantize that base with model.lora.quantize"
+            )
+        # what a checkpoint leaves out (rebuilt) is checked in on_load_checkpoint instead
+        self.strict_loading = not self.rebuilds_state
         self.evaluation = config_section(EvaluationConfig, evaluation, "module.evaluation")
         if not self.algorithm.reward_timeout_s > 0:
             raise ConfigError(f"module.algorithm.reward_timeout_s must be > 0, got {self.algorithm.reward_timeout_s!r}")
@@ -127,13 +148,32 @@ class RLModule(L.LightningModule):
             return
         self.model = build_initialized(self.model_config, self.init_from)
         self.copy_policy(self.model)
+        if self.lora is not None:
+            apply_lora(self.model, self.lora)
         shard_for_strategy(self, self.model)  # under FSDP2 the policy is sharded block by block
 
     def copy_policy(self, policy: torch.nn.Module) -> None:
-        """The models started from the policy's weights, copied before it is sharded: the frozen reference (each
-        rank keeps a whole copy); PPO adds its critic."""
-        if self.algorithm.kl_coef > 0:
+        """The models started from the policy's weights, copied before it is sharded and before its LoRA adapters
+        are added: the frozen reference (each rank keeps a whole copy; quantized with
+        ``reference_quantization``; none for a LoRA policy, whose reference is itself with its adapters off); PPO
+        adds its critic."""
+        a = self.algorithm
+        if a.kl_coef > 0 and self.lora is None:
             self.reference = copy.deepcopy(policy).requires_grad_(False).eval()
+            if a.reference_quantization is not None:
+                quantize_frozen(self.reference, a.reference_quantization, "module.algorithm.reference_quantization")
+
+    @property
+    def has_reference(self) -> bool:
+        return self.algorithm.kl_coef > 0
+
+    def reference_logprobs(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The reference policy's log-probs (N, L) of the completion tokens."""
+        temperature = self.rollout_config.temperature
+        if self.reference is not None:
+            return token_logprobs(self.reference, input_ids, temperature)[0]
+        with adapters_disabled(self.model):
+            return token_logprobs(self.model, input_ids, temperature)[0]
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -250,7 +290,7 @@ class RLModule(L.LightningModule):
         loss, logs = self.objective(batch, logprobs)
         # the KL and entropy terms are aggregated as the policy loss is (per token, or per sequence first)
         mask, length = batch.response_mask, self.rollout_config.max_new_tokens
-        if self.reference is not None and self.kl_in_loss:
+        if self.has_reference and self.kl_in_loss:
             kl = aggregate(kl_penalty(logprobs, batch.ref_logprobs, a.kl_estimator), mask, a.aggregation, length)
             loss = loss + a.kl_coef * kl
             logs["policy/kl_to_reference"] = kl.detach()
@@ -296,8 +336,8 @@ class RLModule(L.LightningModule):
         with torch.no_grad():
             if several_updates:
                 batch.old_logprobs = token_logprobs(self.model, batch.input_ids, self.rollout_config.temperature)[0]
-            if self.reference is not None:
-                batch.ref_logprobs = token_logprobs(self.reference, batch.input_ids, self.rollout_config.temperature)[0]
+            if self.has_reference:
+                batch.ref_logprobs = self.reference_logprobs(batch.input_ids)
 
     @property
     def sampler(self):
@@ -404,13 +444,27 @@ class RLModule(L.LightningModule):
         schedule = build_schedule(optimizer, self.optim_config, total)
         return [optimizer], [schedule]
 
+    @property
+    def rebuilds_state(self) -> bool:
+        return frozen_base_rebuilt(self.lora, self.init_from) or self.algorithm.reference_quantization is not None
+
+    def rebuilt_entries(self) -> set[str]:
+        """The state-dict keys rebuilt at load rather than saved (:mod:`zoo.rebuilt_state`): a LoRA policy's frozen
+        base when it comes from ``model.init_from``, a quantized reference (rebuilt from the starting weights)."""
+        rebuilt = frozen_entries(self.model, "model.") if frozen_base_rebuilt(self.lora, self.init_from) else set()
+        if self.reference is not None and self.algorithm.reference_quantization is not None:
+            rebuilt |= {f"reference.{k}" for k in self.reference.state_dict()}
+        return rebuilt
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skipped_steps"] = self.skipped_steps
         checkpoint["rollouts_consumed"] = self.rollouts_consumed
+        drop_rebuilt(checkpoint, self.rebuilt_entries())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps = checkpoint.get("skipped_steps", 0)
         self.rollouts_consumed = checkpoint.get("rollouts_consumed", 0)
+        check_complete(self, checkpoint, self.rebuilt_entries())
 
     def trainable(self) -> torch.nn.Module:
         """What the optimizer updates (the policy; PPO adds its critic)."""

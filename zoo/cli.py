@@ -29,7 +29,7 @@ commands:
   validate [OVERRIDES]   evaluate on the val split (ckpt_path=RUN_DIR_OR_CKPT, or model.init_from=hub:NAME)
   test [OVERRIDES]       evaluate on the test split
   ls                     the config groups and their options
-  hub push|list|show|pull|export ...   the checkpoint hub (zoo hub --help)
+  hub push|list|show|...  the checkpoint hub: push, list, show, pull, merge, export (zoo hub --help)
   probe SOURCE           loop probes of a run, .ckpt or hub:NAME on validation text (zoo probe --help)
   infusion analyze SWEEP collapse points and their scaling law for a knowledge-infusion sweep
   budget SOURCE          a policy under thinking budgets: accuracy, length, adherence, truncation (zoo budget -h)
@@ -350,6 +350,10 @@ def hub_command(args: list[str]) -> None:
     pull.add_argument("source")
     pull.add_argument("--name")
     pull.add_argument("--force", action="store_true")
+    merge = sub.add_parser("merge", help="merge an adapter entry (a LoRA run) into its base as a full entry")
+    merge.add_argument("name")
+    merge.add_argument("--name", dest="new_name", required=True, help="the full entry's name")
+    merge.add_argument("--force", action="store_true", help="replace an existing entry")
     export = sub.add_parser("export", help="write an entry as an HF model directory")
     export.add_argument("name")
     export.add_argument("out_dir")
@@ -363,6 +367,9 @@ def hub_command(args: list[str]) -> None:
         elif opts.action == "pull":
             entry = hub.pull(opts.source, opts.name, overwrite=opts.force)
             print(f"pulled {opts.source} -> {entry.path}")
+        elif opts.action == "merge":
+            entry = hub.merge(opts.name, opts.new_name, overwrite=opts.force)
+            print(f"merged {opts.name} into its base -> {entry.path}")
         elif opts.action == "export":
             print(f"exported {opts.name} -> {hub.export_hf(opts.name, opts.out_dir, overwrite=opts.force)}")
         elif opts.action == "show":

@@ -50,6 +50,8 @@ from zoo.files import atomic_directory, atomic_file, cache_dir, sha256_file
 
 MANIFEST = "manifest.json"
 HF_DIRECTORY = "hf"  # an hf entry's transformers directory
+ADAPTER_SETTINGS = "adapter.json"  # an adapter entry's LoRA settings and base
+ADAPTER_WEIGHTS = "adapter.safetensors"  # its adapters, PEFT's saved names
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _TOKENIZER_FILES = (
     "tokenizer.json",
@@ -150,9 +152,35 @@ class Entry:
             return {"arch": "hf", "path": str(self.path / HF_DIRECTORY)}
         return self.config
 
+    @property
+    def adapter(self) -> dict[str, Any] | None:
+        """An adapter entry's settings (``base``, ``base_manifest_sha256``, ``r``, ``alpha``, ...); None for a full
+        entry."""
+        file = self.path / ADAPTER_SETTINGS
+        return json.loads(file.read_text()) if file.is_file() else None
+
+    def base_entry(self) -> Entry:
+        """An adapter entry's base, verified, and refused if it is not the entry the adapters were trained on."""
+        adapter = self.adapter
+        base = resolve_entry(adapter["base"])
+        digest = sha256_file(base.path / MANIFEST)
+        if digest != adapter["base_manifest_sha256"]:
+            raise HubError(
+                f"hub entry {self.name!r}: its base {adapter['base']} has changed since the adapters were trained "
+                f"(manifest sha256 {digest[:12]}..., expected {adapter['base_manifest_sha256'][:12]}...)"
+            )
+        return base
+
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights, zoo's names; an adapter entry's merged into its base's."""
         self.verify()
-        return load_file(self.path / "model.safetensors")
+        if self.adapter is None:
+            return load_file(self.path / "model.safetensors")
+        from zoo.lora import merge_adapters
+
+        adapter = self.adapter
+        scaling = adapter["alpha"] / adapter["r"]
+        return merge_adapters(self.base_entry().state_dict(), load_file(self.path / ADAPTER_WEIGHTS), scaling)
 
     def build_model(self) -> torch.nn.Module:
         from zoo.models import build_model, config_from_dict
@@ -202,20 +230,31 @@ class Hub:
         card: dict[str, Any],
         source: str,
         overwrite: bool,
+        adapter: dict[str, Any] | None = None,
     ) -> Entry:
         """Write entry ``name``: zoo-named ``weights`` (checked against ``config``), or for an hf model the
-        transformers directory ``weights`` whose model files are copied into ``hf/``."""
+        transformers directory ``weights`` whose model files are copied into ``hf/``; with ``adapter`` (its
+        settings and base), ``weights`` are LoRA adapters, checked by merging them into the base."""
         validate_name(name)
         target = self.store / name
         if (target / MANIFEST).exists() and not overwrite:
             raise HubError(f"hub entry {name!r} exists in {self.store}; pass --force to replace it")
         if isinstance(weights, Path):
             parameters = check_hf_directory(weights, source)
+        elif adapter is not None:
+            from zoo.lora import merge_adapters
+
+            base = resolve_entry(adapter["base"]).state_dict()
+            check_weights(config, merge_adapters(base, weights, adapter["alpha"] / adapter["r"]), source)
+            parameters = sum(t.numel() for t in weights.values())
         else:
             check_weights(config, weights, source)
             parameters = sum(t.numel() for t in weights.values())
         with atomic_directory(target) as tmp:
-            if isinstance(weights, Path):
+            if adapter is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, tmp / ADAPTER_WEIGHTS)
+                (tmp / ADAPTER_SETTINGS).write_text(json.dumps(adapter, indent=2) + "\n")
+            elif isinstance(weights, Path):
                 (tmp / HF_DIRECTORY).mkdir()
                 for file in _hf_model_files(weights):
                     shutil.copyfile(file, tmp / HF_DIRECTORY / file.name)
@@ -246,8 +285,15 @@ class Hub:
         validate_name(name)
         checkpoint_path, run_dir = _locate_checkpoint(Path(source).expanduser())
         checkpoint = read_checkpoint(checkpoint_path)
-        config, state = _model_state(checkpoint, checkpoint_path)
         hparams = checkpoint["hyper_parameters"]
+        adapter = _adapter_of_run(hparams.get("model") or {}, checkpoint)
+        if adapter is not None:
+            settings, adapters = adapter
+            config = {k: v for k, v in dict(hparams["model"]).items() if k not in ("init_from", "lora")}
+            return self._publish_run(
+                name, config, adapters, checkpoint, hparams, checkpoint_path, run_dir, overwrite, settings
+            )
+        config, state = _model_state(checkpoint, checkpoint_path)
         with tempfile.TemporaryDirectory(prefix="zoo-push-") as scratch:
             weights: dict[str, torch.Tensor] | Path = state
             if config.get("arch") == "hf":  # written the way transformers writes it, then copied into the entry
@@ -255,7 +301,9 @@ class Hub:
                 config = _save_hf_run(config, state, checkpoint_path, weights)
             return self._publish_run(name, config, weights, checkpoint, hparams, checkpoint_path, run_dir, overwrite)
 
-    def _publish_run(self, name, config, weights, checkpoint, hparams, checkpoint_path, run_dir, overwrite) -> Entry:
+    def _publish_run(
+        self, name, config, weights, checkpoint, hparams, checkpoint_path, run_dir, overwrite, adapter=None
+    ) -> Entry:
         tokenizer_dir = run_dir / "tokenizer" if run_dir and (run_dir / "tokenizer").is_dir() else None
         metrics_file = run_dir / "metrics.json" if run_dir else None
         metrics = json.loads(metrics_file.read_text()) if metrics_file and metrics_file.is_file() else {}
@@ -267,7 +315,22 @@ class Hub:
             "data": _plain(checkpoint.get("datamodule_hyper_parameters", {})),
             "optim": _plain(hparams.get("optim") or {}),
         }
-        return self._write(name, config, weights, tokenizer_dir, card, str(checkpoint_path.resolve()), overwrite)
+        if adapter is not None:
+            card["lora"] = {k: v for k, v in adapter.items() if k not in ("base", "base_manifest_sha256")}
+            card["base"] = adapter["base"]
+        source = str(checkpoint_path.resolve())
+        return self._write(name, config, weights, tokenizer_dir, card, source, overwrite, adapter)
+
+    def merge(self, name: str, new_name: str, overwrite: bool = False) -> Entry:
+        """Write adapter entry ``name`` merged into its base as the full entry ``new_name``."""
+        entry = self.entry(name)
+        if entry.adapter is None:
+            raise HubError(f"hub entry {name!r} holds full weights, not adapters: nothing to merge")
+        tokenizer = entry.tokenizer_dir if entry.tokenizer_dir.is_dir() else None
+        card = {**entry.card_metadata, "merged_from": name}
+        for key in ("name", "arch", "parameters", "source"):
+            card.pop(key, None)
+        return self._write(new_name, entry.config, entry.state_dict(), tokenizer, card, f"hub:{name}", overwrite)
 
     def pull(self, source: str, name: str | None = None, overwrite: bool = False) -> Entry:
         """Import ``hf:ORG/NAME`` (downloaded) or a local directory (HF format, or a copied hub entry)."""
@@ -416,13 +479,54 @@ def check_weights(config: dict[str, Any], state: dict[str, torch.Tensor], source
 
 
 def _model_state(checkpoint: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The model config and the network's weights in a zoo Lightning checkpoint."""
+    """The model config and the network's weights in a zoo Lightning checkpoint; a LoRA policy's merged into the
+    plain network's (its frozen base from the checkpoint, or rebuilt from ``model.init_from`` when left out)."""
     model = checkpoint.get("hyper_parameters", {}).get("model")
     if model is None:
         raise HubError(f"{path}: no model config in its hyper_parameters (not a zoo checkpoint?)")
-    config = {k: v for k, v in dict(model).items() if k != "init_from"}
+    config = {k: v for k, v in dict(model).items() if k not in ("init_from", "lora")}
     state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    lora = _lora_of(model)
+    if lora is not None:
+        state = _merged_run_state(config, model.get("init_from"), state, lora, path)
     return config, state
+
+
+def _adapter_of_run(model_hparams: dict[str, Any], checkpoint: dict[str, Any]):
+    """A LoRA run started from a hub entry (zoo's own architectures): its adapter settings (with the base entry
+    and that entry's manifest sha256) and adapters by PEFT's saved names; None for any other run (written whole,
+    merged)."""
+    lora, init_from = _lora_of(model_hparams), model_hparams.get("init_from")
+    if lora is None or not init_from or model_hparams.get("arch") == "hf":
+        return None
+    path_of = Path(str(init_from)).expanduser()
+    if not (str(init_from).startswith("hub:") or (path_of / MANIFEST).is_file()):
+        return None
+    base = resolve_entry(init_from)
+    state = checkpoint["state_dict"]
+    adapters = {k[len("model.") :].replace(".default.", "."): v for k, v in state.items() if ".lora_" in k}
+    settings = {**lora.to_dict(), "base": str(init_from), "base_manifest_sha256": sha256_file(base.path / MANIFEST)}
+    return settings, adapters
+
+
+def _lora_of(model_hparams: dict[str, Any]):
+    from zoo.lora import lora_settings
+
+    return lora_settings(model_hparams.get("lora"))
+
+
+def _merged_run_state(config, init_from, state, lora, path: Path) -> dict[str, torch.Tensor]:
+    """The plain weights of a LoRA run: its base (saved, or rebuilt from ``init_from``) with the adapters merged."""
+    from zoo.lora import merge_adapters
+    from zoo.models import config_from_dict
+
+    adapters = {k.replace(".default.", "."): v for k, v in state.items() if ".lora_" in k}
+    base = {k.replace(".base_layer.", "."): v for k, v in state.items() if ".lora_" not in k}
+    if not any(".base_layer." in k for k in state):  # left out of the checkpoint: the entry it started from
+        if not init_from:
+            raise HubError(f"{path}: a LoRA checkpoint without its base weights and without model.init_from")
+        base = {**build_initialized(config_from_dict(config), init_from).state_dict(), **base}
+    return merge_adapters(base, adapters, lora.scaling)
 
 
 def _locate_checkpoint(source: Path) -> tuple[Path, Path | None]:

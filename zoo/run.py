@@ -63,7 +63,14 @@ HF_LOADING = ("dtype", "attn_implementation", "gradient_checkpointing")  # model
 
 
 def model_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, Any]:
+    """The module's ``model`` settings: the architecture's config (from ``model.init_from`` when set), with
+    ``init_from`` and ``lora`` (the policy's adapters, :mod:`zoo.lora`) passed on beside it."""
     values = OmegaConf.to_container(cfg.model, resolve=True)
+    lora = values.pop("lora", None)
+    return {**_architecture(values, datamodule), **({"lora": lora} if lora else {})}
+
+
+def _architecture(values: dict[str, Any], datamodule: L.LightningDataModule) -> dict[str, Any]:
     loading = {k: values[k] for k in HF_LOADING if k in values}  # how to load an HF model, where it says
     if values.get("arch") != "hf" and "path" in values:  # model=sft|grpo|ppo model.path=DIR: an HF model
         path = values.pop("path")
@@ -273,7 +280,18 @@ def run(command: str, cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 
 
 def _model_size(model) -> dict[str, int]:
-    """Parameters, and those outside the input embedding and output head (the MeSH paper's Table 5 count)."""
-    total = sum(p.numel() for p in model.parameters())
+    """The network's parameters (a 4-bit weight counted by its logical shape; LoRA adapters apart), those outside
+    the input embedding and output head (the MeSH paper's Table 5 count), and the trainable ones."""
+
+    def count(p) -> int:
+        state = getattr(p, "quant_state", None)  # bitsandbytes' 4-bit: two weights a byte
+        return state.shape.numel() if state is not None else p.numel()
+
+    total = sum(count(p) for name, p in model.named_parameters() if ".lora_" not in name)
     embedding = sum(p.numel() for p in {id(p): p for p in (model.embed.weight, model.lm_head.weight)}.values())
-    return {"model/parameters": total, "model/non_embedding_parameters": total - embedding}
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {
+        "model/parameters": total,
+        "model/non_embedding_parameters": total - embedding,
+        "model/trainable_parameters": trainable,
+    }

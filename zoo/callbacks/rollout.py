@@ -8,6 +8,9 @@ weights in step with the policy, and logs what was generated.
   ``engine: hf``: transformers' ``generate`` on the same weights (:mod:`zoo.engines.hf`);
   ``engine: vllm``: vLLM (:mod:`zoo.engines.vllm`, the ``vllm`` extra). ``engine_options`` go to the engine
   (native: ``decode``; vllm: ``vllm.LLM`` arguments such as ``gpu_memory_utilization``).
+- A LoRA policy (``model.lora``, :mod:`zoo.lora`): ``lora_sync: merged`` (default) serves the merged weights
+  ``W + (alpha / r) B A`` in the plain network, on every engine; ``adapters`` (the native engine in this process)
+  keeps the adapters in the replica and syncs only them.
 - After every ``sync_every`` optimizer steps the policy's weights are copied into the engine (gathered first
   when the policy is sharded); in between the engine samples from a slightly older policy, which the RL
   losses can correct with truncated importance sampling.
@@ -56,6 +59,7 @@ from zoo.engines import ENGINES, engine_for
 from zoo.errors import ConfigError, require_int
 from zoo.generation import GenerationResult, NativeEngine
 from zoo.loader import PromptStream
+from zoo.lora import has_lora, merged_weights
 from zoo.rl.queue import QueueOutcome, QueuePlanner, QueueStats, run_queue_round
 from zoo.rl.rollout import Round
 from zoo.sampling import SamplingParams
@@ -63,6 +67,7 @@ from zoo.sampling import SamplingParams
 log = logging.getLogger("zoo")
 SCHEDULES = ("batch", "queue")
 WORKERS = ("thread", "process", "ray")  # where asynchronous rollout's engine servers run
+LORA_SYNCS = ("merged", "adapters")  # what a LoRA policy's engine samples from: merged weights, or base + adapters
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
@@ -92,6 +97,7 @@ class RolloutCallback(L.Callback):
         ray_address: str | None = None,
         worker_resources: dict | None = None,
         agent: dict | None = None,
+        lora_sync: str = "merged",
     ) -> None:
         if engine not in ENGINES:
             raise ConfigError(f"rollout engine {engine!r} is not available; engines: {', '.join(ENGINES)}")
@@ -124,6 +130,14 @@ class RolloutCallback(L.Callback):
         require_int("rollout.num_workers", num_workers, 1)
         if workers != "ray" and (ray_address is not None or worker_resources):
             raise ConfigError("rollout.ray_address and rollout.worker_resources are for rollout.workers=ray")
+        if lora_sync not in LORA_SYNCS:
+            raise ConfigError(f"rollout.lora_sync {lora_sync!r} is not one of {', '.join(LORA_SYNCS)}")
+        if lora_sync == "adapters" and (engine not in ("auto", "native") or workers != "thread"):
+            raise ConfigError(
+                "rollout.lora_sync=adapters keeps the adapters in the native engine's replica in this process: "
+                "it needs rollout.engine=native and rollout.workers=thread"
+            )
+        self.lora_sync = lora_sync
         self.workers, self.wait_for_stragglers, self.num_workers = workers, wait_for_stragglers, num_workers
         self.ray_address, self.worker_resources = ray_address, dict(worker_resources or {})
         self.agent = agent_config(agent) if agent is not None else None
@@ -212,15 +226,19 @@ class RolloutCallback(L.Callback):
         else:
             from zoo.engines.vllm import VLLMEngine
 
-            weights = ((name, _full(p.detach())) for name, p in policy.named_parameters())
-            self.engine = VLLMEngine(policy.config, weights, tokenizer, dtype=dtype, **options)
+            self.engine = VLLMEngine(policy.config, self.weights(pl_module), tokenizer, dtype=dtype, **options)
         self.sync(pl_module, step=pl_module.global_step)
         log.info("rollout: %s engine, weights synced every %d step(s)", self.engine_name, self.sync_every)
 
     def replica(self, pl_module: L.LightningModule) -> torch.nn.Module:
-        """The native engine's private copy of the policy (rebuilt whole when the policy is sharded)."""
+        """The native engine's private copy of the policy: the plain network, its weights loaded by the first sync,
+        when the policy is sharded or is a LoRA policy served merged; else a copy (a LoRA policy's with its
+        adapters, under ``lora_sync: adapters``)."""
         policy = pl_module.model
-        if any(isinstance(p, DTensor) for p in policy.parameters()):
+        sharded = any(isinstance(p, DTensor) for p in policy.parameters())
+        if sharded and self.lora_sync == "adapters" and has_lora(policy):
+            raise ConfigError("rollout.lora_sync=adapters copies the policy with its adapters: not a sharded one")
+        if sharded or (has_lora(policy) and self.lora_sync == "merged"):
             from zoo.models import build_model
 
             replica = build_model(policy.config).to(pl_module.device)
@@ -229,10 +247,17 @@ class RolloutCallback(L.Callback):
         replica.requires_grad_(False)
         return replica.to(self.dtype) if self.dtype is not None else replica
 
-    @staticmethod
-    def weights(pl_module: L.LightningModule):
-        """The policy's named weights, whole (gathered when sharded)."""
-        return ((name, _full(p.detach())) for name, p in pl_module.model.named_parameters())
+    def weights(self, pl_module: L.LightningModule):
+        """The policy's named weights, whole (gathered when sharded): a LoRA policy's merged into the plain
+        network's (:func:`zoo.lora.merged_weights`), or its adapters alone under ``lora_sync: adapters``."""
+        policy = pl_module.model
+        if not has_lora(policy):
+            named = policy.named_parameters()
+        elif self.lora_sync == "adapters":
+            named = ((name, p) for name, p in policy.named_parameters() if p.requires_grad)
+        else:
+            named = merged_weights(policy)
+        return ((name, _full(p.detach())) for name, p in named)
 
     def sync(self, pl_module: L.LightningModule, step: int) -> None:
         self.engine.load_weights(self.weights(pl_module))

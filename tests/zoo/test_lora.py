@@ -1,0 +1,228 @@
+"""LoRA and QLoRA through PEFT (zoo.lora): the adapted network, its merged weights, the engines' view of it,
+checkpoints that hold the adapters only and resume exactly, and adapter entries in the hub that merge and export to
+transformers with the same logits. A killed LoRA, QLoRA and quantized-reference GRPO run resumes exactly:
+tests/zoo/test_resume.py."""
+
+import json
+
+import pytest
+import torch
+
+from zoo.errors import ConfigError
+from zoo.hub import Hub, load_model
+from zoo.lora import adapters_disabled, apply_lora, lora_layers, lora_settings, merge_adapters, merged_weights
+from zoo.models import GPTNeoXConfig, MeSHConfig, build_model
+
+pytest.importorskip("peft")
+
+CONFIG = GPTNeoXConfig(
+    vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256
+)
+
+
+def _adapted(config=CONFIG, seed: int = 0, **settings):
+    """A model with adapters whose B is not zero (as after training), and the model it was made from."""
+    torch.manual_seed(seed)
+    base = build_model(config).eval()
+    model = build_model(config).eval()
+    model.load_state_dict(base.state_dict())
+    apply_lora(model, lora_settings({"r": 4, "alpha": 8, **settings}))
+    for layer in lora_layers(model).values():
+        torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.05)
+    return model, base
+
+
+def test_fresh_adapters_change_nothing_and_only_they_train():
+    torch.manual_seed(0)
+    model = build_model(CONFIG)
+    x = torch.randint(0, 128, (2, 9))
+    before = model(x)
+    apply_lora(model, lora_settings({"r": 4, "alpha": 8}))
+    assert torch.equal(model(x), before)  # B = 0
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n for n in trainable)
+    # every linear of the blocks: qkv (64 -> 192), attention proj (64 -> 64), fc (64 -> 256), MLP proj (256 -> 64)
+    per_block = 4 * ((64 + 192) + (64 + 64) + (64 + 256) + (256 + 64))
+    assert sum(model.get_parameter(n).numel() for n in trainable) == 2 * per_block
+
+
+def test_the_adapted_model_trains_its_adapters_and_its_loss_falls():
+    model, base = _adapted()
+    model.train()
+    x = torch.randint(0, 128, (4, 17), generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = model(x[:, :-1], targets=x[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.85 * losses[0]  # 64 random tokens through rank-4 adapters, the head frozen
+    for name, tensor in base.state_dict().items():  # the base is untouched
+        key = name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        frozen = model.state_dict().get(name, model.state_dict().get(key))
+        assert torch.equal(frozen, tensor), name
+
+
+@pytest.mark.parametrize(
+    "config",
+    [CONFIG, MeSHConfig(vocab_size=96, hidden_size=64, layout="1+1R2+1", num_attention_heads=4, intermediate_size=128)],
+)
+def test_merged_weights_compute_what_the_adapted_model_computes(config):
+    model, base = _adapted(config)
+    plain = build_model(config).eval()
+    plain.load_state_dict(dict(merged_weights(model)))
+    x = torch.randint(0, config.vocab_size, (3, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), model(x), rtol=0, atol=1e-5)
+        with adapters_disabled(model):
+            torch.testing.assert_close(model(x), base(x), rtol=0, atol=0)
+        assert (model(x) - base(x)).abs().max() > 1e-2  # the adapters are back on
+
+
+def test_merge_adapters_is_w_plus_scaled_b_a():
+    a, b, w = torch.randn(2, 5), torch.randn(3, 2), torch.randn(3, 5)
+    merged = merge_adapters(
+        {"m.weight": w, "m.bias": torch.zeros(3)}, {"m.lora_A.weight": a, "m.lora_B.weight": b}, 2.5
+    )
+    torch.testing.assert_close(merged["m.weight"], w + 2.5 * b @ a)
+    assert torch.equal(merged["m.bias"], torch.zeros(3))
+
+
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_qlora_holds_the_base_quantized_and_merges_within_its_tolerance(bits):
+    pytest.importorskip("bitsandbytes")
+    model, base = _adapted(quantize=bits)
+    kinds = {type(layer.get_base_layer()).__name__ for layer in lora_layers(model).values()}
+    assert kinds == {"Linear8bitLt" if bits == "8bit" else "Linear4bit"}
+    plain = build_model(CONFIG).eval()
+    plain.load_state_dict(dict(merged_weights(model)))
+    x = torch.randint(0, 128, (3, 11))
+    model.train()  # the training kernels (the eval ones also quantize the activations)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), model(x), rtol=0, atol=1e-3)
+
+
+def test_only_the_block_linears_may_be_targeted():
+    model = build_model(CONFIG)
+    apply_lora(model, lora_settings({"r": 2, "target_modules": ["qkv"]}))
+    assert sorted(lora_layers(model)) == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
+    with pytest.raises(ConfigError, match="model.lora.target_modules: 'lm_head' names no linear layer inside"):
+        apply_lora(build_model(CONFIG), lora_settings({"r": 2, "target_modules": ["lm_head"]}))
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"r": 4, "rank": 8}, "unknown"),
+        ({"r": -1}, "model.lora.r must be an integer >= 0"),
+        ({"r": 4, "alpha": 0}, "model.lora.alpha must be a number > 0"),
+        ({"r": 4, "dropout": 1.0}, r"model.lora.dropout must lie in \[0, 1\)"),
+        ({"r": 4, "quantize": "2bit"}, "model.lora.quantize must be null or one of 8bit, 4bit"),
+        ({"r": 0, "quantize": "4bit"}, "needs adapters to train"),
+    ],
+)
+def test_bad_lora_settings_are_one_line_errors(values, message):
+    with pytest.raises(ConfigError, match=message):
+        lora_settings(values)
+
+
+def test_r_zero_means_no_adapters():
+    assert lora_settings({"r": 0, "alpha": 16, "dropout": 0.0, "target_modules": None, "quantize": None}) is None
+
+
+# -- the command line: SFT and GRPO with adapters, the hub, the engines -------------------------------------------
+
+SFT = [
+    "model=sft",
+    "model.init_from=hub:arithmetic-sft",
+    "model.lora.r=8",
+    "data.train_size=200",
+    "data.val_size=8",
+    "data.seq_len=64",
+    "module.evaluation.max_new_tokens=6",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+def _run_dir(root):
+    (hydra,) = list(root.rglob(".hydra"))
+    return hydra.parent
+
+
+def test_lora_sft_pushes_an_adapter_entry_that_merges_and_exports_with_the_same_logits(run_zoo, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run_zoo("fit", *SFT, "trainer.max_steps=12", "trainer.val_check_interval=12", "name=lora")
+    run = _run_dir(tmp_path / "runs" / "lora")
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["state_dict"] and all(".lora_" in k for k in checkpoint["state_dict"])  # the base is rebuilt
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["model/trainable_parameters"] < 0.1 * metrics["model/parameters"]
+
+    run_zoo("hub", "push", str(run), "--name", "arith-lora")
+    hub = Hub()
+    entry = hub.entry("arith-lora")
+    base = hub.entry("arithmetic-sft")
+    assert entry.adapter["base"] == "hub:arithmetic-sft" and entry.adapter["r"] == 8
+    assert entry.adapter["base_manifest_sha256"] == json.loads(json.dumps(entry.adapter))["base_manifest_sha256"]
+    assert not (entry.path / "model.safetensors").exists()
+    assert (entry.path / "adapter.safetensors").stat().st_size < 0.25 * (base.path / "model.safetensors").stat().st_size
+
+    run_zoo("hub", "merge", "arith-lora", "--name", "arith-merged")
+    run_zoo("hub", "export", "arith-merged", str(tmp_path / "hf"))
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    trained = load_model(str(run)).model.eval()
+    x = torch.randint(0, 300, (2, 12))
+    with torch.no_grad():
+        logits = trained(x)
+        torch.testing.assert_close(exported(x).logits, logits, rtol=0, atol=1e-4)
+        torch.testing.assert_close(load_model("hub:arith-lora").model(x), logits, rtol=0, atol=1e-5)
+        assert (load_model("hub:arithmetic-sft").model(x) - logits).abs().max() > 1e-3  # it did learn
+
+
+def test_an_adapter_entry_refuses_a_base_that_changed(run_zoo, tmp_path):
+    from zoo.hub import HubError
+
+    run_zoo("hub", "pull", str(Hub().entry("pythia-tiny").path), "--name", "my-base")
+    run_zoo(
+        "fit", *SFT, "model.init_from=hub:my-base", "trainer.max_steps=2", "trainer.val_check_interval=2", "name=lora"
+    )
+    run_zoo("hub", "push", str(_run_dir(tmp_path / "runs" / "lora")), "--name", "my-lora")
+    run_zoo("hub", "pull", str(Hub().entry("mesh-tiny").path), "--name", "my-base", "--force")  # replaced
+    with pytest.raises(HubError, match="its base hub:my-base has changed since the adapters were trained"):
+        Hub().entry("my-lora").state_dict()
+
+
+def test_the_engine_serves_the_merged_policy(tmp_path):
+    """The rollout callback's replica, loaded by a sync, computes the LoRA policy's logits."""
+    from types import SimpleNamespace
+
+    from zoo.callbacks.rollout import RolloutCallback
+
+    model, _ = _adapted()
+    for sync in ("merged", "adapters"):
+        callback = RolloutCallback(engine="native", lora_sync=sync)
+        module = SimpleNamespace(model=model, device=torch.device("cpu"))
+        replica = callback.replica(module)
+        assert bool(lora_layers(replica)) == (sync == "adapters")
+        with torch.no_grad():
+            for layer in lora_layers(replica).values():  # a stale replica: the sync must bring the adapters
+                layer.lora_B["default"].weight.zero_()
+        params = dict(replica.named_parameters())
+        with torch.no_grad():
+            for name, tensor in callback.weights(module):
+                params[name].copy_(tensor)
+        x = torch.randint(0, 128, (2, 10))
+        with torch.no_grad():
+            torch.testing.assert_close(replica.eval()(x), model(x), rtol=0, atol=1e-5)
+        sent = dict(callback.weights(module))
+        assert all(".lora_" in k for k in sent) == (sync == "adapters")
+
+
+def test_qlora_needs_a_trained_model_to_start_from(run_zoo):
+    process = run_zoo("fit", "model=sft", "model.lora.r=4", "model.lora.quantize=4bit", check=False)
+    assert process.returncode != 0
+    assert "model.lora.quantize (QLoRA) needs model.init_from" in process.stderr
