@@ -34,6 +34,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from zoo.errors import ConfigError, ZooError, require_int
 from zoo.modules.grpo import GRPOModule
+from zoo.quantization import check_bits
 from zoo.rl.rewards import RewardBatch
 from zoo.rl.rollout import RolloutBatch
 from zoo.sampling import SamplingParams
@@ -63,12 +64,14 @@ class QAgentModule(GRPOModule):
         reader: str = "extractive",
         reader_max_new_tokens: int = 8,
         naive_top_k: int = 5,
+        reader_quantization: str | None = None,
     ) -> None:
         super().__init__(model, optim, rollout, algorithm, evaluation, credit, credit_options)
         if reward_stage not in (1, 2):
             raise ConfigError(f"module.reward_stage must be 1 or 2, got {reward_stage!r}")
         require_int("module.reader_max_new_tokens", reader_max_new_tokens, 1)
         require_int("module.naive_top_k", naive_top_k, 1)
+        self.reader_quantization = check_bits("module.reader_quantization", reader_quantization)
         self.reward_stage, self.reader_spec = reward_stage, reader
         self.reader_max_new_tokens, self.naive_top_k = reader_max_new_tokens, naive_top_k
         self.reader = None
@@ -79,7 +82,9 @@ class QAgentModule(GRPOModule):
         if agent is None or not getattr(agent.environment_class(), "scored_by_module", False):
             raise ConfigError("QAgent trains with rollout.agent.environment=search (model=qagent sets it)")
         try:
-            self.reader = build_reader(self.reader_spec, self.reader_max_new_tokens, self.device)
+            self.reader = build_reader(
+                self.reader_spec, self.reader_max_new_tokens, self.device, self.reader_quantization
+            )
         except ZooError as error:
             raise ConfigError(f"module.reader={self.reader_spec}: {error}") from error
         for name in VALIDATION_METRICS:

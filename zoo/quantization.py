@@ -136,3 +136,30 @@ def dequantized_weight(layer: nn.Module, chunk: int = 4096) -> torch.Tensor:
             out = layer(probe)
             rows.append(out - layer.bias.to(out.dtype) if layer.bias is not None else out)
     return torch.cat(rows).T.contiguous()
+
+
+def load_quantized(model: nn.Module, weights) -> None:
+    """Copy full-precision named ``weights`` into ``model`` in place, quantizing afresh the bitsandbytes layers they
+    fall in (each keeps its kind: 8-bit or 4-bit); every other tensor is copied as it is. How a quantized rollout
+    replica takes the policy's new weights."""
+    bnb = require_bitsandbytes("rollout.quantization")
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    with torch.no_grad():
+        for name, tensor in weights:
+            owner, _, leaf = name.rpartition(".")
+            if is_quantized(modules.get(owner, nn.Identity())):
+                pending.setdefault(owner, {})[leaf] = tensor
+            else:
+                params[name].copy_(tensor)
+    for owner, tensors in pending.items():
+        old = modules[owner]
+        linear = nn.Linear(old.in_features, old.out_features, bias="bias" in tensors, device="meta")
+        linear.weight = nn.Parameter(tensors["weight"].detach(), requires_grad=False)
+        if "bias" in tensors:
+            linear.bias = nn.Parameter(tensors["bias"].detach(), requires_grad=False)
+        bits = "8bit" if type(old).__name__ == "Linear8bitLt" else "4bit"
+        parent, _, child = owner.rpartition(".")
+        new = _quantized_linear(bnb, linear, bits).to(old.weight.device).train(old.training)
+        setattr(modules[parent] if parent else model, child, new)

@@ -120,6 +120,16 @@ def test_model_readers_plug_in_beside_the_extractive_one(hf_models, trained_run)
         assert reader([question, "Who?"], [passages, []]) == first  # greedy: the same answers again
 
 
+def test_a_model_reader_can_be_held_in_8_or_4_bits(trained_run):
+    pytest.importorskip("bitsandbytes")
+    question, passages = TWO_HOP.text, [p for p in WORLD.passages if p.title == TWO_HOP.hops[0].entity]
+    for bits, kind in (("8bit", "Linear8bitLt"), ("4bit", "Linear4bit")):
+        reader = build_reader(str(trained_run), max_new_tokens=4, quantization=bits)
+        assert any(type(m).__name__ == kind for m in reader.model.modules())
+        answers = reader([question, "Who?"], [passages, []])
+        assert len(answers) == 2 and reader([question, "Who?"], [passages, []]) == answers
+
+
 def test_reader_data_answers_the_gold_exactly_when_its_passage_is_shown():
     from zoo.rl.tasks import load_problems
     from zoo.search.rewards import cover_match

@@ -158,3 +158,35 @@ def test_a_lora_policy_has_no_reference_copy_to_quantize():
             {"arch": "gpt_neox", "vocab_size": 64, "lora": {"r": 4}},
             algorithm={"kl_coef": 0.04, "reference_quantization": "8bit"},
         )
+
+
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_a_quantized_rollout_replica_follows_the_policy_at_every_sync(bits):
+    """rollout.quantization: the engine's replica is quantized afresh from the policy's weights at each sync."""
+    from types import SimpleNamespace
+
+    from zoo.callbacks.rollout import RolloutCallback
+    from zoo.quantization import load_quantized
+
+    policy = load_model("hub:pythia-tiny").model.eval()
+    callback = RolloutCallback(engine="native", quantization=bits)
+    module = SimpleNamespace(model=policy, device=torch.device("cpu"))
+    replica = callback.replica(module).eval()
+    assert any(type(m).__name__ in ("Linear8bitLt", "Linear4bit") for m in replica.modules())
+    x = _sampled(policy)
+    for step in range(2):
+        load_quantized(replica, callback.weights(module))
+        error = (_token_logprobs(replica, x) - _token_logprobs(policy, x))[:, 3:].abs().mean()
+        assert error <= LOGPROB_TOLERANCE[bits], step
+        with torch.no_grad():  # an update moves the policy far: a replica that kept its weights would not follow
+            for p in policy.blocks.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+
+
+def test_a_quantized_rollout_needs_the_synchronous_native_engine():
+    from zoo.callbacks.rollout import RolloutCallback
+
+    with pytest.raises(ConfigError, match="rollout.quantization holds the native engine's replica"):
+        RolloutCallback(engine="hf", quantization="8bit")
+    with pytest.raises(ConfigError, match="rollout.quantization must be null or one of"):
+        RolloutCallback(quantization="fp8")

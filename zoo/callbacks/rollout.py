@@ -11,6 +11,9 @@ weights in step with the policy, and logs what was generated.
 - A LoRA policy (``model.lora``, :mod:`zoo.lora`): ``lora_sync: merged`` (default) serves the merged weights
   ``W + (alpha / r) B A`` in the plain network, on every engine; ``adapters`` (the native engine in this process)
   keeps the adapters in the replica and syncs only them.
+- ``quantization: 8bit | 4bit``: the native engine's replica held by bitsandbytes (:mod:`zoo.quantization`),
+  quantized afresh from the policy's weights at every sync (the synchronous loop; decoded eagerly): the engine's
+  log-probs then differ from the policy's by the quantization, which truncated importance sampling corrects.
 - After every ``sync_every`` optimizer steps the policy's weights are copied into the engine (gathered first
   when the policy is sharded); in between the engine samples from a slightly older policy, which the RL
   losses can correct with truncated importance sampling.
@@ -60,6 +63,7 @@ from zoo.errors import ConfigError, require_int
 from zoo.generation import GenerationResult, NativeEngine
 from zoo.loader import PromptStream
 from zoo.lora import has_lora, merged_weights
+from zoo.quantization import check_bits, load_quantized, quantize_frozen
 from zoo.rl.queue import QueueOutcome, QueuePlanner, QueueStats, run_queue_round
 from zoo.rl.rollout import Round
 from zoo.sampling import SamplingParams
@@ -98,6 +102,7 @@ class RolloutCallback(L.Callback):
         worker_resources: dict | None = None,
         agent: dict | None = None,
         lora_sync: str = "merged",
+        quantization: str | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ConfigError(f"rollout engine {engine!r} is not available; engines: {', '.join(ENGINES)}")
@@ -138,6 +143,12 @@ class RolloutCallback(L.Callback):
                 "it needs rollout.engine=native and rollout.workers=thread"
             )
         self.lora_sync = lora_sync
+        self.quantization = check_bits("rollout.quantization", quantization)
+        if quantization is not None and (engine not in ("auto", "native") or async_ratio is not None or agent):
+            raise ConfigError(
+                "rollout.quantization holds the native engine's replica in 8 or 4 bits: it needs rollout.engine=native "
+                "and the synchronous loop (no rollout.async_ratio, no rollout.agent)"
+            )
         self.workers, self.wait_for_stragglers, self.num_workers = workers, wait_for_stragglers, num_workers
         self.ray_address, self.worker_resources = ray_address, dict(worker_resources or {})
         self.agent = agent_config(agent) if agent is not None else None
@@ -208,6 +219,8 @@ class RolloutCallback(L.Callback):
     def build(self, pl_module: L.LightningModule) -> None:
         policy, tokenizer = pl_module.model, pl_module.trainer.datamodule.tokenizer
         options = self.engine_options
+        if self.quantization is not None and options.get("decode", "auto") == "auto":
+            options = {**options, "decode": "eager"}  # a sync replaces the quantized layers: no captured graphs
         self.engine_name = engine_for(policy.config, self.engine_name)
         if (self.async_ratio is not None or self.agent is not None) and self.engine_name != "native":
             raise ConfigError(f"rollout.async_ratio and rollout.agent need the native engine, not {self.engine_name}")
@@ -238,14 +251,17 @@ class RolloutCallback(L.Callback):
         sharded = any(isinstance(p, DTensor) for p in policy.parameters())
         if sharded and self.lora_sync == "adapters" and has_lora(policy):
             raise ConfigError("rollout.lora_sync=adapters copies the policy with its adapters: not a sharded one")
-        if sharded or (has_lora(policy) and self.lora_sync == "merged"):
+        if sharded or (has_lora(policy) and self.lora_sync == "merged") or self.quantization is not None:
             from zoo.models import build_model
 
             replica = build_model(policy.config).to(pl_module.device)
         else:
             replica = copy.deepcopy(policy)
         replica.requires_grad_(False)
-        return replica.to(self.dtype) if self.dtype is not None else replica
+        replica = replica.to(self.dtype) if self.dtype is not None else replica
+        if self.quantization is not None:  # its weights come quantized afresh at every sync
+            quantize_frozen(replica, self.quantization, "rollout.quantization")
+        return replica
 
     def weights(self, pl_module: L.LightningModule):
         """The policy's named weights, whole (gathered when sharded): a LoRA policy's merged into the plain
@@ -260,7 +276,11 @@ class RolloutCallback(L.Callback):
         return ((name, _full(p.detach())) for name, p in named)
 
     def sync(self, pl_module: L.LightningModule, step: int) -> None:
-        self.engine.load_weights(self.weights(pl_module))
+        if self.quantization is not None:
+            load_quantized(self.engine.model, self.weights(pl_module))
+            self.engine.pool = None  # its layers are new modules: nothing captured may keep the old ones
+        else:
+            self.engine.load_weights(self.weights(pl_module))
         self.synced_step = step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:

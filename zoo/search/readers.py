@@ -7,6 +7,7 @@ A reader answers a batch: ``reader(questions, passage_lists) -> answers``. Two k
   Face model directory), greedy on its own native or transformers engine, prompted as the authors' code prompts
   its frozen reader: ``"{passages}\\n\\nAnswer the given question. The answer should be a few short words.
   Question: {question}."`` (through the tokenizer's chat template when it has one); its answer is its first line.
+  It may be held in 8-bit or 4-bit (``module.reader_quantization``, :mod:`zoo.quantization`).
 - :class:`ExtractiveReader`: deterministic, no model (tests, and a reader that never hallucinates): the sentence
   of the passages that shares the most content words with the question, and, when a sentence that names one of
   its new words shares a question word it lacked, that second sentence (the second hop); the answer is the new
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from zoo.errors import ConfigError
+from zoo.quantization import quantize_frozen
 from zoo.search.corpus import Passage
 
 READER_PROMPT = "{passages}\n\nAnswer the given question. The answer should be a few short words. Question: {question}."
@@ -80,7 +82,13 @@ class ExtractiveReader:
 
 
 class ModelReader:
-    def __init__(self, source: str, max_new_tokens: int = 8, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        source: str,
+        max_new_tokens: int = 8,
+        device: str | torch.device = "cpu",
+        quantization: str | None = None,
+    ) -> None:
         from zoo.chat import chat_format
         from zoo.engines import in_place_engine
         from zoo.tokenizer import load_tokenizer
@@ -88,6 +96,8 @@ class ModelReader:
         self.source, self.max_new_tokens = source, max_new_tokens
         self.model, tokenizer_dir = _load_reader(source)
         self.model.requires_grad_(False).eval().to(device)
+        if quantization is not None:  # held by bitsandbytes (zoo.quantization), on its device
+            quantize_frozen(self.model, quantization, "module.reader_quantization")
         if tokenizer_dir is None:
             raise ConfigError(f"reader {source}: no tokenizer saved with the model")
         self.tokenizer = load_tokenizer(tokenizer_dir)
@@ -126,8 +136,10 @@ def _load_reader(source: str) -> tuple[torch.nn.Module, Path | None]:
     return loaded.model, loaded.tokenizer_dir
 
 
-def build_reader(spec: str, max_new_tokens: int = 8, device: str | torch.device = "cpu"):
-    """``extractive``, or a model source for :class:`ModelReader`."""
+def build_reader(
+    spec: str, max_new_tokens: int = 8, device: str | torch.device = "cpu", quantization: str | None = None
+):
+    """``extractive``, or a model source for :class:`ModelReader` (held in ``quantization``: 8bit | 4bit)."""
     if spec == "extractive":
         return ExtractiveReader()
-    return ModelReader(spec, max_new_tokens, device)
+    return ModelReader(spec, max_new_tokens, device, quantization)
