@@ -24,6 +24,8 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParalle
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from zoo.errors import ConfigError
+
 log = logging.getLogger("zoo")
 
 
@@ -86,6 +88,14 @@ def fsdp2(save_distributed_checkpoint: bool = False, **kwargs: Any) -> FSDP2Stra
 def shard_for_strategy(module: L.LightningModule, model: nn.Module) -> None:
     """Called from ``configure_model``: shards ``model`` block by block when the trainer runs FSDP2."""
     trainer = module._trainer
+    if trainer is not None and isinstance(trainer.strategy, FSDPStrategy | ModelParallelStrategy):
+        from zoo.quantization import is_quantized
+
+        if is_quantized(model) or (isinstance(trainer.strategy, FSDPStrategy) and is_quantized(module)):
+            raise ConfigError(
+                "bitsandbytes' quantized layers (model.lora.quantize, a quantized reference under FSDP1) are not "
+                "sharded by strategy=fsdp or fsdp2 yet: use strategy=auto or ddp"
+            )
     if trainer is None or not isinstance(trainer.strategy, ModelParallelStrategy):
         return
     from torch.distributed.fsdp import fully_shard

@@ -226,3 +226,36 @@ def test_qlora_needs_a_trained_model_to_start_from(run_zoo):
     process = run_zoo("fit", "model=sft", "model.lora.r=4", "model.lora.quantize=4bit", check=False)
     assert process.returncode != 0
     assert "model.lora.quantize (QLoRA) needs model.init_from" in process.stderr
+
+
+def test_a_hugging_face_policy_takes_adapters_and_pushes_merged(run_zoo, hf_models, tmp_path):
+    """model.path=DIR with model.lora: GRPO trains the adapters of a tiny Qwen2 on the hf engine, which serves the
+    merged weights; the run (not from a hub entry) is pushed merged, and equals the trained model."""
+    run_zoo(
+        "fit",
+        "model=grpo",
+        f"model.path={hf_models['qwen2']}",
+        "model.lora.r=4",
+        "module.algorithm.kl_coef=0.05",
+        "data.train_size=64",
+        "data.val_size=4",
+        "data.batch_size=4",
+        "module.rollout.n=4",
+        "module.rollout.max_new_tokens=6",
+        "module.evaluation.max_new_tokens=6",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.enable_progress_bar=false",
+        "name=hf_lora",
+    )
+    run = _run_dir(tmp_path / "runs" / "hf_lora")
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert any(".lora_A." in k for k in state) and any(".base_layer." in k for k in state)  # base kept: no entry
+    run_zoo("hub", "push", str(run), "--name", "qwen-lora")
+    entry = Hub().entry("qwen-lora")
+    assert entry.is_hf and entry.adapter is None
+    x = torch.randint(0, 100, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            load_model("hub:qwen-lora").model.eval()(x), load_model(str(run)).model.eval()(x), rtol=0, atol=1e-5
+        )

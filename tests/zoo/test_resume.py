@@ -115,9 +115,10 @@ SCHEDULES = {
         ["policy/kl_to_reference"],
     ),
     "qlora_4bit": (["model.lora.r=4", "model.lora.quantize=4bit", "module.algorithm.kl_coef=0.05"], []),
-    # the quantized reference is left out of the checkpoints and rebuilt from the starting weights
-    "reference_8bit": (
-        ["module.algorithm.kl_coef=0.05", "module.algorithm.reference_quantization=8bit"],
+    # the quantized reference is left out of the checkpoints and rebuilt from the starting weights; the engine's
+    # quantized replica is rebuilt from the policy at the first sync
+    "reference_and_rollout_8bit": (
+        ["module.algorithm.kl_coef=0.05", "module.algorithm.reference_quantization=8bit", "rollout.quantization=8bit"],
         ["policy/kl_to_reference"],
     ),
 }
