@@ -386,7 +386,10 @@ def hub_command(args: list[str]) -> None:
             for entry in hub.entries():
                 if isinstance(entry, Entry):
                     m = entry.manifest
-                    table.add_row(entry.name, m.get("arch", "?"), m.get("created", "?"), str(entry.path.parent))
+                    kind = m.get("arch", "?")
+                    if "adapter.json" in m["files"]:  # read without verifying: listing stays cheap
+                        kind += f" + LoRA on {entry.adapter.get('base', '?')}"
+                    table.add_row(entry.name, kind, m.get("created", "?"), str(entry.path.parent))
                 else:
                     table.add_row("[red]unreadable[/red]", "", "", str(entry))
             Console(width=160).print(table)

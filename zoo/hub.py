@@ -157,7 +157,16 @@ class Entry:
         """An adapter entry's settings (``base``, ``base_manifest_sha256``, ``r``, ``alpha``, ...); None for a full
         entry."""
         file = self.path / ADAPTER_SETTINGS
-        return json.loads(file.read_text()) if file.is_file() else None
+        if not file.is_file():
+            return None
+        try:
+            settings = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise HubError(f"hub entry {self.name!r}: unreadable {ADAPTER_SETTINGS} ({e})") from None
+        needed = ("base", "base_manifest_sha256", "r", "alpha")
+        if not isinstance(settings, dict) or not all(k in settings for k in needed):
+            raise HubError(f"hub entry {self.name!r}: {ADAPTER_SETTINGS} lacks one of {', '.join(needed)}")
+        return settings
 
     def base_entry(self) -> Entry:
         """An adapter entry's base, verified, and refused if it is not the entry the adapters were trained on."""

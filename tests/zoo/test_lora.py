@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from zoo.errors import ConfigError
+from zoo.files import sha256_file
 from zoo.hub import Hub, load_model
 from zoo.lora import adapters_disabled, apply_lora, lora_layers, lora_settings, merge_adapters, merged_weights
 from zoo.models import GPTNeoXConfig, MeSHConfig, build_model
@@ -167,7 +168,8 @@ def test_lora_sft_pushes_an_adapter_entry_that_merges_and_exports_with_the_same_
     entry = hub.entry("arith-lora")
     base = hub.entry("arithmetic-sft")
     assert entry.adapter["base"] == "hub:arithmetic-sft" and entry.adapter["r"] == 8
-    assert entry.adapter["base_manifest_sha256"] == json.loads(json.dumps(entry.adapter))["base_manifest_sha256"]
+    assert "gpt_neox + LoRA on hub:arithmetic-sft" in run_zoo("hub", "list").stdout
+    assert entry.adapter["base_manifest_sha256"] == sha256_file(base.path / "manifest.json")
     assert not (entry.path / "model.safetensors").exists()
     assert (entry.path / "adapter.safetensors").stat().st_size < 0.25 * (base.path / "model.safetensors").stat().st_size
 
