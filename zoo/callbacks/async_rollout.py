@@ -132,6 +132,7 @@ class AsyncSampler:
             else:
                 replica = callback.replica(module).to(spec.device)
                 engine = NativeEngine(replica, module.tokenizer, callback.dtype, **callback.engine_options)
+                engine.load_weights(spec.weights.items())  # a fresh network when the policy is sharded or LoRA
                 server = thread_server(spec, engine)
             score, tokenizer = module.submit_scores, module.tokenizer
             self.workers.append(RolloutWorker(server, self.buffer, self.problems, c.n, score, tokenizer, rows))
