@@ -33,14 +33,19 @@ from torch import nn
 from zoo.errors import ConfigError
 
 
-class _QuietCast(logging.Filter):
-    """bitsandbytes logs a warning on every 8-bit matmul of float32 inputs; the cast is part of LLM.int8()."""
+class _Quiet(logging.Filter):
+    """bitsandbytes' warnings that are no news: one on every 8-bit matmul of float32 inputs (the cast is part of
+    LLM.int8()), and one at import on a CPU that its optional Hub-downloaded 4-bit kernel is absent (it falls back
+    to its own)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("MatMul8bitLt: inputs will be cast")
+        message = record.getMessage()
+        return not message.startswith(("MatMul8bitLt: inputs will be cast", "Failed to load CPU gemm_4bit_forward"))
 
 
-_QUIET_CAST = _QuietCast()
+_QUIET = _Quiet()
+for _name in ("bitsandbytes.autograd._functions", "bitsandbytes.backends.cpu.ops"):
+    logging.getLogger(_name).addFilter(_QUIET)
 BITS = ("8bit", "4bit")
 LOGPROB_TOLERANCE = {"8bit": 0.05, "4bit": 0.2}  # mean |Δ log p| per token (nats) on sequences the model samples
 
@@ -67,7 +72,6 @@ def quantize_frozen(model: nn.Module, bits: str, key: str = "quantization") -> n
 
     bnb = require_bitsandbytes(key)
     check_bits(key, bits)
-    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_QUIET_CAST)
     blocks = [m for m in model.modules() if is_block(m)]
     if not blocks:
         raise ConfigError(f"{key}: {type(model).__name__} has no transformer blocks to quantize")
