@@ -6,7 +6,11 @@
 #   recursive   MeSH vs recursive base vs vanilla of the same compute depth at 160M (bench/recursive.py)
 #   experiment  the matched-compute experiment at 160M scale, shortened to EXPERIMENT_STEPS per run
 #   rollout     the rollout benchmark: native engine (CUDA graphs, and eager) against transformers'
-#               static-cache compiled generate, Pythia-160M, batch 64, 128 prompt + 512 new tokens
+#               static-cache compiled generate, batch 64, 128 prompt + 512 new tokens, for each of ROLLOUT_MODELS
+#               (default: MODEL; e.g. "pythia-160m pythia-410m pythia-1b")
+#   memory      training memory by arm (AdamW, AdamW8bit, paged, LoRA, QLoRA) with the allocator's peak, and the
+#               frozen reference in 8 and 4 bits, for each of MEMORY_MODELS at 8 x 2048 in bf16 autocast
+#               (bench/memory.py); a LoRA policy's sync and decode beside a full one's (bench/lora_sync.py)
 #   queue       queue scheduling against synchronous batch rollout (bench/queue_scheduling.py): the long-tailed
 #               countdown setting and Pythia-160M sampling (128 + up to 512 tokens, long-tailed lengths), bf16
 #   async       asynchronous RL (bench/async_rl.py real on the GPU, thread workers on the trainer's GPU and, with
@@ -21,7 +25,7 @@
 #   SECTIONS="recursive experiment" EXPERIMENT_STEPS=150 bash bench/gpu_suite.sh
 set -uo pipefail
 OUT=$(realpath -m "${OUT:-gpu_results}")
-SECTIONS=${SECTIONS:-train_step tests fit recursive experiment rollout queue async synth infusion}
+SECTIONS=${SECTIONS:-train_step tests fit recursive experiment rollout memory queue async synth infusion}
 MODEL=${MODEL:-pythia-160m}
 BATCH=${BATCH:-16}
 SEQ=${SEQ:-2048}
@@ -49,10 +53,21 @@ if has train_step; then
 fi
 
 if has rollout; then
-  echo "== rollout benchmark: $MODEL, batch 64, 128 prompt + 512 new =="
-  python3 bench/rollout.py --model "$MODEL" --batch 64 --prompt 128 --new 512 --dtype bf16 \
-    --engines "${ROLLOUT_ENGINES:-hf_static,native,native_eager}" --json "$OUT/rollout.jsonl" 2>&1 \
-    | tee "$OUT/rollout.log" || status=1
+  for model in ${ROLLOUT_MODELS:-$MODEL}; do
+    echo "== rollout benchmark: $model, batch 64, 128 prompt + 512 new =="
+    python3 bench/rollout.py --model "$model" --batch 64 --prompt 128 --new 512 --dtype bf16 \
+      --engines "${ROLLOUT_ENGINES:-hf_static,native,native_eager}" --json "$OUT/rollout.jsonl" 2>&1 \
+      | tee -a "$OUT/rollout.log" || status=1
+  done
+fi
+
+if has memory; then
+  for model in ${MEMORY_MODELS:-pythia-160m pythia-410m}; do
+    echo "== training memory: $model, 8 x 2048, bf16 autocast =="
+    python3 bench/memory.py --model "$model" --batch 8 --seq 2048 --bf16 --json "$OUT/memory.jsonl" 2>&1 \
+      | tee -a "$OUT/memory.log" || status=1
+  done
+  python3 bench/lora_sync.py --batch 64 --new 256 --dtype bf16 2>&1 | tee "$OUT/lora_sync.log" || status=1
 fi
 
 if has async; then
