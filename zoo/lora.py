@@ -6,7 +6,7 @@
     alpha: 16            # the update is scaled by alpha / r (PEFT's lora_alpha)
     dropout: 0.0         # dropout on the adapters' input
     target_modules: null # null: every linear layer inside the transformer blocks; or names (PEFT's rule: a module
-                         # whose name is, or ends in ".", one of them), e.g. [qkv, proj] for zoo's attention
+                         # whose name is, or ends in ".", one of them), e.g. [qkv, attn.proj] for zoo's attention
     quantize: null       # 4bit | 8bit: QLoRA, the frozen base's block linears held by bitsandbytes (zoo.quantization)
 
 The adapters are PEFT's own LoRA layers injected into the network (``peft.inject_adapter_in_model``: it wraps any
@@ -17,8 +17,8 @@ directly by the fused loss, and the embedding is not a linear layer.
 - The rollout engines sample from the *merged* weights ``W + (alpha / r) B A`` (dequantized for QLoRA) under the
   model's plain names, so every engine (native, hf, vllm) serves a LoRA policy as it serves any other;
   ``rollout.lora_sync: adapters`` instead keeps the adapters in the native engine's replica and sends only them
-  at each sync (r (d_in + d_out) numbers per layer instead of d_in d_out: cheaper when the weights travel to
-  another process or machine; the decode pays the adapters' two extra matmuls per layer).
+  at each sync (r (d_in + d_out) numbers per layer instead of d_in d_out, and no merge: a cheaper sync; the decode
+  pays the adapters' two extra matmuls per layer).
 - An RL module's KL reference of a LoRA policy is the policy with its adapters off (no copy of the network).
 - Checkpoints of a run started from ``model.init_from`` hold the adapters (and any other trainable tensor) only:
   the frozen base is rebuilt from the entry it came from; a resumed run continues exactly.
