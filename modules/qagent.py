@@ -72,6 +72,10 @@ class QAgentModule(GRPOModule):
         require_int("module.reader_max_new_tokens", reader_max_new_tokens, 1)
         require_int("module.naive_top_k", naive_top_k, 1)
         self.reader_quantization = check_bits("module.reader_quantization", reader_quantization)
+        if reader_quantization is not None and reader == "extractive":
+            raise ConfigError(
+                "module.reader_quantization holds a model reader in 8 or 4 bits: module.reader=extractive has no model"
+            )
         self.reward_stage, self.reader_spec = reward_stage, reader
         self.reader_max_new_tokens, self.naive_top_k = reader_max_new_tokens, naive_top_k
         self.reader = None

@@ -130,6 +130,14 @@ def test_a_model_reader_can_be_held_in_8_or_4_bits(trained_run):
         assert len(answers) == 2 and reader([question, "Who?"], [passages, []]) == answers
 
 
+def test_quantizing_the_extractive_reader_is_an_error_naming_the_setting():
+    from zoo.errors import ConfigError
+    from zoo.modules.qagent import QAgentModule
+
+    with pytest.raises(ConfigError, match="module.reader_quantization holds a model reader"):
+        QAgentModule({"arch": "gpt_neox", "vocab_size": 64}, reader_quantization="8bit")
+
+
 def test_reader_data_answers_the_gold_exactly_when_its_passage_is_shown():
     from zoo.rl.tasks import load_problems
     from zoo.search.rewards import cover_match
