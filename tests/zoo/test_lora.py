@@ -224,6 +224,12 @@ def test_the_engine_serves_the_merged_policy(tmp_path):
         assert all(".lora_" in k for k in sent) == (sync == "adapters")
 
 
+def test_adapters_sent_to_another_process_need_a_full_precision_base(run_zoo):
+    qlora = ["experiment=arithmetic_grpo_lora", "model.lora.quantize=4bit", "rollout.lora_sync=adapters"]
+    process = run_zoo("fit", *qlora, "rollout.async_ratio=0", "rollout.workers=process", check=False)
+    assert process.returncode != 0 and "not a QLoRA base (model.lora.quantize)" in process.stderr
+
+
 def test_qlora_needs_a_trained_model_to_start_from(run_zoo):
     process = run_zoo("fit", "model=sft", "model.lora.r=4", "model.lora.quantize=4bit", check=False)
     assert process.returncode != 0
@@ -264,8 +270,9 @@ def test_a_hugging_face_policy_takes_adapters_and_pushes_merged(run_zoo, hf_mode
 
 
 def test_asynchronous_rollout_with_alpha_0_trains_a_lora_policy_as_the_synchronous_loop_does(run_zoo, tmp_path):
-    """The asynchronous worker's replica of a LoRA policy is a fresh plain network: it must hold the merged weights
-    before the first version is generated (α = 0 is the synchronous schedule, bit for bit)."""
+    """α = 0 is the synchronous schedule: a thread worker's replica of a LoRA policy (a fresh plain network, merged
+    weights) must hold the policy before the first version, and a process worker keeping the adapters
+    (``lora_sync=adapters``: the base sent once, then the adapters alone) must sample what the policy samples."""
     common = [
         "experiment=arithmetic_grpo_lora",
         "data.train_size=128",
@@ -275,13 +282,16 @@ def test_asynchronous_rollout_with_alpha_0_trains_a_lora_policy_as_the_synchrono
         "trainer.enable_progress_bar=false",
     ]
     run_zoo("fit", *common, "name=sync")
-    run_zoo("fit", *common, "rollout.async_ratio=0", "name=async")
-    sync, asynchronous = (
-        json.loads((_run_dir(tmp_path / "runs" / n) / "metrics.json").read_text()) for n in ("sync", "async")
+    run_zoo("fit", *common, "rollout.async_ratio=0", "name=thread")
+    run_zoo(
+        "fit", *common, "rollout.async_ratio=0", "rollout.workers=process", "rollout.lora_sync=adapters", "name=process"
     )
-    for key in ("reward/mean", "val/pass@1"):  # the same samples; a stale replica's rewards differ by 0.1+
-        assert asynchronous[key] == sync[key], key
-    assert asynchronous["train/loss"] == pytest.approx(sync["train/loss"], abs=1e-6)
+    sync = json.loads((_run_dir(tmp_path / "runs" / "sync") / "metrics.json").read_text())
+    for name in ("thread", "process"):
+        got = json.loads((_run_dir(tmp_path / "runs" / name) / "metrics.json").read_text())
+        for key in ("reward/mean", "val/pass@1"):  # the same samples; a stale replica's rewards differ by 0.1+
+            assert got[key] == sync[key], (name, key)
+        assert got["train/loss"] == pytest.approx(sync["train/loss"], abs=1e-6), name
 
 
 @pytest.mark.slow

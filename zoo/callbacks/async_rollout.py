@@ -97,9 +97,10 @@ class AsyncSampler:
         chosen = callback.worker_device or str(module.device)
         devices = [torch.device(d) for d in (chosen if isinstance(chosen, list | tuple) else [chosen])]
         device = devices[0]
+        weights, lora = callback.replica_weights(module)
         spec = EngineSpec(
             model_config=module.model.config,
-            weights={name: tensor for name, tensor in callback.weights(module)},
+            weights=weights,
             tokenizer=module.tokenizer,
             dtype=callback.dtype,
             engine_options=callback.engine_options,
@@ -108,6 +109,7 @@ class AsyncSampler:
             max_length=max(len(p["prompt_ids"]) for p in self.problems) + c.max_new_tokens,
             max_new_tokens=c.max_new_tokens,
             threads=callback.worker_threads or (1 if device.type == "cpu" else None),
+            lora=lora,
         )
         if device.type == "cpu" and module.device.type == "cpu":  # the server's cores are not the trainer's
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

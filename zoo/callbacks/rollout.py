@@ -9,8 +9,9 @@ weights in step with the policy, and logs what was generated.
   ``engine: vllm``: vLLM (:mod:`zoo.engines.vllm`, the ``vllm`` extra). ``engine_options`` go to the engine
   (native: ``decode``; vllm: ``vllm.LLM`` arguments such as ``gpu_memory_utilization``).
 - A LoRA policy (``model.lora``, :mod:`zoo.lora`): ``lora_sync: merged`` (default) serves the merged weights
-  ``W + (alpha / r) B A`` in the plain network, on every engine; ``adapters`` (the native engine in this process)
-  keeps the adapters in the replica and syncs only them.
+  ``W + (alpha / r) B A`` in the plain network, on every engine; ``adapters`` (the native engine, in this process
+  or in asynchronous rollout's process and Ray workers, which receive the base once) keeps the adapters in the
+  replica and syncs only them.
 - ``quantization: 8bit | 4bit``: the native engine's replica held by bitsandbytes (:mod:`zoo.quantization`),
   quantized afresh from the policy's weights at every sync (the synchronous loop; decoded eagerly): the engine's
   log-probs then differ from the policy's by the quantization, which truncated importance sampling corrects.
@@ -63,7 +64,7 @@ from zoo.errors import ConfigError, require_int
 from zoo.generation import GenerationResult, NativeEngine
 from zoo.loader import PromptStream
 from zoo.lora import has_lora, merged_weights
-from zoo.quantization import check_bits, load_quantized, quantize_frozen
+from zoo.quantization import check_bits, is_quantized, load_quantized, quantize_frozen
 from zoo.rl.queue import QueueOutcome, QueuePlanner, QueueStats, run_queue_round
 from zoo.rl.rollout import Round
 from zoo.sampling import SamplingParams
@@ -137,11 +138,9 @@ class RolloutCallback(L.Callback):
             raise ConfigError("rollout.ray_address and rollout.worker_resources are for rollout.workers=ray")
         if lora_sync not in LORA_SYNCS:
             raise ConfigError(f"rollout.lora_sync {lora_sync!r} is not one of {', '.join(LORA_SYNCS)}")
-        if lora_sync == "adapters" and (engine not in ("auto", "native") or workers != "thread"):
-            raise ConfigError(
-                "rollout.lora_sync=adapters keeps the adapters in the native engine's replica in this process: "
-                "it needs rollout.engine=native and rollout.workers=thread"
-            )
+        if lora_sync == "adapters" and engine not in ("auto", "native"):
+            raise ConfigError("rollout.lora_sync=adapters keeps the adapters in the native engine's replica: it "
+                              f"needs rollout.engine=native, not {engine}")  # fmt: skip
         self.lora_sync = lora_sync
         self.quantization = check_bits("rollout.quantization", quantization)
         if quantization is not None and (engine not in ("auto", "native") or async_ratio is not None or agent):
@@ -262,6 +261,22 @@ class RolloutCallback(L.Callback):
         if self.quantization is not None:  # its weights come quantized afresh at every sync
             quantize_frozen(replica, self.quantization, "rollout.quantization")
         return replica
+
+    def replica_weights(self, pl_module: L.LightningModule) -> tuple[dict[str, torch.Tensor], dict | None]:
+        """What a rollout worker in another process builds its replica from: the weights of the network it
+        holds, and the LoRA settings when that network keeps the policy's adapters (``lora_sync: adapters``: then
+        its base too, once; the pushes bring the adapters alone)."""
+        policy = pl_module.model
+        if not (has_lora(policy) and self.lora_sync == "adapters"):
+            return dict(self.weights(pl_module)), None
+        if is_quantized(policy):
+            if self.workers == "thread":  # the worker's replica is a copy, quantized base included
+                return dict(self.weights(pl_module)), None
+            raise ConfigError(
+                "rollout.lora_sync=adapters with rollout.workers=process|ray sends the base once, in full precision: "
+                "not a QLoRA base (model.lora.quantize); use rollout.lora_sync=merged"
+            )
+        return {name: _full(p.detach()) for name, p in policy.named_parameters()}, pl_module.lora.to_dict()
 
     def weights(self, pl_module: L.LightningModule):
         """The policy's named weights, whole (gathered when sharded): a LoRA policy's merged into the plain

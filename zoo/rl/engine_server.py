@@ -52,6 +52,7 @@ class EngineSpec:
     max_length: int
     max_new_tokens: int
     threads: int | None = None  # CPU threads for torch ops in the server's thread
+    lora: dict[str, Any] | None = None  # LoRA settings: the engine keeps adapters, and pushes bring only them
 
 
 def build_engine(spec: EngineSpec):
@@ -59,6 +60,10 @@ def build_engine(spec: EngineSpec):
     from zoo.models import build_model
 
     model = build_model(spec.model_config)
+    if spec.lora is not None:  # rollout.lora_sync=adapters: the network with the policy's adapters
+        from zoo.lora import apply_lora, lora_settings
+
+        apply_lora(model, lora_settings(spec.lora))
     model.load_state_dict(spec.weights)
     model = model.to(spec.device).requires_grad_(False)
     return NativeEngine(model, tokenizer=spec.tokenizer, dtype=spec.dtype, **spec.engine_options)
