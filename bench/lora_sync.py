@@ -38,15 +38,14 @@ def measure(name: str, policy: torch.nn.Module, sync: str, args) -> dict:
     module = SimpleNamespace(model=policy, device=torch.device(args.device))
     dtype = {"fp32": None, "bf16": torch.bfloat16}[args.dtype]
     engine = NativeEngine(callback.replica(module), dtype=dtype)
-    sync_times, sent = [], 0
+    sync_times = []
     for _ in range(args.repeats):
         synchronize(args.device)
         start = time.perf_counter()
-        weights = list(callback.weights(module))
-        engine.load_weights(weights)
+        engine.load_weights(callback.weights(module))  # as the rollout callback syncs: one tensor at a time
         synchronize(args.device)
         sync_times.append(time.perf_counter() - start)
-        sent = sum(t.numel() * t.element_size() for _, t in weights)
+    sent = sum(t.numel() * t.element_size() for _, t in callback.weights(module))
     prompts = torch.randint(0, policy.config.vocab_size, (args.batch, args.prompt)).tolist()
     params = SamplingParams(args.new, 1.0, seed=0)
     with engine.serving():

@@ -178,12 +178,21 @@ def merged_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, dequantized_weight(quantized[owner])
         else:
             yield name, parameter.detach()
-    for name, layer in layers.items():
-        base = layer.get_base_layer()
-        delta = layer.get_delta_weight(ADAPTER)
-        yield f"{name}.weight", (dequantized_weight(base).to(delta.dtype) + delta).detach()
-        if base.bias is not None:
-            yield f"{name}.bias", base.bias.detach()
+    with torch.no_grad():
+        for name, layer in layers.items():
+            base = layer.get_base_layer()
+            a, b = _whole(layer.lora_A[ADAPTER].weight), _whole(layer.lora_B[ADAPTER].weight)
+            weight = _whole(dequantized_weight(base)).to(a.dtype)
+            yield f"{name}.weight", torch.addmm(weight, b, a, alpha=layer.scaling[ADAPTER])  # one fused kernel
+            if base.bias is not None:
+                yield f"{name}.bias", base.bias.detach()
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor whole: a sharded one (FSDP2's DTensor) gathered."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def adapter_weights(model: nn.Module) -> dict[str, torch.Tensor]:
