@@ -168,9 +168,9 @@ class Entry:
             raise HubError(f"hub entry {self.name!r}: {ADAPTER_SETTINGS} lacks one of {', '.join(needed)}")
         return settings
 
-    def base_entry(self) -> Entry:
-        """An adapter entry's base, verified, and refused if it is not the entry the adapters were trained on."""
-        adapter = self.adapter
+    def base_entry(self, adapter: dict[str, Any]) -> Entry:
+        """An adapter entry's base (``adapter``: its settings), verified, and refused if it is not the entry the
+        adapters were trained on."""
         base = resolve_entry(adapter["base"])
         digest = sha256_file(base.path / MANIFEST)
         if digest != adapter["base_manifest_sha256"]:
@@ -183,13 +183,13 @@ class Entry:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The weights, zoo's names; an adapter entry's merged into its base's."""
         self.verify()
-        if self.adapter is None:
+        adapter = self.adapter
+        if adapter is None:
             return load_file(self.path / "model.safetensors")
         from zoo.lora import merge_adapters
 
-        adapter = self.adapter
-        scaling = adapter["alpha"] / adapter["r"]
-        return merge_adapters(self.base_entry().state_dict(), load_file(self.path / ADAPTER_WEIGHTS), scaling)
+        base = self.base_entry(adapter).state_dict()
+        return merge_adapters(base, load_file(self.path / ADAPTER_WEIGHTS), adapter["alpha"] / adapter["r"])
 
     def build_model(self) -> torch.nn.Module:
         from zoo.models import build_model, config_from_dict
@@ -403,6 +403,11 @@ class Hub:
         return out
 
 
+def names_entry(spec: str | os.PathLike) -> bool:
+    """Whether ``spec`` names a hub entry (``hub:NAME``, or a directory holding a manifest)."""
+    return str(spec).startswith("hub:") or (Path(str(spec)).expanduser() / MANIFEST).is_file()
+
+
 def resolve_entry(spec: str | os.PathLike) -> Entry:
     """The verified entry named by ``hub:NAME`` or found at an entry directory's path."""
     spec = str(spec)
@@ -419,8 +424,7 @@ def starting_point(spec: str) -> tuple[dict[str, Any], Path | None]:
     in the local HF cache), which becomes an ``hf`` model."""
     from zoo.models.hf import resolve_path
 
-    path = Path(str(spec)).expanduser()
-    if str(spec).startswith("hub:") or (path / MANIFEST).is_file():
+    if names_entry(spec):
         entry = resolve_entry(spec)
         return entry.model_config, entry.tokenizer_dir if entry.tokenizer_dir.is_dir() else None
     directory = resolve_path(str(spec), key="model.init_from")
@@ -440,7 +444,7 @@ def load_model(source: str | os.PathLike) -> LoadedModel:
     from zoo.models import build_model, config_from_dict
 
     path = Path(str(source)).expanduser()
-    if str(source).startswith("hub:") or (path / MANIFEST).is_file():
+    if names_entry(source):
         entry = resolve_entry(source)
         tokenizer = entry.tokenizer_dir if entry.tokenizer_dir.is_dir() else None
         return LoadedModel(entry.build_model(), tokenizer, entry.card_metadata.get("data") or {})
@@ -508,8 +512,7 @@ def _adapter_of_run(model_hparams: dict[str, Any], checkpoint: dict[str, Any]):
     lora, init_from = _lora_of(model_hparams), model_hparams.get("init_from")
     if lora is None or not init_from or model_hparams.get("arch") == "hf":
         return None
-    path_of = Path(str(init_from)).expanduser()
-    if not (str(init_from).startswith("hub:") or (path_of / MANIFEST).is_file()):
+    if not names_entry(init_from):
         return None
     base = resolve_entry(init_from)
     state = checkpoint["state_dict"]

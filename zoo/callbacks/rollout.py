@@ -247,10 +247,10 @@ class RolloutCallback(L.Callback):
         when the policy is sharded or is a LoRA policy served merged; else a copy (a LoRA policy's with its
         adapters, under ``lora_sync: adapters``)."""
         policy = pl_module.model
-        sharded = any(isinstance(p, DTensor) for p in policy.parameters())
-        if sharded and self.lora_sync == "adapters" and has_lora(policy):
+        sharded, lora = any(isinstance(p, DTensor) for p in policy.parameters()), has_lora(policy)
+        if sharded and lora and self.lora_sync == "adapters":
             raise ConfigError("rollout.lora_sync=adapters copies the policy with its adapters: not a sharded one")
-        if sharded or (has_lora(policy) and self.lora_sync == "merged") or self.quantization is not None:
+        if sharded or (lora and self.lora_sync == "merged") or self.quantization is not None:
             from zoo.models import build_model
 
             replica = build_model(policy.config).to(pl_module.device)
@@ -267,11 +267,10 @@ class RolloutCallback(L.Callback):
         holds, and the LoRA settings when that network keeps the policy's adapters (``lora_sync: adapters``: then
         its base too, once; the pushes bring the adapters alone)."""
         policy = pl_module.model
-        if not (has_lora(policy) and self.lora_sync == "adapters"):
+        # a thread worker's replica comes from replica(), in this process: it needs only what a sync sends
+        if self.workers == "thread" or not (has_lora(policy) and self.lora_sync == "adapters"):
             return dict(self.weights(pl_module)), None
         if is_quantized(policy):
-            if self.workers == "thread":  # the worker's replica is a copy, quantized base included
-                return dict(self.weights(pl_module)), None
             raise ConfigError(
                 "rollout.lora_sync=adapters with rollout.workers=process|ray sends the base once, in full precision: "
                 "not a QLoRA base (model.lora.quantize); use rollout.lora_sync=merged"
