@@ -509,6 +509,8 @@ def _adapter_of_run(model_hparams: dict[str, Any], checkpoint: dict[str, Any]):
     """A LoRA run started from a hub entry (zoo's own architectures): its adapter settings (with the base entry
     and that entry's manifest sha256) and adapters by PEFT's saved names; None for any other run (written whole,
     merged)."""
+    from zoo.lora import saved_adapters
+
     lora, init_from = _lora_of(model_hparams), model_hparams.get("init_from")
     if lora is None or not init_from or model_hparams.get("arch") == "hf":
         return None
@@ -516,7 +518,7 @@ def _adapter_of_run(model_hparams: dict[str, Any], checkpoint: dict[str, Any]):
         return None
     base = resolve_entry(init_from)
     state = checkpoint["state_dict"]
-    adapters = {k[len("model.") :].replace(".default.", "."): v for k, v in state.items() if ".lora_" in k}
+    adapters = saved_adapters({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
     settings = {**lora.to_dict(), "base": str(init_from), "base_manifest_sha256": sha256_file(base.path / MANIFEST)}
     return settings, adapters
 
@@ -529,10 +531,10 @@ def _lora_of(model_hparams: dict[str, Any]):
 
 def _merged_run_state(config, init_from, state, lora, path: Path) -> dict[str, torch.Tensor]:
     """The plain weights of a LoRA run: its base (saved, or rebuilt from ``init_from``) with the adapters merged."""
-    from zoo.lora import merge_adapters
+    from zoo.lora import merge_adapters, saved_adapters
     from zoo.models import config_from_dict
 
-    adapters = {k.replace(".default.", "."): v for k, v in state.items() if ".lora_" in k}
+    adapters = saved_adapters(state)
     base = {k.replace(".base_layer.", "."): v for k, v in state.items() if ".lora_" not in k}
     if not any(".base_layer." in k for k in state):  # left out of the checkpoint: the entry it started from
         if not init_from:

@@ -195,11 +195,10 @@ def _whole(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
-def adapter_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapters alone, by PEFT's saved names (``<module>.lora_A.weight``, ``<module>.lora_B.weight``)."""
-    from peft import get_peft_model_state_dict
-
-    return {k: v.detach() for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER).items()}
+def saved_adapters(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The adapters of a LoRA network's state dict, by PEFT's saved names (``<module>.lora_A.weight``: without the
+    adapter's name)."""
+    return {k.replace(f".{ADAPTER}.", "."): v for k, v in state.items() if ".lora_" in k}
 
 
 def merge_adapters(
