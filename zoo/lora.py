@@ -28,7 +28,7 @@ directly by the fused loss, and the embedding is not a linear layer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -63,6 +63,8 @@ def lora_settings(values: dict[str, Any] | None, key: str = "model.lora") -> Lor
     one-line error naming it."""
     if not values:
         return None
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{key} must be a mapping such as {{r: 8, alpha: 16}}, got {values!r}")
     settings = config_section(LoraSettings, dict(values), key)
     require_int(f"{key}.r", settings.r, 0)
     if settings.r == 0:

@@ -122,6 +122,7 @@ def test_only_the_block_linears_may_be_targeted():
         ({"r": 4, "dropout": 1.0}, r"model.lora.dropout must lie in \[0, 1\)"),
         ({"r": 4, "quantize": "2bit"}, "model.lora.quantize must be null or one of 8bit, 4bit"),
         ({"r": 0, "quantize": "4bit"}, "needs adapters to train"),
+        (5, "model.lora must be a mapping such as"),
     ],
 )
 def test_bad_lora_settings_are_one_line_errors(values, message):
