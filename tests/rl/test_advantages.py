@@ -101,3 +101,52 @@ def test_gae_matches_a_plain_python_recursion_with_padding():
             assert advantages[b, t].item() == pytest.approx(running)
             assert returns[b, t].item() == pytest.approx(running + values[b, t].item())
         assert (advantages[b, n:] == 0).all() and (returns[b, n:] == 0).all()
+
+
+def test_gae_carries_through_observation_tokens():
+    """A multi-turn row: action tokens, two observation tokens (masked), action tokens. γ = 1 and values 0 give
+    every action token the final reward discounted by λ per action token after it; observation tokens do not count
+    as steps and get nothing."""
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 1, 1, 1]])
+    rewards = torch.zeros(1, 10)
+    rewards[0, -1] = 1.0
+    advantages, returns = gae(rewards, torch.zeros(1, 10), mask, gamma=1.0, lam=0.95)
+    steps_after = torch.tensor([7, 6, 5, 4, 3, 0, 0, 2, 1, 0], dtype=torch.float32)
+    expected = 0.95**steps_after * mask
+    torch.testing.assert_close(advantages, expected)
+    torch.testing.assert_close(returns, expected)
+
+
+def _action_gae(rewards, values, actions, gamma, lam):
+    """GAE by hand over the listed action positions of one row, as one trajectory."""
+    out, running, next_value = {}, 0.0, 0.0
+    for t in reversed(actions):
+        running = rewards[t] + gamma * next_value - values[t] + gamma * lam * running
+        out[t], next_value = running, values[t]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gae_on_multi_turn_rows_matches_a_recursion_over_action_tokens(dtype):
+    """Random rows of prompt (masked), turns of actions separated by observations (masked) and padding (masked):
+    advantages and returns equal a plain recursion over each row's action tokens; masked positions are 0, whatever
+    rewards and values sit there."""
+    rng = random.Random(1)
+    B, T, gamma, lam = 6, 24, 0.9, 0.8
+    rows = []
+    for _ in range(B):
+        row = [0] * rng.randint(0, 3)
+        for _turn in range(rng.randint(1, 4)):
+            row += [1] * rng.randint(1, 4) + [0] * rng.randint(0, 3)
+        rows.append((row + [0] * T)[:T])
+    mask = torch.tensor(rows)
+    rewards = torch.randn(B, T, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    values = torch.randn(B, T, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    for b in range(B):
+        actions = [t for t in range(T) if rows[b][t]]
+        expected = _action_gae(rewards[b].tolist(), values[b].tolist(), actions, gamma, lam)
+        for t in range(T):
+            want = expected.get(t, 0.0)
+            assert advantages[b, t].item() == pytest.approx(want, abs=1e-5)
+            assert returns[b, t].item() == pytest.approx(want + values[b, t].item() if t in expected else 0.0, abs=1e-5)

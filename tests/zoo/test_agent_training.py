@@ -9,6 +9,7 @@ from zoo.callbacks.rollout import RolloutCallback
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import ConfigError
 from zoo.modules.grpo import GRPOModule
+from zoo.modules.ppo import PPOModule
 
 POLICY = dict(arch="gpt_neox", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
               intermediate_size=128, max_position_embeddings=128)  # fmt: skip
@@ -22,13 +23,13 @@ class _Record(L.Callback):
         self.rewards.append(trainer.callback_metrics["reward/mean"].item())
 
 
-def _fit(cpu_trainer, steps, **agent):
+def _fit(cpu_trainer, steps, module_class=GRPOModule, target="7", **agent):
     torch.manual_seed(0)
     data = PromptDataModule(task="arithmetic", train_size=2000, val_size=8, batch_size=8, vocab_size=64)
     data.prepare_data()
     optim, rollout = dict(lr=1e-3, warmup_steps=5, weight_decay=0.0), dict(n=4, max_new_tokens=4)
-    module = GRPOModule({**POLICY, "vocab_size": len(data.tokenizer)}, optim=optim, rollout=rollout)
-    environment = dict(latency_mean=0.0, latency_std=0.0, turns=2, observation=" ok", target="7")
+    module = module_class({**POLICY, "vocab_size": len(data.tokenizer)}, optim=optim, rollout=rollout)
+    environment = dict(latency_mean=0.0, latency_std=0.0, turns=2, observation=" ok", target=target)
     callback = RolloutCallback(agent=dict(environment="simulated", environment_options=environment, **agent))
     record = _Record()
     trainer = cpu_trainer(max_steps=steps, limit_val_batches=0, callbacks=[callback, record])
@@ -61,6 +62,29 @@ def test_observation_tokens_get_no_gradient(cpu_trainer, monkeypatch):
         found = [masked[i : i + len(observation)] == observation for i in range(len(masked) - len(observation) + 1)]
         assert sum(found) == 2, f"row {row}: the two observations are not among the masked tokens"
     assert len(batch) == 8 * 4 and batch.rewards.shape == (32,)
+
+
+def test_ppo_advantages_run_over_every_turn_of_a_trajectory(cpu_trainer, monkeypatch):
+    """PPO on multi-turn rows: GAE treats a trajectory's action tokens as one sequence, so the value targets of the
+    first turn's tokens see the reward paid at the end (not a trajectory cut at the first observation)."""
+    batches = []
+    update = PPOModule.update
+    monkeypatch.setattr(PPOModule, "update", lambda self, batch: batches.append(batch) or update(self, batch))
+    # every turn "contains" the empty target: each trajectory is paid 1 at its end
+    _, _, module, _ = _fit(cpu_trainer, 1, PPOModule, target="", max_turns=2, redundancy=1, extra_groups=1)
+    (batch,) = batches
+    gamma, lam = module.ppo.gamma, module.ppo.lam
+    mask, values = batch.response_mask.bool(), batch.old_values
+    assert (batch.rewards == 1).all()
+    for row in range(len(batch)):
+        actions = mask[row].nonzero().squeeze(1).tolist()
+        assert (mask[row, actions[0] : actions[-1]] == 0).any(), f"row {row} has no observation between its turns"
+        running, next_value = 0.0, 0.0
+        for i, t in enumerate(reversed(actions)):
+            reward = batch.rewards[row].item() if i == 0 else 0.0
+            running = reward + gamma * next_value - values[row, t].item() + gamma * lam * running
+            next_value = values[row, t].item()
+            assert batch.returns[row, t].item() == pytest.approx(running + next_value, abs=1e-5), (row, t)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,10 @@ contiguous (``rewards.view(-1, G)``). Masks mark response tokens (B, T) with 1.
   response tokens of the batch: ``(x − mean) / sqrt(var + 1e-8)`` with the Bessel-corrected variance, as the
   reference implementations (OpenRLHF, verl) whiten.
 - GAE (Schulman et al. 2016): ``δ_t = r_t + γ·V_{t+1} − V_t``, ``A_t = δ_t + γλ·A_{t+1}``, returns ``A + V``;
-  the value after the last response token is 0.
+  the value after the last response token is 0. The recursion runs over the masked-in (action) tokens of a row as
+  one trajectory: ``t + 1`` is the row's next action token, so a multi-turn row's observation tokens (masked out
+  between turns) are skipped, the running advantage and the next value carrying through them; rewards on masked
+  tokens are ignored (put a turn's reward on its last action token).
 """
 
 from __future__ import annotations
@@ -63,16 +66,19 @@ def reinforce_pp_baseline_advantages(rewards: torch.Tensor, group_size: int, mas
 def gae(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-level ``(advantages, returns)`` from token rewards and values (B, T), zero outside ``mask``."""
+    """Token-level ``(advantages, returns)`` from token rewards and values (B, T), zero outside ``mask``; each row's
+    masked-in tokens are one trajectory (see the module docstring)."""
     mask = mask.to(values.dtype)
     values = values * mask
     advantages = torch.zeros_like(values)
     running = torch.zeros_like(values[:, 0])
+    next_value = torch.zeros_like(running)  # V of the row's next action token; 0 after its last
     for t in reversed(range(values.shape[1])):
-        following = values[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(running)
-        delta = rewards[:, t] + gamma * following - values[:, t]
-        running = (delta + gamma * lam * running) * mask[:, t]
-        advantages[:, t] = running
+        acting = mask[:, t].bool()
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = torch.where(acting, delta + gamma * lam * running, running)
+        next_value = torch.where(acting, values[:, t], next_value)
+        advantages[:, t] = running * mask[:, t]
     return advantages, (advantages + values) * mask
 
 
