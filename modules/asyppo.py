@@ -19,7 +19,10 @@ Ablations of the paper's experiments: ``shard_mode: shared`` trains every critic
 The critics (``critic_model``): ``null`` copies the policy (architecture and weights, as PPO does); otherwise
 overrides of the policy's model settings (e.g. a narrower, shallower Pythia, built from scratch) or another
 model's settings (``arch: hf`` with a ``path``), optionally ``init_from: hub:NAME``. Each critic is built in turn,
-so critics built from scratch start apart.
+so critics built from scratch start apart. A critic reads the policy's tokens: its embedding holds every id of the
+policy's tokenizer (padding rows past it may differ), and a critic that comes with a tokenizer has the policy's.
+With a Hugging Face policy the default narrow-Pythia overrides do not apply: the module says in one line to set
+``critic_model: {arch: hf, path: DIR}`` (the paper: Qwen3-0.6B critics for a Qwen3-8B policy) or ``null``.
 
 Choices where the paper is silent: σ is the population standard deviation (divisor M) of the pre-update values
 computed with the rollout; each critic's clipped value loss uses its own pre-update values; GAE uses V̄ for
@@ -35,8 +38,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from zoo.errors import ConfigError, require_int
-from zoo.hub import build_initialized
+from zoo.hub import build_initialized, starting_point
 from zoo.models import config_from_dict
+from zoo.models.hf import HFConfig
 from zoo.models.value import ValueModel
 from zoo.modules.ppo import PPOModule
 from zoo.modules.rl import config_section
@@ -69,6 +73,16 @@ class AsyPPOConfig:
     mask_population: str = "minibatch"  # | batch
     critic_warmup_steps: int = 0
     critic_lr: float | None = None
+
+
+def critic_tokenizer(config: Any, init_from: str | None) -> Any:
+    """The tokenizer a critic's network comes with, where it has one: its hub entry's or its Hugging Face
+    directory's (None: built from the policy's settings, or no tokenizer files)."""
+    from transformers import AutoTokenizer
+
+    source = init_from if init_from is not None else config.path if config.arch == "hf" else None
+    directory = starting_point(source)[1] if source is not None else None
+    return AutoTokenizer.from_pretrained(directory) if directory is not None else None
 
 
 class AsyPPOModule(PPOModule):
@@ -106,9 +120,25 @@ class AsyPPOModule(PPOModule):
                 raise ConfigError(f"module.asyppo.{key} must lie in [0, 1), got {getattr(a, key)!r}")
         if a.critic_lr is not None and not a.critic_lr > 0:
             raise ConfigError(f"module.asyppo.critic_lr must be > 0, got {a.critic_lr!r}")
+        self.check_critic_settings()
         self.critics: torch.nn.ModuleList | None = None
 
     # -- the critics ----------------------------------------------------------------------------------------
+    def check_critic_settings(self) -> None:
+        """Overrides of zoo's own model settings (the config's default narrow critic) cannot apply to a Hugging Face
+        policy: say at once what to set instead."""
+        spec = self.asyppo.critic_model
+        if spec is None or self.model_config.arch != "hf" or "arch" in spec:
+            return
+        foreign = sorted(set(spec) - HFConfig.field_names() - {"init_from"})
+        if foreign:
+            raise ConfigError(
+                f"module.asyppo.critic_model sets {', '.join(foreign)}, settings of zoo's own models that a Hugging "
+                "Face policy does not have: replace them with '~module.asyppo.critic_model' "
+                "'+module.asyppo.critic_model={arch: hf, path: DIR}' (a small model with the policy's tokenizer, as "
+                "the paper's Qwen3-0.6B critics) or set module.asyppo.critic_model=null (copies of the policy)"
+            )
+
     def copy_policy(self, policy: torch.nn.Module) -> None:
         super(PPOModule, self).copy_policy(policy)  # the reference; the critics replace PPO's single critic
         self.critics = torch.nn.ModuleList(self.build_critic(policy) for _ in range(self.asyppo.critics))
@@ -124,13 +154,32 @@ class AsyPPOModule(PPOModule):
         settings = (
             spec if spec.get("arch", policy.config.arch) != policy.config.arch else {**policy.config.to_dict(), **spec}
         )
-        body = build_initialized(config_from_dict(settings), init_from)
-        if body.embed.weight.shape[0] != policy.embed.weight.shape[0]:
-            raise ConfigError(
-                f"module.asyppo.critic_model has a vocabulary of {body.embed.weight.shape[0]}, the policy "
-                f"{policy.embed.weight.shape[0]}: the critics read the policy's tokens"
-            )
+        config = config_from_dict(settings)
+        body = build_initialized(config, init_from)
+        self.check_critic_vocabulary(policy, body, critic_tokenizer(config, init_from))
         return ValueModel(body.to(next(policy.parameters()).device))
+
+    def check_critic_vocabulary(self, policy: torch.nn.Module, body: torch.nn.Module, tokenizer: Any) -> None:
+        """The critics read the policy's tokens: their embedding must hold every id that both the policy's tokenizer
+        and its embedding have, and a critic with a tokenizer of its own must have the policy's. Embedding rows
+        past the tokenizer are padding and may differ (Qwen2.5-7B has 152,064 rows, 0.5B-3B 151,936, one
+        tokenizer)."""
+        policy_tokenizer = self._trainer.datamodule.tokenizer if self._trainer is not None else None
+        tokens = policy.embed.weight.shape[0]
+        if policy_tokenizer is not None:
+            tokens = min(tokens, len(policy_tokenizer))
+        rows = body.embed.weight.shape[0]
+        if rows < tokens:
+            raise ConfigError(
+                f"module.asyppo.critic_model has a vocabulary of {rows} rows, the policy reads {tokens} tokens: "
+                "the critics read the policy's tokens"
+            )
+        known = tokenizer is not None and policy_tokenizer is not None
+        if known and tokenizer.get_vocab() != policy_tokenizer.get_vocab():
+            raise ConfigError(
+                f"module.asyppo.critic_model's tokenizer ({tokenizer.name_or_path}) is not the policy's: the critics "
+                "read the policy's tokens"
+            )
 
     def trainable(self) -> torch.nn.Module:
         return torch.nn.ModuleList([self.model, self.critics])

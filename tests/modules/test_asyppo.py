@@ -171,3 +171,57 @@ def test_the_module_config_names_every_setting():
 
     config = yaml.safe_load((Path(__file__).parents[2] / "configs" / "module" / "asyppo.yaml").read_text())
     assert set(config["asyppo"]) == {f.name for f in fields(AsyPPOConfig)}
+
+
+HF_QUICK = [
+    "data.train_size=64", "data.val_size=4", "data.batch_size=2", "module.rollout.n=2",
+    "module.rollout.max_new_tokens=4", "trainer.max_steps=1", "trainer.limit_val_batches=0",
+    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "probes.every_n_steps=0",
+]  # fmt: skip
+
+
+def _variant(source, target, vocab_rows=None, swap_tokens=False):
+    """A copy of the HF model directory ``source`` with its embedding padded to ``vocab_rows`` rows, or with two
+    tokens of its tokenizer swapped (the same size, another tokenizer)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(source, target)
+    if vocab_rows is not None:
+        model = AutoModelForCausalLM.from_pretrained(source)
+        model.resize_token_embeddings(vocab_rows)
+        model.save_pretrained(target)
+    if swap_tokens:
+        tokenizer = json.loads((target / "tokenizer.json").read_text())
+        vocab = tokenizer["model"]["vocab"]
+        a, b = sorted(vocab, key=vocab.get)[100:102]
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+        (target / "tokenizer.json").write_text(json.dumps(tokenizer))
+    return target
+
+
+def test_the_default_critics_with_a_hugging_face_policy_say_what_to_set(run_zoo, hf_models):
+    process = run_zoo("fit", "model=asyppo", f"model.path={hf_models['qwen2']}", *HF_QUICK, check=False)
+    assert process.returncode != 0 and "Traceback" not in process.stderr
+    (line,) = [line for line in process.stderr.splitlines() if "module.asyppo.critic_model" in line]
+    assert "hidden_size" in line and "critic_model=null" in line and "+module.asyppo.critic_model={arch: hf" in line
+
+
+def test_a_same_tokenizer_critic_may_pad_its_embedding_differently(run_zoo, hf_models, tmp_path):
+    """The policy's tokenizer is what the critics must read: a critic padded to more rows trains; one whose
+    tokenizer maps tokens differently is refused in one line."""
+    padded = _variant(hf_models["qwen2"], tmp_path / "padded", vocab_rows=272)
+    run_zoo(
+        "fit", "model=asyppo", f"model.path={hf_models['qwen2']}", *HF_QUICK, "name=padded",
+        "~module.asyppo.critic_model", f"+module.asyppo.critic_model={{arch: hf, path: {padded}}}",
+    )  # fmt: skip
+    metrics = json.loads(next((tmp_path / "runs" / "padded").iterdir()).joinpath("metrics.json").read_text())
+    assert "critic/value_loss_1" in metrics
+    other = _variant(hf_models["qwen2"], tmp_path / "other", swap_tokens=True)
+    process = run_zoo(
+        "fit", "model=asyppo", f"model.path={hf_models['qwen2']}", *HF_QUICK,
+        "~module.asyppo.critic_model", f"+module.asyppo.critic_model={{arch: hf, path: {other}}}", check=False,
+    )  # fmt: skip
+    assert process.returncode != 0 and "Traceback" not in process.stderr
+    assert "tokenizer" in process.stderr and "is not the policy's" in process.stderr

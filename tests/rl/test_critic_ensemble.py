@@ -1,12 +1,14 @@
 """AsyPPO's critic ensemble (zoo/rl/critic_ensemble.py) from the algebra: exact mask fractions on known σ,
 thresholds blind to padding, disjoint and covering shards, the ensemble's value and spread."""
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zoo.rl.critic_ensemble import critic_shards, ensemble_values, uncertainty_masks
+from zoo.rl.critic_ensemble import critic_shards, ensemble_values, linear_quantile, uncertainty_masks
 
 
 def _known_sigma(n_valid: int, pad: int, seed: int):
@@ -53,6 +55,40 @@ def test_padding_never_moves_the_thresholds(n, pad, low, seed):
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_tokens_tied_at_a_threshold_keep_their_terms_in_every_dtype(dtype):
+    """Ten tokens at σ = 0.1 and thirty at 0.7: both quantiles fall between tied values, so nothing is masked,
+    whatever σ's dtype (a float32 threshold against float64 σ would drop all 10 and all 30)."""
+    sigma = torch.tensor([0.1] * 10 + [0.7] * 30, dtype=dtype)[torch.randperm(40)].view(4, 10)
+    keep_advantage, keep_entropy = uncertainty_masks(sigma, torch.ones(4, 10), 0.2, 0.2)
+    assert keep_advantage.sum() == 40 and keep_entropy.sum() == 40
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    q=st.floats(0.0, 1.0),
+    ties=st.integers(1, 8),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 10_000),
+)
+def test_the_quantile_is_torchs(n, q, ties, dtype, seed):
+    """The selection-based quantile equals ``torch.quantile`` (linear), ties included (to the last bit of float32:
+    torch finds the position q · (n − 1) in the values' dtype, zoo in float64)."""
+    values = torch.randint(0, max(1, n // ties), (n,), generator=torch.Generator().manual_seed(seed)).to(dtype) / 7
+    torch.testing.assert_close(linear_quantile(values, q), torch.quantile(values, q))
+
+
+def test_populations_past_torch_quantiles_limit():
+    """``mask_population: batch`` at the papers' batch sizes: more than 2^24 tokens, which ``torch.quantile``
+    refuses; the masks drop the tokens below position low · (n − 1) and above (1 − high) · (n − 1)."""
+    n = 2**24 + 8
+    sigma = torch.arange(n, dtype=torch.float64) / n  # distinct, already ordered
+    keep_advantage, keep_entropy = uncertainty_masks(sigma, torch.ones(n, dtype=torch.bool), 0.25, 0.1)
+    assert (keep_advantage == 0).sum() == math.floor(0.25 * (n - 1)) + 1
+    assert (keep_entropy == 0).sum() == n - 1 - math.floor(0.9 * (n - 1))
+
+
 def test_critics_that_agree_everywhere_mask_nothing():
     sigma, valid = torch.zeros(3, 6), torch.ones(3, 6)
     keep_advantage, keep_entropy = uncertainty_masks(sigma, valid, 0.2, 0.2)
@@ -82,6 +118,16 @@ def test_shards_are_disjoint_cover_every_sample_and_are_even(critics, mode):
             assert len(mine.unique()) == 1
     if mode == "whole_prompts":  # prompts dealt round-robin in order of first appearance: 3, 0, 7, 1
         assert [shards[prompt_index == p][0].item() for p in (3, 0, 7, 1)] == [i % critics for i in range(4)]
+
+
+def test_responses_are_dealt_within_each_prompt_when_prompts_interleave():
+    """Rows of two prompts interleaved (as a queue or asynchronous sampler returns them): every critic still gets
+    half of each prompt's responses, not one prompt each."""
+    prompt_index = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 2, 2, 0, 1])
+    shards = critic_shards(prompt_index, 2, "responses_within_prompt")
+    for p in (0, 1, 2):
+        assert torch.bincount(shards[prompt_index == p], minlength=2).tolist() in ([3, 2], [2, 3], [1, 1])
+    assert shards[prompt_index == 0].tolist() == [0, 1, 0, 1, 0]  # dealt in row order within the prompt
 
 
 def test_the_ensemble_value_and_spread():

@@ -11,14 +11,17 @@ which critic trains on which sample, the ensemble's value and uncertainty, and t
   critics, give σ = 0.
 - :func:`uncertainty_masks`: advantage mask I^A (0 where σ is in the lowest ``low`` fraction: critics agree, no
   policy-gradient term there) and entropy mask I^H (0 where σ is in the highest ``high`` fraction: excluded from
-  the entropy bonus). The thresholds are ``torch.quantile`` (linear interpolation) of σ over the valid tokens
-  only: lowest means σ < quantile(σ, low), highest σ > quantile(σ, 1 − high). With distinct σ and ``low · n``
-  an integer (n valid tokens) exactly ``low · n`` tokens are masked; tokens tied at a threshold keep their
-  terms, so critics that do not disagree anywhere (σ all equal, as at the start when their heads are zero)
-  mask nothing.
+  the entropy bonus). The thresholds are quantiles of σ over the valid tokens only (:func:`linear_quantile`:
+  ``torch.quantile``'s linear interpolation, found by selection, so neither its 2^24-element limit nor a float32
+  copy applies), computed and compared in σ's own dtype: lowest means σ < quantile(σ, low), highest
+  σ > quantile(σ, 1 − high). With distinct σ and ``low · n`` an integer (n valid tokens) exactly ``low · n``
+  tokens are masked; tokens tied at a threshold keep their terms, so critics that do not disagree anywhere (σ all
+  equal, as at the start when their heads are zero) mask nothing.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -55,6 +58,18 @@ def ensemble_values(values: torch.Tensor, aggregate: str = "mean") -> tuple[torc
     return value, values.std(0, correction=0)
 
 
+def linear_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """The ``q`` quantile of a 1-D tensor with ``torch.quantile``'s default (linear) interpolation, in the tensor's
+    own dtype: the two order statistics around position ``q · (n − 1)`` (``kthvalue``, any size) and their lerp. A
+    quantile that falls between tied values is that value exactly."""
+    position = q * (len(values) - 1)
+    below = math.floor(position)
+    value = values.kthvalue(below + 1).values
+    if position == below:
+        return value
+    return torch.lerp(value, values.kthvalue(below + 2).values, position - below)
+
+
 def uncertainty_masks(
     sigma: torch.Tensor, valid: torch.Tensor, low: float = 0.2, high: float = 0.2
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,10 +78,10 @@ def uncertainty_masks(
         raise ValueError(f"mask fractions must lie in [0, 1), got low={low}, high={high}")
     valid = valid.bool()
     keep_advantage, keep_entropy = valid.clone(), valid.clone()
-    population = sigma[valid].float()
+    population = sigma[valid]
     if len(population):
         if low > 0:
-            keep_advantage &= sigma >= torch.quantile(population, low)
+            keep_advantage &= sigma >= linear_quantile(population, low)
         if high > 0:
-            keep_entropy &= sigma <= torch.quantile(population, 1 - high)
+            keep_entropy &= sigma <= linear_quantile(population, 1 - high)
     return keep_advantage.to(sigma.dtype), keep_entropy.to(sigma.dtype)
