@@ -11,7 +11,7 @@ template (``chat_template: auto``), prompts are chat-formatted with the task's s
 ``budgets`` (a task with chains of thought: ``thinking``) asks every prompt under a thinking budget
 (:mod:`zoo.rl.budgets`): ``{levels: [...], fidelity: upper | tracking, sigma, combine: product | sum, weight}``;
 each training prompt gets one level drawn for it, every validation prompt is asked at every level, and the reward
-becomes correctness × budget fidelity.
+becomes correctness × budget fidelity (``correctness``, the task's verifier, still decides pass@k).
 
 ``posterior_prompt`` (a template with ``{prompt}`` and ``{answer}``, :mod:`zoo.rl.posterior_prompt`) gives every
 training problem a second, answer-conditioned prompt as well (``posterior_ids``, with the reference's final answer
@@ -67,7 +67,8 @@ class PromptDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.tokenizer = None
         self.chat = None  # the chat format of prompts, if any (zoo.chat)
-        self.reward = None
+        self.reward = None  # what trains the policy
+        self.correctness = None  # the task's verifier: what pass@k counts (zoo.rl.evaluation)
         self.train_problems: list[Problem] = []
         self.val_problems: list[Problem] = []
         self.val_questions: list[Problem] = []  # the validation problems before any budget is set
@@ -86,7 +87,7 @@ class PromptDataModule(L.LightningDataModule):
             texts += [budget_line(b) for b in self.budgets.levels]
         texts += [self.posterior_text(p) for p in self.train_problems] if self.posterior_template else []
         self.tokenizer = tokenizer_for(h.tokenizer, texts, h.vocab_size, cache_dir() / "tokenizers")
-        self.reward = TASKS[h.task].reward
+        self.reward = self.correctness = TASKS[h.task].reward
         self.val_questions = list(self.val_problems)
         if self.budgets is not None:
             self.reward = self.budgets.reward(self.count_tokens)

@@ -19,7 +19,8 @@ sequences, one optimizer step per minibatch (manual optimization: Lightning's ``
 With one epoch and one minibatch the update is on-policy and the ratio is 1. ``train/rollouts`` counts the
 completions sampled for training so far (the x-axis of sample-efficiency comparisons).
 
-After every validation run: pass@k of the policy on the validation prompts (greedy by default).
+After every validation run: pass@k of the policy on the validation prompts (greedy by default), counted by the
+task's correctness (``zoo.rl.evaluation``), not by a shaped reward.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from zoo.quantization import check_bits, quantize_frozen
 from zoo.rebuilt_state import check_complete, drop_rebuilt
 from zoo.rl import advantages as estimators
 from zoo.rl.attention_credit import CreditAssignment
-from zoo.rl.evaluation import evaluate_pass_at_k
+from zoo.rl.evaluation import correctness_runner, evaluate_pass_at_k
 from zoo.rl.losses import aggregate, kl_penalty
 from zoo.rl.pg_variants import PolicyInputs, policy_loss, variant_options
 from zoo.rl.rewards import PendingRewards, RewardBatch, RewardRunner
@@ -139,6 +140,7 @@ class RLModule(L.LightningModule):
         self.reference: torch.nn.Module | None = None
         self.val_metrics = torch.nn.ModuleDict()
         self.rewards: RewardRunner | None = None
+        self.correctness: RewardRunner | None = None  # the task's verifier, where the reward is another function
         self.skipped_steps = 0  # steps whose advantages were not finite (checkpointed)
         self.rollouts_consumed = 0  # completions sampled for training so far (checkpointed)
 
@@ -178,15 +180,17 @@ class RLModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
         self.rewards = RewardRunner(datamodule.reward, timeout_s=self.algorithm.reward_timeout_s)
+        self.correctness = correctness_runner(datamodule, self.algorithm.reward_timeout_s)
         for k in self.evaluation.ks:
             self.val_metrics[f"pass@{k}"] = MeanMetric()
         self.val_metrics["reward"] = MeanMetric()
         self.val_metrics["length"] = MeanMetric()
 
     def teardown(self, stage: str) -> None:
-        if self.rewards is not None:
-            self.rewards.close()
-            self.rewards = None
+        for runner in (self.rewards, self.correctness):
+            if runner is not None:
+                runner.close()
+        self.rewards = self.correctness = None
 
     @property
     def rollout_callback(self):
@@ -360,13 +364,12 @@ class RLModule(L.LightningModule):
         self.count_rollouts(len(batch))
         rewards = step.rewards if step.rewards is not None else self.score(problems, batch, texts)
         batch.rewards = self.log_rewards(rewards)
+        correct = rewards.parts.get("correct", rewards.scores)  # a shaped reward's correctness part (BARD's)
         self.log_dict(
             {
                 "reward/mean": batch.rewards.mean(),
                 "reward/std": batch.rewards.std() if len(batch) > 1 else torch.zeros(()),
-                "reward/solved_groups": (batch.rewards.view(-1, self.rollout_config.n).max(1).values > 0.5)
-                .float()
-                .mean(),
+                "reward/solved_groups": (correct.view(-1, self.rollout_config.n).max(1).values > 0.5).float().mean(),
             },
             prog_bar=True,
         )
@@ -477,7 +480,7 @@ class RLModule(L.LightningModule):
             e.max_new_tokens, e.temperature, stop_token_ids=self.trainer.datamodule.stop_token_ids, seed=batch_idx
         )
         results = evaluate_pass_at_k(
-            self.rollout_callback.engine, self.tokenizer, problems, self.rewards, params, e.n, e.ks
+            self.rollout_callback.engine, self.tokenizer, problems, self.rewards, params, e.n, e.ks, self.correctness
         )
         for name, values in results.items():
             self.val_metrics[name].update(values)

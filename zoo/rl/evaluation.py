@@ -1,7 +1,9 @@
-"""pass@k of a policy on a set of prompts with a task's reward.
+"""pass@k of a policy on a set of prompts: the task's correctness, whatever reward trains the policy.
 
 For every prompt ``n`` completions are sampled (greedy when ``temperature`` is 0, then ``n`` is 1); a completion
-is correct when its reward exceeds 0.5. pass@k uses the unbiased estimator of Chen et al. (2021):
+is correct when the task's verifier (``zoo.rl.tasks.Task.reward``, a datamodule's ``correctness``: 0 or 1) scores
+it above 0.5. A training reward that is not correctness (BARD's budget reward, which pays for fidelity too) is
+reported as ``reward`` and never decides pass@k. pass@k uses the unbiased estimator of Chen et al. (2021):
 ``1 − C(n − c, k) / C(n, k)`` for ``c`` correct completions out of ``n``, averaged over prompts.
 """
 
@@ -34,14 +36,17 @@ def evaluate_pass_at_k(
     params: SamplingParams,
     n: int = 1,
     ks: Sequence[int] = (1,),
+    correctness: RewardRunner | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-prompt tensors: ``pass@k`` for every k, ``reward`` (mean over the n completions), ``length``."""
+    """Per-prompt tensors: ``pass@k`` for every k by ``correctness`` (None: ``reward`` is the task's correctness),
+    ``reward`` (mean over the n completions), ``length``."""
     result = engine.generate([p["prompt_ids"] for p in problems], n, params)
     texts = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in result.samples]
     prompts = [problems[s.prompt_index]["prompt"] for s in result.samples]
     references = [problems[s.prompt_index]["reference"] for s in result.samples]
     scores = reward.score(prompts, texts, references).scores.view(len(problems), n)
-    correct = (scores > 0.5).sum(1).tolist()
+    verified = scores if correctness is None else correctness.score(prompts, texts, references).scores.view_as(scores)
+    correct = (verified > 0.5).sum(1).tolist()
     out = {f"pass@{k}": torch.tensor([pass_at_k(n, c, k) for c in correct]) for k in ks}
     out["reward"] = scores.mean(1)
     out["length"] = torch.tensor([len(s.token_ids) for s in result.samples], dtype=torch.float).view(-1, n).mean(1)
@@ -51,8 +56,9 @@ def evaluate_pass_at_k(
 def evaluate_on_validation_prompts(
     model: torch.nn.Module, datamodule: Any, settings: dict[str, Any]
 ) -> dict[str, torch.Tensor]:
-    """pass@k of ``model`` on ``datamodule.val_prompts`` with its reward and tokenizer. ``settings``: ``n``,
-    ``ks``, ``temperature``, ``max_new_tokens``; generation stops at the data's stop tokens (EOS, end of turn)."""
+    """pass@k of ``model`` on ``datamodule.val_prompts`` with its correctness, reward and tokenizer. ``settings``:
+    ``n``, ``ks``, ``temperature``, ``max_new_tokens``; generation stops at the data's stop tokens (EOS, end of
+    turn)."""
     tokenizer = datamodule.tokenizer
     params = SamplingParams(
         max_new_tokens=settings.get("max_new_tokens", 64),
@@ -60,7 +66,7 @@ def evaluate_on_validation_prompts(
         stop_token_ids=datamodule.stop_token_ids,
         seed=settings.get("seed", 0),
     )
-    rewards = RewardRunner(datamodule.reward)
+    rewards, correctness = RewardRunner(datamodule.reward), correctness_runner(datamodule)
     try:
         return evaluate_pass_at_k(
             in_place_engine(model, tokenizer),
@@ -70,6 +76,16 @@ def evaluate_on_validation_prompts(
             params,
             settings.get("n", 1),
             settings.get("ks", [1]),
+            correctness,
         )
     finally:
         rewards.close()
+        if correctness is not None:
+            correctness.close()
+
+
+def correctness_runner(datamodule: Any, timeout_s: float = 10.0) -> RewardRunner | None:
+    """A runner of the datamodule's ``correctness`` (the task's verifier) where its training ``reward`` is another
+    function; None where the reward is the correctness (a datamodule without ``correctness`` says so)."""
+    correctness = getattr(datamodule, "correctness", datamodule.reward)
+    return None if correctness is datamodule.reward else RewardRunner(correctness, timeout_s=timeout_s)
