@@ -67,6 +67,9 @@ def test_mean_attention_distance_and_head_split():
     torch.testing.assert_close(spans, torch.tensor([1.0, 5.0, expected_uniform]))
     local, glob = split_heads(torch.tensor([3.0, 0.5, 9.0, 1.0, 7.0, 4.0, 2.0, 8.0, 6.0, 5.0]), 0.3)
     assert sorted(local.tolist()) == [1, 3, 6] and sorted(glob.tolist()) == [2, 4, 7]
+    for heads, fraction, size in ((12, 0.3, 4), (16, 0.3, 5), (5, 0.3, 2), (2, 0.1, 1)):  # round(fraction·K), ≥ 1
+        local, glob = split_heads(torch.arange(heads, dtype=torch.float).flip(0), fraction)
+        assert sorted(local.tolist()) == list(range(heads - size, heads)) and sorted(glob.tolist()) == list(range(size))
 
 
 def test_top_fai_recovers_planted_anchor_columns():
@@ -138,9 +141,9 @@ def test_each_strategy_amplifies_ceil_q_n_of_its_candidates_and_none_of_the_padd
         gammas = credit_gammas(strategy, signals, q=0.4, generator=torch.Generator().manual_seed(0))
         assert gammas[~rows].eq(1).all(), strategy
         # Eq. 19 sums its terms: an anchor that also introduces a dominated anchor gets 1 + 0.5 + 0.5·α
-        assert gammas.ge(1).all() and gammas.le((1.75 if strategy == "coupled" else 1.5) + 1e-6).all()
+        assert gammas.ge(1).all() and gammas.le((1.75 if strategy in ("coupled", "random") else 1.5) + 1e-6).all()
         amplified = (gammas > 1).sum(-1)
-        if strategy in ("global", "random", "entropy"):  # candidates: every response token
+        if strategy in ("global", "entropy"):  # candidates: every response token
             assert amplified.tolist() == [math.ceil(0.4 * int(r.sum()) - 1e-6) for r in rows], strategy
         elif strategy == "local":  # candidates: tokens with a next response token
             assert amplified.tolist() == [math.ceil(0.4 * (int(r.sum()) - 1) - 1e-6) for r in rows]
@@ -157,7 +160,36 @@ def test_random_control_is_seeded_and_differs_from_the_anchors():
     again = credit_gammas("random", signals, generator=torch.Generator().manual_seed(5))
     other = credit_gammas("random", signals, generator=torch.Generator().manual_seed(6))
     assert torch.equal(first, again) and not torch.equal(first, other)
-    assert (first > 1).sum() == (credit_gammas("global", signals) > 1).sum()
+    assert not torch.equal(first, credit_gammas("coupled", signals))
+
+
+@pytest.mark.parametrize("control_for", ["local", "global", "coupled", "entropy"])
+def test_random_control_matches_its_strategys_count_and_weight_per_sequence(control_for):
+    """On each sequence the control amplifies as many tokens as the strategy it controls for, with the same γ
+    values (so the same total weight), anywhere in the response and nowhere else; over many draws every response
+    position is picked about equally often."""
+    torch.manual_seed(3)
+    size, n = 3, 34
+    rows = torch.zeros(size, n, dtype=torch.bool)
+    for i, (start, end) in enumerate([(0, 34), (4, 30), (10, 21)]):
+        rows[i, start:end] = True
+    signals = CreditSignals(rows, torch.rand(size, n) * 5, torch.rand(size, n), rows.clone(), torch.rand(size, n))
+    signals.fai_defined[:, -12:] = False  # near the end T(s) is empty: global takes fewer than ceil(q·|R|)
+    matched = credit_gammas(control_for, signals, tau_delta=0.5)
+    counts = torch.zeros(size, n)
+    for seed in range(300):
+        control = credit_gammas(
+            "random", signals, tau_delta=0.5, generator=torch.Generator().manual_seed(seed), control_for=control_for
+        )
+        assert control[~rows].eq(1).all()
+        for i in range(size):
+            torch.testing.assert_close(control[i].sort().values, matched[i].sort().values, rtol=0, atol=0)
+        counts += control > 1
+    amplified = (matched > 1).sum(-1, keepdim=True).float()
+    expected = 300 * amplified / rows.sum(-1, keepdim=True)  # per response position, uniform
+    assert ((counts - expected).abs()[rows] < 6 * expected.expand_as(counts)[rows].sqrt() + 1).all()
+    with pytest.raises(ValueError, match="random control"):
+        credit_gammas("random", signals, control_for="random")
 
 
 def test_sign_handling_and_gamma_is_detached():
@@ -266,13 +298,15 @@ def test_the_stage_scales_advantages_and_reports_its_share():
     batch = _batch([5, 7], [15, 9])
     batch.advantages = torch.where(torch.arange(2)[:, None] == 0, 1.0, -1.0) * batch.response_mask
     for strategy, expected_share in (("global", (6 + 4) / 24), ("random", (6 + 4) / 24)):
-        credit = CreditAssignment(strategy, dict(horizon=[1, 6]))
+        credit = CreditAssignment(strategy, dict(horizon=[1, 6], control_for="global"))
         advantages, stats = credit(model, batch, 1.0, torch.Generator().manual_seed(0))
         scaled = advantages != batch.advantages
         assert scaled.sum() == 10 and not (scaled & ~batch.response_mask.bool()).any()
         assert stats.amplified == pytest.approx(expected_share)
         assert stats.mean_gamma == pytest.approx(1 + 0.5 * expected_share)
-        assert (stats.entropy_overlap is None) == (strategy == "random")  # random needs no pass
+        assert stats.entropy_overlap is not None  # both read the maps (random: to match global)
+    none = CreditAssignment("none")(model, batch, 1.0)[1]
+    assert none.entropy_overlap is None and none.amplified == 0  # no pass
 
 
 def test_bad_settings_name_the_key():
@@ -280,7 +314,8 @@ def test_bad_settings_name_the_key():
         CreditAssignment("anchors")
     with pytest.raises(ConfigError, match="module.credit_options setting.*gama"):
         CreditAssignment("coupled", dict(gama=1.5))
-    for key, value in (("q", 1.5), ("horizon", [10]), ("scale_sign", "up"), ("tau_waad", "mean"), ("window", 0)):
+    for key, value in (("q", 1.5), ("horizon", [10]), ("scale_sign", "up"), ("tau_waad", "mean"), ("window", 0),
+                       ("control_for", "random")):  # fmt: skip
         with pytest.raises(ConfigError, match=f"module.credit_options.{key}"):
             CreditAssignment("local", {key: value})
     with pytest.raises(ConfigError, match="module.credit_options.layers"):

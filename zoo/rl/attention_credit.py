@@ -16,7 +16,8 @@ sample at a time). The head groups are chosen per
 sequence, from that response's rows, as Eq. 7 defines the span (the paper does not say how often they are
 chosen); each sample's WAAD is then the mean of its local heads', its FAI the mean of its global heads'. The same
 forward's logits give the token entropies (at the rollout temperature) for the ``entropy`` strategy and for the
-overlap that is logged. ``random`` and ``none`` need no pass.
+overlap that is logged. ``none`` needs no pass; ``random`` needs the pass of the strategy it is matched to
+(``control_for``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from zoo.errors import ConfigError, config_section
 from zoo.models.attention_maps import middle_layers
 from zoo.rl.credit import (
-    NEEDS,
+    CONTROLLED,
     SIGNS,
     STRATEGIES,
     CreditSignals,
@@ -37,6 +38,7 @@ from zoo.rl.credit import (
     future_attention_influence,
     mean_attention_distance,
     shape_advantages,
+    signals_needed,
     split_heads,
     top_fraction,
     windowed_attention_distance,
@@ -59,6 +61,7 @@ class CreditOptions:
     alpha: float = 0.5  # coupled: the share of a dominated anchor's bonus moved to its introducing token
     neighbourhood: int = 3  # coupled: k, how far back the introducing token may be
     add_local: bool = False  # coupled: also lift the local strategy's tokens to γ_amp
+    control_for: str = "coupled"  # random: the strategy whose γ it shuffles (same count and weight per sequence)
     map_budget_mb: float = 256.0  # one layer's maps in one pass; samples are grouped up to it
 
     @classmethod
@@ -81,6 +84,8 @@ class CreditOptions:
             raise bad("alpha", "must be in [0, 1]")
         if self.scale_sign not in SIGNS:
             raise bad("scale_sign", f"must be one of {', '.join(SIGNS)}")
+        if self.control_for not in CONTROLLED:
+            raise bad("control_for", f"must be one of {', '.join(CONTROLLED)}")
         if not (isinstance(self.window, int) and self.window >= 1):
             raise bad("window", "must be an integer >= 1")
         if not self.map_budget_mb >= 0:
@@ -177,7 +182,7 @@ class CreditAssignment:
         size, width = batch.input_ids.shape
         rows = torch.zeros(size, width, dtype=torch.bool, device=batch.input_ids.device)
         rows[:, 1:] = batch.response_mask.bool()  # sequence position t + 1 holds target t
-        needs = NEEDS[self.strategy]
+        needs = signals_needed(self.strategy, self.options.control_for)
         if not needs:
             return CreditSignals(rows)
         entropy = torch.zeros(size, width, device=rows.device)
@@ -209,7 +214,7 @@ class CreditAssignment:
         o = self.options
         gammas = credit_gammas(
             self.strategy, signals, o.q, o.gamma_amp, o.tau_waad, o.tau_delta, o.alpha, o.neighbourhood,
-            o.add_local, generator,
+            o.add_local, generator, o.control_for,
         )  # fmt: skip
         return gammas[:, 1:]
 

@@ -21,10 +21,14 @@ the group's mean map: :mod:`zoo.rl.attention_credit` reduces every map to its pe
 
 Strategies (γ_t = 1 + (γ_amp − 1)·1{selected}, Eq. 13–19): ``local`` (TopQ of Δ: preplan tokens), ``global``
 (TopQ of FAI: anchors), ``coupled`` (anchors, a fraction α of whose bonus moves to the token that introduced them
-when they are locally dominated, Eq. 18–19), ``random`` (the matched control: as many tokens per sequence as TopQ
-takes, drawn uniformly from the response), ``entropy`` (TopQ of the token entropy: the paper's high-entropy
-baseline). Choices where the paper is silent (documented as the notes suggest): τ_waad and τ_Δ default to the
-sequence's median WAAD and median Δ; ``intro(t) = argmax_{u∈[t−k, t−1]} Δ_u`` (ties to the nearest u);
+when they are locally dominated, Eq. 18–19), ``entropy`` (TopQ of the token entropy: the paper's high-entropy
+baseline), and ``random``, the matched control of the strategy ``control_for`` names: that strategy's γ values of
+each sequence, moved to a uniformly random order of the sequence's response positions
+(:func:`shuffled_within_rows`), so the control amplifies exactly as many tokens with exactly the same total
+weight, at positions that carry no attention signal (it costs the attention pass of the strategy it matches).
+
+Choices where the paper is silent (documented as the notes suggest): τ_waad and τ_Δ default to the sequence's
+median WAAD and median Δ; ``intro(t) = argmax_{u∈[t−k, t−1]} Δ_u`` (ties to the nearest u);
 γ from the coupled rule is the sum of its indicator terms, so an anchor that also introduces a dominated anchor
 gets both bonuses; ``add_local`` (default off) also lifts T_loc tokens to γ_amp.
 """
@@ -36,15 +40,21 @@ from dataclasses import dataclass
 import torch
 
 STRATEGIES = ("none", "local", "global", "coupled", "random", "entropy")
-# the signals each strategy reads: attention maps, or the token entropies alone
+CONTROLLED = ("local", "global", "coupled", "entropy")  # what the random control can be matched to
+# the signals each strategy reads: attention maps, or the token entropies alone (random: its matched strategy's)
 NEEDS = {
     "none": set(),
-    "random": set(),
     "entropy": {"entropy"},
     "local": {"maps"},
     "global": {"maps"},
     "coupled": {"maps"},
 }
+
+
+def signals_needed(strategy: str, control_for: str) -> set[str]:
+    return NEEDS[control_for if strategy == "random" else strategy]
+
+
 SIGNS = ("both", "pos", "neg")
 
 
@@ -108,10 +118,16 @@ def top_fraction(scores: torch.Tensor, candidates: torch.Tensor, q: float) -> to
     return (rank < take[..., None]) & candidates
 
 
-def random_fraction(candidates: torch.Tensor, q: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """As many tokens per sequence as :func:`top_fraction` takes, drawn uniformly among the candidates."""
-    scores = torch.rand(candidates.shape, generator=generator).to(candidates.device)
-    return top_fraction(scores, candidates, q)
+def shuffled_within_rows(
+    values: torch.Tensor, rows: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``values`` (..., N) with each sequence's values on its ``rows`` moved to a uniformly random order of those
+    positions (the rest stay): per sequence the same multiset, placed at random."""
+    rows = rows.bool()
+    keys = torch.rand(rows.shape, generator=generator).to(rows.device).masked_fill(~rows, float("inf"))
+    destinations = torch.argsort(keys, dim=-1, stable=True)  # the rows in random order, then the rest in order
+    sources = torch.argsort((~rows).to(torch.int8), dim=-1, stable=True)  # the rows in order, then the rest
+    return values.clone().scatter_(-1, destinations, values.gather(-1, sources))
 
 
 def masked_median(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -188,14 +204,20 @@ def credit_gammas(
     neighbourhood: int = 3,
     add_local: bool = False,
     generator: torch.Generator | None = None,
+    control_for: str = "coupled",
 ) -> torch.Tensor:
     """γ (B, N) of ``strategy`` (see the module docstring); 1 outside the response. Each strategy reads only its
-    own signals (:data:`NEEDS`)."""
+    own signals (:data:`NEEDS`); ``random`` those of ``control_for``, whose γ it shuffles."""
     rows = signals.rows.bool()
     if strategy == "none":
         return torch.ones(rows.shape, device=rows.device)
     if strategy == "random":
-        return 1 + (gamma_amp - 1) * random_fraction(rows, q, generator)
+        if control_for not in CONTROLLED:
+            raise ValueError(f"the random control matches one of {', '.join(CONTROLLED)}, got {control_for!r}")
+        matched = credit_gammas(
+            control_for, signals, q, gamma_amp, tau_waad, tau_delta, alpha, neighbourhood, add_local
+        )  # fmt: skip
+        return shuffled_within_rows(matched, rows, generator)
     if strategy == "entropy":
         if signals.entropy is None:
             raise ValueError("the entropy strategy needs the token entropies")
