@@ -56,7 +56,7 @@ def _arm(arm: str, seed: int, opts, threads: int) -> dict:
         name, run = f"{start.replace('-', '_')}_{seed}", latest_run(workdir, f"{start.replace('-', '_')}_{seed}")
     else:
         name = f"grpo_{start}_{'sum' if extra else 'product'}_{seed}"
-        grpo = ["model=bard_grpo", f"model.init_from=hub:{start}-{seed}", f"seed={seed}", f"module.rollout.seed={seed}",
+        grpo = ["model=bard_grpo", f"model.init_from=hub:{start}-{seed}", f"seed={seed}",
                 f"trainer.max_steps={opts.rl_steps}", *extra]  # fmt: skip
         run = _fit(workdir, name, opts, threads, *grpo)
     out, levels = workdir / "reports" / name, [str(b) for b in opts.levels]

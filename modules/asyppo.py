@@ -211,10 +211,10 @@ class AsyPPOModule(PPOModule):
 
     def masks(self, sigma: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The advantage and entropy masks over ``mask``'s tokens; ``mask_kind: random`` swaps σ for noise drawn
-        from the step (the same fractions, no information)."""
+        from the step's seed (the same fractions, no information)."""
         a = self.asyppo
         if a.mask_kind == "random":
-            generator = torch.Generator().manual_seed(self.global_step)
+            generator = torch.Generator().manual_seed(self.step_seed())
             sigma = torch.rand(sigma.shape, generator=generator).to(sigma.device)
         return uncertainty_masks(sigma, mask, a.advantage_mask, a.entropy_filter)
 

@@ -66,7 +66,7 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    seed: int | None = None  # mixed into the rollouts' random streams; None: they depend on the step and rank only
+    seed: int | None = None  # mixed into every per-step random stream (zoo fit: the run's seed); None: step and rank
 
 
 @dataclass
@@ -206,8 +206,10 @@ class RLModule(L.LightningModule):
         return self.trainer.datamodule.tokenizer
 
     def step_seed(self) -> int:
-        """The seed of this step's random draws (rollouts, the random credit control): the step and rank, and
-        ``module.rollout.seed`` when set, so that a resumed run draws what the original would have."""
+        """The seed of this step's random draws (rollouts, minibatch order, the random credit control and masks):
+        the step and rank, and ``module.rollout.seed`` when set (``zoo fit`` sets it to the run's ``seed``, so that
+        runs of different seeds sample different rollouts), so that a resumed run draws what the original would
+        have."""
         seed = self.global_step * 1_000_003 + self.global_rank
         return seed if self.rollout_config.seed is None else seed + self.rollout_config.seed * 2**32
 
@@ -418,7 +420,7 @@ class RLModule(L.LightningModule):
         """The optimizer steps on a batch: ``ppo_epochs`` passes in minibatches of ``minibatch_size`` sequences."""
         optimizer, schedule = self.optimizers(), self.lr_schedulers()
         size = self.algorithm.minibatch_size or len(batch)
-        generator = torch.Generator().manual_seed(self.global_step)
+        generator = torch.Generator().manual_seed(self.step_seed())
         for _ in range(self.algorithm.ppo_epochs):
             for minibatch in batch.minibatches(size, generator if size < len(batch) else None):
                 loss, logs = self.loss(minibatch)

@@ -150,10 +150,12 @@ def test_a_killed_grpo_run_resumes_exactly(sft_policy, zoo_env, tmp_path, monkey
     start = torch.load(_run_dir(sft_policy / "runs" / "sft") / "checkpoints" / "last.ckpt", weights_only=True)
     end = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     if "model.embed.weight" in end:
-        moved = (end["model.embed.weight"] - start["state_dict"]["model.embed.weight"]).abs().max()
+        moved = max((end[k] - v).abs().max() for k, v in start["state_dict"].items() if k in end)
     else:  # adapters only: B starts at zero
         moved = max(t.abs().max() for k, t in end.items() if ".lora_B." in k)
-    assert moved > 1e-4  # GRPO changed the policy, so a resume that drew other rollouts would end elsewhere
+    # GRPO changed the policy by ten times the tolerance the ends are compared at (1e-6), so a resume that drew
+    # other rollouts would end elsewhere
+    assert moved > 1e-5
     killed = _kill_after_first_checkpoint([*GRPO, *sampler], "killed", tmp_path, zoo_env, 40)
     main(["fit", f"resume={killed}"])
     _assert_same_end(full, killed, ["train/loss", "reward/mean", "val/pass@1", *logged])

@@ -156,3 +156,22 @@ def test_sft_then_grpo_and_ppo_learn_to_carry(run_zoo, tmp_path):
         run_zoo("fit", f"experiment=arithmetic_{method}", "trainer.enable_progress_bar=false")
         rl = json.loads((_run_dir(tmp_path / "runs" / f"arithmetic_{method}") / "metrics.json").read_text())
         assert rl["global_step"] == 200 and rl["val/pass@1"] > 0.7, (method, sft["val/pass@1"], rl["val/pass@1"])
+
+
+def _one_step_policy(run_zoo, tmp_path, name, *overrides):
+    """The policy after one GRPO step from the shipped SFT policy (the same weights whatever the seed)."""
+    run_zoo(
+        "fit", "experiment=arithmetic_grpo", f"name={name}", "trainer.max_steps=1", "trainer.limit_val_batches=0",
+        "data.batch_size=4", "module.rollout.n=4", *overrides, "trainer.enable_progress_bar=false",
+    )  # fmt: skip
+    (checkpoint,) = list((tmp_path / "runs" / name).rglob("last.ckpt"))
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_the_run_seed_drives_the_rollouts_and_an_explicit_rollout_seed_wins(run_zoo, tmp_path):
+    """From the same starting weights and prompts, seed=1 and seed=2 sample different rollouts (so one step moves
+    the policy differently); module.rollout.seed, when given, decides alone."""
+    one, two = (_one_step_policy(run_zoo, tmp_path, f"seed{s}", f"seed={s}") for s in (1, 2))
+    assert any(not torch.equal(one[k], two[k]) for k in one), "seeds 1 and 2 trained on the same rollouts"
+    fixed = [_one_step_policy(run_zoo, tmp_path, f"fixed{s}", f"seed={s}", "module.rollout.seed=7") for s in (1, 2)]
+    assert all(torch.equal(fixed[0][k], fixed[1][k]) for k in fixed[0])
