@@ -5,9 +5,10 @@ The policy's trajectories come from the rollout callback's multi-turn sampler wi
 (``rollout.agent.environment: search``, :mod:`zoo.envs.search`): plan, search (≤ 3 queries), information (masked
 out of the loss), reflection, ... answer. This module replaces the score stage only (the environment gives no
 reward): ``reward_stage: 1`` scores ``1[format] · EM_strict(last answer)``; ``reward_stage: 2`` scores
-``EM(reader(question, passages)) + 0.5 · Hit`` with the frozen ``reader`` (``extractive``, or any model source:
-``hub:NAME``, a run directory, a Hugging Face model directory; :mod:`zoo.search.readers`) reading the
-trajectory's deduplicated passages (:mod:`zoo.search.rewards`).
+``EM(reader(question, passages)) + 0.5 · Hit(passages)`` with the frozen ``reader`` (``extractive``, or any model
+source: ``hub:NAME``, a run directory, a Hugging Face model directory; :mod:`zoo.search.readers`) reading the
+passages the environment returned in the trajectory, deduplicated (:mod:`zoo.search.rewards`): an
+``<information>`` block the policy writes itself earns nothing.
 
 The paper's GRPO settings are ``configs/module/qagent.yaml``'s defaults where they fit a tiny model: G = 5, clip
 0.2, KL 0.001 (k3, in the loss), all-equal groups skipped, token-mean per sequence (``seq_mean_token_mean``);
@@ -16,7 +17,8 @@ the learning rate is a tiny model's (the paper's 1e-6 is a 3B model's).
 Validation (``zoo validate`` or every ``val_check_interval``) rolls the policy out greedily on the validation
 questions and logs, under ``val/``: the end-to-end ``em`` (strict), ``f1`` and ``format``, ``pass@1`` (the stage-1
 reward > 0.5), ``reward`` (this stage's), ``searches`` and ``turns``; the agent as a submodule, its passages to the
-frozen reader: ``hit`` (the gold answer in its passages, retrieved at ``top_k`` a query: Hit@top_k),
+frozen reader: ``hit`` (the gold answer in the passages the environment returned, ``top_k`` a query: Hit@top_k;
+the same Hit as the stage-2 reward's, :func:`zoo.search.rewards.hit`),
 ``em_without_hit`` (the share answered right although the passages lack the gold: from memory or by guessing, the
 "utilisation hacking" that notes §5.8 asks about),
 ``reader_em`` (non-strict, the paper's), ``reader_f1``; and the baselines on the same questions and reader:
@@ -36,7 +38,7 @@ from zoo.errors import ConfigError, ZooError, require_int
 from zoo.modules.grpo import GRPOModule
 from zoo.quantization import check_bits
 from zoo.rl.rewards import RewardBatch
-from zoo.rl.rollout import RolloutBatch
+from zoo.rl.rollout import Round, environment_text
 from zoo.sampling import SamplingParams
 from zoo.search.corpus import Passage
 from zoo.search.readers import build_reader
@@ -101,20 +103,21 @@ class QAgentModule(GRPOModule):
         except Exception as error:
             raise ConfigError(f"module.reader {self.reader_spec!r} failed: {type(error).__name__}: {error}") from error
 
-    def score(self, problems: list[dict[str, Any]], batch: RolloutBatch, texts: list[str]) -> RewardBatch:
-        asked = [problems[i] for i in batch.prompt_index.tolist()]
-        golds = [golds_of(p["reference"]) for p in asked]
+    def score(self, step: Round) -> RewardBatch:
+        asked = [step.problems[i] for i in step.batch.prompt_index.tolist()]
+        texts, golds = step.texts, [golds_of(p["reference"]) for p in asked]
+        passages = [retrieved_passages(o) for o in step.observations]  # the environment's, not the policy's text
         end_to_end = [stage1_reward(t, g) for t, g in zip(texts, golds, strict=True)]
         parts = {
             "stage1": torch.tensor(end_to_end),
             "format": torch.tensor([float(format_ok(t)) for t in texts]),
-            "hit": torch.tensor([hit(t, g) for t, g in zip(texts, golds, strict=True)]),
+            "hit": torch.tensor([hit(p, g) for p, g in zip(passages, golds, strict=True)]),
             "searches": torch.tensor([float(t.count("<search>")) for t in texts]),
         }
         if self.reward_stage == 1:
             return RewardBatch(parts["stage1"], parts)
-        answers = self.read([question_of(p["prompt"]) for p in asked], [retrieved_passages(t) for t in texts])
-        scores = [stage2_reward(a, t, g) for a, t, g in zip(answers, texts, golds, strict=True)]
+        answers = self.read([question_of(p["prompt"]) for p in asked], passages)
+        scores = [stage2_reward(a, p, g) for a, p, g in zip(answers, passages, golds, strict=True)]
         parts["reader_em"] = torch.tensor([cover_match(a, g) for a, g in zip(answers, golds, strict=True)])
         return RewardBatch(torch.tensor(scores), parts)
 
@@ -126,18 +129,18 @@ class QAgentModule(GRPOModule):
         )
         agent = replace(callback.agent, redundancy=0)
         outcome = agent.rollout(callback.engine, problems, params, self.tokenizer, 1, len(problems))
-        texts = [self.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in outcome.samples()]
+        samples = outcome.samples()
+        texts = [self.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in samples]
         kept = [problems[g] for g in outcome.groups]
         golds = [golds_of(p["reference"]) for p in kept]
         questions = [question_of(p["prompt"]) for p in kept]
-        passages = [retrieved_passages(t) for t in texts]
+        passages = [retrieved_passages(environment_text(s, self.tokenizer)) for s in samples]
         environment = agent.make_environment(kept[0], 0)
         naive = environment.retriever.search(questions, self.naive_top_k)
         read = self.read(questions, passages)
         vanilla = self.read(questions, [[] for _ in questions])
         naive_read = self.read(questions, naive)
         answers = [last_answer(t) or "" for t in texts]
-        naive_text = ["\n".join(p.text for p in found) for found in naive]
         values = {
             "em": [exact_match(a, g) for a, g in zip(answers, golds, strict=True)],
             "f1": [token_f1(a, g) for a, g in zip(answers, golds, strict=True)],
@@ -145,13 +148,13 @@ class QAgentModule(GRPOModule):
             "pass@1": [float(stage1_reward(t, g) > 0.5) for t, g in zip(texts, golds, strict=True)],
             "searches": [float(t.count("<search>")) for t in texts],
             "turns": [float(t.turns) for t in outcome.trajectories],
-            "length": [float(len(s.token_ids)) for s in outcome.samples()],
-            "hit": [hit("\n".join(p.text for p in found), g) for found, g in zip(passages, golds, strict=True)],
+            "length": [float(len(s.token_ids)) for s in samples],
+            "hit": [hit(found, g) for found, g in zip(passages, golds, strict=True)],
             "reader_em": [cover_match(a, g) for a, g in zip(read, golds, strict=True)],
             "reader_f1": [token_f1(a, g) for a, g in zip(read, golds, strict=True)],
             "vanilla_reader_em": [cover_match(a, g) for a, g in zip(vanilla, golds, strict=True)],
             "vanilla_reader_f1": [token_f1(a, g) for a, g in zip(vanilla, golds, strict=True)],
-            "naive_rag_hit": [hit(t, g) for t, g in zip(naive_text, golds, strict=True)],
+            "naive_rag_hit": [hit(found, g) for found, g in zip(naive, golds, strict=True)],
             "naive_rag_reader_em": [cover_match(a, g) for a, g in zip(naive_read, golds, strict=True)],
             "naive_rag_reader_f1": [token_f1(a, g) for a, g in zip(naive_read, golds, strict=True)],
         }
@@ -160,7 +163,7 @@ class QAgentModule(GRPOModule):
         if self.reward_stage == 1:
             values["reward"] = values["pass@1"]
         else:
-            values["reward"] = [stage2_reward(a, t, g) for a, t, g in zip(read, texts, golds, strict=True)]
+            values["reward"] = [stage2_reward(a, p, g) for a, p, g in zip(read, passages, golds, strict=True)]
         for name, value in values.items():
             if name in self.val_metrics:
                 self.val_metrics[name].update(torch.tensor(value))

@@ -241,9 +241,9 @@ class RLModule(L.LightningModule):
         )
         return Round.from_generation(problems, result, self.tokenizer, self.device)
 
-    def score(self, problems: list[dict[str, Any]], batch: RolloutBatch, texts: list[str]) -> RewardBatch:
-        """Stage 2: one reward per completion."""
-        return self.submit_scores([problems[i] for i in batch.prompt_index.tolist()], texts).wait()
+    def score(self, step: Round) -> RewardBatch:
+        """Stage 2: one reward per completion of the round."""
+        return self.submit_scores([step.problems[i] for i in step.batch.prompt_index.tolist()], step.texts).wait()
 
     def submit_scores(self, problems: list[dict[str, Any]], texts: list[str]) -> PendingRewards:
         """Start scoring ``texts`` (completion i answers ``problems[i]``) on the reward runner's workers."""
@@ -362,9 +362,9 @@ class RLModule(L.LightningModule):
         is skipped (non-finite advantages)."""
         sampler = self.sampler
         step = sampler.next_round(self) if sampler is not None else self.rollout(problems)
-        problems, batch, texts = step.problems, step.batch, step.texts
+        batch = step.batch
         self.count_rollouts(len(batch))
-        rewards = step.rewards if step.rewards is not None else self.score(problems, batch, texts)
+        rewards = step.rewards if step.rewards is not None else self.score(step)
         batch.rewards = self.log_rewards(rewards)
         correct = rewards.parts.get("correct", rewards.scores)  # a shaped reward's correctness part (BARD's)
         self.log_dict(

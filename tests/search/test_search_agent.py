@@ -6,10 +6,11 @@ import torch
 
 from zoo.envs.search import SearchEnvironment
 from zoo.errors import DataError
-from zoo.generation import Sample
+from zoo.generation import GenerationResult, Sample
 from zoo.models import build_model, config_from_dict
+from zoo.modules.qagent import QAgentModule
 from zoo.rl.pg_variants import PolicyInputs, policy_loss, variant_options
-from zoo.rl.rollout import assemble, token_logprobs
+from zoo.rl.rollout import Round, assemble, token_logprobs
 from zoo.search.readers import ExtractiveReader, build_reader
 from zoo.search.rewards import hit, stage1_reward
 from zoo.search.tags import RETRY, STOP_STRINGS, retrieved_passages
@@ -79,6 +80,35 @@ def test_information_tokens_never_receive_gradient():
     assert (grad[observed] == 0).all() and (grad[~observed] != 0).all()
 
 
+def _round(tokenizer, question, tokens, mask):
+    prompt = tokenizer(PROMPTS["short"].format(question=question.text))["input_ids"]
+    problem = {"prompt": PROMPTS["short"].format(question=question.text), "reference": question.answer,
+               "prompt_ids": prompt}  # fmt: skip
+    result = GenerationResult([Sample(0, tokens, [0.0] * len(tokens), "stop", mask=mask)])
+    return Round.from_generation([problem], result, tokenizer, "cpu")
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_only_passages_the_environment_returned_earn_hit(stage):
+    """Stage 2 pays for retrieval: a trajectory whose passages came from the environment earns the reader's EM and
+    Hit; the same text written by the policy itself (an ``<information>`` block it never searched for, or the
+    answer in its reflection) earns neither, in training and in validation's Hit alike."""
+    texts = [
+        PROMPTS["short"].format(question=q.text) + teacher_transcript(q, "competent", SearchEnvironment())
+        for q in WORLD.questions[:50]
+    ]
+    tokenizer = train_bpe(texts, vocab_size=400)
+    tokens, mask = _trajectory(tokenizer, TWO_HOP)
+    module = QAgentModule(dict(arch="gpt_neox", vocab_size=len(tokenizer)), reward_stage=stage)
+    module.reader = ExtractiveReader()
+    retrieved = module.score(_round(tokenizer, TWO_HOP, tokens, mask))
+    forged = module.score(_round(tokenizer, TWO_HOP, tokens, [1] * len(tokens)))  # the policy wrote it all
+    assert retrieved.parts["hit"].tolist() == [1.0] and forged.parts["hit"].tolist() == [0.0]
+    assert retrieved.parts["stage1"].tolist() == forged.parts["stage1"].tolist() == [1.0]  # stage 1: the answer
+    if stage == 2:
+        assert retrieved.scores.tolist() == [1.5] and forged.scores.tolist() == [0.0]
+
+
 def test_sft_targets_skip_the_observations(zoo_env):
     from zoo.datamodules.sft import SFTDataModule
     from zoo.models.cross_entropy import IGNORE_INDEX
@@ -105,7 +135,7 @@ def test_teachers_and_question_of():
     memory = teacher_transcript(TWO_HOP, "memory", env)
     assert memory.count("<search>") == 1 and memory.endswith(f"<answer>{TWO_HOP.answer}</answer>")
     assert stage1_reward(memory, TWO_HOP.answer) == 1.0  # the route stage 1 cannot tell from retrieval
-    assert not hit("\n".join(p.text for p in retrieved_passages(memory)), TWO_HOP.answer)
+    assert not hit(retrieved_passages(memory), TWO_HOP.answer)
     for template in PROMPTS.values():
         assert question_of(template.format(question=TWO_HOP.text)) == TWO_HOP.text
 

@@ -68,7 +68,8 @@ def test_squad_normalisation_and_matches():
     assert exact_match("Kasen", ["Lomira", "kasen"]) == 1.0  # any of several golds
     assert token_f1("Lomira city", "Lomira") == pytest.approx(2 * 0.5 * 1 / 1.5)
     assert token_f1("the", "Lomira") == 0.0 and cover_match("anything", "") == 0.0
-    assert hit(GOOD, "Lomira") == 1.0 and hit(GOOD, "Kasen") == 0.0
+    assert hit(retrieved_passages(GOOD), "Lomira") == 1.0 and hit(retrieved_passages(GOOD), "Kasen") == 0.0
+    assert hit([KALOMITE], "Lomira") == 0.0 and hit([], "Lomira") == 0.0  # the answer only, never retrieved
     assert cover_match("Kalomite was discovered.", "red") == 0.0  # whole words, not substrings
 
 
@@ -81,14 +82,15 @@ def test_stage1_reward_is_format_times_strict_em():
 
 
 def test_stage2_reward_is_reader_cover_em_plus_half_a_hit():
-    assert stage2_reward("in Lomira", GOOD, "Lomira") == 1.5
-    assert stage2_reward("Dorvanu", GOOD, "Lomira") == 0.5  # the gold was retrieved, the reader missed it
+    good = retrieved_passages(GOOD)
+    assert stage2_reward("in Lomira", good, "Lomira") == 1.5
+    assert stage2_reward("Dorvanu", good, "Lomira") == 0.5  # the gold was retrieved, the reader missed it
     naive = "<search><query>where was it born</query></search>" + information_block([KALOMITE])
-    assert stage2_reward("Dorvanu", naive, "Lomira") == 0.0  # format is not required
+    assert stage2_reward("Dorvanu", retrieved_passages(naive), "Lomira") == 0.0  # format is not required
     reader = ExtractiveReader()
     question = "Where was the discoverer of Kalomite born?"
-    answer = reader([question], [retrieved_passages(GOOD)])[0]
-    assert answer == "Lomira" and stage2_reward(answer, GOOD, "Lomira") == 1.5
+    answer = reader([question], [good])[0]
+    assert answer == "Lomira" and stage2_reward(answer, good, "Lomira") == 1.5
     assert reader([question], [retrieved_passages(naive)]) == ["Dorvanu"]  # the bridge, not the answer
 
 

@@ -69,6 +69,7 @@ class Round:
     texts: list[str]
     kept: list[int]
     rewards: RewardBatch | None = None  # scored already (queue scheduling), aligned with the batch's rows
+    observations: list[str] | None = None  # multi-turn: what the environments wrote into each sample
 
     @classmethod
     def from_generation(cls, problems: Sequence[Any], result: GenerationResult, tokenizer: Any, device: Any) -> Round:
@@ -79,7 +80,24 @@ class Round:
         samples = [replace(s, prompt_index=position[s.prompt_index]) for s in result.samples]
         texts = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in samples]
         batch = assemble([problems[p]["prompt_ids"] for p in kept], samples, device)
-        return cls([problems[p] for p in kept], batch, texts, kept)
+        observed = any(s.mask is not None for s in samples)
+        observations = [environment_text(s, tokenizer) for s in samples] if observed else None
+        return cls([problems[p] for p in kept], batch, texts, kept, observations=observations)
+
+
+def environment_text(sample: Sample, tokenizer: Any) -> str:
+    """What the environments wrote into a multi-turn sample: its observation tokens (``mask`` 0), each observation
+    decoded on its own; "" for a sample without observations. Text the policy wrote never appears here, whatever
+    it imitates."""
+    observations, current = [], []
+    for token, policy in zip(sample.token_ids, sample.mask or [], strict=False):
+        if not policy:
+            current.append(token)
+        elif current:
+            observations.append(current)
+            current = []
+    observations += [current] if current else []
+    return "".join(tokenizer.decode(ids, skip_special_tokens=True) for ids in observations)
 
 
 def assemble(prompts: Sequence[Sequence[int]], samples: Sequence[Sample], device: Any = None) -> RolloutBatch:

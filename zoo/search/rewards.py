@@ -7,11 +7,15 @@ whitespace collapsed); ``golds`` is one gold answer or a list of acceptable ones
 - ``cover_match`` (non-strict EM): a normalised gold occurs in the normalised prediction as whole words (the
   authors' code tests a substring, which counts the gold "red" in "discovered");
 - ``token_f1``: SQuAD's token F1;
-- ``hit``: a normalised gold occurs anywhere in the normalised trajectory (its passages included).
+- ``hit``: a normalised gold occurs as whole words in a retrieved passage (its title or text): the one definition
+  of Hit in training and validation. The passages are those the environment returned (its ``<information>``
+  blocks, deduplicated), never text the policy wrote: the authors' code looks for the gold anywhere in the
+  trajectory, which pays a policy for writing the answer (or an ``<information>`` block of its own) instead of
+  retrieving it.
 
 Stage 1 (end to end): ``1[format ok] · EM_strict(last answer)``. Stage 2 (the agent as a retrieval module for a
-frozen reader): ``EM_cover(reader(question, passages)) + 0.5 · hit``, the passages those of the trajectory's
-``<information>`` blocks, deduplicated; format and answer are not required.
+frozen reader): ``EM_cover(reader(question, passages)) + 0.5 · hit(passages)``, the retrieved passages as above;
+format and answer are not required.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
+from zoo.search.corpus import Passage
 from zoo.search.tags import format_ok, last_answer
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -57,8 +62,9 @@ def token_f1(prediction: str, golds: str | Sequence[str]) -> float:
     return best
 
 
-def hit(trajectory: str, golds: str | Sequence[str]) -> float:
-    return cover_match(trajectory, golds)
+def hit(passages: Sequence[Passage], golds: str | Sequence[str]) -> float:
+    """1 when a gold answer is in one of ``passages`` (the retrieved ones)."""
+    return float(any(cover_match(f"{p.title}. {p.text}", golds) for p in passages))
 
 
 def stage1_reward(trajectory: str, golds: str | Sequence[str]) -> float:
@@ -67,7 +73,7 @@ def stage1_reward(trajectory: str, golds: str | Sequence[str]) -> float:
     return float(answer is not None and format_ok(trajectory)) * exact_match(answer or "", golds)
 
 
-def stage2_reward(reader_answer: str, trajectory: str, golds: str | Sequence[str]) -> float:
-    """Eq. 10: non-strict EM of the frozen reader's answer from the trajectory's passages, plus half a point when
-    the gold answer appears anywhere in the trajectory."""
-    return cover_match(reader_answer, golds) + 0.5 * hit(trajectory, golds)
+def stage2_reward(reader_answer: str, passages: Sequence[Passage], golds: str | Sequence[str]) -> float:
+    """Eq. 10: non-strict EM of the frozen reader's answer from the retrieved ``passages``, plus half a point when
+    a gold answer is in one of them."""
+    return cover_match(reader_answer, golds) + 0.5 * hit(passages, golds)
