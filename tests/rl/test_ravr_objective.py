@@ -105,13 +105,48 @@ def test_the_answer_span_follows_the_path_and_the_cue(tokenizer, completion):
 
 
 @pytest.mark.parametrize("completion, path", [("flip #afdb", "flip #"), ("#afdb", "#"), ("no cue here", None)])
-def test_the_path_is_the_shortest_prefix_that_holds_the_cue(tokenizer, completion, path):
+def test_the_path_ends_at_the_cue(tokenizer, completion, path):
     ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     k = path_length(tokenizer, ids, "#")
     if path is None:
         assert k is None
     else:
-        assert tokenizer.decode(ids[:k]).startswith(path) and "#" not in tokenizer.decode(ids[: k - 1])
+        assert tokenizer.decode(ids[:k]) == path
+
+
+@pytest.fixture(scope="module")
+def spaced_tokenizer():
+    """A GPT-2-style byte-level BPE: a word carries its leading space (`` 42`` is one token)."""
+    texts = [f"so it is {n} #### {n} and answer: {n} or # {n}" for n in range(100)] * 5
+    return train_bpe(texts, 600)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cue=st.sampled_from(["#### ", "answer: ", "#", "# "]),
+    answer=st.integers(0, 999),
+    words=st.lists(st.sampled_from(["so", "it", "is", "and", "12", "or"]), max_size=5),
+    stop=st.booleans(),
+)
+def test_the_path_never_holds_an_answer_character(spaced_tokenizer, cue, answer, words, stop):
+    """With a cue that ends in a space the answer's first token carries that space: the path stops before it, and
+    it is the longest prefix that does (the next token reaches into the answer)."""
+    tokenizer = spaced_tokenizer
+    text = " ".join(words) + (" " if words else "") + cue + str(answer)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if stop else [])
+    k = path_length(tokenizer, ids, cue)
+    start = text.find(cue) + len(cue)
+    path = tokenizer.decode(ids[:k])
+    assert text[:start].startswith(path)  # no answer character
+    assert len(tokenizer.decode(ids[: k + 1])) > start  # the next token holds the answer's first character
+    assert ids[k - 1 : k] != [tokenizer.eos_token_id]
+
+
+def test_a_cue_with_a_trailing_space_leaves_the_answer_token_out(spaced_tokenizer):
+    ids = spaced_tokenizer("so it is 42 #### 42", add_special_tokens=False)["input_ids"]
+    assert spaced_tokenizer.convert_ids_to_tokens(ids)[-1] == "Ġ42"  # the space rides on the answer
+    k = path_length(spaced_tokenizer, ids, "#### ")
+    assert k == len(ids) - 1 and spaced_tokenizer.decode(ids[:k]) == "so it is 42 ####"
 
 
 def test_answer_conditioned_prompts_reach_the_rl_and_sft_data():

@@ -4,11 +4,12 @@ Per prompt x with reference answer y*, G prior paths z' ~ π(·|x) and G posteri
 prompt) are sampled from one policy, and each path's utility s = π(y* | x, path) is measured under the
 question-only prompt (:func:`utility_inputs`, :func:`zoo.rl.answer_utility.answer_utility`). Then:
 
-- the posterior policy gradient (on the path's tokens, up to and including the answer cue: the posterior's own
-  answer is not part of z), with advantage (:func:`posterior_advantages`) the reward ``s(z) − b̂(x)`` against the
-  baseline ``b̂ = mean s(z')`` over the prior samples (how much the posterior path beats what the question alone
-  reaches), divided by the standard deviation of s over all 2G paths of the prompt (GRPO-style normalisation;
-  normalising by the posterior group's own mean, as GRPO would, would cancel b̂);
+- the posterior policy gradient (on the path's tokens, up to and including the answer cue, never a token that
+  holds an answer character, :func:`path_length`: the posterior's own answer is not part of z), with advantage
+  (:func:`posterior_advantages`) the reward ``s(z) − b̂(x)`` against the baseline ``b̂ = mean s(z')`` over the
+  prior samples (how much the posterior path beats what the question alone reaches), divided by the standard
+  deviation of s over all 2G paths of the prompt (GRPO-style normalisation; normalising by the posterior group's
+  own mean, as GRPO would, would cancel b̂);
 - the prior update (:func:`distillation_weights`, :func:`weighted_path_nll`): weighted cross-entropy on each
   posterior path followed by the cue and the *reference* answer, under the question-only prompt (the sequence s
   was measured on), ``−Σ_z w(z) · mean_t log π(token_t | x, …)`` with ``w = max(0, s − b̂) / G`` (the gain itself,
@@ -58,19 +59,29 @@ def utility_inputs(
 
 
 def path_length(tokenizer, token_ids: Sequence[int], cue: str) -> int | None:
-    """How many of a completion's tokens make its path and the answer cue: the shortest prefix whose text holds
-    ``cue`` (binary search over prefix decodes); None when the completion has no cue."""
-
-    def holds(k: int) -> bool:
-        return cue in tokenizer.decode(token_ids[:k], skip_special_tokens=True)
-
-    if not holds(len(token_ids)):
+    """How many of a completion's tokens make its path and the answer cue: the longest prefix whose text holds no
+    character of the answer (what follows the first ``cue``), and of those the shortest (a token that adds no
+    text, such as a stop token, stays out); None when the completion has no cue. Split on characters, not on the
+    first prefix that holds the cue: a byte-level BPE joins a cue's trailing space to the answer's first word
+    (``#### 42`` → ``####``, `` 42``), and that token belongs to the answer."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    start = answer_start(text, cue)
+    if start is None:
         return None
-    low, high = 1, len(token_ids)
-    while low < high:
-        middle = (low + high) // 2
-        low, high = (low, middle) if holds(middle) else (middle + 1, high)
-    return low
+
+    def reach(k: int) -> int:
+        return len(tokenizer.decode(token_ids[:k], skip_special_tokens=True))
+
+    def first(holds) -> int:  # the smallest k in [0, len] with holds(k), holds monotone
+        low, high = 0, len(token_ids)
+        while low < high:
+            middle = (low + high) // 2
+            low, high = (low, middle) if holds(middle) else (middle + 1, high)
+        return low
+
+    longest = first(lambda k: k == len(token_ids) or reach(k + 1) > start)
+    length = reach(longest)
+    return first(lambda k: reach(k) >= length)
 
 
 def baseline(prior: torch.Tensor) -> torch.Tensor:
