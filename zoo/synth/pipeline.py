@@ -92,7 +92,7 @@ class Pipeline:
         self.config, self.workdir, self.log = config, Path(workdir), log
         self.seed = int(config["seed"])
         self.summaries: dict[str, dict] = {}
-        self._embedded: dict[str, torch.Tensor] = {}
+        self._embedded: dict[tuple[str, str], torch.Tensor] = {}
 
     # -- backends, built when a stage first needs them --------------------------------------------------------
     @cached_property
@@ -107,12 +107,15 @@ class Pipeline:
 
         return build_embedder(self.config["embedder"])
 
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        """Embeddings of ``texts``; each distinct text is embedded once a run (stages share the bank's)."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._embedded))
+    def embed(self, texts: list[str], role: str) -> torch.Tensor:
+        """Embeddings of ``texts`` in their ``role`` (:data:`zoo.synth.embedders.ROLES`: an instruction-aware
+        embedder prompts each role its own way); each distinct text is embedded once a run and role (stages share
+        the bank's)."""
+        missing = list(dict.fromkeys(t for t in texts if (role, t) not in self._embedded))
         if missing:
-            self._embedded.update(zip(missing, self.embedder.embed(missing), strict=True))
-        return torch.stack([self._embedded[t] for t in texts]) if texts else torch.zeros(0, 1)
+            vectors = self.embedder.embed(missing, role)
+            self._embedded.update(((role, t), v) for t, v in zip(missing, vectors, strict=True))
+        return torch.stack([self._embedded[role, t] for t in texts]) if texts else torch.zeros(0, 1)
 
     # -- stages --------------------------------------------------------------------------------------------
     def store(self, name: str) -> StageStore:
@@ -262,7 +265,7 @@ class Pipeline:
         from zoo.synth.selection import select
 
         settings = self.config["select"]
-        embeddings = self.embed([by_id[a["id"]]["text"] for a in annotated]).double().numpy()
+        embeddings = self.embed([by_id[a["id"]]["text"] for a in annotated], "question").double().numpy()
         chosen, cluster_of, clusters = select(
             embeddings,
             [a["discipline"] for a in annotated],
@@ -284,7 +287,7 @@ class Pipeline:
         from zoo.synth.dedup import deduplicate_embeddings
 
         settings = self.config["dedup"]
-        embeddings = self.embed([self._steps_text(r) for r in logics])
+        embeddings = self.embed([self._steps_text(r) for r in logics], "logic")
         keep = deduplicate_embeddings(
             embeddings, [r["discipline"] for r in logics], float(settings["threshold"]), bool(settings["inclusive"])
         )
@@ -302,12 +305,12 @@ class Pipeline:
         assigned: dict[str, str] = {}
         if missing and annotated:
             names = sorted({a["discipline"] for a in annotated})
-            bank = self.embed([by_id[a["id"]]["text"] for a in annotated]).double()
+            bank = self.embed([by_id[a["id"]]["text"] for a in annotated], "question").double()
             centroids = torch.stack(
                 [bank[[i for i, a in enumerate(annotated) if a["discipline"] == n]].mean(0) for n in names]
             )
             centroids = torch.nn.functional.normalize(centroids, dim=1)
-            nearest = (self.embed([s.text for s in missing]).double() @ centroids.T).argmax(1).tolist()
+            nearest = (self.embed([s.text for s in missing], "segment").double() @ centroids.T).argmax(1).tolist()
             assigned = {s.id: names[k] for s, k in zip(missing, nearest, strict=True)}
         records = [{"id": s.id, "text": s.text, "discipline": s.discipline or assigned.get(s.id)} for s in segments]
         return records, {"in": total}
@@ -320,8 +323,8 @@ class Pipeline:
             return [{**s, "candidates": [], "scores": []} for s in segments], {"in": len(segments)}
         within = bool(settings["within_discipline"])
         ranked = top_k(
-            self.embed([s["text"] for s in segments]),
-            self.embed([self._steps_text(r) for r in logics]),
+            self.embed([s["text"] for s in segments], "segment"),
+            self.embed([self._steps_text(r) for r in logics], "logic"),
             int(settings["top_k"]),
             [s["discipline"] for s in segments] if within else None,
             [r["discipline"] for r in logics] if within else None,
