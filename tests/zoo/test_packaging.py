@@ -1,4 +1,5 @@
-"""What a non-editable install ships: every package of the source tree is listed in setup.cfg."""
+"""What a non-editable install ships: every package of the source tree is listed in setup.cfg, data folders that
+Python could import (the config groups) included, so setuptools installs them without a warning."""
 
 import configparser
 from pathlib import Path
@@ -13,7 +14,8 @@ def test_every_python_package_is_listed_in_setup_cfg():
     mapping = dict(line.split(" = ") for line in config["options"]["package_dir"].strip().splitlines())
     found = set()
     for package, folder in mapping.items():
-        for init in (ROOT / folder).rglob("__init__.py"):
-            relative = init.parent.relative_to(ROOT / folder)
-            found.add(".".join([package, *relative.parts]))
+        for directory in [ROOT / folder, *(ROOT / folder).rglob("*")]:
+            relative = directory.relative_to(ROOT / folder).parts
+            if directory.is_dir() and all(part.isidentifier() and part != "__pycache__" for part in relative):
+                found.add(".".join([package, *relative]))
     assert found - listed == set()
