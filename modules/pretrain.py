@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from torchmetrics.aggregation import MeanMetric
 
-from zoo.hub import build_initialized
+from zoo.hub import build_initialized, pinned_source
 from zoo.lora import apply_lora, check_lora_start, frozen_base_rebuilt, frozen_entries, lora_settings
 from zoo.models import config_from_dict
 from zoo.optim import OptimConfig, build_adamw, build_schedule, ensure_finite
@@ -68,9 +68,10 @@ class PretrainModule(L.LightningModule):
         self.model_config = config_from_dict(model)
         check_lora_start(self.lora, self.init_from)
         # what a checkpoint leaves out (rebuilt) is checked in on_load_checkpoint instead
-        self.strict_loading = not frozen_base_rebuilt(self.lora, self.init_from)
+        self.strict_loading = not self.rebuilds_state
         self.optim_config = OptimConfig.from_dict(optim)
         self.model: torch.nn.Module | None = None
+        self.start: tuple[str, str] | None = None  # init_from and its fingerprint, when checkpoints rebuild from it
         self.val_loss = MeanMetric()
         self.tokens_seen = 0
         self.step_rates: list[float] = []  # tokens/s of every step timed so far
@@ -79,6 +80,7 @@ class PretrainModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
+        self.start = pinned_source(self.init_from, self.rebuilds_state)
         self.model = build_initialized(self.model_config, self.init_from)
         if self.lora is not None:
             apply_lora(self.model, self.lora)
@@ -154,15 +156,20 @@ class PretrainModule(L.LightningModule):
         self._log_evaluation("test")
 
     # -- checkpoints ------------------------------------------------------------------------------------
+    @property
+    def rebuilds_state(self) -> bool:
+        return frozen_base_rebuilt(self.lora, self.init_from)
+
     def rebuilt_entries(self) -> set[str]:
         """The state-dict keys rebuilt at load rather than saved (:mod:`zoo.rebuilt_state`): a LoRA policy's frozen
         base when it comes from ``model.init_from``."""
-        return frozen_entries(self.model, "model.") if frozen_base_rebuilt(self.lora, self.init_from) else set()
+        return frozen_entries(self.model, "model.") if self.rebuilds_state else set()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen
-        drop_rebuilt(checkpoint, self.rebuilt_entries())
+        drop_rebuilt(checkpoint, self.rebuilt_entries(), self.start)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
-        check_complete(self, checkpoint, self.rebuilt_entries())
+        source = self.start or pinned_source(self.init_from, self.rebuilds_state)
+        check_complete(self, checkpoint, self.rebuilt_entries(), source)

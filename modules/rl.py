@@ -35,7 +35,7 @@ import torch
 from torchmetrics.aggregation import MeanMetric
 
 from zoo.errors import ConfigError, config_section, require_int
-from zoo.hub import build_initialized
+from zoo.hub import build_initialized, pinned_source
 from zoo.lora import (
     adapters_disabled,
     apply_lora,
@@ -137,6 +137,7 @@ class RLModule(L.LightningModule):
         if self.algorithm.advantage not in (*estimators.SEQUENCE_ESTIMATORS, "reinforce_pp"):
             raise ConfigError(f"unknown module.algorithm.advantage {self.algorithm.advantage!r}")
         self.model: torch.nn.Module | None = None  # the policy
+        self.start: tuple[str, str] | None = None  # init_from and its fingerprint, when checkpoints rebuild from it
         self.reference: torch.nn.Module | None = None
         self.val_metrics = torch.nn.ModuleDict()
         self.rewards: RewardRunner | None = None
@@ -148,6 +149,7 @@ class RLModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
+        self.start = pinned_source(self.init_from, self.rebuilds_state)
         self.model = build_initialized(self.model_config, self.init_from)
         self.copy_policy(self.model)
         if self.lora is not None:
@@ -464,12 +466,13 @@ class RLModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skipped_steps"] = self.skipped_steps
         checkpoint["rollouts_consumed"] = self.rollouts_consumed
-        drop_rebuilt(checkpoint, self.rebuilt_entries())
+        drop_rebuilt(checkpoint, self.rebuilt_entries(), self.start)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps = checkpoint.get("skipped_steps", 0)
         self.rollouts_consumed = checkpoint.get("rollouts_consumed", 0)
-        check_complete(self, checkpoint, self.rebuilt_entries())
+        source = self.start or pinned_source(self.init_from, self.rebuilds_state)
+        check_complete(self, checkpoint, self.rebuilt_entries(), source)
 
     def trainable(self) -> torch.nn.Module:
         """What the optimizer updates (the policy; PPO adds its critic)."""

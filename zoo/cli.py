@@ -334,7 +334,7 @@ def _user_error(error: Exception) -> None:
 
 # -- hub ----------------------------------------------------------------------------------------------------
 def hub_command(args: list[str]) -> None:
-    from zoo.hub import Entry, Hub
+    from zoo.hub import Entry, Hub, HubError
 
     parser = argparse.ArgumentParser(prog="zoo hub", description="zoo's checkpoint hub")
     parser.add_argument("--store", help="hub store directory (default: $ZOO_HUB or <zoo cache>/hub)")
@@ -374,10 +374,14 @@ def hub_command(args: list[str]) -> None:
             print(f"exported {opts.name} -> {hub.export_hf(opts.name, opts.out_dir, overwrite=opts.force)}")
         elif opts.action == "show":
             entry = hub.entry(opts.name)
+            adapter = entry.adapter
+            base = entry.base_entry(adapter) if adapter is not None else None  # verified, and the one trained on
             print(entry.card)
             for relative, digest in entry.manifest["files"].items():
                 print(f"  {relative:32s} {(entry.path / relative).stat().st_size:>12,d} B  sha256 {digest[:16]}…")
             print(f"verified: every sha256 matches ({entry.path})")
+            if base is not None:
+                print(f"verified: its base {adapter['base']} is the entry the adapters were trained on ({base.path})")
         else:
             from rich.console import Console
             from rich.table import Table
@@ -388,7 +392,10 @@ def hub_command(args: list[str]) -> None:
                     m = entry.manifest
                     kind = m.get("arch", "?")
                     if "adapter.json" in m["files"]:  # read without verifying: listing stays cheap
-                        kind += f" + LoRA on {entry.adapter.get('base', '?')}"
+                        try:
+                            kind += f" + LoRA on {(entry.adapter or {}).get('base', '?')}"
+                        except HubError as e:
+                            kind += f" + LoRA ([red]{e}[/red])"
                     table.add_row(entry.name, kind, m.get("created", "?"), str(entry.path.parent))
                 else:
                     table.add_row("[red]unreadable[/red]", "", "", str(entry))
@@ -549,7 +556,7 @@ def synth_command(args: list[str]) -> None:
     run = sub.add_parser("run", help="run (or continue) the pipeline; its output: WORKDIR/sft.jsonl, report.md")
     run.add_argument("config", help="a config name under configs/synth (default, math) or a YAML file")
     run.add_argument("overrides", nargs="*", help="key=value settings, e.g. workdir=synth/run1 llm.model=hub:NAME")
-    run.add_argument("--restart", action="store_true", help="delete the work directory's stages and start over")
+    run.add_argument("--restart", action="store_true", help="delete what the pipeline wrote in the workdir, start over")
     metrics = sub.add_parser("metrics", help="mean cosine / L2 / 1-NN distance, K-means inertia, radius")
     metrics.add_argument("data", nargs="+", help="JSONL files (question|problem|text) or synth work directories")
     metrics.add_argument("--field", help="the text field (default: question, problem or text)")
@@ -569,14 +576,12 @@ def synth_command(args: list[str]) -> None:
 
 
 def _synth_run(opts) -> None:
-    import shutil
-
-    from zoo.synth.pipeline import Pipeline, check_workdir, load_config
+    from zoo.synth.pipeline import Pipeline, check_workdir, load_config, restart
 
     config = load_config(opts.config, opts.overrides)
     workdir = Path(config["workdir"]).expanduser()
-    if opts.restart and workdir.is_dir():
-        shutil.rmtree(workdir)
+    if opts.restart:
+        restart(config, workdir)
     check_workdir(config, workdir)
     out = Pipeline(config, workdir).run()
     print((workdir / "report.md").read_text())
@@ -596,6 +601,8 @@ def _synth_metrics(opts) -> None:
 
     if opts.k < 1 or (opts.limit is not None and opts.limit < 2):
         raise ConfigError("--k must be >= 1 and --limit >= 2")
+    if opts.json and not os.access(Path(opts.json).expanduser().resolve().parent, os.W_OK):
+        raise ConfigError(f"--json {opts.json}: its folder does not exist or cannot be written")
     if opts.embedder == "minilm":
         embedder = build_embedder({"kind": "sentence-transformers", "path": "minilm"})
     elif opts.embedder == "hashing":
@@ -618,7 +625,10 @@ def _synth_metrics(opts) -> None:
         )
     Console(width=200).print(table)
     if opts.json:
-        Path(opts.json).write_text(json.dumps(results, indent=2))
+        try:
+            Path(opts.json).expanduser().write_text(json.dumps(results, indent=2))
+        except OSError as e:
+            raise ConfigError(f"--json {opts.json}: cannot be written ({e.strerror or e})") from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -48,6 +48,11 @@ def _running(pid: int) -> bool:
     return True
 
 
+def is_temporary(name: str) -> bool:
+    """A name :func:`atomic_file` or :func:`atomic_directory` gives its temporaries."""
+    return _TEMPORARY.match(name) is not None
+
+
 def remove_stale_temporaries(directory: Path) -> None:
     """Delete the temporaries that killed writers left in ``directory`` (those of running processes stay)."""
     with contextlib.suppress(OSError):

@@ -28,6 +28,7 @@ misshapen. Export: an entry of a GPT-NeoX or hf model to the HF format.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -47,6 +48,7 @@ from zoo import __version__
 from zoo.checkpoint_io import read_checkpoint
 from zoo.errors import ZooError, first_line
 from zoo.files import atomic_directory, atomic_file, cache_dir, sha256_file
+from zoo.rebuilt_state import check_rebuilt_from
 
 MANIFEST = "manifest.json"
 HF_DIRECTORY = "hf"  # an hf entry's transformers directory
@@ -94,10 +96,10 @@ class Entry:
     @classmethod
     def open(cls, path: Path, read_only: bool = False) -> Entry:
         try:
-            manifest = json.loads((path / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise HubError(f"{path / MANIFEST}: unreadable manifest ({e})") from None
-        if not isinstance(manifest.get("files"), dict):
+            manifest = json.loads((path / MANIFEST).read_bytes())
+        except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
+            raise HubError(f"{path / MANIFEST}: unreadable manifest ({first_line(e)})") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
             raise HubError(f"{path / MANIFEST}: no 'files' table")
         return cls(manifest.get("name", path.name), path, manifest, read_only)
 
@@ -160,12 +162,22 @@ class Entry:
         if not file.is_file():
             return None
         try:
-            settings = json.loads(file.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise HubError(f"hub entry {self.name!r}: unreadable {ADAPTER_SETTINGS} ({e})") from None
+            settings = json.loads(file.read_bytes())
+        except (OSError, ValueError) as e:
+            raise HubError(f"hub entry {self.name!r}: unreadable {ADAPTER_SETTINGS} ({first_line(e)})") from None
         needed = ("base", "base_manifest_sha256", "r", "alpha")
         if not isinstance(settings, dict) or not all(k in settings for k in needed):
             raise HubError(f"hub entry {self.name!r}: {ADAPTER_SETTINGS} lacks one of {', '.join(needed)}")
+        from zoo.lora import lora_settings
+
+        lora = {k: v for k, v in settings.items() if k not in ("base", "base_manifest_sha256")}
+        try:
+            if lora_settings(lora, key=ADAPTER_SETTINGS) is None:
+                raise HubError(f"{ADAPTER_SETTINGS}.r must be an integer >= 1, got {lora['r']!r}")
+        except ZooError as e:
+            raise HubError(f"hub entry {self.name!r}: {first_line(e)}") from None
+        if not isinstance(settings["base"], str) or not isinstance(settings["base_manifest_sha256"], str):
+            raise HubError(f"hub entry {self.name!r}: {ADAPTER_SETTINGS} names its base with texts")
         return settings
 
     def base_entry(self, adapter: dict[str, Any]) -> Entry:
@@ -457,6 +469,25 @@ def load_model(source: str | os.PathLike) -> LoadedModel:
     return LoadedModel(model, tokenizer, checkpoint.get("datamodule_hyper_parameters", {}))
 
 
+def source_fingerprint(spec: str) -> str:
+    """One sha256 for what a model source holds: a hub entry's manifest sha256 (which lists every file's, verified
+    here), or the sha256 of a Hugging Face directory's config and weight files (read whole)."""
+    if names_entry(spec):
+        return sha256_file(resolve_entry(spec).path / MANIFEST)
+    from zoo.models.hf import resolve_path
+
+    directory = resolve_path(str(spec), key="model.init_from")
+    digest = hashlib.sha256()
+    for file in [directory / "config.json", *_weight_files(directory)]:
+        digest.update(f"{file.name}:{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def pinned_source(init_from: str | None, rebuilds_state: bool) -> tuple[str, str] | None:
+    """``(init_from, its fingerprint)`` when a module's checkpoints leave out state rebuilt from it, else None."""
+    return (str(init_from), source_fingerprint(init_from)) if rebuilds_state and init_from else None
+
+
 def build_initialized(config: Any, init_from: str | None) -> torch.nn.Module:
     """The network of ``config``; with ``init_from`` (``hub:NAME`` or an entry directory), holding its weights. An
     hf model's weights come with it (``config.path``: the entry's ``hf/`` or the model directory)."""
@@ -501,7 +532,7 @@ def _model_state(checkpoint: dict[str, Any], path: Path) -> tuple[dict[str, Any]
     state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     lora = _lora_of(model)
     if lora is not None:
-        state = _merged_run_state(config, model.get("init_from"), state, lora, path)
+        state = _merged_run_state(config, model.get("init_from"), state, lora, path, checkpoint)
     return config, state
 
 
@@ -517,6 +548,7 @@ def _adapter_of_run(model_hparams: dict[str, Any], checkpoint: dict[str, Any]):
     if not names_entry(init_from):
         return None
     base = resolve_entry(init_from)
+    check_rebuilt_from(checkpoint, (str(init_from), sha256_file(base.path / MANIFEST)))
     state = checkpoint["state_dict"]
     adapters = saved_adapters({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
     settings = {**lora.to_dict(), "base": str(init_from), "base_manifest_sha256": sha256_file(base.path / MANIFEST)}
@@ -529,8 +561,9 @@ def _lora_of(model_hparams: dict[str, Any]):
     return lora_settings(model_hparams.get("lora"))
 
 
-def _merged_run_state(config, init_from, state, lora, path: Path) -> dict[str, torch.Tensor]:
-    """The plain weights of a LoRA run: its base (saved, or rebuilt from ``init_from``) with the adapters merged."""
+def _merged_run_state(config, init_from, state, lora, path: Path, checkpoint) -> dict[str, torch.Tensor]:
+    """The plain weights of a LoRA run: its base (saved, or rebuilt from ``init_from``, refused if it is not the
+    model the run was trained from) with the adapters merged."""
     from zoo.lora import merge_adapters, saved_adapters
     from zoo.models import config_from_dict
 
@@ -539,6 +572,7 @@ def _merged_run_state(config, init_from, state, lora, path: Path) -> dict[str, t
     if not any(".base_layer." in k for k in state):  # left out of the checkpoint: the entry it started from
         if not init_from:
             raise HubError(f"{path}: a LoRA checkpoint without its base weights and without model.init_from")
+        check_rebuilt_from(checkpoint, (str(init_from), source_fingerprint(init_from)))
         base = {**build_initialized(config_from_dict(config), init_from).state_dict(), **base}
     return merge_adapters(base, adapters, lora.scaling)
 

@@ -10,12 +10,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from zoo.errors import ConfigError, DataError
 from zoo.rl.tasks import math_problems
-from zoo.synth.pipeline import STAGES, Pipeline, check_workdir, load_config
+from zoo.synth.pipeline import STAGES, Pipeline, check_workdir, load_config, restart
 from zoo.synth.store import StageStore
 
 WORDS = "river stone garden lamp window paper copper silver forest harbour meadow valley engine signal market".split()
@@ -147,6 +148,71 @@ def test_a_sigkill_mid_stage_loses_at_most_the_batch_in_flight(inputs, canned_se
     assert out.read_text() == reference  # the same data as a run that was never stopped
 
 
+def test_a_stage_is_done_only_when_its_items_verify_against_its_record(inputs, canned_server):
+    """A finished stage whose items were lost, or whose record is damaged, runs again with every stage after it:
+    the output is the uninterrupted run's, never an empty file under a report that claims otherwise."""
+    workdir = inputs / "run"
+    with canned_server() as server:
+        reference = _run(inputs, server, workdir).read_text()
+        rows = len(reference.splitlines())
+        assert rows > 0
+        (workdir / "10_answer" / "items.jsonl").unlink()  # stage.json stays
+        answers = server.by_kind["answer"]
+        assert _run(inputs, server, workdir).read_text() == reference
+        assert server.by_kind["answer"] == answers + rows  # asked again, not taken as done
+        report = {s["stage"]: s for s in json.loads((workdir / "report.json").read_text())}
+        assert report["answer"]["out"] == rows
+        (workdir / "04_dedup" / "stage.json").write_text("{damaged")
+        generated = server.by_kind["generate"]
+        assert _run(inputs, server, workdir).read_text() == reference
+        assert server.by_kind["generate"] > generated  # the stages after dedup ran again too
+        items = workdir / "03_extract" / "items.jsonl"
+        items.write_bytes(items.read_bytes().replace(b"{", b"\xff{", 1))  # not UTF-8 any more
+        with pytest.raises(DataError, match=r"03_extract/items.jsonl: not UTF-8 at byte 0 \(a damaged stage file\)"):
+            _run(inputs, server, workdir)
+
+
+def test_restart_deletes_only_what_the_pipeline_wrote(run_zoo, inputs, canned_server):
+    """--restart in a folder that holds the run's inputs, or anything the pipeline did not write, is refused and
+    deletes nothing; in the pipeline's own work directory it clears what it wrote."""
+    with canned_server() as server:
+        overrides = _overrides(inputs, server, ".")
+        before = sorted(p.name for p in inputs.iterdir())
+        for where in (inputs, inputs / "run"):
+            failed = run_zoo("synth", "run", "default", *overrides, f"workdir={where}", "--restart", check=False)
+            if where == inputs:
+                assert failed.returncode == 2 and "an input of this run inside workdir" in failed.stderr
+        assert sorted(p.name for p in inputs.iterdir()) == sorted([*before, "run"])  # nothing lost
+        workdir = inputs / "run"
+        assert (workdir / "sft.jsonl").is_file()
+        (workdir / "notes.txt").write_text("mine")
+        failed = run_zoo("synth", "run", "default", *overrides, f"workdir={workdir}", "--restart", check=False)
+        assert failed.returncode == 2 and "also holds notes.txt" in failed.stderr
+        assert (workdir / "notes.txt").read_text() == "mine" and (workdir / "sft.jsonl").is_file()
+        (workdir / "notes.txt").unlink()
+        config = load_config("default", _overrides(inputs, server, workdir))
+        restart(config, workdir)
+        assert list(workdir.iterdir()) == []
+
+
+def test_a_work_directory_that_cannot_be_written_or_read_is_one_line(inputs, tmp_path):
+    config = load_config("default", ["workdir=w", "llm.model=x"])
+    (tmp_path / "file").write_text("x")
+    for where, message in [
+        (tmp_path / "file" / "run", "cannot write there"),
+        (tmp_path / "file", "cannot write there"),
+        (Path("/proc/zoo-synth-run"), "cannot write there"),
+    ]:
+        with pytest.raises(ConfigError, match=f"workdir={re.escape(str(where))}: {message}"):
+            check_workdir(config, where)
+    with pytest.raises(ConfigError, match="not a directory"):
+        restart(config, tmp_path / "file")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("")
+    with pytest.raises(DataError, match=r"run/config.json: not valid JSON .*--restart"):
+        check_workdir(config, tmp_path / "run")
+
+
 def test_a_torn_last_line_is_dropped_on_resume(tmp_path):
     store = StageStore(tmp_path / "stage")
     store.append([{"id": "a"}, {"id": "b"}])
@@ -169,14 +235,27 @@ def test_bad_settings_are_one_line_errors(inputs, canned_server):
         ("annotate.batch_size=0", "annotate.batch_size must be an integer >= 1"),
         ("extract.retries=-1", "extract.retries must be an integer >= 0"),
         ("answer.temperature=hot", "answer.temperature must be a number >= 0"),
-        ("minhash.threshold=1.5", "minhash.threshold must lie in (0, 1]"),
-        ("dedup.threshold=2", "dedup.threshold is a cosine"),
+        ("minhash.threshold=1.5", "minhash.threshold must be a number in (0, 1]"),
+        ("minhash.threshold=abc", "minhash.threshold must be a number in (0, 1], got 'abc'"),
+        ("dedup.threshold=2", "dedup.threshold must be a number in [-1, 1]"),
+        ("dedup.threshold=abc", "dedup.threshold must be a number in [-1, 1], got 'abc'"),
         ("select.k=[]", "select.k must be a list"),
+        ("select.k=3", "select.k must be a list of cluster counts >= 1, e.g. [2, 4, 8], got 3"),
         ("retrieve.top_k=0", "retrieve.top_k must be an integer >= 1"),
+        ("seed=abc", "seed must be an integer >= 0, got 'abc'"),
+        ("bank.limit=-3", "bank.limit must be an integer >= 1, got -3"),
+        ("sources.limit=abc", "sources.limit must be an integer >= 1, got 'abc'"),
+        ("taxonomy.disciplines=[]", "taxonomy.disciplines must not be empty"),
+        ("taxonomy.types=[a, 3]", "taxonomy.types must be a list of names"),
+        ("dedup.inclusive=maybe", "dedup.inclusive must be true or false"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config("default", ["workdir=x", setting])
+    assert load_config("default", ["workdir=x", "bank.files=bank.jsonl"])["bank"]["files"] == ["bank.jsonl"]
     broken = inputs / "broken.yaml"
+    broken.write_bytes(b"workdir: caf\xe9\n")  # latin-1
+    with pytest.raises(DataError, match="broken.yaml: not UTF-8 text"):
+        load_config(str(broken))
     broken.write_text("workdir: [unclosed\n")
     with pytest.raises(ConfigError, match="broken.yaml: not a valid config"):
         load_config(str(broken))
@@ -222,10 +301,22 @@ def test_the_synth_command_line(run_zoo, tmp_path):
         (["metrics", str(tmp_path / "none.jsonl"), "--embedder", "hashing"], "not found"),
         (["metrics", str(data), "--embedder", "hashing", "--k", "0"], "--k must be >= 1"),
         (["metrics", str(one), "--embedder", "hashing"], "1 text; the pairwise metrics need at least 2"),
+        (["metrics", str(data), "--embedder", "hashing", "--json", "/nonexistent/m.json"], "--json /nonexistent"),
     ]:
         failed = run_zoo("synth", *args, check=False)
         assert failed.returncode == 2 and failed.stderr.strip().count("\n") == 0, failed.stderr
         assert message in failed.stderr
+
+
+@pytest.mark.parametrize("text", ["What is 2 plus 2?", "?!.,"])
+def test_metrics_of_identical_texts(run_zoo, tmp_path, text):
+    """50 copies of one text (or of punctuation, which embeds like any empty text): no spread at all."""
+    data = tmp_path / "same.jsonl"
+    data.write_text((json.dumps({"question": text}) + "\n") * 50)
+    out = tmp_path / "m.json"
+    run_zoo("synth", "metrics", str(data), "--embedder", "hashing", "--json", str(out))
+    figures = json.loads(out.read_text())[str(data)]
+    assert figures["n"] == 50 and figures["kmeans_inertia"] == 0 and figures["mean_l2_distance"] == 0
 
 
 def test_choosing_another_backend_drops_the_defaults_of_the_first():

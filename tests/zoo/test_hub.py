@@ -77,6 +77,19 @@ def test_a_damaged_entry_is_refused(trained_run, damage, capsys):
     assert shown.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("manifest", [b"\xff\xfe not utf-8", b"[]", b""])
+def test_one_unreadable_manifest_spoils_only_its_own_entry(run_zoo, trained_run, manifest):
+    """``zoo hub list`` lists the rest and marks it; ``zoo hub show`` of a missing name still says which exist."""
+    Hub().push(trained_run, "good")
+    (Hub().push(trained_run, "bad").path / "manifest.json").write_bytes(manifest)
+    listed = run_zoo("hub", "list")
+    assert "good" in listed.stdout and "unreadable" in listed.stdout and "Traceback" not in listed.stderr
+    missing = run_zoo("hub", "show", "nothing", check=False)
+    assert missing.returncode == 2 and "known: " in missing.stderr and "good" in missing.stderr
+    bad = run_zoo("hub", "show", "bad", check=False)
+    assert bad.returncode == 2 and "manifest" in bad.stderr and "Traceback" not in bad.stderr
+
+
 @pytest.mark.parametrize("name", ["../escape", "a/b", "..", "", "has space", ".hidden"])
 def test_names_with_separators_or_dot_dot_are_refused(name):
     with pytest.raises(HubError, match="invalid hub name"):

@@ -4,6 +4,7 @@ transformers with the same logits. A killed LoRA, QLoRA and quantized-reference 
 tests/zoo/test_resume.py."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -194,9 +195,64 @@ def test_an_adapter_entry_refuses_a_base_that_changed(run_zoo, tmp_path):
         "fit", *SFT, "model.init_from=hub:my-base", "trainer.max_steps=2", "trainer.val_check_interval=2", "name=lora"
     )
     run_zoo("hub", "push", str(_run_dir(tmp_path / "runs" / "lora")), "--name", "my-lora")
+    shown = run_zoo("hub", "show", "my-lora").stdout
+    assert "verified: its base hub:my-base is the entry the adapters were trained on" in shown
     run_zoo("hub", "pull", str(Hub().entry("mesh-tiny").path), "--name", "my-base", "--force")  # replaced
     with pytest.raises(HubError, match="its base hub:my-base has changed since the adapters were trained"):
         Hub().entry("my-lora").state_dict()
+    shown = run_zoo("hub", "show", "my-lora", check=False)
+    assert shown.returncode != 0 and "verified" not in shown.stdout and "has changed" in shown.stderr
+    shutil.rmtree(Hub().entry("my-base").path)  # gone
+    shown = run_zoo("hub", "show", "my-lora", check=False)
+    assert shown.returncode != 0 and "verified" not in shown.stdout and "no hub entry 'my-base'" in shown.stderr
+
+
+@pytest.mark.parametrize("field, value", [("r", 0), ("alpha", "x"), ("r", 2.5)])
+def test_an_adapter_entry_with_bad_settings_is_refused_in_one_line(run_zoo, tmp_path, field, value):
+    """Settings that no merge can use, even in a manifest signed again over them."""
+    run_zoo("fit", *SFT, "trainer.max_steps=1", "trainer.val_check_interval=1", "name=lora")
+    run_zoo("hub", "push", str(_run_dir(tmp_path / "runs" / "lora")), "--name", "my-lora")
+    entry = Hub().entry("my-lora")
+    settings = json.loads((entry.path / "adapter.json").read_text())
+    (entry.path / "adapter.json").write_text(json.dumps({**settings, field: value}))
+    manifest = json.loads((entry.path / "manifest.json").read_text())
+    manifest["files"]["adapter.json"] = sha256_file(entry.path / "adapter.json")
+    (entry.path / "manifest.json").write_text(json.dumps(manifest))
+    for command in (["hub", "merge", "my-lora", "--name", "merged"], ["hub", "show", "my-lora"], ["hub", "list"]):
+        process = run_zoo(*command, check=False)
+        assert "Traceback" not in process.stderr, command
+        said = process.stderr if process.returncode else process.stdout
+        assert f"adapter.json.{field}" in said.replace("\n", " "), (command, said)
+
+
+def test_a_lora_run_refuses_a_base_pushed_over_by_another_of_the_same_shape(run_zoo, tmp_path):
+    """The run's checkpoints leave the base out and record its fingerprint when training starts: after another
+    model of the same shape is pushed over the base's name, resuming, validating, pushing and merging the run all
+    stop in one line instead of training or merging on the other weights."""
+    from safetensors.torch import load_file, save_file
+
+    from zoo.errors import ZooError
+
+    run_zoo("hub", "pull", str(Hub().entry("pythia-tiny").path), "--name", "my-base")
+    run_zoo(
+        "fit", *SFT, "model.init_from=hub:my-base", "trainer.max_steps=2", "trainer.val_check_interval=2", "name=lora"
+    )
+    run = _run_dir(tmp_path / "runs" / "lora")
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["rebuilt_from"]["source"] == "hub:my-base"
+    run_zoo("hub", "export", "my-base", str(tmp_path / "other"))
+    weights = load_file(tmp_path / "other" / "model.safetensors")
+    save_file({k: v + 0.01 for k, v in weights.items()}, tmp_path / "other" / "model.safetensors")
+    run_zoo("hub", "pull", str(tmp_path / "other"), "--name", "my-base", "--force")  # same shape, other weights
+    for command in (
+        ["fit", f"resume={run}"],
+        ["validate", f"ckpt_path={run}"],
+        ["hub", "push", str(run), "--name", "x"],
+    ):
+        process = run_zoo(*command, check=False)
+        assert process.returncode != 0 and "Traceback" not in process.stderr, command
+        assert "hub:my-base is not the model this checkpoint was trained from" in process.stderr, command
+    with pytest.raises(ZooError, match="not the model this checkpoint was trained from"):
+        load_model(str(run))
 
 
 def test_the_engine_serves_the_merged_policy(tmp_path):

@@ -71,7 +71,10 @@ def kmeans_inertia(embeddings: torch.Tensor, k: int, iterations: int = 50, seed:
     centres = x[torch.randint(n, (1,), generator=generator)]
     nearest = ((x - centres[0]) ** 2).sum(1)
     for _ in range(1, k):  # k-means++: the next centre drawn with probability proportional to squared distance
-        chosen = torch.multinomial((nearest / nearest.sum()).cpu(), 1, generator=generator).to(x.device)
+        if not nearest.sum() > 0:  # every point sits on a centre already (identical texts): any point will do
+            chosen = torch.randint(n, (1,), generator=generator).to(x.device)
+        else:
+            chosen = torch.multinomial((nearest / nearest.sum()).cpu(), 1, generator=generator).to(x.device)
         centres = torch.cat([centres, x[chosen]])
         nearest = torch.minimum(nearest, ((x - x[chosen]) ** 2).sum(1))
     for _ in range(iterations):

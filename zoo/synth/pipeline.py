@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from typing import Any
 import torch
 
 from zoo.errors import ConfigError, DataError, require_int
+from zoo.files import atomic_file, is_temporary, read_utf8
 from zoo.synth import prompts, sources
 from zoo.synth.store import StageStore
 
@@ -189,7 +192,21 @@ class Pipeline:
         return ok
 
     # -- the run ------------------------------------------------------------------------------------------------
+    def discard_stale_stages(self) -> None:
+        """Every stage after the first unfinished one was computed from what that stage held before: delete them
+        (they run again). A killed run has none; a stage whose items were lost or changed after it finished has."""
+        for i, name in enumerate(STAGES):
+            store = self.store(name)
+            if store.finished:
+                continue
+            if store.recorded:
+                self.log(f"[{name}] its items do not match its record (lost or changed): it and later stages rerun")
+            for later in STAGES[i + 1 :]:
+                shutil.rmtree(self.store(later).directory, ignore_errors=True)
+            return
+
     def run(self) -> Path:
+        self.discard_stale_stages()
         cfg = self.config
         taxonomy = cfg["taxonomy"]
         bank = self._whole("bank", self._bank)
@@ -369,8 +386,6 @@ class Pipeline:
         StageStore(store.directory / "removed").write(removed)
 
     def _finish(self, answered: list[dict]) -> Path:
-        from zoo.files import atomic_file
-
         out = self.workdir / "sft.jsonl"
         with atomic_file(out, "w") as f:
             for r in answered:
@@ -428,7 +443,7 @@ def load_config(source: str, overrides: Sequence[str] = ()) -> dict:
             raise ConfigError(f"no synth config {source!r}: not a file, nor one of {', '.join(options)}")
         text = named.read_text()
     else:
-        text = path.read_text()
+        text = read_utf8(path)
     try:
         user = OmegaConf.create(text)
         dotlist = OmegaConf.from_dotlist(list(overrides))
@@ -445,36 +460,66 @@ def load_config(source: str, overrides: Sequence[str] = ()) -> dict:
     config = OmegaConf.to_container(base, resolve=True)
     if config.get("workdir") in (None, "???"):
         raise ConfigError("workdir must be set, e.g. workdir=synth/run1")
-    _check_ranges(config)
+    _check_settings(config)
     return config
 
 
-def _check_ranges(config: dict) -> None:
-    """Settings no stage can work with are one-line errors before anything runs."""
-    minimums = {"batch_size": 1, "retries": 0, "max_tokens": 1}
-    for stage in ("annotate", "extract", "generate", "answer"):
-        for key, minimum in minimums.items():
-            require_int(f"{stage}.{key}", config[stage][key], minimum)
-        for key in ("temperature", "retry_temperature"):
-            if not isinstance(config[stage][key], int | float) or config[stage][key] < 0:
-                raise ConfigError(f"{stage}.{key} must be a number >= 0, got {config[stage][key]!r}")
-    for key, minimum in (
-        ("select.total", 0),
-        ("retrieve.top_k", 1),
-        ("minhash.ngram", 1),
-        ("minhash.num_perm", 2),
-        ("decontaminate.n", 1),
-        ("sources.max_words", 1),
-        ("sources.min_words", 0),
-    ):
-        section, name = key.split(".")
-        require_int(key, config[section][name], minimum)
-    if not 0 < config["minhash"]["threshold"] <= 1:
-        raise ConfigError(f"minhash.threshold must lie in (0, 1], got {config['minhash']['threshold']}")
-    if not -1 <= config["dedup"]["threshold"] <= 1:
-        raise ConfigError(f"dedup.threshold is a cosine, in [-1, 1], got {config['dedup']['threshold']}")
-    if not config["select"]["k"] or any(not isinstance(k, int) or k < 1 for k in config["select"]["k"]):
-        raise ConfigError(f"select.k must be a list of cluster counts >= 1, got {config['select']['k']}")
+LLM_STAGES = ("annotate", "extract", "generate", "answer")
+INTEGERS = {  # setting: its minimum
+    "seed": 0, "select.total": 0, "select.silhouette_sample": 2, "extract.min_steps": 1, "retrieve.top_k": 1,
+    "minhash.ngram": 1, "minhash.num_perm": 2, "decontaminate.n": 1, "sources.max_words": 1, "sources.min_words": 0,
+    **{f"{stage}.{key}": low for stage in LLM_STAGES
+       for key, low in (("batch_size", 1), ("retries", 0), ("max_tokens", 1))},
+}  # fmt: skip
+LIMITS = ("bank.limit", "sources.limit")  # null, or an integer >= 1
+NUMBERS = {  # setting: (lowest, highest, lowest allowed itself)
+    "dedup.threshold": (-1.0, 1.0, True), "minhash.threshold": (0.0, 1.0, False),
+    **{f"{stage}.{key}": (0.0, math.inf, True) for stage in LLM_STAGES for key in ("temperature", "retry_temperature")},
+}  # fmt: skip
+SWITCHES = ("dedup.inclusive", "retrieve.within_discipline", "extract.with_answer")
+TEXT_LISTS = {  # setting: may it be empty
+    "taxonomy.disciplines": False, "taxonomy.types": False, "bank.files": False, "sources.files": False,
+    "decontaminate.files": True, "decontaminate.fields": False,
+}  # fmt: skip
+
+
+def _check_settings(config: dict) -> None:
+    """Settings no stage can work with are one-line errors naming them, before anything runs (an LLM stage may
+    take hours to reach the stage that reads a setting). A single text where a list of texts goes is that list
+    of one (``bank.files=bank.jsonl``)."""
+
+    def get(key: str):
+        section, _, name = key.rpartition(".")
+        return config[section][name] if section else config[name]
+
+    def put(key: str, value) -> None:
+        section, _, name = key.rpartition(".")
+        (config[section] if section else config)[name] = value
+
+    for key, minimum in INTEGERS.items():
+        require_int(key, get(key), minimum)
+    for key in LIMITS:
+        if get(key) is not None:
+            require_int(key, get(key), 1)
+    for key, (low, high, closed) in NUMBERS.items():
+        value = get(key)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not (low <= value if closed else low < value) or not value <= high:
+            bounds = f"in {'[' if closed else '('}{low:g}, {high:g}]" if high < math.inf else f">= {low:g}"
+            raise ConfigError(f"{key} must be a number {bounds}, got {value!r}")
+    for key in SWITCHES:
+        if not isinstance(get(key), bool):
+            raise ConfigError(f"{key} must be true or false, got {get(key)!r}")
+    for key, may_be_empty in TEXT_LISTS.items():
+        value = [get(key)] if isinstance(get(key), str) else get(key)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise ConfigError(f"{key} must be a list of names, e.g. [a, b], got {get(key)!r}")
+        if not value and not may_be_empty:
+            raise ConfigError(f"{key} must not be empty")
+        put(key, value)
+    k = get("select.k")
+    if not isinstance(k, list) or not k or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in k):
+        raise ConfigError(f"select.k must be a list of cluster counts >= 1, e.g. [2, 4, 8], got {k!r}")
 
 
 def _check_keys(layer: dict, base: dict, prefix: str) -> None:
@@ -487,14 +532,63 @@ def _check_keys(layer: dict, base: dict, prefix: str) -> None:
             _check_keys(value, base[key], f"{prefix}{key}.")
 
 
+OUTPUTS = ("config.json", "sft.jsonl", "report.json", "report.md")  # besides the stage folders
+
+
+def stage_folders() -> list[str]:
+    return [f"{i:02d}_{name}" for i, name in enumerate(STAGES)]
+
+
+def restart(config: dict, workdir: Path) -> None:
+    """Delete what the pipeline wrote into ``workdir`` (its settings, stage folders and outputs) and nothing else: a
+    workdir that holds one of the run's input files, or anything the pipeline did not write, is refused, naming
+    it."""
+    if not workdir.exists():
+        return
+    if not workdir.is_dir():
+        raise ConfigError(f"workdir={workdir}: not a directory")
+    root = workdir.resolve()
+    inputs = [*config["bank"]["files"], *config["sources"]["files"], *config["decontaminate"]["files"]]
+    for spec in inputs:
+        path = Path(spec).expanduser().resolve()
+        if spec != sources.EMBEDDED and (path == root or root in path.parents):
+            raise DataError(
+                f"--restart would delete {spec}, an input of this run inside workdir={workdir}: keep the inputs "
+                "outside the work directory"
+            )
+    ours = {*OUTPUTS, *stage_folders()}
+    foreign = sorted(p.name for p in workdir.iterdir() if p.name not in ours and not is_temporary(p.name))
+    if foreign:
+        more = " …" if len(foreign) > 3 else ""
+        raise DataError(
+            f"--restart deletes only what the pipeline wrote, and workdir={workdir} also holds "
+            f"{', '.join(foreign[:3])}{more}: use a work directory of its own"
+        )
+    for child in workdir.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def check_workdir(config: dict, workdir: Path) -> None:
-    """Save the settings with a new work directory; refuse to continue one made with other settings."""
+    """Save the settings with a new work directory; refuse to continue one made with other settings, and a
+    work directory that cannot be written."""
     saved = workdir / "config.json"
     if not saved.is_file():
-        workdir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(config, indent=2))
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            with atomic_file(saved, "w") as f:
+                json.dump(config, f, indent=2)
+        except OSError as e:
+            raise ConfigError(f"workdir={workdir}: cannot write there ({e.strerror or e})") from None
         return
-    before = json.loads(saved.read_text())
+    try:
+        before = json.loads(read_utf8(saved))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{saved}: not valid JSON ({e.msg}; damaged): --restart to start over") from None
+    if not isinstance(before, dict):
+        raise DataError(f"{saved}: not the settings of a run (damaged): --restart to start over")
     for key in sorted(set(before) | set(config)):
         a, b = before.get(key), config.get(key)
         if key in RUNTIME_KEYS and isinstance(a, dict) and isinstance(b, dict):
