@@ -1,4 +1,7 @@
-"""JSON Lines input: every non-blank line one JSON object; a malformed line is an error naming file and line."""
+"""JSON Lines input: every non-blank line one JSON object; a malformed line is an error naming file and line.
+
+Lines end at ``\n`` (and ``\r\n``) only: JSON strings may hold the other characters ``str.splitlines`` cuts at
+(U+2028, U+2029, U+0085, form and group separators), raw."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
     """``(line number, row)`` for every non-blank line of ``path``; a file without rows is an error."""
     path = Path(path)
     rows = []
-    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:

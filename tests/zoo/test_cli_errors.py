@@ -131,3 +131,18 @@ def test_json_errors_are_not_cut(tmp_path):
     (tmp_path / "rows.jsonl").write_text(json.dumps({"a": 1}) + '\n{"a": }\n')
     with pytest.raises(DataError, match=r"rows.jsonl:2: not valid JSON \(Expecting value at column 7\)"):
         read_jsonl(tmp_path / "rows.jsonl")
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085", "\x1c", "\x0c"])
+def test_json_strings_may_hold_any_line_separator_raw(tmp_path, run_zoo, separator):
+    """A valid row whose string holds a raw U+2028 (or another character ``str.splitlines`` cuts at) reads as one
+    row, with CRLF endings too, in the reader every data path shares (data.path, banks, corpora; zoo synth metrics
+    here)."""
+    from zoo.jsonl import read_jsonl
+
+    rows = [{"question": f"What is 2 +{separator}2?", "answer": "4"}, {"question": "And 3 + 3?", "answer": "6"}]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n", newline="")
+    assert [(n, r) for n, r in read_jsonl(path)] == [(1, rows[0]), (2, rows[1])]
+    bank = run_zoo("synth", "metrics", str(path), "--embedder", "hashing", "--k", "1")
+    assert "Traceback" not in bank.stderr and bank.returncode == 0
