@@ -573,6 +573,10 @@ def synth_command(args: list[str]) -> None:
             _synth_metrics(opts)
     except ZooError as e:
         _user_error(e)
+    except KeyboardInterrupt:  # the requests in flight are abandoned on daemon threads: the process ends now
+        kept = "; the work directory keeps every finished item: run the same command to continue"
+        print(f"zoo synth: interrupted{kept if opts.action == 'run' else ''}", file=sys.stderr)
+        sys.exit(130)
 
 
 def _synth_run(opts) -> None:

@@ -30,6 +30,9 @@ class _Characters:
     def decode(self, ids, skip_special_tokens=True):
         return "".join(self.letters[i - 1] for i in ids if i)
 
+    def get_vocab(self):
+        return {"</turn>": 0, **{c: k + 1 for k, c in enumerate(self.letters)}}
+
 
 PROBLEMS = [{"prompt_ids": [1, 2, k]} for k in (3, 4, 5, 6)]
 PARAMS = SamplingParams(max_new_tokens=6, temperature=1.0, stop_token_ids=(0,), seed=11)
@@ -47,10 +50,10 @@ def _simulated(latency=0.002):
     return make
 
 
-def _rollout(engine=None, environment=None, **options):
+def _rollout(engine=None, environment=None, tokenizer=None, **options):
     options = {"group_size": 2, "max_turns": 3, "max_context": 64, **options}
-    return run_agent_rollout(engine or _engine(), PROBLEMS, environment or _simulated(), PARAMS, _Characters(),
-                             **options)  # fmt: skip
+    return run_agent_rollout(engine or _engine(), PROBLEMS, environment or _simulated(), PARAMS,
+                             tokenizer or _Characters(), **options)  # fmt: skip
 
 
 def test_environment_level_asynchrony_gives_the_synchronous_trajectories():
@@ -126,6 +129,31 @@ class _BrokenReset(SimulatedEnvironment):
         raise FileNotFoundError("index.bin")
 
 
+class _HangingReset(SimulatedEnvironment):
+    def reset(self, problem):
+        time.sleep(60)
+
+
+class _NumberObservation(SimulatedEnvironment):
+    def step(self, action):
+        return Step(123, 1.0)
+
+
+class _BytesObservation(SimulatedEnvironment):
+    def step(self, action):
+        return Step(b"ok")
+
+
+class _TextReward(SimulatedEnvironment):
+    def step(self, action):
+        return Step("ok", "1")
+
+
+class _ResetNotText(SimulatedEnvironment):
+    def reset(self, problem):
+        return None
+
+
 @pytest.mark.parametrize(
     "bad, reason, counter, named",
     [
@@ -133,6 +161,11 @@ class _BrokenReset(SimulatedEnvironment):
         (_NaN, "error", "env_failures", "finite reward"),
         (_NoStep, "error", "env_failures", "not a Step"),
         (_BrokenReset, "error", "env_failures", "reset: FileNotFoundError: index.bin"),
+        (_HangingReset, "error", "env_timeouts", None),
+        (_NumberObservation, "error", "env_failures", "an observation of int, not a text"),
+        (_BytesObservation, "error", "env_failures", "an observation of bytes, not a text"),
+        (_TextReward, "error", "env_failures", "the reward '1', not a finite reward"),
+        (_ResetNotText, "error", "env_failures", "reset returned None, not a text"),
     ],
 )
 def test_a_hanging_or_malformed_environment_ends_its_trajectory_with_reward_0(bad, reason, counter, named):
@@ -146,6 +179,25 @@ def test_a_hanging_or_malformed_environment_ends_its_trajectory_with_reward_0(ba
     assert len(bad_ones) == 2 and all(t.reward == 0 for t in bad_ones)
     assert getattr(outcome.stats, counter) == 2
     assert named is None or named in outcome.stats.errors[0]
+
+
+def test_a_huge_observation_is_cut_before_it_is_tokenized():
+    """9 MB of observation: only what fits the context is tokenized, and the trajectory ends at the context."""
+    calls = []
+
+    class _Counting(_Characters):
+        def __call__(self, text, add_special_tokens=False):
+            calls.append(len(text))
+            return super().__call__(text, add_special_tokens)
+
+    def flood(problem, seed):
+        env = SimulatedEnvironment(0, 0, turns=3, observation="ok", seed=seed)
+        env.step = lambda action: Step("a" * 9_000_000)
+        return env
+
+    outcome = _rollout(environment=flood, max_context=64, tokenizer=_Counting())
+    assert {t.finish_reason for t in outcome.trajectories} == {"context"}
+    assert all(len(t.context) == 64 for t in outcome.trajectories) and max(calls) < 1_000
 
 
 @pytest.mark.parametrize("max_turns, max_context, reason", [(2, 64, "turns"), (5, 14, "context")])

@@ -1,12 +1,14 @@
 """The OpenAI-compatible HTTP backend against a real local server that fails on request."""
 
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from zoo.errors import ConfigError
-from zoo.synth.llm import HTTPLLM, HTTPSettings, build_llm
+from zoo.synth.llm import HTTPLLM, HTTPSettings, LLMError, build_llm
 from zoo.synth.teacher import teacher_answer as canned
 
 PROMPT = "Explain it.\n\nThink it through step by step inside <think> and </think>, then give the final answer."
@@ -61,6 +63,43 @@ def test_a_slow_server_times_out_and_is_retried(canned_server):
         with pytest.raises(Exception, match="no answer"):
             _llm(server, timeout=0.1, retries=1).complete([PROMPT], 8, 0.0, [0])
         assert server.requests == 2 and time.perf_counter() - start < 2
+
+
+def test_a_server_that_trickles_its_answer_meets_a_wall_clock_deadline(canned_server):
+    """A byte every 0.05 s never trips a socket's per-read timeout; llm.timeout is the whole request's."""
+    with canned_server(trickle=0.05) as server:
+        start = time.perf_counter()
+        with pytest.raises(LLMError, match=r"no answer \(TimeoutError: no whole answer within llm.timeout=0.5 s\)"):
+            _llm(server, timeout=0.5, retries=1).complete([PROMPT], 8, 0.0, [0])
+        assert server.requests == 2 and time.perf_counter() - start < 3
+
+
+def test_a_body_shorter_than_its_length_is_retried(canned_server):
+    with canned_server(short={1}) as server:
+        assert _llm(server).complete([PROMPT], 8, 0.0, [0]) == [canned(PROMPT)]
+        assert server.requests == 2
+    with canned_server(short=set(range(1, 10))) as server:
+        with pytest.raises(LLMError, match="IncompleteRead.*after 2 attempt"):
+            _llm(server, retries=1).complete([PROMPT], 8, 0.0, [0])
+
+
+def test_a_failed_request_ends_the_process_at_once_whatever_hangs_beside_it(canned_server, zoo_env):
+    """One HTTP 400 among eight requests, the other seven hanging for a minute: the error comes at once and the
+    process ends with it; the hanging requests never hold it."""
+    with canned_server(status={1: 400}, hang=range(2, 9)) as server:
+        script = (
+            "import time; from zoo.synth.llm import HTTPLLM, HTTPSettings, LLMError\n"
+            f"llm = HTTPLLM(HTTPSettings(base_url={server.url!r}, model='m', cache=None, concurrency=8))\n"
+            "start = time.perf_counter()\n"
+            "try:\n    llm.complete(['q'] * 8, 8, 0.0, list(range(8)))\n"
+            "except LLMError as e:\n    print(round(time.perf_counter() - start, 1), e)\n"
+        )
+        start = time.perf_counter()
+        process = subprocess.run([sys.executable, "-c", script], env=zoo_env, capture_output=True, text=True,
+                                 timeout=50)  # fmt: skip
+        took = time.perf_counter() - start
+    assert "HTTP 400" in process.stdout and float(process.stdout.split()[0]) < 2, process.stdout + process.stderr
+    assert took < 15 and process.returncode == 0
 
 
 def test_at_most_concurrency_requests_are_in_flight(canned_server):

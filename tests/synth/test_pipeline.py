@@ -213,6 +213,22 @@ def test_a_work_directory_that_cannot_be_written_or_read_is_one_line(inputs, tmp
         check_workdir(config, tmp_path / "run")
 
 
+def test_ctrl_c_ends_the_run_at_once_in_one_line(inputs, canned_server, zoo_env):
+    """Ctrl-C while requests hang: the process ends in seconds with one line, keeping what was done."""
+    with canned_server(hang=range(1, 1000)) as server:
+        args = ["synth", "run", "default", *_overrides(inputs, server, inputs / "run")]
+        process = subprocess.Popen([sys.executable, "-m", "zoo", *args], env=zoo_env, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while server.requests < 8 and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGINT)
+        start = time.perf_counter()
+        _, stderr = process.communicate(timeout=30)
+    assert time.perf_counter() - start < 5 and process.returncode == 130
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("zoo synth: interrupted")
+    assert (inputs / "run" / "00_bank" / "stage.json").is_file()
+
+
 def test_a_torn_last_line_is_dropped_on_resume(tmp_path):
     store = StageStore(tmp_path / "stage")
     store.append([{"id": "a"}, {"id": "b"}])

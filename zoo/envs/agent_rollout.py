@@ -19,10 +19,12 @@ appended (masked out of the loss), until the environment says done, ``max_turns`
   redundancy`` trajectories, each with its own environment); a group is complete once ``group_size`` of its
   trajectories are done (the rest are aborted), and the rollout ends once ``num_groups`` groups are complete (the
   others are aborted): the first finishers are kept.
-- **Bad environments**: one whose ``reset`` or ``step`` raises, or whose step returns anything but a
-  :class:`zoo.envs.Step` with a finite reward, ends its trajectory with reward 0 (``env_failures``, the first
-  reasons in ``errors``); a step that runs past ``env_timeout_s`` ends it the same way (``env_timeouts``; its
-  daemon thread is abandoned and never keeps the process alive). Training goes on.
+- **Bad environments**: one whose ``reset`` or ``step`` raises, whose reset returns anything but a text, or whose
+  step returns anything but a :class:`zoo.envs.Step` of a text, a finite reward and a bool, ends its trajectory
+  with reward 0 (``env_failures``, the first reasons in ``errors``); a reset or step that runs past
+  ``env_timeout_s`` ends it the same way (``env_timeouts``; its daemon thread is abandoned and never keeps the
+  process alive). An observation is cut to what fits the context before it is tokenized (a 9 MB answer costs a
+  tokenization of what fits, not of 9 MB). Training goes on.
 
 Seeds: turn ``t`` of trajectory ``m`` of the group launched at position ``g`` is row ``(g·M + m)·T + t`` of
 :func:`zoo.sampling.row_seeds` (``M`` trajectories a group, ``T = max_turns``), so a turn's tokens depend on its
@@ -31,6 +33,7 @@ context, the params and its seed only.
 
 from __future__ import annotations
 
+import functools
 import math
 import queue
 import threading
@@ -94,6 +97,35 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
+@functools.cache
+def _longest_token(tokenizer) -> int:
+    """A bound on the characters one token decodes to: its longest vocabulary string (a byte-level or SentencePiece
+    token's string is never shorter than its text)."""
+    return max(1, *map(len, tokenizer.get_vocab()))
+
+
+def _encode_upto(tokenizer, text: str, limit: int) -> tuple[list[int], bool]:
+    """The first ``limit`` tokens of ``text`` (0 or fewer: none), and whether it had more. Only a prefix that holds
+    more than ``limit`` tokens is tokenized: no token is longer than the tokenizer's longest."""
+    limit = max(limit, 0)
+    span = (limit + 1) * _longest_token(tokenizer)
+    ids = _encode(tokenizer, text[:span])
+    return ids[:limit], len(ids) > limit
+
+
+def check_step(result: Any) -> None:
+    """A TypeError naming what is wrong unless ``result`` is a Step of a text, a finite number and a bool."""
+    if not isinstance(result, Step):
+        raise TypeError(f"step returned {result!r}, not a Step")
+    if not isinstance(result.observation, str):
+        raise TypeError(f"step returned an observation of {type(result.observation).__name__}, not a text")
+    reward = result.reward
+    if isinstance(reward, bool) or not isinstance(reward, int | float) or not math.isfinite(reward):
+        raise TypeError(f"step returned the reward {reward!r}, not a finite reward (a number)")
+    if not isinstance(result.done, bool):
+        raise TypeError(f"step returned done={result.done!r}, not true or false")
+
+
 def run_agent_rollout(
     engine,
     problems: Sequence[dict[str, Any]],
@@ -118,26 +150,37 @@ def run_agent_rollout(
     members, start = group_size + redundancy, time.perf_counter()
     seeds = row_seeds(params.seed, launched * members * max_turns).tolist()
     stats, trajectories, broken = AgentStats(), [], []
-    threads = _StepThreads()
+    threads = _EnvironmentThreads()
 
     def failed(reason: str) -> None:
         stats.env_failures += 1
         if len(stats.errors) < 3:
             stats.errors.append(reason)
 
+    resets: dict[Future, Trajectory] = {}
     for g, problem in enumerate(problems):
         for m in range(members):
             env = make_environment(problem, seeds[(g * members + m) * max_turns])
             trajectory = Trajectory(g, m, env, list(problem["prompt_ids"]), len(problem["prompt_ids"]))
-            try:
-                first = _encode(tokenizer, env.reset(problem))
-            except Exception as error:
-                failed(f"reset: {type(error).__name__}: {error}")
-                broken.append(trajectory)
-                first = []
-            trajectory.context += first
-            trajectory.policy_mask, trajectory.logprobs = [0] * len(first), [0.0] * len(first)
+            resets[threads.submit(env.reset, problem)] = trajectory
             trajectories.append(trajectory)
+    done, late = wait(list(resets), timeout=env_timeout_s)  # the resets run side by side, each bounded
+    for future, trajectory in resets.items():
+        try:
+            if future in late:
+                stats.env_timeouts += 1
+                raise TimeoutError(f"no answer within rollout.agent.env_timeout_s={env_timeout_s:g}")
+            first, _ = future.result()
+            if not isinstance(first, str):
+                raise TypeError(f"reset returned {first!r}, not a text")
+        except Exception as error:
+            if future in done:
+                failed(f"reset: {type(error).__name__}: {error}")
+            broken.append(trajectory)
+            continue
+        observed, _ = _encode_upto(tokenizer, first, max_context - len(trajectory.context))
+        trajectory.context += observed
+        trajectory.policy_mask, trajectory.logprobs = [0] * len(observed), [0.0] * len(observed)
     finished_members = [0] * launched
     complete: list[int] = []
     stepping: dict[Future, Trajectory] = {}
@@ -174,15 +217,12 @@ def run_agent_rollout(
             try:
                 result, seconds = future.result()
                 stats.env_seconds += seconds
-                if not isinstance(result, Step) or not math.isfinite(result.reward):
-                    raise TypeError(f"step returned {result!r}, not a Step with a finite reward")
+                check_step(result)
             except Exception as error:
                 failed(f"step: {type(error).__name__}: {error}")
                 t.reward = 0.0
                 return end(t, "error")
-            observed = _encode(tokenizer, result.observation)
-            full = len(t.context) + len(observed) > max_context
-            observed = observed[: max_context - len(t.context)]  # what fits of it
+            observed, full = _encode_upto(tokenizer, result.observation, max_context - len(t.context))
             t.context += observed
             t.policy_mask += [0] * len(observed)
             t.logprobs += [0.0] * len(observed)
@@ -203,7 +243,7 @@ def run_agent_rollout(
             t.turns += 1
             stats.turns += 1
             action = tokenizer.decode(tokens, skip_special_tokens=True)
-            future = threads.submit(t.environment, action)
+            future = threads.submit(t.environment.step, action)
             stepping[future], deadlines[future] = t, time.monotonic() + env_timeout_s
 
         def settle(block: bool) -> None:
@@ -280,32 +320,33 @@ def run_agent_rollout(
     return AgentOutcome(kept_groups, kept, stats)
 
 
-class _StepThreads:
-    """Environment steps on daemon threads (one per trajectory at most; started as needed, kept for the rollout):
-    a step that never returns is abandoned at its deadline, its thread replaced, and it does not keep the process
-    alive after training (a thread pool's threads would)."""
+class _EnvironmentThreads:
+    """Environment calls (resets, steps) on daemon threads (one per trajectory at most; started as needed, kept for
+    the rollout): a call that never returns is abandoned at its deadline, its thread replaced, and it does not keep
+    the process alive after training (a thread pool's threads would)."""
 
     def __init__(self) -> None:
         self.work: queue.SimpleQueue = queue.SimpleQueue()
         self.idle = 0
         self.lock = threading.Lock()
 
-    def submit(self, environment: Environment, action: str) -> Future:
+    def submit(self, call: Callable[[Any], Any], argument: Any) -> Future:
+        """A future of ``(call(argument), seconds it took)``."""
         future: Future = Future()
         with self.lock:
             if self.idle == 0:
                 threading.Thread(target=self._serve, name="zoo-env", daemon=True).start()
             else:
                 self.idle -= 1
-        self.work.put((future, environment, action))
+        self.work.put((future, call, argument))
         return future
 
     def _serve(self) -> None:
         while (item := self.work.get()) is not None:
-            future, environment, action = item
+            future, call, argument = item
             start = time.perf_counter()
             try:
-                future.set_result((environment.step(action), time.perf_counter() - start))
+                future.set_result((call(argument), time.perf_counter() - start))
             except Exception as error:
                 future.set_exception(error)
             with self.lock:

@@ -17,17 +17,20 @@ Commands apply in the order they were sent, so requests submitted after a weight
 
 Where the server runs (``rollout.workers``): ``thread`` (this process; the inbox and outbox are ``queue.Queue``),
 ``process`` (a spawned process with its own copy of the policy and no share of this process's GIL; the queues are
-``torch.multiprocessing``'s, tensors travel through shared memory), or ``ray`` (:mod:`zoo.rl.ray_workers`).
+``torch.multiprocessing``'s, tensors travel through shared memory; it dies with the trainer, however the trainer
+ends, SIGKILL included: a watchdog thread exits it once its parent is gone, so it never holds memory or a device
+after its trainer), or ``ray`` (:mod:`zoo.rl.ray_workers`).
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -53,6 +56,19 @@ class EngineSpec:
     max_new_tokens: int
     threads: int | None = None  # CPU threads for torch ops in the server's thread
     lora: dict[str, Any] | None = None  # LoRA settings: the engine keeps adapters, and pushes bring only them
+    parent_pid: int | None = None  # a server in its own process exits once this process is gone
+
+
+def exit_with_parent(parent_pid: int, every_s: float = 0.5) -> None:
+    """Watch, on a daemon thread, that this process's parent is ``parent_pid``; exit at once when it is not (the
+    parent died, and this process was handed to another)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="zoo-parent-watchdog", daemon=True).start()
 
 
 def build_engine(spec: EngineSpec):
@@ -75,6 +91,8 @@ class EngineServer:
 
     def serve(self, inbox, outbox) -> None:
         """Run until ``("stop",)``; report an error to the outbox instead of raising it."""
+        if self.spec.parent_pid is not None:
+            exit_with_parent(self.spec.parent_pid)
         try:
             if self.spec.threads is not None:
                 torch.set_num_threads(self.spec.threads)  # per thread: the trainer's setting stays
@@ -178,6 +196,7 @@ def process_server(spec: EngineSpec) -> ServerChannel:
 
     context = mp.get_context("spawn")
     inbox, outbox = context.Queue(), context.Queue()
+    spec = replace(spec, parent_pid=os.getpid())
     process = context.Process(
         target=EngineServer(spec).serve, args=(inbox, outbox), name="zoo-engine-server", daemon=True
     )

@@ -6,26 +6,31 @@ resumed stage asks exactly what the killed one would have).
   zoo's own batched engine (:class:`zoo.generation.NativeEngine`), prompts through the tokenizer's chat template
   when it has one; prompts longer than the model's context keep their end.
 - ``http``: any OpenAI-compatible server (``vllm serve``, SGLang, TGI, a hosted API) on ``/v1/chat/completions``
-  or ``/v1/completions``: at most ``concurrency`` requests in flight, each with a ``timeout``; connection errors,
-  timeouts, HTTP 408/409/429/5xx and unreadable bodies are retried ``retries`` times with exponential backoff
-  (``backoff`` x 2^attempt seconds); other HTTP errors fail at once. Every answer is cached on disk by the
-  sha256 of its request (url, model, prompt, settings; not the key), written atomically, so a rerun or a resumed
-  stage never pays twice. Standard library only (``urllib``): nothing to install.
+  or ``/v1/completions``: at most ``concurrency`` requests in flight, each attempt with a wall-clock deadline of
+  ``timeout`` seconds (a server that trickles its answer a byte at a time is cut off there, not kept alive by
+  each byte); connection errors, timeouts, HTTP 408/409/429/5xx, bodies cut short and unreadable bodies are
+  retried ``retries`` times with exponential backoff (``backoff`` x 2^attempt seconds); other HTTP errors fail at
+  once. Every answer is cached on disk by the sha256 of its request (url, model, prompt, settings; not the key),
+  written atomically, so a rerun or a resumed stage never pays twice. Standard library only (``urllib``):
+  nothing to install.
 
-A request that still fails stops the stage with one line naming the url and status; the items already done are
-kept, and a rerun continues from there.
+A request that still fails stops the stage at once with one line naming the url and status; the items already
+done are kept, and a rerun continues from there. Requests run on daemon threads: the requests still in flight
+when a stage stops (a failure, Ctrl-C) are abandoned and never keep the process alive.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
+import queue
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -155,6 +160,29 @@ class HTTPLLM:
             raise TypeError("the completion is not a string")
         return text
 
+    def _attempt(self, data: bytes, headers: dict) -> bytes:
+        """One POST's body, within ``timeout`` seconds of wall-clock time: the exchange runs on a daemon thread,
+        abandoned at the deadline (the socket's own timeout only bounds each read)."""
+        outcome: dict = {}
+        done = threading.Event()
+
+        def exchange() -> None:
+            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.settings.timeout) as response:
+                    outcome["body"] = response.read()
+            except BaseException as error:
+                outcome["error"] = error
+            finally:
+                done.set()
+
+        threading.Thread(target=exchange, name="zoo-llm-request", daemon=True).start()
+        if not done.wait(self.settings.timeout):
+            raise TimeoutError(f"no whole answer within llm.timeout={self.settings.timeout:g} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["body"]
+
     def _post(self, body: dict) -> str:
         data = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
@@ -165,17 +193,15 @@ class HTTPLLM:
             if attempt:
                 time.sleep(self.settings.backoff * 2 ** (attempt - 1))
             self.requests_sent += 1
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.settings.timeout) as response:
-                    return self._text(json.loads(response.read()))
+                return self._text(json.loads(self._attempt(data, headers)))
             except urllib.error.HTTPError as e:
                 detail = " ".join(e.read()[:200].decode(errors="replace").split())  # one line
                 problem = f"HTTP {e.code}" + (f" ({detail})" if detail else "")
                 if e.code not in RETRIED_STATUS:
                     break
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                problem = f"no answer ({getattr(e, 'reason', e)})"
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
+                problem = f"no answer ({type(e).__name__}: {getattr(e, 'reason', e)})"  # IncompleteRead: cut short
             except (ValueError, KeyError, IndexError, TypeError) as e:
                 problem = f"an unreadable answer ({type(e).__name__}: {e})"
         raise LLMError(f"POST {self.url}: {problem}, after {attempt + 1} attempt(s)")
@@ -197,12 +223,38 @@ class HTTPLLM:
         return text
 
     def complete(self, prompts: Sequence[str], max_tokens: int, temperature: float, seeds: Sequence[int]) -> list[str]:
+        """The completions, in order; the first request that fails for good stops the batch at once (queued
+        requests are not sent, those in flight are abandoned on their daemon threads)."""
         bodies = [self._body(p, max_tokens, temperature, s) for p, s in zip(prompts, seeds, strict=True)]
-        pool = ThreadPoolExecutor(self.settings.concurrency)
+        pending: queue.SimpleQueue = queue.SimpleQueue()
+        for index in range(len(bodies)):
+            pending.put(index)
+        answers: queue.SimpleQueue = queue.SimpleQueue()
+        stopped = threading.Event()
+
+        def work() -> None:
+            while not stopped.is_set():
+                try:
+                    index = pending.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    answers.put((index, self._one(bodies[index]), None))
+                except BaseException as error:
+                    answers.put((index, None, error))
+
+        for _ in range(min(self.settings.concurrency, len(bodies))):
+            threading.Thread(target=work, name="zoo-llm", daemon=True).start()
+        texts: list[str] = [""] * len(bodies)
         try:
-            return list(pool.map(self._one, bodies))
-        finally:  # a failure or Ctrl-C sends nothing more: queued requests are dropped, not run
-            pool.shutdown(wait=False, cancel_futures=True)
+            for _ in bodies:
+                index, text, error = answers.get()
+                if error is not None:
+                    raise error
+                texts[index] = text
+        finally:
+            stopped.set()
+        return texts
 
 
 BACKENDS = {"native": (NativeSettings, NativeLLM), "http": (HTTPSettings, HTTPLLM)}
