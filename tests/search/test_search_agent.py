@@ -1,6 +1,8 @@
 """QAgent's environment and masks (zoo/envs/search.py, zoo/search/task.py): what the environment answers, the
 observation tokens that never get gradient (RL) and never a target (SFT), and frozen readers that plug in."""
 
+import re
+
 import pytest
 import torch
 
@@ -203,3 +205,24 @@ def test_questions_of_your_own_with_several_answers(tmp_path):
     path.write_text(json.dumps({"question": "q", "answers": [1, 2]}) + "\n")
     with pytest.raises(DataError, match=r"qa.jsonl:1: a question needs"):
         load_problems("search", str(path), None, 1, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "row, named",
+    [
+        ({"question": "Who?", "answer": ""}, "the answer '' is nothing once normalised"),
+        ({"question": "Who?", "answer": "The"}, "the answer 'The' is nothing once normalised"),
+        ({"question": "Who?", "answers": ["Paris", " a. "]}, "the answer ' a. ' is nothing"),
+        ({"question": "  ", "answer": "Paris"}, "the question is empty"),
+    ],
+)
+def test_an_answer_no_completion_could_miss_is_a_data_error(tmp_path, row, named):
+    """An empty <answer></answer> would score 1.0 against a gold that normalises to nothing."""
+    import json
+
+    from zoo.rl.tasks import load_problems
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"question": "Capital of France?", "answer": "Paris"}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=rf"qa.jsonl:2: {re.escape(named)}"):
+        load_problems("search", str(path), None, 2, 0, 0)

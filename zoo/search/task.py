@@ -26,7 +26,7 @@ from zoo.envs.search import SearchEnvironment
 from zoo.errors import DataError
 from zoo.jsonl import read_jsonl
 from zoo.search.readers import ExtractiveReader, reader_prompt
-from zoo.search.rewards import cover_match
+from zoo.search.rewards import cover_match, normalize_answer
 from zoo.search.tags import retrieved_passages
 from zoo.search.world import Question, default_world
 
@@ -61,6 +61,13 @@ def read_questions(path: str | Path) -> list:
         if not isinstance(question, str) or not answers or not all(isinstance(a, str) for a in answers):
             raise DataError(f"{path}:{number}: a question needs a 'question' string and an 'answer' (or 'answers', "
                             "'golden_answers': strings)")  # fmt: skip
+        if not question.strip():
+            raise DataError(f"{path}:{number}: the question is empty")
+        if (empty := next((a for a in answers if not normalize_answer(a)), None)) is not None:
+            raise DataError(
+                f"{path}:{number}: the answer {empty!r} is nothing once normalised (case, punctuation and the "
+                "articles a/an/the are dropped before matching): an empty <answer></answer> would match it"
+            )
         reference = answers[0] if len(answers) == 1 else json.dumps(answers)
         problems.append(Problem(PROMPTS["paper"].format(question=question.strip().rstrip("?.") + "?"), reference,
                                 f"<answer>{answers[0]}</answer>"))  # fmt: skip
