@@ -50,7 +50,7 @@ from zoo.quantization import check_bits, quantize_frozen
 from zoo.rebuilt_state import check_complete, drop_rebuilt
 from zoo.rl import advantages as estimators
 from zoo.rl.attention_credit import CreditAssignment
-from zoo.rl.evaluation import correctness_runner, evaluate_pass_at_k
+from zoo.rl.evaluation import correctness_runner, evaluate_pass_at_k, solved_groups
 from zoo.rl.losses import aggregate, kl_penalty
 from zoo.rl.pg_variants import PolicyInputs, policy_loss, variant_options
 from zoo.rl.rewards import PendingRewards, RewardBatch, RewardRunner
@@ -368,12 +368,11 @@ class RLModule(L.LightningModule):
         self.count_rollouts(len(batch))
         rewards = step.rewards if step.rewards is not None else self.score(step)
         batch.rewards = self.log_rewards(rewards)
-        correct = rewards.parts.get("correct", rewards.scores)  # a shaped reward's correctness part (BARD's)
         self.log_dict(
             {
                 "reward/mean": batch.rewards.mean(),
                 "reward/std": batch.rewards.std() if len(batch) > 1 else torch.zeros(()),
-                "reward/solved_groups": (correct.view(-1, self.rollout_config.n).max(1).values > 0.5).float().mean(),
+                "reward/solved_groups": solved_groups(rewards, self.rollout_config.n),
             },
             prog_bar=True,
         )

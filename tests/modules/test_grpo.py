@@ -28,7 +28,8 @@ class _Rewards(L.Callback):
         self.history.append(trainer.callback_metrics["reward/mean"].item())
 
 
-def _fit(reward, steps, cpu_trainer, module_class=GRPOModule, policy=POLICY, tokenizer=None, lr=1e-3, **module):
+def _fit(reward, steps, cpu_trainer, module_class=GRPOModule, policy=POLICY, tokenizer=None, lr=1e-3, rollout=None,
+         **module):  # fmt: skip
     torch.manual_seed(0)
     data = PromptDataModule(
         task="arithmetic", train_size=2000, val_size=16, batch_size=16, vocab_size=64, tokenizer=tokenizer
@@ -36,7 +37,10 @@ def _fit(reward, steps, cpu_trainer, module_class=GRPOModule, policy=POLICY, tok
     data.prepare_data()
     data.reward = reward
     grpo = module_class(
-        policy, optim=dict(lr=lr, warmup_steps=5, weight_decay=0.0), rollout=dict(n=8, max_new_tokens=4), **module
+        policy,
+        optim=dict(lr=lr, warmup_steps=5, weight_decay=0.0),
+        rollout=rollout or dict(n=8, max_new_tokens=4),
+        **module,
     )
     record = _Rewards()
     trainer = cpu_trainer(max_steps=steps, limit_val_batches=0, callbacks=[RolloutCallback(), record])
@@ -231,3 +235,22 @@ def test_ppo_places_the_task_reward_on_the_last_completion_token():
     torch.testing.assert_close(batch.returns, expected)
     whitened = masked_whiten((expected - batch.old_values) * batch.response_mask, batch.response_mask)
     torch.testing.assert_close(advantages, whitened)
+
+
+def test_minibatch_order_follows_the_step_seed(cpu_trainer, monkeypatch):
+    """Minibatches are drawn from the step's seed, which holds module.rollout.seed (zoo fit: the run's seed): runs
+    of different seeds shuffle their minibatches differently, and a resumed run as the original did."""
+    from zoo.rl.rollout import RolloutBatch
+
+    drawn = []
+    minibatches = RolloutBatch.minibatches
+
+    def record(self, size, generator=None):
+        drawn.append(generator.initial_seed() if generator is not None else None)
+        return minibatches(self, size, generator)
+
+    monkeypatch.setattr(RolloutBatch, "minibatches", record)
+    for seed in (3, 4):  # 4 minibatches a rollout: the rollouts of optimizer steps 0 and 4
+        _fit(lambda p, c, r: 0.0, 8, cpu_trainer, rollout=dict(n=8, max_new_tokens=4, seed=seed),
+             algorithm=dict(minibatch_size=32))  # fmt: skip
+    assert drawn == [s * 2**32 + step * 1_000_003 for s in (3, 4) for step in (0, 4)]

@@ -73,3 +73,11 @@ def test_path_utility_is_the_geometric_mean_answer_probability_by_hand():
                 probabilities = torch.softmax(model(torch.tensor([prefix + answer[:j]]))[0, -1], -1)
             logprob += math.log(float(probabilities[token]))
         assert math.isclose(float(got[i]), math.exp(logprob / len(answer)), rel_tol=1e-5)
+
+
+def test_the_high_utility_set_includes_paths_exactly_at_tau():
+    """Z_τ = {z : s(z) ≥ τ}: a path with s = τ belongs to it."""
+    prior, utility = torch.tensor([0.5, 0.25, 0.25]), torch.tensor([0.2, 0.5, 0.8])
+    mu = 0.5 * 0.2 + 0.25 * 0.5 + 0.25 * 0.8
+    expected = ((0.25 * 0.5 + 0.25 * 0.8) / mu) / 0.5  # q(Z) / p(Z) over the paths at 0.5 and 0.8
+    torch.testing.assert_close(mass_ratio(prior, utility, 0.5), torch.tensor(expected))

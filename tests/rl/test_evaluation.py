@@ -3,11 +3,12 @@ wrong answer within budget (additive ablation: reward 1.0) does not pass, and a 
 (tracking fidelity: reward 0.22) does."""
 
 import pytest
+import torch
 
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.generation import GenerationResult, Sample
-from zoo.rl.evaluation import correctness_runner, evaluate_pass_at_k, pass_at_k
-from zoo.rl.rewards import RewardRunner
+from zoo.rl.evaluation import correctness_runner, evaluate_pass_at_k, pass_at_k, solved_groups
+from zoo.rl.rewards import RewardBatch, RewardRunner
 from zoo.sampling import SamplingParams
 
 
@@ -68,3 +69,12 @@ def test_pass_at_k_estimator():
     assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 − C(3,2)/C(5,2)
     with pytest.raises(ValueError):
         pass_at_k(2, 1, 3)
+
+
+def test_solved_groups_count_correctness_not_the_shaped_reward():
+    """Three prompts of two completions: wrong answers within budget score 1.0 (prompts 0 and 1, as under BARD's
+    additive reward), a right one far over budget 0.2 (prompt 2, as under the product): only prompt 2 is solved."""
+    scores, correct = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.2, 0.0]), torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    assert solved_groups(RewardBatch(scores, {"correct": correct}), 2).item() == pytest.approx(1 / 3)
+    plain = RewardBatch(torch.tensor([1.0, 0.0, 0.0, 0.0]))  # a verifier's reward is its own correctness
+    assert solved_groups(plain, 2).item() == 0.5

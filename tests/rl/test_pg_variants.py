@@ -160,6 +160,19 @@ def test_extreme_log_ratios_stay_finite():
         assert torch.isfinite(grad).all(), variant
 
 
+def test_a_ratio_past_float32_on_a_zero_advantage_token_stays_finite():
+    """A policy 90 nats above its proximal log-prob on a token whose advantage is 0, in float32: e^90 overflows, and
+    without the clamp inf · 0 would make the loss NaN."""
+    x = _inputs()
+    logprobs = x.logprobs.detach().float().requires_grad_()
+    proximal, behaviour, advantages = x.proximal.float(), x.behaviour.float(), x.advantages.float()
+    proximal[0, 0], advantages[0, 0] = logprobs[0, 0].detach() - 90, 0.0
+    x32 = PolicyInputs(logprobs, proximal, behaviour, advantages, x.scores.float(), x.mask.float())
+    for variant, options in CASES:
+        loss, _, _ = policy_loss(variant, variant_options(variant, options), x32, tis_cap=2.0)
+        assert torch.isfinite(loss), variant
+
+
 def test_on_policy_every_variant_is_the_policy_gradient():
     """Sampler, proximal and policy agree: every variant's gradient is −A/|tokens| per token (kimi15's penalty
     and every weight vanish), so they all train alike on fresh samples."""

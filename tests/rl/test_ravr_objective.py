@@ -142,6 +142,11 @@ def test_the_path_never_holds_an_answer_character(spaced_tokenizer, cue, answer,
     assert ids[k - 1 : k] != [tokenizer.eos_token_id]
 
 
+def test_a_completion_that_stops_at_its_cue_keeps_the_stop_token_out_of_the_path(spaced_tokenizer):
+    ids = spaced_tokenizer("so it is ####", add_special_tokens=False)["input_ids"]
+    assert path_length(spaced_tokenizer, ids + [spaced_tokenizer.eos_token_id], "####") == len(ids)
+
+
 def test_a_cue_with_a_trailing_space_leaves_the_answer_token_out(spaced_tokenizer):
     ids = spaced_tokenizer("so it is 42 #### 42", add_special_tokens=False)["input_ids"]
     assert spaced_tokenizer.convert_ids_to_tokens(ids)[-1] == "Ġ42"  # the space rides on the answer

@@ -71,3 +71,35 @@ def test_benchmark_files_that_cannot_be_used_are_named(tmp_path):
     path.write_text('{"text": "x"}\n')
     with pytest.raises(DataError, match="b.jsonl: no field problem or question"):
         BenchmarkIndex().add_file(path)
+
+
+def _words(start: int, count: int) -> list[str]:
+    return [f"w{i}" for i in range(start, start + count)]
+
+
+def test_the_default_filters_sit_where_the_paper_puts_them():
+    """``zoo synth run``'s own defaults (configs/synth/default.yaml), not values a test picks: a question sharing a
+    13-word run with a benchmark is removed and one sharing 12 is not; a question whose word-3-gram Jaccard with
+    an earlier one is 0.85 is a near duplicate and one at 0.55 is not (MinHash at 0.7; LSH proposes a pair at
+    0.85 surely, at 0.8 only likely)."""
+    from zoo.synth.pipeline import load_config
+
+    config = load_config("default", ["workdir=w"])
+    n, minhash = config["decontaminate"]["n"], config["minhash"]
+    index = BenchmarkIndex(n)
+    index.add(" ".join(_words(0, 30)), "bench:1")
+    assert index.match([" ".join(_words(10, 13) + _words(100, 10))]) == "bench:1"
+    assert index.match([" ".join(_words(10, 12) + _words(100, 10))]) is None
+    first = " ".join(_words(0, 40))
+    close = " ".join(_words(0, 37) + _words(200, 3))  # 35 shared of 41 trigrams: 0.85
+    far = " ".join(_words(0, 29) + _words(300, 11))  # 27 of 49: 0.55
+    settings = dict(threshold=minhash["threshold"], ngram=minhash["ngram"], num_perm=minhash["num_perm"])
+    assert near_duplicates([first, close], **settings) == {1: 0}
+    assert near_duplicates([first, far], **settings) == {}
+
+
+def test_a_near_duplicate_is_named_after_the_first_kept_text_it_matches():
+    """Two kept texts (Jaccard 0.6 between them) and a third within 0.78 of each: it duplicates the first."""
+    shared, one, two = _words(0, 30), _words(100, 10), _words(200, 10)
+    texts = [" ".join(shared + one), " ".join(shared + two), " ".join(shared + one[:5] + two[:5])]
+    assert near_duplicates(texts, threshold=0.7, ngram=1) == {2: 0}

@@ -162,6 +162,11 @@ def test_a_stage_is_done_only_when_its_items_verify_against_its_record(inputs, c
         assert server.by_kind["answer"] == answers + rows  # asked again, not taken as done
         report = {s["stage"]: s for s in json.loads((workdir / "report.json").read_text())}
         assert report["answer"]["out"] == rows
+        answered = workdir / "10_answer" / "items.jsonl"
+        answered.write_text("".join(answered.read_text().splitlines(keepends=True)[: rows // 2]))  # rows lost
+        answers = server.by_kind["answer"]
+        assert _run(inputs, server, workdir).read_text() == reference
+        assert server.by_kind["answer"] == answers + rows - rows // 2  # only the lost ones asked again
         (workdir / "04_dedup" / "stage.json").write_text("{damaged")
         generated = server.by_kind["generate"]
         assert _run(inputs, server, workdir).read_text() == reference

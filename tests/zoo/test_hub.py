@@ -77,7 +77,7 @@ def test_a_damaged_entry_is_refused(trained_run, damage, capsys):
     assert shown.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("manifest", [b"\xff\xfe not utf-8", b"[]", b""])
+@pytest.mark.parametrize("manifest", [b"\xff\xfe not utf-8", b"\x80\x81 not utf-8", b"[]", b""])
 def test_one_unreadable_manifest_spoils_only_its_own_entry(run_zoo, trained_run, manifest):
     """``zoo hub list`` lists the rest and marks it; ``zoo hub show`` of a missing name still says which exist."""
     Hub().push(trained_run, "good")

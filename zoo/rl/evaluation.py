@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from zoo.engines import in_place_engine
-from zoo.rl.rewards import RewardRunner
+from zoo.rl.rewards import RewardBatch, RewardRunner
 from zoo.sampling import SamplingParams
 
 
@@ -26,6 +26,13 @@ def pass_at_k(n: int, correct: int, k: int) -> float:
     if n - correct < k:
         return 1.0
     return 1.0 - comb(n - correct, k) / comb(n, k)
+
+
+def solved_groups(result: RewardBatch, group_size: int) -> torch.Tensor:
+    """The share of a training batch's prompts with a correct completion among their ``group_size``: correctness is
+    a shaped reward's ``correct`` part (BARD's budget reward reports it), else the reward itself."""
+    correct = result.parts.get("correct", result.scores)
+    return (correct.view(-1, group_size).max(1).values > 0.5).float().mean()
 
 
 def evaluate_pass_at_k(
