@@ -30,7 +30,7 @@ slowest environment) against environment-level asynchrony (``zoo/envs/agent_roll
 environments (more groups and more trajectories a group launched than kept). Prints the rollout time of each
 (mean of ``--repeats``), the ratio to synchronous, and the summed environment time.
 
-``parity``: the arithmetic GRPO demo of the README (``experiment=arithmetic_sft`` then ``experiment=arithmetic_grpo``,
+``parity``: the arithmetic GRPO demo of docs/rl.md (``experiment=arithmetic_sft`` then ``experiment=arithmetic_grpo``,
 200 steps) per seed, synchronous and at α = 1 and 2: held-out greedy pass@1 after the last step, per seed and as
 mean ± std (``--parallel`` runs side by side, one thread each, in ``--workdir``; ZOO_HUB should point there too).
 

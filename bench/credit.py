@@ -1,4 +1,4 @@
-"""Attention-based credit assignment (arXiv:2510.13554; notes §1.8): the experiments of the README's section.
+"""Attention-based credit assignment (arXiv:2510.13554; notes §1.8): the experiments of docs/methods/credit.md.
 
     python bench/credit.py --experiment arms [--arms none random coupled] [--seeds 1337 1 2] [--out DIR]
     python bench/credit.py --experiment perturbation [--policy hub:chain-sft] [--problems 64]

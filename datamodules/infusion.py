@@ -12,9 +12,9 @@ At a fixed token budget the infusion takes its tokens from the general corpus, t
 with a domain share d, the stream keeps the first (1 − d) of the general facts' exposures (pass after pass, so
 every fact loses about the same) and text fills the rest. So general knowledge keeps its density within the
 general corpus while the corpus shrinks, as when a pretraining mixture gives a share of a fixed budget to domain
-data. (A choice, both alternatives measured in the README: when the infusion displaced text only, every general
-fact kept all its exposures and no model of the CPU sweep forgot; with the general facts first and the infusion
-after them, the text alone of the second part erased them.)
+data. (A choice, both alternatives measured in docs/methods/infusion.md: when the infusion displaced text only,
+every general fact kept all its exposures and no model of the CPU sweep forgot; with the general facts first and the
+infusion after them, the text alone of the second part erased them.)
 
 Knowledge sentences (each followed by EOS) and 64-token text chunks are shuffled together with ``seed`` and
 packed into blocks of ``seq_len + 1``; the same settings give the same stream. The tokenizer learns from the

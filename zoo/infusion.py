@@ -1,7 +1,7 @@
 """The analysis of a knowledge-infusion sweep (arXiv:2509.19371; notes §2): collapse point per model size, the
 scaling law of collapse point against size, and its prediction for a larger model.
 
-The paper does not publish its definitions or its law's form; zoo's, which the README repeats:
+The paper does not publish its definitions or its law's form; zoo's, which docs/methods/infusion.md repeats:
 
 - **retention** R(N, k): general-fact recall (``recall/general``, multiple choice) at the end of a run of a
   model with N non-embedding parameters that was infused with k domain facts;
@@ -9,8 +9,9 @@ The paper does not publish its definitions or its law's form; zoo's, which the R
   between the two swept amounts around it (in log k, or linearly from k = 0); ``None`` when retention never
   falls that far in the sweep. δ = 0.5 by default: half the retention lost, a collapse rather than a dip. (Chosen
   after the first CPU sweep, where δ = 0.2 was within single runs' noise - neighbouring amounts differ by up to
-  0.07 recall - and ordered the two largest sizes wrongly; the README reports δ = 0.2, 0.3 and 0.5.) The collapse
-  point is also the **optimal infusion**: the most domain knowledge the model takes before it forgets;
+  0.07 recall - and ordered the two largest sizes wrongly; docs/methods/infusion.md reports δ = 0.2, 0.3 and
+  0.5.) The collapse point is also the **optimal infusion**: the most domain knowledge the model takes before it
+  forgets;
 - **scaling law**: log k* = a + α · log N, fitted by least squares on every size but the largest (a power law,
   as the data-mixing phase-transition literature finds for critical mixing ratios); its prediction for the
   largest size is compared with that size's measured collapse point.

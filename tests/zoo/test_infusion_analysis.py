@@ -1,5 +1,5 @@
-"""The infusion analysis: collapse points by the README's definition, the power-law fit and its prediction,
-and `zoo infusion analyze` on a sweep directory of runs."""
+"""The infusion analysis: collapse points by docs/methods/infusion.md's definition, the power-law fit and its
+prediction, and `zoo infusion analyze` on a sweep directory of runs."""
 
 import json
 import math

@@ -353,7 +353,7 @@ def test_asynchronous_rollout_with_alpha_0_trains_a_lora_policy_as_the_synchrono
 
 @pytest.mark.slow
 def test_lora_and_qlora_grpo_reach_the_full_models_result_on_the_rl_demo(run_zoo, tmp_path):
-    """The README's comparison at seed 1337 (about 70 s): from the shipped SFT policy, full-parameter GRPO, LoRA
+    """docs/rl.md's comparison at seed 1337 (about 70 s): from the shipped SFT policy, full-parameter GRPO, LoRA
     and QLoRA each take held-out greedy accuracy over 70%, the adapters within the seed spread (0.06) of the full
     model or above it."""
     results = {}

@@ -1,5 +1,6 @@
-"""The README claims only what exists: its config-group table lists every option there is and no other, every
-``group=option`` it names exists, and every ``zoo fit|validate|test`` line it shows composes."""
+"""The README and docs/ claim only what exists: the config-group table (docs/cli.md) lists every option there is
+and no other, every ``group=option`` they name exists, and every ``zoo fit|validate|test`` line they show
+composes."""
 
 import re
 import shlex
@@ -10,8 +11,11 @@ from hydra import compose, initialize_config_module
 
 from zoo.cli import GROUPS, group_options, register_presets
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-NOT_AN_OPTION = {("model", "pythia-7t")}  # the README's example of an unknown option
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = {
+    p.relative_to(ROOT).as_posix(): p.read_text() for p in [ROOT / "README.md", *sorted(ROOT.glob("docs/**/*.md"))]
+}
+NOT_AN_OPTION = {("model", "pythia-7t")}  # docs/cli.md's example of an unknown option
 
 
 @pytest.fixture(scope="module")
@@ -22,24 +26,32 @@ def options():
 
 
 def test_the_group_table_lists_every_option_and_no_other(options):
-    rows = dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", README, re.MULTILINE))
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", PAGES["docs/cli.md"], re.MULTILINE))
     assert set(rows) == set(GROUPS)
     for group, cell in rows.items():
         named = set(re.findall(r"`([^`]+)`", cell))
         assert named == options[group], group
 
 
-def test_every_group_option_the_readme_names_exists(options):
-    named = (
-        set(re.findall(rf"(?<![.\w])({'|'.join(GROUPS)})=([A-Za-z0-9_.\-]+)", README)) - NOT_AN_OPTION
-    )  # not llm.model=
-    assert named
-    missing = sorted((g, o) for g, o in named if not o.isupper() and o.rstrip(".,") not in options[g])  # NAME: a slot
+def test_every_group_option_the_pages_name_exists(options):
+    named = {
+        (page, group, option)
+        for page, text in PAGES.items()
+        for group, option in re.findall(rf"(?<![.\w])({'|'.join(GROUPS)})=([A-Za-z0-9_.\-]+)", text)  # not llm.model=
+        if (group, option) not in NOT_AN_OPTION
+    }
+    assert {page for page, _, _ in named} >= {"README.md", "docs/cli.md", "docs/rl.md"}
+    missing = sorted(n for n in named if not n[2].isupper() and n[2].rstrip(".,") not in options[n[1]])  # NAME: a slot
     assert not missing
 
 
 def _commands():
-    for line in re.findall(r"^zoo (?:fit|validate|test) (?:.*\\\n)*.*$", README, re.MULTILINE):
+    for page, text in PAGES.items():
+        yield from ((f"{page}: {line}", words) for line, words in _page_commands(text))
+
+
+def _page_commands(text):
+    for line in re.findall(r"^zoo (?:fit|validate|test) (?:.*\\\n)*.*$", text, re.MULTILINE):
         line = line.replace("\\\n", " ")  # a command continued over lines
         command = line.split(" #")[0].replace("$HOME", "/home/reader")  # what the reader's shell expands
         words = [w for w in shlex.split(command)[2:] if w != "-m"]

@@ -146,7 +146,7 @@ def test_a_malformed_jsonl_row_names_file_and_line(run_zoo, tmp_path):
 
 @pytest.mark.slow
 def test_sft_then_grpo_and_ppo_learn_to_carry(run_zoo, tmp_path):
-    """The README's RL demonstration (about 1.5 minutes): SFT on a sloppy teacher's solutions leaves held-out
+    """docs/rl.md's RL demonstration (about 1.5 minutes): SFT on a sloppy teacher's solutions leaves held-out
     greedy accuracy under 30%; GRPO and PPO with the exact-match reward each take it over 70%."""
     run_zoo("fit", "experiment=arithmetic_sft", "trainer.enable_progress_bar=false")
     sft = json.loads((_run_dir(tmp_path / "runs" / "arithmetic_sft") / "metrics.json").read_text())

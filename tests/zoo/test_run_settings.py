@@ -15,7 +15,7 @@ def _settings(*overrides):
 
 
 def test_a_run_shorter_than_its_validation_interval_validates_at_its_end():
-    assert _settings("trainer.max_steps=50")["val_check_interval"] == 50  # the README's example
+    assert _settings("trainer.max_steps=50")["val_check_interval"] == 50  # docs/cli.md's example
     assert _settings("trainer.max_steps=500")["val_check_interval"] == 100
     assert _settings("trainer.max_steps=-1")["val_check_interval"] == 100
 

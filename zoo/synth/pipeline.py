@@ -20,9 +20,9 @@ The result, ``sft.jsonl`` (``problem``, ``answer``, ``solution``, plus the logic
 times of every stage. A malformed LLM answer is counted and asked again with a new seed at
 ``retry_temperature``; an item still malformed after its retries is kept out (and counted).
 
-Choices where the paper is silent (stated here and in the README): a segment's discipline, when its row does not
-give one, is the discipline whose bank questions' mean embedding is nearest (the paper used a trained classifier);
-logics are embedded by their steps in order, joined with arrows; MinHash keeps the first of each group.
+Choices where the paper is silent (stated here and in docs/methods/designer.md): a segment's discipline, when its
+row does not give one, is the discipline whose bank questions' mean embedding is nearest (the paper used a trained
+classifier); logics are embedded by their steps in order, joined with arrows; MinHash keeps the first of each group.
 """
 
 from __future__ import annotations
