@@ -59,11 +59,11 @@ def zoo_env(zoo_cache, tmp_path, monkeypatch) -> dict[str, str]:
     return dict(os.environ)
 
 
-@pytest.fixture(autouse=True)
-def _root_logging_restored():
+@contextlib.contextmanager
+def root_logging_restored():
     """A run in this process (``zoo.cli.main``) lets Hydra configure logging: handlers that write to the test's
     captured output and to the run's ``cli.log``, which may be deleted with a discarded run. Put the root logger
-    back after every test, so that no later test logs into a closed capture or a deleted file."""
+    back afterwards, so that no later test logs into a closed capture or a deleted file."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield
@@ -72,6 +72,12 @@ def _root_logging_restored():
             handler.close()
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    with root_logging_restored():
+        yield
 
 
 def _run_zoo(args, cwd, env, timeout=300, check=True) -> subprocess.CompletedProcess:
@@ -121,8 +127,10 @@ def run_zoo(zoo_env, tmp_path):
 def trained_run(zoo_cache, tmp_path_factory) -> Path:
     """The run directory of one short ``zoo fit`` of the tiny model, shared by the tests that only read it."""
     cwd = tmp_path_factory.mktemp("trained")
-    env = {**os.environ, "ZOO_CACHE": str(zoo_cache), "ZOO_HUB": str(cwd / "hub")}
-    _run_zoo(["fit", *TINY_OVERRIDES, "debug=limit", "name=tiny"], cwd, env)
+    with pytest.MonkeyPatch.context() as patch, root_logging_restored():
+        patch.setenv("ZOO_CACHE", str(zoo_cache))
+        patch.setenv("ZOO_HUB", str(cwd / "hub"))
+        _run_zoo_here(["fit", *TINY_OVERRIDES, "debug=limit", "name=tiny"], cwd)
     (hydra,) = list((cwd / "runs" / "tiny").rglob(".hydra"))
     return hydra.parent
 

@@ -1,8 +1,11 @@
 """The embedded corpus and the locally trained byte-level BPE."""
 
+import sys
+
 import pytest
 from transformers import AutoTokenizer
 
+from zoo import corpus
 from zoo.corpus import embedded_corpus
 from zoo.tokenizer import EOS, PAD, cached_bpe, load_tokenizer, train_bpe
 
@@ -11,9 +14,38 @@ def test_embedded_corpus_is_large_deterministic_english():
     documents = embedded_corpus()
     text = "\n".join(d.text for d in documents)
     assert len(documents) > 300 and len(text) > 1_000_000
-    assert [d.name for d in documents] == [d.name for d in embedded_corpus()]
+    _, stdlib, modules = corpus._sources()
+    assert list(corpus._read(stdlib, modules)) == documents  # parsed again from the files: the same documents
+    documents.pop()
+    assert len(embedded_corpus()) == len(documents) + 1  # each call hands out its own list
     words = text.lower().split()
     assert words.count("the") > 0.02 * len(words)  # English prose, not code
+
+
+def test_the_corpus_is_parsed_once_then_read_from_its_cache_file_and_parsed_again_when_that_is_damaged(
+    tmp_path, monkeypatch
+):
+    parsed = []
+    documents = (corpus.Document("topic:if", "The if statement."),) * 120
+
+    def read(stdlib, modules):
+        parsed.append(len(modules))
+        return documents
+
+    monkeypatch.setattr(corpus, "_read", read)
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path))
+    for damage in [None, None, "{not json", "[]", '[["topic:if", 3]]', None]:
+        corpus._documents.cache_clear()
+        (cached,) = (tmp_path / "corpus").iterdir() if parsed else (None,)
+        if damage:
+            cached.write_text(damage)
+        assert embedded_corpus() == list(documents)
+    assert len(parsed) == 4  # the first build and the three damaged files; never when the file is whole
+    monkeypatch.setattr(sys, "version", "3.99.0 (another interpreter)")
+    corpus._documents.cache_clear()
+    embedded_corpus()
+    assert len(parsed) == 5 and len(list((tmp_path / "corpus").iterdir())) == 2
+    corpus._documents.cache_clear()  # the rest of the session reads the real corpus again
 
 
 def test_bpe_round_trips_text_and_follows_neox_conventions(tmp_path):
