@@ -56,9 +56,9 @@ from zoo_runs import latest_run, threads_per_run, zoo
 
 from zoo.callbacks.rollout import RolloutCallback
 from zoo.datamodules.prompts import PromptDataModule
+from zoo.generation.sampling import SamplingParams
 from zoo.modules.grpo import GRPOModule
 from zoo.rl.async_simulator import LongTail, proposition_1, proposition_2, simulate
-from zoo.sampling import SamplingParams
 
 
 def run_simulation(args: argparse.Namespace) -> None:
@@ -210,7 +210,7 @@ class _Metrics(L.Callback):
 def run_agentic(args: argparse.Namespace) -> None:
     from zoo.envs.agent_rollout import run_agent_rollout
     from zoo.envs.simulated import SimulatedEnvironment
-    from zoo.generation import NativeEngine
+    from zoo.generation.native import NativeEngine
     from zoo.models import build_model, config_from_dict
 
     data = PromptDataModule(task="arithmetic", train_size=args.groups + args.extra_groups, val_size=0, vocab_size=64)

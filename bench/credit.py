@@ -107,12 +107,12 @@ def _jaccard(a: set[str], b: set[str]) -> float:
 def perturbation(opts) -> None:
     from transformers import PreTrainedTokenizerFast
 
-    from zoo.generation import NativeEngine
-    from zoo.hub import load_model
+    from zoo.generation.native import NativeEngine
+    from zoo.generation.sampling import SamplingParams
+    from zoo.hub.store import load_model
     from zoo.rl.attention_credit import CreditAssignment
     from zoo.rl.rollout import assemble
-    from zoo.rl.tasks import chain_problems
-    from zoo.sampling import SamplingParams
+    from zoo.tasks.registry import chain_problems
 
     loaded = load_model(opts.policy)
     model = loaded.model.eval()

@@ -24,11 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from zoo.lora import apply_lora, lora_settings  # noqa: E402
 from zoo.models import GPTNeoX  # noqa: E402
 from zoo.models.gpt_neox import PRESETS  # noqa: E402
-from zoo.optim import OptimConfig, build_adamw  # noqa: E402
-from zoo.quantization import quantize_frozen  # noqa: E402
+from zoo.training.lora import apply_lora, lora_settings  # noqa: E402
+from zoo.training.optim import OptimConfig, build_adamw  # noqa: E402
+from zoo.training.quantization import quantize_frozen  # noqa: E402
 
 ARMS = {  # arm: (module.optim.name, model.lora.quantize or None when no adapters, with adapters)
     "adamw": ("adamw", None, False),

@@ -46,11 +46,11 @@ from tail_batching import LONGEST, START, countdown_model
 from timing import gpt_neox_pair
 
 from zoo.callbacks.tail_batching import TailBatcher
-from zoo.generation import NativeEngine
-from zoo.loader import PromptStream
+from zoo.generation.native import NativeEngine
+from zoo.generation.sampling import SamplingParams
 from zoo.rl.queue import QueuePlanner, run_queue_round
 from zoo.rl.rewards import RewardRunner
-from zoo.sampling import SamplingParams
+from zoo.text.loader import PromptStream
 
 
 class _Lengths:

@@ -2,7 +2,7 @@
 
 Every engine samples (temperature 1) ``--new`` tokens for every row of a batch of ``--batch`` random prompts of
 ``--prompt`` tokens, with no stop token, so each produces exactly batch × new tokens; the weights are shared
-(transformers' model loaded into zoo's through ``zoo.convert``). Prints new tokens/s of each and the ratios to
+(transformers' model loaded into zoo's through ``zoo.hub.convert``). Prints new tokens/s of each and the ratios to
 the first peer.
 
 Engines (``--engines``, comma-separated):
@@ -26,8 +26,8 @@ import time
 import torch
 from timing import gpt_neox_pair
 
-from zoo.generation import NativeEngine
-from zoo.sampling import SamplingParams
+from zoo.generation.native import NativeEngine
+from zoo.generation.sampling import SamplingParams
 
 
 def timed(fn, device: str) -> float:

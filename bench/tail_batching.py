@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from zoo.callbacks.tail_batching import Launch, TailBatcher
-from zoo.generation import NativeEngine
+from zoo.generation.native import NativeEngine
+from zoo.generation.sampling import SamplingParams
 from zoo.models import GPTNeoX, GPTNeoXConfig
-from zoo.sampling import SamplingParams
 
 RATIOS = (1.0, 1.125, 1.25, 1.5)
 

@@ -9,7 +9,7 @@ import torch
 from transformers import GPTNeoXConfig as HFConfig
 from transformers import GPTNeoXForCausalLM
 
-from zoo.convert import gpt_neox_config_to_hf, gpt_neox_state_dict_from_hf
+from zoo.hub.convert import gpt_neox_config_to_hf, gpt_neox_state_dict_from_hf
 from zoo.models import GPTNeoX, GPTNeoXConfig
 from zoo.models.gpt_neox import PRESETS
 

@@ -1,6 +1,6 @@
 """Knowledge infusion during pretraining (arXiv:2509.19371; notes §2): the general text corpus of
 :class:`~zoo.datamodules.text.TextDataModule`, general knowledge and a chosen amount of domain knowledge
-(:mod:`zoo.knowledge`), mixed deterministically into one pretraining stream.
+(:mod:`zoo.infusion.knowledge`), mixed deterministically into one pretraining stream.
 
 The training stream holds ``train_tokens`` tokens, the **general corpus** (the corpus's training split, cycled,
 with every general fact's renderings ``general_repeats`` times: what the model knows and should retain) and the
@@ -31,7 +31,7 @@ import numpy as np
 
 from zoo.datamodules.text import PackedBlocks, TextDataModule
 from zoo.errors import DataError
-from zoo.knowledge import Fact, KnowledgeWorld, build_world
+from zoo.infusion.knowledge import Fact, KnowledgeWorld, build_world
 
 TEXT_CHUNK = 64
 

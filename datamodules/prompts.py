@@ -1,12 +1,12 @@
-"""Prompts of a verifiable task for RL (:mod:`zoo.rl.tasks`): each batch is a list of problems, ``batch_size``
+"""Prompts of a verifiable task for RL (:mod:`zoo.tasks.registry`): each batch is a list of problems, ``batch_size``
 prompts per optimizer step, each with its tokenized prompt and its reference answer.
 
 The tokenizer is the policy's (``tokenizer``; ``zoo fit`` passes the one of ``model.init_from`` or of an hf
 model); without one, a BPE of ``vocab_size`` is trained on the task's text. When the tokenizer has a chat
 template (``chat_template: auto``), prompts are chat-formatted with the task's system prompt or
-``system_prompt`` (:mod:`zoo.chat`), and generation stops at the template's end of turn as well as at EOS
+``system_prompt`` (:mod:`zoo.text.chat`), and generation stops at the template's end of turn as well as at EOS
 (:attr:`PromptDataModule.stop_token_ids`). The training order is seeded and resumable
-(:class:`zoo.loader.ResumableLoader`).
+(:class:`zoo.text.loader.ResumableLoader`).
 
 ``budgets`` (a task with chains of thought: ``thinking``) asks every prompt under a thinking budget
 (:mod:`zoo.rl.budgets`): ``{levels: [...], fidelity: upper | tracking, sigma, combine: product | sum, weight}``;
@@ -26,14 +26,15 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
-from zoo.chat import chat_format
 from zoo.errors import DataError, require_int
-from zoo.files import cache_dir
-from zoo.loader import ResumableLoader
+from zoo.io.files import cache_dir
 from zoo.rl.budgets import BudgetOptions, budget_line, with_budget
 from zoo.rl.posterior_prompt import check_template, posterior_prompt
-from zoo.rl.tasks import TASKS, Problem, encode_prompts, encode_texts, load_problems
-from zoo.tokenizer import tokenizer_for
+from zoo.tasks.base import Problem
+from zoo.tasks.registry import TASKS, encode_prompts, encode_texts, load_problems
+from zoo.text.chat import chat_format
+from zoo.text.loader import ResumableLoader
+from zoo.text.tokenizer import tokenizer_for
 
 
 def _as_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -66,7 +67,7 @@ class PromptDataModule(L.LightningDataModule):
         require_int("data.val_size", val_size, 0)
         self.save_hyperparameters()
         self.tokenizer = None
-        self.chat = None  # the chat format of prompts, if any (zoo.chat)
+        self.chat = None  # the chat format of prompts, if any (zoo.text.chat)
         self.reward = None  # what trains the policy
         self.correctness = None  # the task's verifier: what pass@k counts (zoo.rl.evaluation)
         self.train_problems: list[Problem] = []
@@ -95,7 +96,7 @@ class PromptDataModule(L.LightningDataModule):
         self.chat = chat_format(self.tokenizer, h.chat_template, h.system_prompt or TASKS[h.task].system)
 
     def final_answer(self, reference: str) -> str:
-        """The answer a reference states (the task's :attr:`zoo.rl.tasks.Task.final_answer`)."""
+        """The answer a reference states (the task's :attr:`zoo.tasks.base.Task.final_answer`)."""
         return TASKS[self.hparams.task].final_answer(reference)
 
     def posterior_text(self, problem: Problem) -> str:

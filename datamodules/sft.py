@@ -1,7 +1,7 @@
-"""Supervised fine-tuning on a task's worked solutions (:mod:`zoo.rl.tasks`): prompt masking and packing.
+"""Supervised fine-tuning on a task's worked solutions (:mod:`zoo.tasks.registry`): prompt masking and packing.
 
 Every example is ``prompt + solution + EOS``, or with a chat template the conversation of system prompt, prompt
-and solution (:mod:`zoo.chat`); the loss covers the solution and EOS (the assistant turn) only (every other
+and solution (:mod:`zoo.text.chat`); the loss covers the solution and EOS (the assistant turn) only (every other
 target is -100). Examples are packed whole, in a fixed order, into rows of ``seq_len`` tokens; each row carries
 ``segment_ids`` and ``position_ids`` that restart per example, so packed examples do not attend to each other
 and see the positions they would see alone. With ``pack: false`` every example has a row of its own, padded at
@@ -26,7 +26,8 @@ from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import DataError, require_int
 from zoo.models.cross_entropy import IGNORE_INDEX as IGNORE
 from zoo.rl.budgets import with_budget
-from zoo.rl.tasks import TASKS, Problem, encode_prompts
+from zoo.tasks.base import Problem
+from zoo.tasks.registry import TASKS, encode_prompts
 
 
 def pack(

@@ -1,6 +1,6 @@
 """Pretraining text: read documents, tokenize once, pack into fixed-length blocks, cache on disk.
 
-Sources (exactly one; none means the embedded default corpus of :mod:`zoo.corpus`):
+Sources (exactly one; none means the embedded default corpus of :mod:`zoo.text.corpus`):
 
 - ``path``: a ``.txt``/``.md`` file (one document), a ``.jsonl`` file (one document per row, its
   ``text_field``), or a folder of such files (searched recursively, in sorted order);
@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.corpus import Document, embedded_corpus
 from zoo.errors import ConfigError, DataError, require_int
-from zoo.files import atomic_file, cache_dir, read_utf8
-from zoo.jsonl import read_jsonl
-from zoo.loader import ResumableLoader
-from zoo.tokenizer import tokenizer_for
+from zoo.io.files import atomic_file, cache_dir, read_utf8
+from zoo.io.jsonl import read_jsonl
+from zoo.text.corpus import Document, embedded_corpus
+from zoo.text.loader import ResumableLoader
+from zoo.text.tokenizer import tokenizer_for
 
 log = logging.getLogger("zoo")
 _FORMAT_VERSION = "text-v1"

@@ -15,7 +15,7 @@ from torch import nn
 from zoo.errors import ConfigError
 from zoo.models import gpt_neox, mesh, recursive
 from zoo.models.gpt_neox import GPTNeoX, GPTNeoXConfig
-from zoo.models.hf import HFCausalLM, HFConfig
+from zoo.models.hf import DECODER_LAYER_CLASSES, HFCausalLM, HFConfig
 from zoo.models.interface import CausalLM
 from zoo.models.mesh import MeSH, MeSHConfig
 from zoo.models.recursive import RecursiveConfig, RecursiveGPTNeoX
@@ -28,6 +28,17 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 }
 # Named configurations from the papers (``zoo fit model=NAME``), every family's together.
 PRESETS = {**gpt_neox.PRESETS, **recursive.PRESETS, **mesh.PRESETS}
+
+
+def block_classes() -> set[type[nn.Module]]:
+    """zoo's block classes, and the decoder-layer classes of the HF models built so far in this process: what
+    FSDP wraps, LoRA targets and quantization replaces, one block at a time."""
+    zoo_blocks = {c.block_class for c in ARCHITECTURES.values() if isinstance(c.block_class, type)}
+    return zoo_blocks | DECODER_LAYER_CLASSES
+
+
+def is_block(module: nn.Module) -> bool:
+    return isinstance(module, tuple(block_classes()))
 
 
 def config_from_dict(values: Mapping[str, Any]):

@@ -147,7 +147,7 @@ class KVCache:
 
 @dataclass
 class StateTrace:
-    """The hidden states one forward pass goes through, recorded for the loop probes (``zoo.probes``).
+    """The hidden states one forward pass goes through, recorded for the loop probes (``zoo.analysis.probes``).
 
     ``states``: named (B, T, hidden) states in the order they occur. ``updates``: for each stage (a block, or
     a recursive model's prelude, core loop and coda) the state it received and the state it produced.

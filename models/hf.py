@@ -41,7 +41,7 @@ from zoo.models.gpt_neox import attention_mask
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Decoder-layer classes of every HF model built in this process: FSDP1's wrap policy is made before the model
-# exists, so it asks here (``zoo.strategies.is_block``).
+# exists, so it asks here (``zoo.models.is_block``).
 DECODER_LAYER_CLASSES: set[type[nn.Module]] = set()
 
 

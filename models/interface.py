@@ -9,11 +9,11 @@ What the rest of zoo builds on it:
 - critics: :class:`zoo.models.value.ValueModel` reads ``hidden_states`` and ``lm_head``'s width;
 - attention maps of chosen layers (attention-based credit, :mod:`zoo.rl.attention_credit`): ``forward`` with an
   ``attention_probe`` (:mod:`zoo.models.attention_maps`), layers counted by ``num_attention_calls``;
-- sharding: the strategies wrap each ``block_class`` module (:mod:`zoo.strategies`);
+- sharding: the strategies wrap each ``block_class`` module (:mod:`zoo.training.strategies`);
 - weights for a rollout engine: ``named_parameters()`` under the model's own names, which the ``hf`` and
-  ``vllm`` engines rename into transformers' names (:func:`zoo.engines.transformers_view`);
+  ``vllm`` engines rename into transformers' names (:func:`zoo.generation.transformers_view`);
 - the tokenizer, with its chat template, comes with the weights (the hub entry, the HF directory) and lives in
-  the data module (:mod:`zoo.chat`).
+  the data module (:mod:`zoo.text.chat`).
 """
 
 from __future__ import annotations

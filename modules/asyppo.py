@@ -38,13 +38,12 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from zoo.errors import ConfigError, require_int
-from zoo.hub import build_initialized, starting_point
+from zoo.hub.store import build_initialized, starting_point
 from zoo.models import config_from_dict
 from zoo.models.hf import HFConfig
 from zoo.models.value import ValueModel
 from zoo.modules.ppo import PPOModule
 from zoo.modules.rl import config_section
-from zoo.optim import adamw_groups
 from zoo.rl.critic_ensemble import (
     AGGREGATES,
     EVERY_CRITIC,
@@ -55,7 +54,8 @@ from zoo.rl.critic_ensemble import (
 )
 from zoo.rl.losses import clipped_value_loss
 from zoo.rl.rollout import RolloutBatch
-from zoo.strategies import shard_for_strategy
+from zoo.training.optim import adamw_groups
+from zoo.training.strategies import shard_for_strategy
 
 POPULATIONS = ("minibatch", "batch")
 MASK_KINDS = ("sigma", "random")

@@ -21,7 +21,7 @@ from zoo.modules.rl import RLModule, config_section
 from zoo.rl.advantages import gae, masked_whiten
 from zoo.rl.losses import clipped_value_loss
 from zoo.rl.rollout import RolloutBatch, token_logprobs
-from zoo.strategies import shard_for_strategy
+from zoo.training.strategies import shard_for_strategy
 
 
 @dataclass

@@ -19,12 +19,12 @@ import lightning as L
 import torch
 from torchmetrics.aggregation import MeanMetric
 
-from zoo.hub import build_initialized, pinned_source
-from zoo.lora import apply_lora, check_lora_start, frozen_base_rebuilt, frozen_entries, lora_settings
+from zoo.hub.store import build_initialized, pinned_source
+from zoo.io.rebuilt_state import check_complete, drop_rebuilt
 from zoo.models import config_from_dict
-from zoo.optim import OptimConfig, build_adamw, build_schedule, ensure_finite
-from zoo.rebuilt_state import check_complete, drop_rebuilt
-from zoo.strategies import clip_grad_norm, shard_for_strategy
+from zoo.training.lora import apply_lora, check_lora_start, frozen_base_rebuilt, frozen_entries, lora_settings
+from zoo.training.optim import OptimConfig, build_adamw, build_schedule, ensure_finite
+from zoo.training.strategies import clip_grad_norm, shard_for_strategy
 
 Batch = torch.Tensor | dict[str, torch.Tensor]
 
@@ -161,7 +161,7 @@ class PretrainModule(L.LightningModule):
         return frozen_base_rebuilt(self.lora, self.init_from)
 
     def rebuilt_entries(self) -> set[str]:
-        """The state-dict keys rebuilt at load rather than saved (:mod:`zoo.rebuilt_state`): a LoRA policy's frozen
+        """The state-dict keys rebuilt at load rather than saved (:mod:`zoo.io.rebuilt_state`): a LoRA policy's frozen
         base when it comes from ``model.init_from``."""
         return frozen_entries(self.model, "model.") if self.rebuilds_state else set()
 

@@ -35,16 +35,16 @@ import torch
 from torchmetrics.aggregation import MeanMetric
 
 from zoo.errors import ConfigError, ZooError, require_int
+from zoo.generation.sampling import SamplingParams
 from zoo.modules.grpo import GRPOModule
-from zoo.quantization import check_bits
 from zoo.rl.rewards import RewardBatch
 from zoo.rl.rollout import Round, environment_text
-from zoo.sampling import SamplingParams
 from zoo.search.corpus import Passage
 from zoo.search.readers import build_reader
 from zoo.search.rewards import cover_match, exact_match, hit, stage1_reward, stage2_reward, token_f1
 from zoo.search.tags import format_ok, last_answer, retrieved_passages
 from zoo.search.task import golds_of, question_of
+from zoo.training.quantization import check_bits
 
 VALIDATION_METRICS = (
     "em", "f1", "format", "searches", "turns", "hit", "em_without_hit", "reader_em", "reader_f1",

@@ -35,19 +35,10 @@ import torch
 from torchmetrics.aggregation import MeanMetric
 
 from zoo.errors import ConfigError, config_section, require_int
-from zoo.hub import build_initialized, pinned_source
-from zoo.lora import (
-    adapters_disabled,
-    apply_lora,
-    check_lora_start,
-    frozen_base_rebuilt,
-    frozen_entries,
-    lora_settings,
-)
+from zoo.generation.sampling import SamplingParams
+from zoo.hub.store import build_initialized, pinned_source
+from zoo.io.rebuilt_state import check_complete, drop_rebuilt
 from zoo.models import config_from_dict
-from zoo.optim import OptimConfig, TrainingDiverged, adamw_groups, build_adamw, build_schedule, ensure_finite
-from zoo.quantization import check_bits, quantize_frozen
-from zoo.rebuilt_state import check_complete, drop_rebuilt
 from zoo.rl import advantages as estimators
 from zoo.rl.attention_credit import CreditAssignment
 from zoo.rl.evaluation import correctness_runner, evaluate_pass_at_k, solved_groups
@@ -55,8 +46,17 @@ from zoo.rl.losses import aggregate, kl_penalty
 from zoo.rl.pg_variants import PolicyInputs, policy_loss, variant_options
 from zoo.rl.rewards import PendingRewards, RewardBatch, RewardRunner
 from zoo.rl.rollout import RolloutBatch, Round, token_logprobs
-from zoo.sampling import SamplingParams
-from zoo.strategies import clip_grad_norm, shard_for_strategy
+from zoo.training.lora import (
+    adapters_disabled,
+    apply_lora,
+    check_lora_start,
+    frozen_base_rebuilt,
+    frozen_entries,
+    lora_settings,
+)
+from zoo.training.optim import OptimConfig, TrainingDiverged, adamw_groups, build_adamw, build_schedule, ensure_finite
+from zoo.training.quantization import check_bits, quantize_frozen
+from zoo.training.strategies import clip_grad_norm, shard_for_strategy
 
 
 @dataclass
@@ -80,7 +80,9 @@ class AlgorithmConfig:
     ppo_epochs: int = 1
     minibatch_size: int | None = None  # sequences per optimizer step; None: the whole rollout batch
     kl_coef: float = 0.0  # > 0 keeps a frozen reference policy (a LoRA policy's: itself with its adapters off)
-    reference_quantization: str | None = None  # 8bit | 4bit: the reference held by bitsandbytes (zoo.quantization)
+    reference_quantization: str | None = (
+        None  # 8bit | 4bit: the reference held by bitsandbytes (zoo.training.quantization)
+    )
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0
     tis_cap: float | None = 2.0  # truncated importance sampling against the engine's log-probs; None: off
@@ -455,7 +457,7 @@ class RLModule(L.LightningModule):
         return frozen_base_rebuilt(self.lora, self.init_from) or self.algorithm.reference_quantization is not None
 
     def rebuilt_entries(self) -> set[str]:
-        """The state-dict keys rebuilt at load rather than saved (:mod:`zoo.rebuilt_state`): a LoRA policy's frozen
+        """The state-dict keys rebuilt at load rather than saved (:mod:`zoo.io.rebuilt_state`): a LoRA policy's frozen
         base when it comes from ``model.init_from``, a quantized reference (rebuilt from the starting weights)."""
         rebuilt = frozen_entries(self.model, "model.") if frozen_base_rebuilt(self.lora, self.init_from) else set()
         if self.reference is not None and self.algorithm.reference_quantization is not None:

@@ -192,8 +192,8 @@ def save_tiny_hf_model(directory: Path, model_type: str, chat: bool, seed: int =
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from zoo.rl.tasks import arithmetic_problems
-    from zoo.tokenizer import train_bpe
+    from zoo.tasks.registry import arithmetic_problems
+    from zoo.text.tokenizer import train_bpe
 
     tokenizer = train_bpe([p.prompt + p.solution for p in arithmetic_problems(2000, seed=7)], vocab_size=258)
     if chat:

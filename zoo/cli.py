@@ -280,8 +280,8 @@ def run_hydra(command: str, args: list[str]) -> None:
     original_argv = sys.argv
 
     def task(cfg) -> None:
-        from zoo.optim import TrainingDiverged
         from zoo.run import run  # imported here: a mistake found in the overrides stops before torch loads
+        from zoo.training.optim import TrainingDiverged
 
         sys.argv = original_argv  # Lightning's DDP launcher starts the other ranks with this command line
         run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -334,7 +334,7 @@ def _user_error(error: Exception) -> None:
 
 # -- hub ----------------------------------------------------------------------------------------------------
 def hub_command(args: list[str]) -> None:
-    from zoo.hub import Entry, Hub, HubError
+    from zoo.hub.store import Entry, Hub, HubError
 
     parser = argparse.ArgumentParser(prog="zoo hub", description="zoo's checkpoint hub")
     parser.add_argument("--store", help="hub store directory (default: $ZOO_HUB or <zoo cache>/hub)")
@@ -410,9 +410,9 @@ def probe_command(args: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from zoo.analysis.probes import figures, loop_probes
     from zoo.datamodules.text import TextDataModule
-    from zoo.hub import load_model
-    from zoo.probes import figures, loop_probes
+    from zoo.hub.store import load_model
 
     parser = argparse.ArgumentParser(prog="zoo probe", description="the MeSH paper's loop probes of a model")
     parser.add_argument("source", help="a run directory, a .ckpt file, hub:NAME or a hub entry directory")
@@ -460,7 +460,7 @@ def probe_command(args: list[str]) -> None:
 
 # -- knowledge infusion ---------------------------------------------------------------------------------------
 def infusion_command(args: list[str]) -> None:
-    from zoo.infusion import DEFAULT_DELTA, write_report
+    from zoo.infusion.analysis import DEFAULT_DELTA, write_report
 
     parser = argparse.ArgumentParser(prog="zoo infusion", description="knowledge-infusion sweeps")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -480,12 +480,12 @@ def infusion_command(args: list[str]) -> None:
 
 # -- thinking budgets ----------------------------------------------------------------------------------------
 def budget_command(args: list[str]) -> None:
-    from zoo.chat import chat_format
-    from zoo.engines import in_place_engine
-    from zoo.hub import load_model
+    from zoo.generation import in_place_engine
+    from zoo.hub.store import load_model
     from zoo.rl import budget_evaluation as evaluation
-    from zoo.rl.tasks import TASKS, load_problems
-    from zoo.tokenizer import load_tokenizer
+    from zoo.tasks.registry import TASKS, load_problems
+    from zoo.text.chat import chat_format
+    from zoo.text.tokenizer import load_tokenizer
 
     parser = argparse.ArgumentParser(prog="zoo budget", description="a policy under thinking budgets (BARD)")
     parser.add_argument("source", help="a run directory, a .ckpt file, hub:NAME or a hub entry directory")

@@ -25,10 +25,10 @@ from zoo.callbacks.budget_metrics import BudgetMetrics
 from zoo.callbacks.fact_recall import FactRecall
 from zoo.callbacks.probes import LoopProbes
 from zoo.callbacks.progress import ProgressBar
-from zoo.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 from zoo.errors import ConfigError, ZooError, require_int
-from zoo.files import atomic_file
-from zoo.hub import starting_point
+from zoo.hub.store import starting_point
+from zoo.io.checkpoint_io import AtomicCheckpointIO, read_checkpoint
+from zoo.io.files import atomic_file
 from zoo.models import config_from_dict
 from zoo.models.hf import HFConfig, resolve_path, transformers_config
 from zoo.modules.pretrain import PretrainModule
@@ -64,7 +64,7 @@ HF_LOADING = ("dtype", "attn_implementation", "gradient_checkpointing")  # model
 
 def model_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, Any]:
     """The module's ``model`` settings: the architecture's config (from ``model.init_from`` when set), with
-    ``init_from`` and ``lora`` (the policy's adapters, :mod:`zoo.lora`) passed on beside it."""
+    ``init_from`` and ``lora`` (the policy's adapters, :mod:`zoo.training.lora`) passed on beside it."""
     values = OmegaConf.to_container(cfg.model, resolve=True)
     lora = values.pop("lora", None)
     return {**_architecture(values, datamodule), **({"lora": lora} if lora else {})}

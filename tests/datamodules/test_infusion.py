@@ -9,8 +9,8 @@ from transformers import AutoTokenizer
 from zoo.callbacks.fact_recall import recall_accuracy
 from zoo.datamodules.infusion import InfusionDataModule
 from zoo.errors import DataError
-from zoo.hub import load_model
-from zoo.knowledge import build_world
+from zoo.hub.store import load_model
+from zoo.infusion.knowledge import build_world
 from zoo.models import GPTNeoX, GPTNeoXConfig
 
 

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from zoo.corpus import Document
 from zoo.datamodules.text import TextDataModule, read_documents, split_documents
 from zoo.errors import DataError
+from zoo.text.corpus import Document
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 

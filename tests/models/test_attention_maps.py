@@ -7,7 +7,7 @@ import torch
 from transformers import GPTNeoXConfig as HFNeoXConfig
 from transformers import GPTNeoXForCausalLM
 
-from zoo.convert import gpt_neox_config_from_hf, gpt_neox_state_dict_from_hf
+from zoo.hub.convert import gpt_neox_config_from_hf, gpt_neox_state_dict_from_hf
 from zoo.models import GPTNeoX, build_model, config_from_dict
 from zoo.models.attention_maps import MapRecorder, middle_layers
 from zoo.models.hf import HFCausalLM, HFConfig

@@ -5,7 +5,7 @@ import torch
 from transformers import GPTNeoXConfig as HFConfig
 from transformers import GPTNeoXForCausalLM
 
-from zoo.convert import gpt_neox_config_from_hf, gpt_neox_state_dict_from_hf
+from zoo.hub.convert import gpt_neox_config_from_hf, gpt_neox_state_dict_from_hf
 from zoo.models import GPTNeoX
 from zoo.models.cross_entropy import linear_cross_entropy
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from zoo.engines.hf import HFEngine
 from zoo.errors import ConfigError
+from zoo.generation.hf import HFEngine
+from zoo.generation.sampling import SamplingParams
 from zoo.models import build_model, config_from_dict
 from zoo.models.hf import HFCausalLM, HFConfig
 from zoo.models.value import ValueModel
 from zoo.rl.rollout import token_logprobs
-from zoo.sampling import SamplingParams
 
 ARCHITECTURES = ["llama", "qwen2", "opt"]
 

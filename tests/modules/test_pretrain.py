@@ -7,10 +7,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from zoo.checkpoint_io import AtomicCheckpointIO
 from zoo.datamodules.text import TextDataModule
+from zoo.io.checkpoint_io import AtomicCheckpointIO
 from zoo.modules.pretrain import PretrainModule
-from zoo.optim import TrainingDiverged
+from zoo.training.optim import TrainingDiverged
 
 MODEL = dict(
     arch="gpt_neox",

@@ -10,10 +10,10 @@ import torch
 from zoo.envs import Step
 from zoo.envs.agent_rollout import run_agent_rollout
 from zoo.envs.simulated import SimulatedEnvironment
-from zoo.generation import NativeEngine
+from zoo.generation.native import NativeEngine
+from zoo.generation.sampling import SamplingParams
 from zoo.models import build_model, config_from_dict
 from zoo.rl.rollout import assemble, token_logprobs
-from zoo.sampling import SamplingParams
 
 CONFIG = config_from_dict(dict(arch="gpt_neox", vocab_size=16, hidden_size=32, num_hidden_layers=2,
                                num_attention_heads=4, intermediate_size=64, max_position_embeddings=128))  # fmt: skip

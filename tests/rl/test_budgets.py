@@ -13,7 +13,6 @@ from zoo.datamodules.sft import SFTDataModule
 from zoo.errors import ConfigError, DataError
 from zoo.rl.budgets import (
     BudgetReward,
-    Thought,
     compress,
     read_budget,
     split_completion,
@@ -21,8 +20,9 @@ from zoo.rl.budgets import (
     tracking_fidelity,
     upper_fidelity,
 )
-from zoo.rl.tasks import thinking_problems
-from zoo.tokenizer import train_bpe
+from zoo.tasks.base import Thought
+from zoo.tasks.registry import thinking_problems
+from zoo.text.tokenizer import train_bpe
 
 PROBLEMS = thinking_problems(300, seed=11, terms=4)
 TOKENIZER = train_bpe([p.prompt + p.solution for p in PROBLEMS[:200]], 200)
@@ -149,7 +149,7 @@ class _ScriptedPolicy:
         self.tokenizer, self.answers = tokenizer, answers
 
     def generate(self, prompts, n, params):
-        from zoo.generation import GenerationResult, Sample
+        from zoo.generation.native import GenerationResult, Sample
 
         samples = []
         for i, ids in enumerate(prompts):

@@ -7,11 +7,11 @@ import time
 import pytest
 import torch
 
-from zoo.engine_core import Request
-from zoo.generation import NativeEngine
+from zoo.generation.core import Request
+from zoo.generation.native import NativeEngine
+from zoo.generation.sampling import SamplingParams, row_seeds
 from zoo.models import build_model, config_from_dict
 from zoo.rl.engine_server import EngineSpec, ServerError, process_server, thread_server
-from zoo.sampling import SamplingParams, row_seeds
 
 CONFIG = config_from_dict(dict(arch="gpt_neox", vocab_size=32, hidden_size=32, num_hidden_layers=2,
                                num_attention_heads=4, intermediate_size=64, max_position_embeddings=64))  # fmt: skip

@@ -20,8 +20,8 @@ from zoo.rl.ravr_objective import (
     utility_inputs,
     weighted_path_nll,
 )
-from zoo.rl.tasks import TASKS
-from zoo.tokenizer import train_bpe
+from zoo.tasks.registry import TASKS
+from zoo.text.tokenizer import train_bpe
 
 
 def test_posterior_advantage_is_the_gain_over_the_prior_mean_in_pooled_standard_deviations():

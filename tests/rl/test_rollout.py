@@ -2,10 +2,10 @@
 
 import torch
 
-from zoo.generation import NativeEngine
+from zoo.generation.native import NativeEngine
+from zoo.generation.sampling import SamplingParams
 from zoo.models import GPTNeoX, GPTNeoXConfig
 from zoo.rl.rollout import assemble, token_logprobs
-from zoo.sampling import SamplingParams
 
 
 def test_trainer_and_engine_log_probs_agree_on_completion_tokens():

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from zoo.errors import DataError, ZooError
-from zoo.rl.tasks import (
+from zoo.tasks.registry import (
     METHODS,
     TASKS,
     _without_carries,

@@ -8,7 +8,7 @@ import torch
 
 from zoo.envs.search import SearchEnvironment
 from zoo.errors import DataError
-from zoo.generation import GenerationResult, Sample
+from zoo.generation.native import GenerationResult, Sample
 from zoo.models import build_model, config_from_dict
 from zoo.modules.qagent import QAgentModule
 from zoo.rl.pg_variants import PolicyInputs, policy_loss, variant_options
@@ -18,7 +18,7 @@ from zoo.search.rewards import hit, stage1_reward
 from zoo.search.tags import RETRY, STOP_STRINGS, retrieved_passages
 from zoo.search.task import PROMPTS, question_of, teacher_transcript
 from zoo.search.world import default_world
-from zoo.tokenizer import train_bpe
+from zoo.text.tokenizer import train_bpe
 
 WORLD = default_world()
 TWO_HOP = next(q for q in WORLD.questions if len(q.hops) == 2)
@@ -171,8 +171,8 @@ def test_quantizing_the_extractive_reader_is_an_error_naming_the_setting():
 
 
 def test_reader_data_answers_the_gold_exactly_when_its_passage_is_shown():
-    from zoo.rl.tasks import load_problems
     from zoo.search.rewards import cover_match
+    from zoo.tasks.registry import load_problems
 
     train, _ = load_problems("search_reader", None, None, 200, 10, 0)
     shown_gold = 0
@@ -189,8 +189,8 @@ def test_reader_data_answers_the_gold_exactly_when_its_passage_is_shown():
 def test_questions_of_your_own_with_several_answers(tmp_path):
     import json
 
-    from zoo.rl.tasks import TASKS, load_problems
     from zoo.search.task import golds_of
+    from zoo.tasks.registry import TASKS, load_problems
 
     rows = [{"question": "Who wrote Hamlet", "golden_answers": ["Shakespeare", "William Shakespeare"]},
             {"question": "Capital of France?", "answer": "Paris"}]  # fmt: skip
@@ -220,7 +220,7 @@ def test_an_answer_no_completion_could_miss_is_a_data_error(tmp_path, row, named
     """An empty <answer></answer> would score 1.0 against a gold that normalises to nothing."""
     import json
 
-    from zoo.rl.tasks import load_problems
+    from zoo.tasks.registry import load_problems
 
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps({"question": "Capital of France?", "answer": "Paris"}) + "\n" + json.dumps(row) + "\n")

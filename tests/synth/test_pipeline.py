@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from zoo.errors import ConfigError, DataError
-from zoo.rl.tasks import math_problems
 from zoo.synth.pipeline import STAGES, Pipeline, check_workdir, load_config, restart
 from zoo.synth.store import StageStore
+from zoo.tasks.registry import math_problems
 
 WORDS = "river stone garden lamp window paper copper silver forest harbour meadow valley engine signal market".split()
 

@@ -2,8 +2,8 @@
 
 from collections import Counter
 
-from zoo.rl.tasks import TASKS, load_problems
 from zoo.synth.teacher import accepted, kind_of
+from zoo.tasks.registry import TASKS, load_problems
 
 
 def test_every_teacher_answer_passes_the_pipelines_own_parser_and_nothing_else_does():

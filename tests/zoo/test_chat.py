@@ -1,15 +1,15 @@
-"""Prompts and SFT examples through a tokenizer's chat template (zoo.chat): the prompt is what the template
+"""Prompts and SFT examples through a tokenizer's chat template (zoo.text.chat): the prompt is what the template
 renders with the generation prompt, SFT learns the assistant turn only (ending at the end-of-turn token), and
 generation stops there."""
 
 import pytest
 
-from zoo.chat import ChatFormat, chat_format
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.datamodules.sft import SFTDataModule
 from zoo.errors import DataError
-from zoo.rl.tasks import TASKS
-from zoo.tokenizer import load_tokenizer
+from zoo.tasks.registry import TASKS
+from zoo.text.chat import ChatFormat, chat_format
+from zoo.text.tokenizer import load_tokenizer
 
 
 def _data(module, hf_models, arch="qwen2", **settings):

@@ -126,7 +126,7 @@ def test_a_model_called_past_its_positions_names_the_limit():
 
 def test_json_errors_are_not_cut(tmp_path):
     from zoo.errors import DataError
-    from zoo.jsonl import read_jsonl
+    from zoo.io.jsonl import read_jsonl
 
     (tmp_path / "rows.jsonl").write_text(json.dumps({"a": 1}) + '\n{"a": }\n')
     with pytest.raises(DataError, match=r"rows.jsonl:2: not valid JSON \(Expecting value at column 7\)"):
@@ -138,7 +138,7 @@ def test_json_strings_may_hold_any_line_separator_raw(tmp_path, run_zoo, separat
     """A valid row whose string holds a raw U+2028 (or another character ``str.splitlines`` cuts at) reads as one
     row, with CRLF endings too, in the reader every data path shares (data.path, banks, corpora; zoo synth metrics
     here)."""
-    from zoo.jsonl import read_jsonl
+    from zoo.io.jsonl import read_jsonl
 
     rows = [{"question": f"What is 2 +{separator}2?", "answer": "4"}, {"question": "And 3 + 3?", "answer": "6"}]
     path = tmp_path / "rows.jsonl"

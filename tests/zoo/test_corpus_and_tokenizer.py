@@ -5,9 +5,9 @@ import sys
 import pytest
 from transformers import AutoTokenizer
 
-from zoo import corpus
-from zoo.corpus import embedded_corpus
-from zoo.tokenizer import EOS, PAD, cached_bpe, load_tokenizer, train_bpe
+from zoo.text import corpus
+from zoo.text.corpus import embedded_corpus
+from zoo.text.tokenizer import EOS, PAD, cached_bpe, load_tokenizer, train_bpe
 
 
 def test_embedded_corpus_is_large_deterministic_english():

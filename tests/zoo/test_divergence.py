@@ -5,8 +5,8 @@ tests/modules/test_grpo.py.)"""
 import pytest
 import torch
 
-from zoo.checkpoint_io import AtomicCheckpointIO
-from zoo.optim import TrainingDiverged, ensure_finite
+from zoo.io.checkpoint_io import AtomicCheckpointIO
+from zoo.training.optim import TrainingDiverged, ensure_finite
 
 
 def _finite(checkpoint_path) -> bool:

@@ -1,13 +1,13 @@
-"""The request-level engine core (zoo/engine_core.py) with continuous batching: a request's tokens do not depend on
+"""The request-level engine core (zoo/generation/core.py) with continuous batching: a request's tokens do not depend on
 which requests share its steps, a pool smaller than the work refills retired rows, aborts return what was made."""
 
 import pytest
 import torch
 
-from zoo.engine_core import Request
-from zoo.generation import NativeEngine
+from zoo.generation.core import Request
+from zoo.generation.native import NativeEngine
+from zoo.generation.sampling import SamplingParams, row_seeds
 from zoo.models import GPTNeoX, GPTNeoXConfig, MeSH, MeSHConfig
-from zoo.sampling import SamplingParams, row_seeds
 
 DIMS = dict(vocab_size=60, hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=96)
 PROMPTS = [[5, 9, 2], [7], [1, 2, 3, 4, 5, 6, 7, 8], [40, 41]]

@@ -11,12 +11,12 @@ from transformers import AutoModelForCausalLM
 
 from zoo.callbacks.rollout import RolloutCallback
 from zoo.datamodules.prompts import PromptDataModule
-from zoo.engines.hf import HFEngine
 from zoo.errors import ConfigError
-from zoo.generation import NativeEngine
+from zoo.generation.hf import HFEngine
+from zoo.generation.native import NativeEngine
+from zoo.generation.sampling import SamplingParams
 from zoo.models import GPTNeoX, GPTNeoXConfig, MeSH, MeSHConfig
 from zoo.modules.grpo import GRPOModule
-from zoo.sampling import SamplingParams
 
 DIMS = dict(vocab_size=60, hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=96)
 PROMPTS = [[5, 9, 2], [7], [1, 2, 3, 4, 5, 6, 7, 8], [40, 41]]
@@ -184,7 +184,7 @@ def fake_vllm(monkeypatch):
 
 
 def test_vllm_adapter_starts_generates_and_syncs_through_vllms_api(fake_vllm):
-    from zoo.engines.vllm import VLLMEngine
+    from zoo.generation.vllm import VLLMEngine
 
     policy = _policy(seed=2)
     engine = VLLMEngine(policy.config, policy.named_parameters(), gpu_memory_utilization=0.25)
@@ -220,7 +220,7 @@ def test_vllm_adapter_starts_generates_and_syncs_through_vllms_api(fake_vllm):
 
 
 def test_vllm_adapter_serves_a_hugging_face_policy_under_transformers_names(fake_vllm, hf_models):
-    from zoo.engines.vllm import VLLMEngine
+    from zoo.generation.vllm import VLLMEngine
     from zoo.models.hf import HFCausalLM, HFConfig
 
     policy = HFCausalLM(HFConfig(path=str(hf_models["qwen2"]))).eval()
@@ -239,7 +239,7 @@ def test_vllm_adapter_serves_a_hugging_face_policy_under_transformers_names(fake
 
 
 def test_without_vllm_the_engine_says_how_to_install_it(monkeypatch):
-    from zoo.engines.vllm import VLLMEngine
+    from zoo.generation.vllm import VLLMEngine
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     with pytest.raises(ConfigError, match=r"pip install 'zoo\[vllm\]'"):
@@ -297,7 +297,7 @@ def test_the_hf_engine_refuses_queue_scheduling_in_one_line(cpu_trainer):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_real_vllm_decodes_like_the_native_engine():
     pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'zoo[vllm]')")
-    from zoo.engines.vllm import VLLMEngine
+    from zoo.generation.vllm import VLLMEngine
 
     torch.manual_seed(0)
     policy = GPTNeoX(GPTNeoXConfig(**{**DIMS, "hidden_size": 256, "intermediate_size": 1024}, num_hidden_layers=2))

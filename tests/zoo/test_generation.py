@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from zoo.generation import NativeEngine
+from zoo.generation.native import NativeEngine
+from zoo.generation.sampling import SamplingParams, sample_tokens
 from zoo.models import GPTNeoX, GPTNeoXConfig, MeSH, MeSHConfig
-from zoo.sampling import SamplingParams, sample_tokens
 
 DIMS = dict(vocab_size=60, hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=96)
 
@@ -218,7 +218,7 @@ def test_a_row_draws_from_its_own_stream_whatever_the_other_rows_do():
 
 
 def test_row_streams_are_uniform_and_distinct():
-    from zoo.sampling import row_seeds, row_uniforms
+    from zoo.generation.sampling import row_seeds, row_uniforms
 
     draws = torch.stack([row_uniforms(row_seeds(7, 2000), step) for step in range(50)])  # (steps, rows)
     assert draws.min() >= 0 and draws.max() < 1

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from zoo.cli import main
-from zoo.hub import Hub
+from zoo.hub.store import Hub
 
 QUICK = [
     "probes.every_n_steps=0",

@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXForCausalLM
 from transformers import GPTNeoXConfig as HFConfig
 
-from zoo.hub import Hub, HubError, validate_name
-from zoo.tokenizer import train_bpe
+from zoo.hub.store import Hub, HubError, validate_name
+from zoo.text.tokenizer import train_bpe
 
 
 def _published(hub: Hub) -> list:
@@ -262,7 +262,7 @@ def test_a_killed_push_leaves_nothing_in_the_list_and_its_leftovers_are_removed(
 
 
 def test_a_model_of_another_architecture_is_an_hf_entry_kept_in_its_own_format(hf_models, tmp_path):
-    from zoo.hub import starting_point
+    from zoo.hub.store import starting_point
 
     source = hf_models["qwen2"]
     entry = Hub().pull(str(source), name="tiny-qwen2")

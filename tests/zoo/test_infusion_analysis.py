@@ -7,7 +7,7 @@ import math
 import pytest
 
 from zoo.errors import ConfigError
-from zoo.infusion import RunResult, analyze, collapse_point, fit_power_law, read_runs, sensitivity, table
+from zoo.infusion.analysis import RunResult, analyze, collapse_point, fit_power_law, read_runs, sensitivity, table
 
 
 def test_collapse_point_interpolates_where_retention_crosses_the_line():

@@ -3,7 +3,7 @@
 import torch
 from torch.utils.data import TensorDataset
 
-from zoo.loader import EpochOrder, ResumableLoader
+from zoo.text.loader import EpochOrder, ResumableLoader
 
 
 def _batches(loader):

@@ -1,4 +1,4 @@
-"""LoRA and QLoRA through PEFT (zoo.lora): the adapted network, its merged weights, the engines' view of it,
+"""LoRA and QLoRA through PEFT (zoo.training.lora): the adapted network, its merged weights, the engines' view of it,
 checkpoints that hold the adapters only and resume exactly, and adapter entries in the hub that merge and export to
 transformers with the same logits. A killed LoRA, QLoRA and quantized-reference GRPO run resumes exactly:
 tests/zoo/test_resume.py."""
@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from zoo.errors import ConfigError
-from zoo.files import sha256_file
-from zoo.hub import Hub, load_model
-from zoo.lora import adapters_disabled, apply_lora, lora_layers, lora_settings, merge_adapters, merged_weights
+from zoo.hub.store import Hub, load_model
+from zoo.io.files import sha256_file
 from zoo.models import GPTNeoXConfig, MeSHConfig, build_model
+from zoo.training.lora import adapters_disabled, apply_lora, lora_layers, lora_settings, merge_adapters, merged_weights
 
 pytest.importorskip("peft")
 
@@ -188,7 +188,7 @@ def test_lora_sft_pushes_an_adapter_entry_that_merges_and_exports_with_the_same_
 
 
 def test_an_adapter_entry_refuses_a_base_that_changed(run_zoo, tmp_path):
-    from zoo.hub import HubError
+    from zoo.hub.store import HubError
 
     run_zoo("hub", "pull", str(Hub().entry("pythia-tiny").path), "--name", "my-base")
     run_zoo(

@@ -6,7 +6,7 @@ import json
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from zoo.hub import Hub, load_model
+from zoo.hub.store import Hub, load_model
 
 
 def _run_dir(root):

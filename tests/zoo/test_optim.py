@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ConfigError
-from zoo.optim import OptimConfig, adamw_groups, build_adamw, warmup_cosine
+from zoo.training.optim import OptimConfig, adamw_groups, build_adamw, warmup_cosine
 
 
 def test_schedule_warms_up_linearly_then_decays_to_the_floor():
@@ -37,7 +37,7 @@ def test_unknown_setting_is_named():
 def test_a_warmup_as_long_as_the_run_is_cut_so_the_rate_decays():
     import torch
 
-    from zoo.optim import build_schedule
+    from zoo.training.optim import build_schedule
 
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     schedule = build_schedule(optimizer, OptimConfig(lr=1.0, warmup_steps=100, min_lr_ratio=0.1), total_steps=50)

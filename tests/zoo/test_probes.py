@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from zoo.analysis.probes import cka_rbf, figures, loop_probes, normalized_spectrum, rbf_gram, relative_update
 from zoo.models import MeSH, MeSHConfig, RecursiveConfig, RecursiveGPTNeoX
-from zoo.probes import cka_rbf, figures, loop_probes, normalized_spectrum, rbf_gram, relative_update
 
 
 def test_relative_update_of_a_doubling_is_two_thirds():

@@ -3,7 +3,7 @@ validate` with the agent's and the baselines' metrics, a model as the frozen rea
 
 import json
 
-from zoo.hub import Hub
+from zoo.hub.store import Hub
 
 SMALL = [
     "model.hidden_size=32",

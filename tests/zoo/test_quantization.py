@@ -1,5 +1,5 @@
-"""Frozen models in 8-bit and 4-bit (zoo.quantization): log-probs within the documented tolerance of the full model,
-on the shipped entries and on random configurations of every zoo family, and on a Hugging Face model."""
+"""Frozen models in 8-bit and 4-bit (zoo.training.quantization): log-probs within the documented tolerance of the full
+model, on the shipped entries and on random configurations of every zoo family, and on a Hugging Face model."""
 
 import copy
 
@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from zoo.errors import ConfigError
-from zoo.hub import load_model
+from zoo.hub.store import load_model
 from zoo.models import GPTNeoXConfig, MeSHConfig, RecursiveConfig, build_model
-from zoo.quantization import LOGPROB_TOLERANCE, dequantized_weight, quantize_frozen
+from zoo.training.quantization import LOGPROB_TOLERANCE, dequantized_weight, quantize_frozen
 
 pytest.importorskip("bitsandbytes")
 
@@ -166,7 +166,7 @@ def test_a_quantized_rollout_replica_follows_the_policy_at_every_sync(bits):
     from types import SimpleNamespace
 
     from zoo.callbacks.rollout import RolloutCallback
-    from zoo.quantization import load_quantized
+    from zoo.training.quantization import load_quantized
 
     policy = load_model("hub:pythia-tiny").model.eval()
     callback = RolloutCallback(engine="native", quantization=bits)

@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from zoo.callbacks.rollout import RolloutCallback
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import ConfigError
-from zoo.generation import NativeEngine
-from zoo.loader import PromptStream
+from zoo.generation.native import NativeEngine
+from zoo.generation.sampling import SamplingParams
 from zoo.modules.grpo import GRPOModule
 from zoo.rl.queue import QueuePlanner, run_queue_round
 from zoo.rl.rewards import RewardRunner
-from zoo.sampling import SamplingParams
+from zoo.text.loader import PromptStream
 
 
 class _Lengths:

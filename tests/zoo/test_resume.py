@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo.checkpoint_io import AtomicCheckpointIO
 from zoo.cli import main
 from zoo.errors import ConfigError
+from zoo.io.checkpoint_io import AtomicCheckpointIO
 
 RUN = [
     "trainer.max_steps=60",

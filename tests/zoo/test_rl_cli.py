@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from zoo.hub import Hub
+from zoo.hub.store import Hub
 
 SMALL = [
     "model.hidden_size=32",

@@ -7,7 +7,7 @@ import shlex
 import pytest
 import yaml
 
-from zoo.hub import Hub, builtin_registry
+from zoo.hub.store import Hub, builtin_registry
 
 SHIPPED = ("arithmetic-sft", "mesh-tiny", "pythia-tiny")
 

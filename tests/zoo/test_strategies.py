@@ -7,8 +7,9 @@ import re
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from zoo.models import block_classes
 from zoo.models.gpt_neox import Block, GPTNeoXConfig
-from zoo.strategies import block_classes, fsdp
+from zoo.training.strategies import fsdp
 
 
 def test_every_model_family_exposes_its_blocks():

@@ -16,11 +16,11 @@ from zoo.callbacks.rollout import RolloutCallback
 from zoo.callbacks.tail_batching import TailBatcher, TailBatching
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import ConfigError
-from zoo.generation import NativeEngine
-from zoo.loader import PromptStream
+from zoo.generation.native import NativeEngine
+from zoo.generation.sampling import SamplingParams
 from zoo.modules.grpo import GRPOModule
 from zoo.rl.rollout import Round
-from zoo.sampling import SamplingParams
+from zoo.text.loader import PromptStream
 
 
 class _Tokens:

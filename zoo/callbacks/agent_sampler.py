@@ -37,10 +37,10 @@ from zoo.envs.agent_rollout import run_agent_rollout
 from zoo.envs.search import SearchEnvironment
 from zoo.envs.simulated import SimulatedEnvironment
 from zoo.errors import ConfigError, config_section, require_int
-from zoo.generation import GenerationResult
-from zoo.loader import PromptStream
+from zoo.generation.native import GenerationResult
 from zoo.rl.rewards import RewardBatch
 from zoo.rl.rollout import Round
+from zoo.text.loader import PromptStream
 
 log = logging.getLogger("zoo")
 ENVIRONMENTS = {"simulated": SimulatedEnvironment, "search": SearchEnvironment}

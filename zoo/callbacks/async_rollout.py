@@ -37,13 +37,13 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from zoo.generation import GenerationResult, NativeEngine, Sample
-from zoo.loader import PromptStream
+from zoo.generation.native import GenerationResult, NativeEngine, Sample
 from zoo.rl.engine_server import EngineSpec, process_server, thread_server
 from zoo.rl.queue import concatenate_rewards
 from zoo.rl.rollout import Round
 from zoo.rl.rollout_worker import RolloutWorker, WorkerStats
 from zoo.rl.sample_buffer import SampleBuffer
+from zoo.text.loader import PromptStream
 
 log = logging.getLogger("zoo")
 BATCH_POLL_S = 1.0  # how often a waiting trainer checks that the worker is alive

@@ -10,7 +10,7 @@ import math
 
 import lightning as L
 
-from zoo.engines import in_place_engine
+from zoo.generation import in_place_engine
 from zoo.rl.budget_evaluation import evaluate_budgets, length_correlation
 
 

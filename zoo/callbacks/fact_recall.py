@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torchmetrics.aggregation import MeanMetric
 
-from zoo.knowledge import Fact
+from zoo.infusion.knowledge import Fact
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""A callback that runs the loop probes (``zoo.probes``) on a fixed validation batch every N training steps and
+"""A callback that runs the loop probes (``zoo.analysis.probes``) on a fixed validation batch every N training steps and
 logs them to TensorBoard: scalars (``probe/...``) and figures (relative updates, CKA matrix, spectra).
 
 The batch is the first ``samples`` blocks of the validation split, fixed for the whole run so that the
@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
-from zoo.probes import figures, loop_probes
+from zoo.analysis.probes import figures, loop_probes
 
 log = logging.getLogger("zoo")
 

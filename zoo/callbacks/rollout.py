@@ -2,17 +2,17 @@
 weights in step with the policy, and logs what was generated.
 
 - ``engine: auto`` (default): ``native`` for zoo's models, ``hf`` for Hugging Face ones;
-  ``engine: native``: :class:`zoo.generation.NativeEngine` on a private copy of the policy (every zoo
+  ``engine: native``: :class:`zoo.generation.native.NativeEngine` on a private copy of the policy (every zoo
   model, CPU and GPU; CUDA graphs on a GPU), optionally in ``dtype`` (e.g. bf16 on a GPU; the ``hf`` and ``vllm``
   engines default to the policy's dtype);
-  ``engine: hf``: transformers' ``generate`` on the same weights (:mod:`zoo.engines.hf`);
-  ``engine: vllm``: vLLM (:mod:`zoo.engines.vllm`, the ``vllm`` extra). ``engine_options`` go to the engine
+  ``engine: hf``: transformers' ``generate`` on the same weights (:mod:`zoo.generation.hf`);
+  ``engine: vllm``: vLLM (:mod:`zoo.generation.vllm`, the ``vllm`` extra). ``engine_options`` go to the engine
   (native: ``decode``; vllm: ``vllm.LLM`` arguments such as ``gpu_memory_utilization``).
-- A LoRA policy (``model.lora``, :mod:`zoo.lora`): ``lora_sync: merged`` (default) serves the merged weights
+- A LoRA policy (``model.lora``, :mod:`zoo.training.lora`): ``lora_sync: merged`` (default) serves the merged weights
   ``W + (alpha / r) B A`` in the plain network, on every engine; ``adapters`` (the native engine, in this process
   or in asynchronous rollout's process and Ray workers, which receive the base once) keeps the adapters in the
   replica and syncs only them.
-- ``quantization: 8bit | 4bit``: the native engine's replica held by bitsandbytes (:mod:`zoo.quantization`),
+- ``quantization: 8bit | 4bit``: the native engine's replica held by bitsandbytes (:mod:`zoo.training.quantization`),
   quantized afresh from the policy's weights at every sync (the synchronous loop; decoded eagerly): the engine's
   log-probs then differ from the policy's by the quantization, which truncated importance sampling corrects.
 - After every ``sync_every`` optimizer steps the policy's weights are copied into the engine (gathered first
@@ -59,15 +59,15 @@ from torch.distributed.tensor import DTensor
 
 from zoo.callbacks.agent_sampler import AgentSampler, agent_config
 from zoo.callbacks.async_rollout import AsyncSampler
-from zoo.engines import ENGINES, engine_for
 from zoo.errors import ConfigError, require_int
-from zoo.generation import GenerationResult, NativeEngine
-from zoo.loader import PromptStream
-from zoo.lora import has_lora, merged_weights
-from zoo.quantization import check_bits, is_quantized, load_quantized, quantize_frozen
+from zoo.generation import ENGINES, engine_for
+from zoo.generation.native import GenerationResult, NativeEngine
+from zoo.generation.sampling import SamplingParams
 from zoo.rl.queue import QueueOutcome, QueuePlanner, QueueStats, run_queue_round
 from zoo.rl.rollout import Round
-from zoo.sampling import SamplingParams
+from zoo.text.loader import PromptStream
+from zoo.training.lora import has_lora, merged_weights
+from zoo.training.quantization import check_bits, is_quantized, load_quantized, quantize_frozen
 
 log = logging.getLogger("zoo")
 SCHEDULES = ("batch", "queue")
@@ -232,11 +232,11 @@ class RolloutCallback(L.Callback):
         if self.engine_name == "native":
             self.engine = NativeEngine(self.replica(pl_module), tokenizer=tokenizer, dtype=self.dtype, **options)
         elif self.engine_name == "hf":
-            from zoo.engines.hf import HFEngine
+            from zoo.generation.hf import HFEngine
 
             self.engine = HFEngine(policy.config, tokenizer, device=pl_module.device, dtype=dtype, **options)
         else:
-            from zoo.engines.vllm import VLLMEngine
+            from zoo.generation.vllm import VLLMEngine
 
             self.engine = VLLMEngine(policy.config, self.weights(pl_module), tokenizer, dtype=dtype, **options)
         self.sync(pl_module, step=pl_module.global_step)
@@ -279,7 +279,7 @@ class RolloutCallback(L.Callback):
 
     def weights(self, pl_module: L.LightningModule):
         """The policy's named weights, whole (gathered when sharded): a LoRA policy's merged into the plain
-        network's (:func:`zoo.lora.merged_weights`), or its adapters alone under ``lora_sync: adapters``."""
+        network's (:func:`zoo.training.lora.merged_weights`), or its adapters alone under ``lora_sync: adapters``."""
         policy = pl_module.model
         if not has_lora(policy):
             named = policy.named_parameters()
@@ -432,7 +432,7 @@ class RolloutCallback(L.Callback):
 
 class QueueSampler:
     """Plain queue scheduling's choice of prompts (no tail batching): the training prompts in the loader's seeded
-    order (``zoo.loader.PromptStream``; the training loader then only paces the steps) through a
+    order (``zoo.text.loader.PromptStream``; the training loader then only paces the steps) through a
     :class:`zoo.rl.queue.QueuePlanner`, whose returned prompts come first."""
 
     def __init__(self, callback: RolloutCallback, trainer) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 import lightning as L
 
 from zoo.errors import ConfigError
-from zoo.loader import PromptStream
+from zoo.text.loader import PromptStream
 
 
 @dataclass

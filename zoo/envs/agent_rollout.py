@@ -27,8 +27,8 @@ appended (masked out of the loss), until the environment says done, ``max_turns`
   tokenization of what fits, not of 9 MB). Training goes on.
 
 Seeds: turn ``t`` of trajectory ``m`` of the group launched at position ``g`` is row ``(g·M + m)·T + t`` of
-:func:`zoo.sampling.row_seeds` (``M`` trajectories a group, ``T = max_turns``), so a turn's tokens depend on its
-context, the params and its seed only.
+:func:`zoo.generation.sampling.row_seeds` (``M`` trajectories a group, ``T = max_turns``), so a turn's tokens depend
+on its context, the params and its seed only.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from zoo.engine_core import Request
 from zoo.envs import Environment, Step
-from zoo.generation import Sample
-from zoo.sampling import SamplingParams, row_seeds
+from zoo.generation.core import Request
+from zoo.generation.native import Sample
+from zoo.generation.sampling import SamplingParams, row_seeds
 
 
 @dataclass

@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from zoo.generation.sampling import SamplingParams
 from zoo.rl.budgets import CLOSE, OPEN, budget_line, split_completion
-from zoo.sampling import SamplingParams
 
 ANSWER_TOKENS = 16  # what an answer after a forced </think> may take
 
@@ -65,7 +65,7 @@ def evaluate_budgets(
     prompt_ids: Callable[[str], list[int]] | None = None,
     control_line: bool = True,
 ) -> list[LevelResult]:
-    """Per level, the policy's greedy answers to ``problems`` (:class:`zoo.rl.tasks.Problem`, without budget
+    """Per level, the policy's greedy answers to ``problems`` (:class:`zoo.tasks.base.Problem`, without budget
     lines) scored as the module docstring says; ``prompt_ids`` encodes a prompt (default: the tokenizer, no
     special tokens; a chat format's for chat models)."""
 

@@ -24,19 +24,12 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from zoo.tasks.base import Thought
+
 OPEN, CLOSE = "<think>", "</think>"
 FIDELITIES = ("upper", "tracking")
 COMBINATIONS = ("product", "sum")
 _BUDGET = re.compile(r"^Thinking budget: (\d+) tokens\.$", re.MULTILINE)
-
-
-@dataclass(frozen=True)
-class Thought:
-    """One step of a teacher's chain of thought."""
-
-    text: str
-    optional: bool = False
-    priority: int = 0  # optional steps are kept lowest priority first while the budget allows
 
 
 def thinking(thoughts: Sequence[Thought]) -> str:
@@ -149,7 +142,7 @@ class BudgetOptions:
 
 
 def with_budget(problem, budget: int, count: Callable[[str], int] | None = None):
-    """``problem`` (a :class:`zoo.rl.tasks.Problem` with thoughts) asked under ``budget``: the control line before
+    """``problem`` (a :class:`zoo.tasks.base.Problem` with thoughts) asked under ``budget``: the control line before
     its prompt and, given ``count``, its teacher's chain compressed to the budget as the solution (None when the
     chain cannot fit)."""
     prompt = budget_line(budget) + problem.prompt

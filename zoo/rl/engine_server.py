@@ -1,7 +1,7 @@
 """The engine side of a rollout worker: a request-level core that runs free in its own thread, process or Ray actor,
 driven by messages (ROLL Flash's inference worker: engine steps interleaved with ADD and ABORT commands).
 
-:class:`EngineServer` owns a :class:`zoo.generation.NativeEngine` core and serves an *inbox* of commands:
+:class:`EngineServer` owns a :class:`zoo.generation.native.NativeEngine` core and serves an *inbox* of commands:
 
 - ``("submit", [Request, ...])``: queue requests (one message per admission, so that requests sent together are
   prefilled together, as a synchronous step prefills them);
@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from zoo.engine_core import Finished, Request
+from zoo.generation.core import Finished, Request
 
 WAIT_S = 0.05  # how long an idle server blocks on its inbox before it looks again
 
@@ -72,12 +72,12 @@ def exit_with_parent(parent_pid: int, every_s: float = 0.5) -> None:
 
 
 def build_engine(spec: EngineSpec):
-    from zoo.generation import NativeEngine
+    from zoo.generation.native import NativeEngine
     from zoo.models import build_model
 
     model = build_model(spec.model_config)
     if spec.lora is not None:  # rollout.lora_sync=adapters: the network with the policy's adapters
-        from zoo.lora import apply_lora, lora_settings
+        from zoo.training.lora import apply_lora, lora_settings
 
         apply_lora(model, lora_settings(spec.lora))
     model.load_state_dict(spec.weights)

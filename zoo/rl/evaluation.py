@@ -1,7 +1,7 @@
 """pass@k of a policy on a set of prompts: the task's correctness, whatever reward trains the policy.
 
 For every prompt ``n`` completions are sampled (greedy when ``temperature`` is 0, then ``n`` is 1); a completion
-is correct when the task's verifier (``zoo.rl.tasks.Task.reward``, a datamodule's ``correctness``: 0 or 1) scores
+is correct when the task's verifier (``zoo.tasks.base.Task.reward``, a datamodule's ``correctness``: 0 or 1) scores
 it above 0.5. A training reward that is not correctness (BARD's budget reward, which pays for fidelity too) is
 reported as ``reward`` and never decides pass@k. pass@k uses the unbiased estimator of Chen et al. (2021):
 ``1 − C(n − c, k) / C(n, k)`` for ``c`` correct completions out of ``n``, averaged over prompts.
@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from zoo.engines import in_place_engine
+from zoo.generation import in_place_engine
+from zoo.generation.sampling import SamplingParams
 from zoo.rl.rewards import RewardBatch, RewardRunner
-from zoo.sampling import SamplingParams
 
 
 def pass_at_k(n: int, correct: int, k: int) -> float:
@@ -36,7 +36,7 @@ def solved_groups(result: RewardBatch, group_size: int) -> torch.Tensor:
 
 
 def evaluate_pass_at_k(
-    engine: Any,  # any rollout engine (zoo.engines)
+    engine: Any,  # any rollout engine (zoo.generation)
     tokenizer: Any,
     problems: Sequence[dict[str, Any]],
     reward: RewardRunner,

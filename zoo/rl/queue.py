@@ -1,5 +1,5 @@
 """Queue scheduling of a rollout step (ROLL Flash, Lu et al. 2025, arXiv:2510.11345 §3: fine-grained parallelism
-inside a rollout), on the native engine's request-level core (``zoo.engine_core``).
+inside a rollout), on the native engine's request-level core (``zoo.generation.core``).
 
 Every launched prompt is an independent task, and **replicated**: a prompt that needs n responses is n requests,
 which the engine's continuous batching schedules one by one (a finished request's row is refilled at once). A
@@ -22,7 +22,7 @@ it completes (rewards are only awaited at the end). With filtering its rewards d
 the engine has nothing left to run.
 
 Choices where the paper is silent: launched prompts take their seeds from the step's seed and their launch
-position (request j of position k is row k·n + j of ``zoo.sampling.row_seeds``); the groups trained are the
+position (request j of position k is row k·n + j of ``zoo.generation.sampling.row_seeds``); the groups trained are the
 protected ones and then the others in completion order (ties: launch order); complete groups beyond ``needed``
 are returned like unfinished ones (their samples are not kept: a later step trains them on-policy).
 """
@@ -37,10 +37,10 @@ from typing import Any
 
 import torch
 
-from zoo.engine_core import Finished, Request
-from zoo.generation import Sample
+from zoo.generation.core import Finished, Request
+from zoo.generation.native import Sample
+from zoo.generation.sampling import SamplingParams, row_seeds
 from zoo.rl.rewards import PendingRewards, RewardBatch
-from zoo.sampling import SamplingParams, row_seeds
 
 DECISION_LAG = 8  # engine steps between a group's completion and its filtering decision
 
@@ -101,7 +101,7 @@ def run_queue_round(
     max_launched: int | None = None,
     max_running: int | None = None,
 ) -> QueueOutcome:
-    """One step of queue scheduling with a :class:`zoo.generation.NativeEngine`; see the module docstring.
+    """One step of queue scheduling with a :class:`zoo.generation.native.NativeEngine`; see the module docstring.
 
     ``launch`` are problem indices (each with ``prompt_ids``, and optionally its own ``max_new_tokens``, which
     caps its responses below ``params``'); ``more()`` returns the next problem index for a filtered group's
@@ -208,8 +208,8 @@ def run_queue_round(
 
 def group_requests(problem: dict[str, Any], key: Any, position: int, n: int, params: SamplingParams) -> list[Request]:
     """The ``n`` requests of a prompt launched at ``position`` of a step seeded by ``params.seed``: request ``(key,
-    j)`` is seeded as row ``position·n + j`` of :func:`zoo.sampling.row_seeds`; a problem's own ``max_new_tokens``
-    caps its responses below ``params``'."""
+    j)`` is seeded as row ``position·n + j`` of :func:`zoo.generation.sampling.row_seeds`; a problem's own
+    ``max_new_tokens`` caps its responses below ``params``'."""
     seeds = row_seeds(params.seed, (position + 1) * n)[position * n :].tolist()
     budget = min(problem.get("max_new_tokens", params.max_new_tokens), params.max_new_tokens)
     own = params if budget == params.max_new_tokens else replace(params, max_new_tokens=budget)

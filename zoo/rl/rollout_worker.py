@@ -34,12 +34,12 @@ from typing import Any
 
 import torch
 
-from zoo.engine_core import Finished
+from zoo.generation.core import Finished
+from zoo.generation.sampling import SamplingParams
 from zoo.rl.engine_server import ServerChannel
 from zoo.rl.queue import group_requests
 from zoo.rl.rewards import PendingRewards, RewardBatch
 from zoo.rl.sample_buffer import SampleBuffer, Ticket
-from zoo.sampling import SamplingParams
 
 POLL_S = 0.002  # how long the driver waits for finished requests before it looks at the buffer again
 

@@ -26,7 +26,7 @@ to ``n + 1``.
 - **Durable state.** :meth:`~SampleBuffer.state_dict` keeps the version, the budget and every prompt begun and not
   trained (running and finished work is not kept: a resumed run regenerates it, first in line).
 
-Prompts come from ``fresh(count)`` (problem indices, e.g. :class:`zoo.loader.PromptStream`); the ``k``-th prompt
+Prompts come from ``fresh(count)`` (problem indices, e.g. :class:`zoo.text.loader.PromptStream`); the ``k``-th prompt
 begun at a version is its ``position`` there, which seeds its samples. Thread-safe: every method holds one lock,
 and :meth:`get_batch` waits on its condition.
 """

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoo.errors import DataError
-from zoo.files import read_utf8
-from zoo.jsonl import read_jsonl
+from zoo.io.files import read_utf8
+from zoo.io.jsonl import read_jsonl
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ A reader answers a batch: ``reader(questions, passage_lists) -> answers``. Two k
   Face model directory), greedy on its own native or transformers engine, prompted as the authors' code prompts
   its frozen reader: ``"{passages}\\n\\nAnswer the given question. The answer should be a few short words.
   Question: {question}."`` (through the tokenizer's chat template when it has one); its answer is its first line.
-  It may be held in 8-bit or 4-bit (``module.reader_quantization``, :mod:`zoo.quantization`).
+  It may be held in 8-bit or 4-bit (``module.reader_quantization``, :mod:`zoo.training.quantization`).
 - :class:`ExtractiveReader`: deterministic, no model (tests, and a reader that never hallucinates): the sentence
   of the passages that shares the most content words with the question, and, when a sentence that names one of
   its new words shares a question word it lacked, that second sentence (the second hop); the answer is the new
@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from zoo.errors import ConfigError
-from zoo.quantization import quantize_frozen
 from zoo.search.corpus import Passage
+from zoo.training.quantization import quantize_frozen
 
 READER_PROMPT = "{passages}\n\nAnswer the given question. The answer should be a few short words. Question: {question}."
 _STOPWORDS = frozenset(
@@ -89,14 +89,14 @@ class ModelReader:
         device: str | torch.device = "cpu",
         quantization: str | None = None,
     ) -> None:
-        from zoo.chat import chat_format
-        from zoo.engines import in_place_engine
-        from zoo.tokenizer import load_tokenizer
+        from zoo.generation import in_place_engine
+        from zoo.text.chat import chat_format
+        from zoo.text.tokenizer import load_tokenizer
 
         self.source, self.max_new_tokens = source, max_new_tokens
         self.model, tokenizer_dir = _load_reader(source)
         self.model.requires_grad_(False).eval().to(device)
-        if quantization is not None:  # held by bitsandbytes (zoo.quantization), on its device
+        if quantization is not None:  # held by bitsandbytes (zoo.training.quantization), on its device
             quantize_frozen(self.model, quantization, "module.reader_quantization")
         if tokenizer_dir is None:
             raise ConfigError(f"reader {source}: no tokenizer saved with the model")
@@ -112,7 +112,7 @@ class ModelReader:
 
     @torch.inference_mode()
     def __call__(self, questions: Sequence[str], passage_lists: Sequence[Sequence[Passage]]) -> list[str]:
-        from zoo.sampling import SamplingParams
+        from zoo.generation.sampling import SamplingParams
 
         if not questions:
             return []
@@ -126,7 +126,7 @@ class ModelReader:
 
 def _load_reader(source: str) -> tuple[torch.nn.Module, Path | None]:
     """A zoo model (hub entry, run directory, checkpoint) or a Hugging Face model directory, and its tokenizer."""
-    from zoo.hub import MANIFEST, load_model
+    from zoo.hub.store import MANIFEST, load_model
     from zoo.models import build_model, config_from_dict
 
     path = Path(source).expanduser()

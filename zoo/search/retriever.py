@@ -23,7 +23,7 @@ import bm25s
 import numpy as np
 
 from zoo.errors import DataError
-from zoo.files import atomic_directory, cache_dir
+from zoo.io.files import atomic_directory, cache_dir
 from zoo.search.corpus import Passage, fingerprint, load_passages
 
 log = logging.getLogger("zoo")

@@ -12,7 +12,7 @@ is a transcript, environment observations included, written by a teacher:
 - the memory teacher (share ``memory``, 0 by default) searches every hop but the last and answers the last from
   what it knows.
 
-SFT masks the observations (:data:`zoo.rl.tasks.Task.observation`), as RL does. The observations are produced by
+SFT masks the observations (:data:`zoo.tasks.base.Task.observation`), as RL does. The observations are produced by
 :class:`zoo.envs.search.SearchEnvironment` itself, so SFT and RL see the same text.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from zoo.envs.search import SearchEnvironment
 from zoo.errors import DataError
-from zoo.jsonl import read_jsonl
+from zoo.io.jsonl import read_jsonl
 from zoo.search.readers import ExtractiveReader, reader_prompt
 from zoo.search.rewards import cover_match, normalize_answer
 from zoo.search.tags import retrieved_passages
@@ -50,7 +50,7 @@ def read_questions(path: str | Path) -> list:
     list in ``"answers"`` or ``"golden_answers"`` (NQ / HotpotQA in Search-R1's files), asked with the paper's
     prompt; the reference of several answers is their JSON list (:func:`golds_of`). The solution is the bare answer
     (no transcript: SFT warm starts use the embedded world)."""
-    from zoo.rl.tasks import Problem
+    from zoo.tasks.base import Problem
 
     path = Path(path)
     problems = []
@@ -124,7 +124,7 @@ def reader_problems(count: int, seed: int, distractors: int = 1) -> list:
     (the answer is there), a quarter the first hop's only, a quarter none of them; ``distractors`` random passages
     are mixed in at random places. The answer is the gold when its passage is there, else what an extractive
     reading offers (a reader answers from what it reads)."""
-    from zoo.rl.tasks import Problem
+    from zoo.tasks.base import Problem
 
     world, rng = default_world(), random.Random(seed)
     titles = {p.title: p for p in world.passages}
@@ -150,7 +150,7 @@ def search_problems(
     last hop answered without searching it: the answer the teacher knows; a policy that learns this route answers
     held-out questions from what it memorised of the training transcripts, the parametric route of notes §5.8),
     competent otherwise."""
-    from zoo.rl.tasks import Problem
+    from zoo.tasks.base import Problem
 
     if prompt not in PROMPTS:
         raise DataError(f"data.options.prompt must be one of {', '.join(PROMPTS)}, got {prompt!r}")

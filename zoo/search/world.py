@@ -22,7 +22,7 @@ import functools
 import random
 from dataclasses import dataclass
 
-from zoo.knowledge import _words, relations
+from zoo.infusion.knowledge import _words, relations
 from zoo.search.corpus import Passage
 
 

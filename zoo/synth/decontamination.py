@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from zoo.errors import DataError
-from zoo.jsonl import read_jsonl
+from zoo.io.jsonl import read_jsonl
 from zoo.synth.text import ngrams, words
 
 DEFAULT_FIELDS = ("problem", "question")

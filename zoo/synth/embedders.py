@@ -30,7 +30,7 @@ from typing import Protocol
 import torch
 
 from zoo.errors import ConfigError
-from zoo.files import sha256_file
+from zoo.io.files import sha256_file
 from zoo.synth import build, device_of, require
 from zoo.synth.text import words
 
@@ -84,8 +84,8 @@ class ZooModelSettings:
 
 class ZooModelEmbedder:
     def __init__(self, settings: ZooModelSettings) -> None:
-        from zoo.hub import load_model
-        from zoo.tokenizer import load_tokenizer
+        from zoo.hub.store import load_model
+        from zoo.text.tokenizer import load_tokenizer
 
         if settings.model == "???":
             raise ConfigError("embedder.model must be set (hub:NAME, a hub entry, a run directory or a .ckpt)")

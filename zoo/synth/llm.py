@@ -3,7 +3,7 @@ per prompt, in order, each prompt with its own seed (a stage derives it from the
 resumed stage asks exactly what the killed one would have).
 
 - ``native`` (default, offline): a zoo model (``hub:NAME``, a hub entry, a run directory or a ``.ckpt``) through
-  zoo's own batched engine (:class:`zoo.generation.NativeEngine`), prompts through the tokenizer's chat template
+  zoo's own batched engine (:class:`zoo.generation.native.NativeEngine`), prompts through the tokenizer's chat template
   when it has one; prompts longer than the model's context keep their end.
 - ``http``: any OpenAI-compatible server (``vllm serve``, SGLang, TGI, a hosted API) on ``/v1/chat/completions``
   or ``/v1/completions``: at most ``concurrency`` requests in flight, each attempt with a wall-clock deadline of
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Protocol
 
 from zoo.errors import ConfigError, ZooError
-from zoo.files import atomic_file, cache_dir
+from zoo.io.files import atomic_file, cache_dir
 from zoo.synth import build, device_of
 
 RETRIED_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -63,10 +63,10 @@ class NativeSettings:
 
 class NativeLLM:
     def __init__(self, settings: NativeSettings) -> None:
-        from zoo.chat import chat_format
-        from zoo.engines import in_place_engine
-        from zoo.hub import load_model
-        from zoo.tokenizer import load_tokenizer
+        from zoo.generation import in_place_engine
+        from zoo.hub.store import load_model
+        from zoo.text.chat import chat_format
+        from zoo.text.tokenizer import load_tokenizer
 
         if settings.model == "???":
             raise ConfigError("llm.model must be set (hub:NAME, a hub entry, a run directory or a .ckpt)")
@@ -95,7 +95,7 @@ class NativeLLM:
     def complete(self, prompts: Sequence[str], max_tokens: int, temperature: float, seeds: Sequence[int]) -> list[str]:
         """Batches of ``batch_size`` prompts; a batch is seeded by its first prompt's seed (the engine derives
         each row's stream from it)."""
-        from zoo.sampling import SamplingParams
+        from zoo.generation.sampling import SamplingParams
 
         stops = self.chat.stop_token_ids if self.chat else (self.tokenizer.eos_token_id,)
         texts = []

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from zoo.errors import ConfigError, DataError, require_int
-from zoo.files import atomic_file, is_temporary, read_utf8
+from zoo.io.files import atomic_file, is_temporary, read_utf8
 from zoo.synth import prompts, sources
 from zoo.synth.store import StageStore
 

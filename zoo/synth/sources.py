@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoo.errors import DataError
-from zoo.files import read_utf8
-from zoo.jsonl import read_jsonl
+from zoo.io.files import read_utf8
+from zoo.io.jsonl import read_jsonl
 
 EMBEDDED = "embedded"
 
@@ -103,8 +103,8 @@ def segments_of(text: str, max_words: int) -> list[str]:
 def _documents(spec: str) -> list[tuple[str, str, str | None]]:
     """``(id, text, discipline)`` of every document of one source spec."""
     if spec == EMBEDDED:
-        from zoo.corpus import embedded_corpus
         from zoo.search.world import default_world
+        from zoo.text.corpus import embedded_corpus
 
         docs = [(d.name, d.text, None) for d in embedded_corpus()]
         return docs + [(f"world:{p.id}", f"{p.title}. {p.text}", None) for p in default_world().passages]

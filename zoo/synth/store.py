@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from zoo.errors import DataError
-from zoo.files import atomic_file
+from zoo.io.files import atomic_file
 
 
 class StageStore:

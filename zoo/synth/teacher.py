@@ -18,7 +18,7 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from zoo.rl.tasks import Problem
+    from zoo.tasks.base import Problem
 
 KEYWORDS = {
     "mathematics": ("number", "sum", "how many", "how much", "total", "percent", "equation", "integer", "$"),
@@ -113,10 +113,10 @@ def designer_problems(
     with the default taxonomy: what a writer model is fine-tuned on."""
     import random
 
-    from zoo.rl.tasks import Problem
     from zoo.synth import prompts
     from zoo.synth.pipeline import annotation_prompt, default_taxonomy
     from zoo.synth.sources import load_bank, load_segments
+    from zoo.tasks.base import Problem
 
     rng = random.Random(seed)
     questions = load_bank(bank or ["embedded"])

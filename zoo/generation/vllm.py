@@ -3,7 +3,7 @@
 (``arch: hf``) policies of the architectures vLLM supports; vLLM has no recursive or MeSH model.
 
 - Start: the policy is written as a transformers directory (its architecture's config from
-  :func:`zoo.engines.transformers_view`, safetensors weights under transformers' names, the tokenizer) in a
+  :func:`zoo.generation.transformers_view`, safetensors weights under transformers' names, the tokenizer) in a
   temporary folder and ``vllm.LLM(model=that folder, ...)`` loads it. ``logprobs_mode`` is
   ``processed_logprobs`` so that the returned log-probs are those of the temperature-scaled distribution, as
   the trainer computes them; other ``LLM`` arguments come from the rollout config's ``engine_options``.
@@ -36,11 +36,11 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from zoo.engine_core import Finished, Request
-from zoo.engines import transformers_view
 from zoo.errors import ConfigError
-from zoo.generation import GenerationResult, Sample
-from zoo.sampling import SamplingParams
+from zoo.generation.core import Finished, Request
+from zoo.generation.native import GenerationResult, Sample
+from zoo.generation.sampling import SamplingParams
+from zoo.generation.transformers_view import transformers_view
 
 
 def _load_into_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
@@ -134,7 +134,7 @@ def _completion(completion) -> tuple[list[int], list[float], str]:
 
 
 class VLLMCore:
-    """:class:`zoo.engine_core.EngineCore`'s request-level API on vLLM's engine (``LLM.llm_engine``)."""
+    """:class:`zoo.generation.core.EngineCore`'s request-level API on vLLM's engine (``LLM.llm_engine``)."""
 
     def __init__(self, engine: VLLMEngine) -> None:
         self.engine, self.llm = engine, engine.llm.llm_engine

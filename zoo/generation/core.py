@@ -28,7 +28,7 @@ rows in use. Two ways to run a decode step (``decode``):
   ``static`` runs the same static-buffer steps uncaptured: the graph path's logic on any device.
 
 A request's tokens depend on its prompt, its params, its seed and the weights only, not on which requests share
-its steps: every row draws from its own random stream (``zoo.sampling.row_uniforms``) and attends only to its
+its steps: every row draws from its own random stream (``zoo.generation.sampling.row_uniforms``) and attends only to its
 own columns.
 """
 
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zoo.sampling import SamplingParams, hits_stop_string, row_uniforms, sample_tokens
+from zoo.generation.sampling import SamplingParams, hits_stop_string, row_uniforms, sample_tokens
 
 COLUMN_MULTIPLE = 64  # graphed pools round their length up to this
 DECODE_MODES = ("eager", "graphs", "static")

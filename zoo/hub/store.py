@@ -45,10 +45,10 @@ import yaml
 from safetensors.torch import load_file, save, save_file
 
 from zoo import __version__
-from zoo.checkpoint_io import read_checkpoint
 from zoo.errors import ZooError, first_line
-from zoo.files import atomic_directory, atomic_file, cache_dir, sha256_file
-from zoo.rebuilt_state import check_rebuilt_from
+from zoo.io.checkpoint_io import read_checkpoint
+from zoo.io.files import atomic_directory, atomic_file, cache_dir, sha256_file
+from zoo.io.rebuilt_state import check_rebuilt_from
 
 MANIFEST = "manifest.json"
 HF_DIRECTORY = "hf"  # an hf entry's transformers directory
@@ -168,7 +168,7 @@ class Entry:
         needed = ("base", "base_manifest_sha256", "r", "alpha")
         if not isinstance(settings, dict) or not all(k in settings for k in needed):
             raise HubError(f"hub entry {self.name!r}: {ADAPTER_SETTINGS} lacks one of {', '.join(needed)}")
-        from zoo.lora import lora_settings
+        from zoo.training.lora import lora_settings
 
         lora = {k: v for k, v in settings.items() if k not in ("base", "base_manifest_sha256")}
         try:
@@ -198,7 +198,7 @@ class Entry:
         adapter = self.adapter
         if adapter is None:
             return load_file(self.path / "model.safetensors")
-        from zoo.lora import merge_adapters
+        from zoo.training.lora import merge_adapters
 
         base = self.base_entry(adapter).state_dict()
         return merge_adapters(base, load_file(self.path / ADAPTER_WEIGHTS), adapter["alpha"] / adapter["r"])
@@ -263,7 +263,7 @@ class Hub:
         if isinstance(weights, Path):
             parameters = check_hf_directory(weights, source)
         elif adapter is not None:
-            from zoo.lora import merge_adapters
+            from zoo.training.lora import merge_adapters
 
             base = resolve_entry(adapter["base"]).state_dict()
             check_weights(config, merge_adapters(base, weights, adapter["alpha"] / adapter["r"]), source)
@@ -386,7 +386,7 @@ class Hub:
         """Write entry ``name`` as an HF model directory that ``AutoModelForCausalLM`` loads. A directory that
         already holds files is refused unless ``overwrite``, and then only the files written here are replaced:
         nothing else in it is touched."""
-        from zoo.convert import gpt_neox_config_to_hf, gpt_neox_state_dict_to_hf
+        from zoo.hub.convert import gpt_neox_config_to_hf, gpt_neox_state_dict_to_hf
         from zoo.models import config_from_dict
 
         entry = self.entry(name)
@@ -540,7 +540,7 @@ def _adapter_of_run(model_hparams: dict[str, Any], checkpoint: dict[str, Any]):
     """A LoRA run started from a hub entry (zoo's own architectures): its adapter settings (with the base entry
     and that entry's manifest sha256) and adapters by PEFT's saved names; None for any other run (written whole,
     merged)."""
-    from zoo.lora import saved_adapters
+    from zoo.training.lora import saved_adapters
 
     lora, init_from = _lora_of(model_hparams), model_hparams.get("init_from")
     if lora is None or not init_from or model_hparams.get("arch") == "hf":
@@ -556,7 +556,7 @@ def _adapter_of_run(model_hparams: dict[str, Any], checkpoint: dict[str, Any]):
 
 
 def _lora_of(model_hparams: dict[str, Any]):
-    from zoo.lora import lora_settings
+    from zoo.training.lora import lora_settings
 
     return lora_settings(model_hparams.get("lora"))
 
@@ -564,8 +564,8 @@ def _lora_of(model_hparams: dict[str, Any]):
 def _merged_run_state(config, init_from, state, lora, path: Path, checkpoint) -> dict[str, torch.Tensor]:
     """The plain weights of a LoRA run: its base (saved, or rebuilt from ``init_from``, refused if it is not the
     model the run was trained from) with the adapters merged."""
-    from zoo.lora import merge_adapters, saved_adapters
     from zoo.models import config_from_dict
+    from zoo.training.lora import merge_adapters, saved_adapters
 
     adapters = saved_adapters(state)
     base = {k.replace(".base_layer.", "."): v for k, v in state.items() if ".lora_" not in k}
@@ -590,7 +590,7 @@ def _locate_checkpoint(source: Path) -> tuple[Path, Path | None]:
 
 
 def _read_hf_directory(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from zoo.convert import gpt_neox_config_from_hf, gpt_neox_state_dict_from_hf
+    from zoo.hub.convert import gpt_neox_config_from_hf, gpt_neox_state_dict_from_hf
 
     try:
         hf_config = json.loads((directory / "config.json").read_text())

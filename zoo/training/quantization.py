@@ -1,5 +1,5 @@
 """Frozen models in 8-bit or 4-bit through bitsandbytes: the RL reference policy, a frozen reader, the native rollout
-engine's replica, the frozen base of a QLoRA policy (:mod:`zoo.lora`).
+engine's replica, the frozen base of a QLoRA policy (:mod:`zoo.training.lora`).
 
 Which layers: every ``nn.Linear`` inside the model's transformer blocks (its ``block_class``), for zoo's own
 models and Hugging Face ones alike. The embedding, the output head (zoo's fused loss reads its weight), MeSH's
@@ -69,7 +69,7 @@ def check_bits(key: str, bits: str | None) -> str | None:
 def quantize_frozen(model: nn.Module, bits: str, key: str = "quantization") -> nn.Module:
     """``model`` with the linear layers of its blocks replaced, in place, by ``bits`` bitsandbytes layers, every
     parameter frozen (``requires_grad=False``) and in eval mode. ``key`` names the setting in errors."""
-    from zoo.strategies import is_block
+    from zoo.models import is_block
 
     bnb = require_bitsandbytes(key)
     check_bits(key, bits)

@@ -26,7 +26,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo.files import atomic_file, cache_dir
+from zoo.io.files import atomic_file, cache_dir
 
 # Folders of the standard library that are tests, demos or GUI code rather than library documentation.
 _SKIPPED = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "turtledemo", "tkinter"}

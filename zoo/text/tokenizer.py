@@ -17,7 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from zoo.errors import ConfigError
-from zoo.files import atomic_directory, cache_dir
+from zoo.io.files import atomic_directory, cache_dir
 
 EOS = "<|endoftext|>"
 PAD = "<|padding|>"
@@ -27,7 +27,7 @@ _TRAINER_VERSION = "bpe-v1"
 def load_tokenizer(source: str | os.PathLike) -> PreTrainedTokenizerFast:
     """Load from a ``tokenizer.json`` file, an HF tokenizer directory (local, offline) or ``hub:NAME``."""
     if str(source).startswith("hub:"):
-        from zoo.hub import Hub
+        from zoo.hub.store import Hub
 
         source = Hub().entry(str(source)[4:]).tokenizer_dir
     path = Path(source).expanduser()

@@ -25,21 +25,9 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from zoo.errors import ConfigError
+from zoo.models import is_block
 
 log = logging.getLogger("zoo")
-
-
-def block_classes() -> set[type[nn.Module]]:
-    """zoo's block classes, and the decoder-layer classes of the HF models built so far in this process."""
-    from zoo.models import ARCHITECTURES
-    from zoo.models.hf import DECODER_LAYER_CLASSES
-
-    zoo_blocks = {c.block_class for c in ARCHITECTURES.values() if isinstance(c.block_class, type)}
-    return zoo_blocks | DECODER_LAYER_CLASSES
-
-
-def is_block(module: nn.Module) -> bool:
-    return isinstance(module, tuple(block_classes()))
 
 
 def auto() -> str:
@@ -89,7 +77,7 @@ def shard_for_strategy(module: L.LightningModule, model: nn.Module) -> None:
     """Called from ``configure_model``: shards ``model`` block by block when the trainer runs FSDP2."""
     trainer = module._trainer
     if trainer is not None and isinstance(trainer.strategy, FSDPStrategy | ModelParallelStrategy):
-        from zoo.quantization import is_quantized
+        from zoo.training.quantization import is_quantized
 
         if is_quantized(model) or (isinstance(trainer.strategy, FSDPStrategy) and is_quantized(module)):
             raise ConfigError(

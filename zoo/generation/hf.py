@@ -2,17 +2,17 @@
 a Pythia policy (as ``GPTNeoXForCausalLM``) or any Hugging Face policy (``arch: hf``); recursive and MeSH models
 have no transformers counterpart: use ``native``.
 
-- ``HFEngine(config, ...)`` builds its own copy of the policy's architecture (:func:`zoo.engines.transformers_view`)
+- ``HFEngine(config, ...)`` builds its own copy of the policy's architecture (:func:`zoo.generation.transformers_view`)
   that ``load_weights`` fills from the policy's zoo-named weights; ``HFEngine.serving(model)`` generates with an
   existing transformers model in place (evaluation of an unsharded policy, no copy).
 - Prompts are left-padded into one batch; ``num_return_sequences=n`` gives each prompt's n completions in
   prompt order, as the engine interface requires.
-- Sampling follows :class:`zoo.sampling.SamplingParams` and nothing else: the model's own
+- Sampling follows :class:`zoo.generation.sampling.SamplingParams` and nothing else: the model's own
   ``generation_config`` (a checkpoint's repetition penalty, top-k, EOS list) is set aside while it generates, so
   the log-probs the trainer compares against are those of the distribution it sampled from. Temperature 0 is
   greedy; stop tokens go to ``eos_token_id``, stop strings to ``stop_strings``. transformers pads a finished row
   to the batch's length, so each completion is cut where the native engine would have stopped it
-  (:func:`zoo.sampling.finish`).
+  (:func:`zoo.generation.sampling.finish`).
 - Log-probs: ``log softmax(logits / temperature)`` of the sampled tokens from the raw logits
   (``output_logits``), before top-k / top-p: the quantity the trainer computes.
 - A seed fixes the draw without touching the process's global random state (``torch.random.fork_rng``).
@@ -26,10 +26,10 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from zoo.engines import transformers_view
 from zoo.errors import ConfigError
-from zoo.generation import GenerationResult, Sample
-from zoo.sampling import SamplingParams, finish
+from zoo.generation.native import GenerationResult, Sample
+from zoo.generation.sampling import SamplingParams, finish
+from zoo.generation.transformers_view import transformers_view
 
 
 class HFEngine:

@@ -7,7 +7,7 @@
     dropout: 0.0         # dropout on the adapters' input
     target_modules: null # null: every linear layer inside the transformer blocks; or names (PEFT's rule: a module
                          # whose name is, or ends in ".", one of them), e.g. [qkv, attn.proj] for zoo's attention
-    quantize: null       # 4bit | 8bit: QLoRA, the frozen base's block linears held by bitsandbytes (zoo.quantization)
+    quantize: null       # 4bit | 8bit: QLoRA, the base's block linears in bitsandbytes (zoo.training.quantization)
 
 The adapters are PEFT's own LoRA layers injected into the network (``peft.inject_adapter_in_model``: it wraps any
 ``nn.Module``), so the model keeps its interface (the fused loss, attention probes, the strategies' blocks) and
@@ -23,7 +23,7 @@ directly by the fused loss, and the embedding is not a linear layer.
 - Checkpoints of a run started from ``model.init_from`` hold the adapters (and any other trainable tensor) only:
   the frozen base is rebuilt from the entry it came from; a resumed run continues exactly.
 - The hub stores a LoRA run as an adapter entry naming its base entry and that entry's manifest sha256, and
-  ``zoo hub merge`` turns it into a full entry (:mod:`zoo.hub`).
+  ``zoo hub merge`` turns it into a full entry (:mod:`zoo.hub.store`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ConfigError, config_section, require_int
-from zoo.quantization import check_bits, dequantized_weight, quantize_frozen
+from zoo.training.quantization import check_bits, dequantized_weight, quantize_frozen
 
 ADAPTER = "default"  # PEFT's adapter name (one adapter per model)
 
@@ -96,7 +96,7 @@ def _peft(key: str):
 
 def block_linears(model: nn.Module) -> list[str]:
     """The full names of the linear layers inside ``model``'s transformer blocks."""
-    from zoo.strategies import is_block
+    from zoo.models import is_block
 
     names = []
     for block_name, block in model.named_modules():
@@ -168,7 +168,7 @@ def merged_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """The weights of the plain network that computes what ``model`` (with adapters, possibly quantized) computes,
     under the plain network's names: ``W + scaling B A`` for every adapted layer (its base dequantized), quantized
     layers dequantized, everything else as it is."""
-    from zoo.quantization import is_quantized
+    from zoo.training.quantization import is_quantized
 
     layers = lora_layers(model)
     quantized = {name: m for name, m in model.named_modules() if is_quantized(m) and not list(m.children())}

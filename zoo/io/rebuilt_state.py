@@ -7,7 +7,7 @@ has checked that the checkpoint holds every other entry and nothing unknown: a c
 tensor is still an error naming it, never a silent partial load.
 
 What they are rebuilt from (``model.init_from``) is pinned when training starts by its fingerprint (a hub entry's
-manifest sha256, a Hugging Face directory's files; :func:`zoo.hub.source_fingerprint`), recorded in every
+manifest sha256, a Hugging Face directory's files; :func:`zoo.hub.store.source_fingerprint`), recorded in every
 checkpoint and compared at every use (:func:`check_rebuilt_from`): a base pushed over with ``--force`` by another
 model of the same shape is refused in one line, not silently trained, validated or merged on.
 """

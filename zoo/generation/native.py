@@ -1,11 +1,12 @@
 """zoo's own decoder, the default (``native``) rollout engine: every zoo model, CPU and GPU.
 
-The engine is request-level (:mod:`zoo.engine_core`: submit, abort, step, with continuous batching);
+The engine is request-level (:mod:`zoo.generation.core`: submit, abort, step, with continuous batching);
 ``NativeEngine.generate(prompts, n, params)`` is the batch API over it, ``n`` completions of every prompt:
 
-- every completion is a request (sample j of prompt p is seeded as row p·n + j of :func:`zoo.sampling.row_seeds`,
-  so a seeded call is reproducible and a row's tokens do not depend on the others); identical prompts are
-  prefilled once; sampling and stop rules are :mod:`zoo.sampling`'s; a finished row leaves the batch at once;
+- every completion is a request (sample j of prompt p is seeded as row p·n + j of
+  :func:`zoo.generation.sampling.row_seeds`, so a seeded call is reproducible and a row's tokens do not depend on
+  the others); identical prompts are prefilled once; sampling and stop rules are :mod:`zoo.generation.sampling`'s;
+  a finished row leaves the batch at once;
 - a prompt is complete once ``group_complete_at`` of its ``n`` completions (default all) have finished; its
   other rows are aborted then. With ``finished_groups_quota`` it stops as soon as that many prompts are
   complete and returns the others as unfinished (what tail batching needs): the first ``quota`` to complete,
@@ -21,9 +22,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from zoo.engine_core import EngineCore, Finished, Request, RowPool
 from zoo.errors import ConfigError
-from zoo.sampling import SamplingParams, row_seeds
+from zoo.generation.core import EngineCore, Finished, Request, RowPool
+from zoo.generation.sampling import SamplingParams, row_seeds
 
 
 @dataclass
@@ -46,7 +47,7 @@ class GenerationResult:
 class NativeEngine:
     """Generates with a zoo model in this process. ``load_weights`` copies new weights into it.
 
-    ``generate`` is the batch API over the request-level :class:`zoo.engine_core.EngineCore`; :meth:`core` hands
+    ``generate`` is the batch API over the request-level :class:`zoo.generation.core.EngineCore`; :meth:`core` hands
     out the core itself (what queue scheduling drives). ``decode``: ``auto`` (CUDA graphs on a GPU, the exact
     eager loop elsewhere), ``eager``, ``graphs``, or ``static`` (the graphs' static-buffer steps run uncaptured:
     the graph path's logic on any device).

@@ -34,24 +34,15 @@ import inspect
 import operator
 import random
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zoo.errors import DataError, require_int
-from zoo.jsonl import read_jsonl
-from zoo.rl.budgets import Thought, render, split_completion
+from zoo.io.jsonl import read_jsonl
+from zoo.rl.budgets import render, split_completion
 from zoo.rl.rewards import exact_match_reward, gsm8k_answer, gsm8k_reward, math_reward
 from zoo.synth.teacher import designer_problems
-
-
-@dataclass(frozen=True)
-class Problem:
-    prompt: str
-    reference: str
-    solution: str  # what a supervised example answers (the reference, or a worked solution)
-    thoughts: tuple[Thought, ...] = ()  # a teacher's chain of thought with optional steps (budgeted tasks)
+from zoo.tasks.base import Problem, Task, Thought
 
 
 def _without_carries(a: int, b: int, op: str) -> int:
@@ -349,15 +340,6 @@ def designer_reward(prompt: str, completion: str, reference: str) -> float:
     return float(accepted(prompt, completion))
 
 
-@dataclass(frozen=True)
-class Task:
-    reward: Callable[[str, str, str], float]
-    generated: bool  # True: made by a generator; False: read from data.path
-    system: str  # the system prompt of a chat-formatted prompt (zoo.chat), written for the task's reward
-    final_answer: Callable[[str], str] = str.strip  # the answer a reference states (RAVR conditions on it)
-    observation: str | None = None  # a regex of what an environment wrote into a solution (masked in SFT)
-
-
 TASKS: dict[str, Task] = {
     "arithmetic": Task(exact_match_reward, True, "Answer with the number only."),
     "chain": Task(chain_reward, True, "Work it out one step at a time, then write the answer after '#'."),
@@ -434,7 +416,7 @@ def load_problems(
 
 
 def encode_texts(tokenizer, texts: list[str], chat=None) -> list[list[int]]:
-    """Prompt token ids of ``texts``: through ``chat`` (a :class:`zoo.chat.ChatFormat`) when given, else the bare
+    """Prompt token ids of ``texts``: through ``chat`` (a :class:`zoo.text.chat.ChatFormat`) when given, else the bare
     tokenizer without special tokens."""
     if chat is not None:
         return [chat.prompt_ids(t) for t in texts]

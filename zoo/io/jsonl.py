@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from zoo.errors import DataError
-from zoo.files import read_utf8
+from zoo.io.files import read_utf8
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:

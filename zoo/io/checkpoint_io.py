@@ -18,8 +18,8 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from zoo.errors import ConfigError
-from zoo.files import atomic_file
-from zoo.optim import TrainingDiverged
+from zoo.io.files import atomic_file
+from zoo.training.optim import TrainingDiverged
 
 
 def read_checkpoint(path: _PATH, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Knowledge infusion: the synthetic knowledge world and the sweep's analysis (collapse points, scaling law)."""

@@ -1,0 +1,1 @@
+"""What training runs with: optimizers, distributed strategies, LoRA and quantized frozen models."""
