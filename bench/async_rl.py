@@ -1,7 +1,7 @@
 """Asynchronous RL (ROLL Flash, arXiv:2510.11345): how much rollout–train decoupling gains, against the paper's
 bounds.
 
-``simulate``: the discrete-event simulator of ``zoo/rl/async_simulator.py`` (zoo's own sample buffer inside):
+``simulate``: the discrete-event simulator of ``zoo/rollout/workers/simulator.py`` (zoo's own sample buffer inside):
 ``K`` devices, ``N`` samples a step with long-tailed generation times (lognormal, median 1, ``--sigma``, capped at
 ``--max``), training ``--train`` seconds per sample on one device. Synchronous: all ``K`` devices generate, then
 all train (``E·N·μ_train/K``). Asynchronous at ratio α: ``round(β*·K)`` devices train (β* of Proposition 2) while the
@@ -54,11 +54,11 @@ import torch
 from tail_batching import LONGEST, START, countdown_model
 from zoo_runs import latest_run, threads_per_run, zoo
 
-from zoo.callbacks.rollout import RolloutCallback
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.generation.sampling import SamplingParams
 from zoo.modules.grpo import GRPOModule
-from zoo.rl.async_simulator import LongTail, proposition_1, proposition_2, simulate
+from zoo.rollout.callback import RolloutCallback
+from zoo.rollout.workers.simulator import LongTail, proposition_1, proposition_2, simulate
 
 
 def run_simulation(args: argparse.Namespace) -> None:

@@ -110,7 +110,7 @@ def perturbation(opts) -> None:
     from zoo.generation.native import NativeEngine
     from zoo.generation.sampling import SamplingParams
     from zoo.hub.store import load_model
-    from zoo.rl.attention_credit import CreditAssignment
+    from zoo.rl.methods.attention_credit import CreditAssignment
     from zoo.rl.rollout import assemble
     from zoo.tasks.registry import chain_problems
 
@@ -165,9 +165,9 @@ def perturbation(opts) -> None:
 def overhead(opts) -> None:
     import lightning as L
 
-    from zoo.callbacks.rollout import RolloutCallback
     from zoo.datamodules.prompts import PromptDataModule
     from zoo.modules.grpo import GRPOModule
+    from zoo.rollout.callback import RolloutCallback
 
     class StepTimes(L.Callback):
         def __init__(self) -> None:

@@ -20,11 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from zoo.callbacks.rollout import RolloutCallback  # noqa: E402
 from zoo.generation.native import NativeEngine  # noqa: E402
 from zoo.generation.sampling import SamplingParams  # noqa: E402
 from zoo.models import GPTNeoX  # noqa: E402
 from zoo.models.gpt_neox import PRESETS  # noqa: E402
+from zoo.rollout.callback import RolloutCallback  # noqa: E402
 from zoo.training.lora import apply_lora, lora_layers, lora_settings  # noqa: E402
 
 

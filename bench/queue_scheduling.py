@@ -1,5 +1,5 @@
-"""Queue scheduling (zoo/rl/queue.py, ROLL Flash) against synchronous batch rollout: rollout-phase time for the same
-samples trained, in one process.
+"""Queue scheduling (zoo/rollout/samplers/queue.py, ROLL Flash) against synchronous batch rollout: rollout-phase time
+for the same samples trained, in one process.
 
 Every arm trains ``--steps`` steps of P0 prompts x R responses on an engine with ``--rows`` sequence rows (the
 memory budget of the rollout engine), and scores every response with a cheap reward:
@@ -45,11 +45,11 @@ import torch
 from tail_batching import LONGEST, START, countdown_model
 from timing import gpt_neox_pair
 
-from zoo.callbacks.tail_batching import TailBatcher
 from zoo.generation.native import NativeEngine
 from zoo.generation.sampling import SamplingParams
-from zoo.rl.queue import QueuePlanner, run_queue_round
 from zoo.rl.rewards import RewardRunner
+from zoo.rollout.samplers.queue import QueuePlanner, run_queue_round
+from zoo.rollout.samplers.tail_batching import TailBatcher
 from zoo.text.loader import PromptStream
 
 

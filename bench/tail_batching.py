@@ -1,4 +1,4 @@
-"""Tail batching (zoo/callbacks/tail_batching.py) against synchronous batching: rollout time for the same
+"""Tail batching (zoo/rollout/samplers/tail_batching.py) against synchronous batching: rollout time for the same
 samples trained.
 
 ``simulate``: a discrete-event model of rollout rounds. Every prompt has a persistent difficulty (the log-mean
@@ -30,10 +30,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from zoo.callbacks.tail_batching import Launch, TailBatcher
 from zoo.generation.native import NativeEngine
 from zoo.generation.sampling import SamplingParams
 from zoo.models import GPTNeoX, GPTNeoXConfig
+from zoo.rollout.samplers.tail_batching import Launch, TailBatcher
 
 RATIOS = (1.0, 1.125, 1.25, 1.5)
 

@@ -9,12 +9,12 @@ template (``chat_template: auto``), prompts are chat-formatted with the task's s
 (:class:`zoo.text.loader.ResumableLoader`).
 
 ``budgets`` (a task with chains of thought: ``thinking``) asks every prompt under a thinking budget
-(:mod:`zoo.rl.budgets`): ``{levels: [...], fidelity: upper | tracking, sigma, combine: product | sum, weight}``;
+(:mod:`zoo.rl.methods.bard`): ``{levels: [...], fidelity: upper | tracking, sigma, combine: product | sum, weight}``;
 each training prompt gets one level drawn for it, every validation prompt is asked at every level, and the reward
 becomes correctness × budget fidelity (``correctness``, the task's verifier, still decides pass@k).
 
-``posterior_prompt`` (a template with ``{prompt}`` and ``{answer}``, :mod:`zoo.rl.posterior_prompt`) gives every
-training problem a second, answer-conditioned prompt as well (``posterior_ids``, with the reference's final answer
+``posterior_prompt`` (a template with ``{prompt}`` and ``{answer}``, :mod:`zoo.rl.methods.ravr_posterior_prompt`) gives
+every training problem a second, answer-conditioned prompt as well (``posterior_ids``, with the reference's final answer
 as ``answer``), for RAVR's posterior sampler.
 """
 
@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader
 
 from zoo.errors import DataError, require_int
 from zoo.io.files import cache_dir
-from zoo.rl.budgets import BudgetOptions, budget_line, with_budget
-from zoo.rl.posterior_prompt import check_template, posterior_prompt
+from zoo.rl.methods.bard import BudgetOptions, budget_line, with_budget
+from zoo.rl.methods.ravr_posterior_prompt import check_template, posterior_prompt
 from zoo.tasks.base import Problem
 from zoo.tasks.registry import TASKS, encode_prompts, encode_texts, load_problems
 from zoo.text.chat import chat_format

@@ -7,11 +7,11 @@ target is -100). Examples are packed whole, in a fixed order, into rows of ``seq
 and see the positions they would see alone. With ``pack: false`` every example has a row of its own, padded at
 the end (no segments: causal attention alone keeps it from the padding), for models that cannot isolate packed
 examples (BLOOM's ALiBi, state-space models such as Mamba). An example longer than ``seq_len`` is an error
-naming it. With ``budgets`` (:mod:`zoo.rl.budgets`) every problem becomes one example per budget level that its
+naming it. With ``budgets`` (:mod:`zoo.rl.methods.bard`) every problem becomes one example per budget level that its
 teacher's chain can be compressed to: the same question, different budgets, different lengths (BARD's
 budget-constrained SFT). With ``posterior_prompt`` every training problem is also taught under its
-answer-conditioned prompt (:mod:`zoo.rl.posterior_prompt`): the same solution, reached with the answer in view,
-so that the policy learns to reason towards a given answer (the ability RAVR's posterior sampler relies on).
+answer-conditioned prompt (:mod:`zoo.rl.methods.ravr_posterior_prompt`): the same solution, reached with the answer in
+view, so that the policy learns to reason towards a given answer (the ability RAVR's posterior sampler relies on).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import DataError, require_int
 from zoo.models.cross_entropy import IGNORE_INDEX as IGNORE
-from zoo.rl.budgets import with_budget
+from zoo.rl.methods.bard import with_budget
 from zoo.tasks.base import Problem
 from zoo.tasks.registry import TASKS, encode_prompts
 
@@ -103,7 +103,7 @@ class SFTDataModule(PromptDataModule):
 
     def budgeted(self, train: list[Problem], val: list[Problem]) -> tuple[list[Problem], list[Problem]]:
         """Budget-constrained SFT (BARD's contrastive set): every problem once per level it fits, the teacher's
-        chain compressed to that level (:func:`zoo.rl.budgets.compress`)."""
+        chain compressed to that level (:func:`zoo.rl.methods.bard.compress`)."""
 
         def expand(problems: list[Problem]) -> list[Problem]:
             asked = (with_budget(p, b, self.count_tokens) for p in problems for b in self.budgets.levels)

@@ -7,7 +7,7 @@ What the rest of zoo builds on it:
 - training: :func:`zoo.modules.pretrain.causal_lm_loss` calls ``forward`` with ``targets``;
 - token log-probs and entropy of given sequences: :func:`zoo.rl.rollout.token_logprobs` (``forward`` logits);
 - critics: :class:`zoo.models.value.ValueModel` reads ``hidden_states`` and ``lm_head``'s width;
-- attention maps of chosen layers (attention-based credit, :mod:`zoo.rl.attention_credit`): ``forward`` with an
+- attention maps of chosen layers (attention-based credit, :mod:`zoo.rl.methods.attention_credit`): ``forward`` with an
   ``attention_probe`` (:mod:`zoo.models.attention_maps`), layers counted by ``num_attention_calls``;
 - sharding: the strategies wrap each ``block_class`` module (:mod:`zoo.training.strategies`);
 - weights for a rollout engine: ``named_parameters()`` under the model's own names, which the ``hf`` and

@@ -8,7 +8,7 @@ disagreement σ (the standard deviation of their values per token). Only PPO's s
   (the critics agree: little to learn there) and the entropy bonus skips those in the highest
   ``entropy_filter`` fraction (the critics disagree: exploring there is noise); the fractions are quantiles of σ
   over the valid tokens of the minibatch (``mask_population: batch``: of the whole rollout batch), see
-  ``zoo.rl.critic_ensemble``. The per-token normaliser stays the completion's length: masked tokens add zero;
+  ``zoo.rl.methods.asyppo``. The per-token normaliser stays the completion's length: masked tokens add zero;
 - value loss: each critic's clipped value loss on its own shard only (``shard_mode``), summed over critics;
 - the first ``critic_warmup_steps`` optimizer steps train the critics alone; ``critic_lr`` sets their learning
   rate (default: the policy's).
@@ -44,7 +44,8 @@ from zoo.models.hf import HFConfig
 from zoo.models.value import ValueModel
 from zoo.modules.ppo import PPOModule
 from zoo.modules.rl import config_section
-from zoo.rl.critic_ensemble import (
+from zoo.rl.losses import clipped_value_loss
+from zoo.rl.methods.asyppo import (
     AGGREGATES,
     EVERY_CRITIC,
     SHARD_MODES,
@@ -52,7 +53,6 @@ from zoo.rl.critic_ensemble import (
     ensemble_values,
     uncertainty_masks,
 )
-from zoo.rl.losses import clipped_value_loss
 from zoo.rl.rollout import RolloutBatch
 from zoo.training.optim import adamw_groups
 from zoo.training.strategies import shard_for_strategy

@@ -8,17 +8,17 @@ Each step replaces the base module's batch (:meth:`training_batch`) with three k
 both samplers (G = ``module.rollout.n`` paths each):
 
 - posterior paths (the completion's tokens up to the answer cue), trained by the PPO-clip policy gradient with
-  advantage ``(s − b̂) / σ`` (:func:`zoo.rl.ravr_objective.posterior_advantages`), weight
+  advantage ``(s − b̂) / σ`` (:func:`zoo.rl.methods.ravr.posterior_advantages`), weight
   ``module.ravr.posterior_weight``;
 - the same paths with the cue and the reference answer after the question-only prompt, trained by
   utility-weighted cross-entropy (the utility-reweighted KL term and the ELBO's answer term,
-  :func:`zoo.rl.ravr_objective.weighted_path_nll`), weight ``distill_weight``;
+  :func:`zoo.rl.methods.ravr.weighted_path_nll`), weight ``distill_weight``;
 - prior paths, trained by GRPO on the task's reward, weight ``prior_weight`` (0 by default: the prior samples then
   serve as the baseline b̂ and as the measurement of μ).
 
 s is the length-normalised probability of the reference's final answer (``Task.final_answer``: GSM8K's number
 after ``####``) after the path and the task's answer cue (``module.ravr.answer_cue``), teacher-forced on the
-policy before the step's update (:mod:`zoo.rl.answer_utility`).
+policy before the step's update (:mod:`zoo.rl.methods.ravr_answer_utility`).
 
 Logged: ``ravr/mu`` (μ̂ = E_p[s]), ``ravr/posterior_utility`` (E_q[s] measured on the posterior paths),
 ``ravr/bayes_posterior_utility`` (μ + Var(s)/μ estimated from the prior paths: what the exact
@@ -39,9 +39,9 @@ from zoo.errors import ConfigError
 from zoo.generation.native import Sample
 from zoo.modules.rl import RLModule, config_section
 from zoo.rl import advantages as estimators
-from zoo.rl import ravr_objective as objective
-from zoo.rl.answer_posterior import estimated_posterior_utility
-from zoo.rl.answer_utility import answer_utility
+from zoo.rl.methods import ravr as objective
+from zoo.rl.methods.ravr_answer_posterior import estimated_posterior_utility
+from zoo.rl.methods.ravr_answer_utility import answer_utility
 from zoo.rl.rollout import RolloutBatch, assemble, token_logprobs
 
 PRIOR, POSTERIOR, DISTILLED = 0, 1, 2  # the row kinds of a RAVR batch (extras["kind"])

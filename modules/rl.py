@@ -3,12 +3,12 @@
 Each training step takes a batch of prompts (``zoo.datamodules.prompts``) and runs four stages, each a method a
 subclass may override:
 
-1. :meth:`rollout`: ``G`` completions per prompt from the rollout callback's engine (``zoo.callbacks.rollout``);
+1. :meth:`rollout`: ``G`` completions per prompt from the rollout callback's engine (``zoo.rollout.callback``);
 2. :meth:`score`: the task's reward per completion (``zoo.rl.rewards``; a reward that throws or hangs scores 0
    and is counted);
 3. :meth:`advantages`: one of ``zoo.rl.advantages`` (GRPO by default), then scaled per token by the credit
-   strategy ``credit`` when one is set (:meth:`assign_credit`, ``zoo.rl.attention_credit``: the policy's attention
-   picks the tokens whose advantages are amplified);
+   strategy ``credit`` when one is set (:meth:`assign_credit`, ``zoo.rl.methods.attention_credit``: the policy's
+   attention picks the tokens whose advantages are amplified);
 4. :meth:`loss`: the :meth:`objective` (the policy-gradient loss ``pg_variant`` of ``zoo.rl.pg_variants``: by
    default PPO-clip with truncated importance sampling against the engine's log-probs; the off-policy variants
    for asynchronous rollout) plus the optional KL to a frozen reference and entropy bonus.
@@ -40,9 +40,9 @@ from zoo.hub.store import build_initialized, pinned_source
 from zoo.io.rebuilt_state import check_complete, drop_rebuilt
 from zoo.models import config_from_dict
 from zoo.rl import advantages as estimators
-from zoo.rl.attention_credit import CreditAssignment
 from zoo.rl.evaluation import correctness_runner, evaluate_pass_at_k, solved_groups
 from zoo.rl.losses import aggregate, kl_penalty
+from zoo.rl.methods.attention_credit import CreditAssignment
 from zoo.rl.pg_variants import PolicyInputs, policy_loss, variant_options
 from zoo.rl.rewards import PendingRewards, RewardBatch, RewardRunner
 from zoo.rl.rollout import RolloutBatch, Round, token_logprobs
@@ -198,7 +198,7 @@ class RLModule(L.LightningModule):
 
     @property
     def rollout_callback(self):
-        from zoo.callbacks.rollout import RolloutCallback
+        from zoo.rollout.callback import RolloutCallback
 
         for callback in self.trainer.callbacks:
             if isinstance(callback, RolloutCallback):

@@ -482,7 +482,7 @@ def infusion_command(args: list[str]) -> None:
 def budget_command(args: list[str]) -> None:
     from zoo.generation import in_place_engine
     from zoo.hub.store import load_model
-    from zoo.rl import budget_evaluation as evaluation
+    from zoo.rl.methods import bard_evaluation as evaluation
     from zoo.tasks.registry import TASKS, load_problems
     from zoo.text.chat import chat_format
     from zoo.text.tokenizer import load_tokenizer

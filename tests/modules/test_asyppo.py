@@ -8,11 +8,11 @@ import lightning as L
 import pytest
 import torch
 
-from zoo.callbacks.rollout import RolloutCallback
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import ConfigError
 from zoo.modules.asyppo import AsyPPOModule
 from zoo.modules.ppo import PPOModule
+from zoo.rollout.callback import RolloutCallback
 
 POLICY = dict(arch="gpt_neox", vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
               intermediate_size=64, max_position_embeddings=64)  # fmt: skip

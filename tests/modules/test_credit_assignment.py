@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from zoo.callbacks.rollout import RolloutCallback
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.modules.grpo import GRPOModule
+from zoo.rollout.callback import RolloutCallback
 
 POLICY = dict(arch="gpt_neox", vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
               intermediate_size=64, max_position_embeddings=64)  # fmt: skip

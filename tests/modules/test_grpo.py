@@ -4,10 +4,10 @@ import lightning as L
 import pytest
 import torch
 
-from zoo.callbacks.rollout import RolloutCallback
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import ConfigError
 from zoo.modules.grpo import GRPOModule
+from zoo.rollout.callback import RolloutCallback
 
 POLICY = dict(
     arch="gpt_neox",

@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 
-from zoo.callbacks.rollout import RolloutCallback
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.datamodules.sft import SFTDataModule
 from zoo.modules.ravr import DISTILLED, POSTERIOR, PRIOR, RAVRModule
 from zoo.modules.sft import SFTModule
-from zoo.rl import ravr_objective
-from zoo.rl.answer_utility import answer_utility
+from zoo.rl.methods import ravr as ravr_objective
+from zoo.rl.methods.ravr_answer_utility import answer_utility
+from zoo.rollout.callback import RolloutCallback
 
 POLICY = dict(arch="gpt_neox", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
               max_position_embeddings=64)  # fmt: skip

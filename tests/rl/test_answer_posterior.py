@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zoo.models import build_model, config_from_dict
-from zoo.rl.answer_posterior import (
+from zoo.rl.methods.ravr_answer_posterior import (
     answer_posterior,
     competence,
     estimated_posterior_utility,
@@ -16,7 +16,7 @@ from zoo.rl.answer_posterior import (
     posterior_utility,
     utility_variance,
 )
-from zoo.rl.answer_utility import answer_utility
+from zoo.rl.methods.ravr_answer_utility import answer_utility
 
 
 @settings(max_examples=100, deadline=None)

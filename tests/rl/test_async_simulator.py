@@ -1,4 +1,4 @@
-"""The rollout/training simulator (zoo/rl/async_simulator.py): α = 0 is the synchronous schedule computed
+"""The rollout/training simulator (zoo/rollout/workers/simulator.py): α = 0 is the synchronous schedule computed
 independently, Proposition 1 holds for every synchronous step, staleness stays within α, and the speedups move as
 the paper says: up with α, up with the tail's weight, within Proposition 2's bound."""
 
@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from zoo.rl.async_simulator import LongTail, proposition_1, proposition_2, simulate
+from zoo.rollout.workers.simulator import LongTail, proposition_1, proposition_2, simulate
 
 
 def _synchronous_total(workers, N, steps, train_per_sample, lengths, seed):

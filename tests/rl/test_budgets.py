@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.datamodules.sft import SFTDataModule
 from zoo.errors import ConfigError, DataError
-from zoo.rl.budgets import (
+from zoo.rl.methods.bard import (
     BudgetReward,
     compress,
     read_budget,
@@ -170,7 +170,7 @@ class _ScriptedPolicy:
 
 
 def test_budget_evaluation_scores_each_level_and_the_truncation_baseline():
-    from zoo.rl.budget_evaluation import evaluate_budgets, length_correlation, markdown_table
+    from zoo.rl.methods.bard_evaluation import evaluate_budgets, length_correlation, markdown_table
 
     problems = thinking_problems(6, seed=2)
     characters = train_bpe(["<think></think> Thinking budget: tokens.\n0123456789+-=xy"], 100)  # no merges
@@ -188,7 +188,7 @@ def test_budget_evaluation_scores_each_level_and_the_truncation_baseline():
 
 
 def test_a_budget_agnostic_model_is_asked_without_the_control_line_and_cut_at_each_budget():
-    from zoo.rl.budget_evaluation import evaluate_budgets
+    from zoo.rl.methods.bard_evaluation import evaluate_budgets
 
     problems = thinking_problems(4, seed=3)
     characters = train_bpe(["<think></think> Thinking budget: tokens.\n0123456789+-=xy"], 100)

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from zoo.errors import ConfigError
 from zoo.models import build_model, config_from_dict
 from zoo.models.attention_maps import MapRecorder
-from zoo.rl.attention_credit import CreditAssignment, pass_groups
-from zoo.rl.credit import (
+from zoo.rl.methods.attention_credit import CreditAssignment, pass_groups
+from zoo.rl.methods.credit import (
     STRATEGIES,
     CreditSignals,
     attention_jumps,

@@ -1,4 +1,4 @@
-"""AsyPPO's critic ensemble (zoo/rl/critic_ensemble.py) from the algebra: exact mask fractions on known σ,
+"""AsyPPO's critic ensemble (zoo/rl/methods/asyppo.py) from the algebra: exact mask fractions on known σ,
 thresholds blind to padding, disjoint and covering shards, the ensemble's value and spread."""
 
 import math
@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zoo.rl.critic_ensemble import critic_shards, ensemble_values, linear_quantile, uncertainty_masks
+from zoo.rl.methods.asyppo import critic_shards, ensemble_values, linear_quantile, uncertainty_masks
 
 
 def _known_sigma(n_valid: int, pad: int, seed: int):

@@ -1,6 +1,6 @@
-"""Engine servers (zoo/rl/engine_server.py) in a thread and in a spawned process: the requests they finish are what
-the engine's batch API returns for the same seeds; commands apply in order (aborts, new weights); a failure or a
-dead process reaches the driver as one error."""
+"""Engine servers (zoo/rollout/workers/engine_server.py) in a thread and in a spawned process: the requests they finish
+are what the engine's batch API returns for the same seeds; commands apply in order (aborts, new weights); a failure or
+a dead process reaches the driver as one error."""
 
 import time
 
@@ -11,7 +11,7 @@ from zoo.generation.core import Request
 from zoo.generation.native import NativeEngine
 from zoo.generation.sampling import SamplingParams, row_seeds
 from zoo.models import build_model, config_from_dict
-from zoo.rl.engine_server import EngineSpec, ServerError, process_server, thread_server
+from zoo.rollout.workers.engine_server import EngineSpec, ServerError, process_server, thread_server
 
 CONFIG = config_from_dict(dict(arch="gpt_neox", vocab_size=32, hidden_size=32, num_hidden_layers=2,
                                num_attention_heads=4, intermediate_size=64, max_position_embeddings=64))  # fmt: skip
@@ -102,7 +102,7 @@ def test_a_server_process_dies_with_its_trainer_even_killed_at_once(zoo_env):
         "import sys, time\n"
         "sys.path.insert(0, sys.argv[1])\n"
         "from test_engine_server import _model, _spec\n"
-        "from zoo.rl.engine_server import process_server\n"
+        "from zoo.rollout.workers.engine_server import process_server\n"
         "channel = process_server(_spec(_model(0)))\n"
         "print(channel.runner.pid, flush=True)\n"
         "time.sleep(120)\n"

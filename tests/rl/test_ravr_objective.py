@@ -1,4 +1,4 @@
-"""RAVR's objective pieces (zoo.rl.ravr_objective) against hand-computed values and direct gradients, the path and
+"""RAVR's objective pieces (zoo.rl.methods.ravr) against hand-computed values and direct gradients, the path and
 answer spans on a real BPE tokenizer, and the answer-conditioned prompts in the RL and SFT data."""
 
 import math
@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.datamodules.sft import SFTDataModule
 from zoo.errors import ConfigError
-from zoo.rl.posterior_prompt import check_template
-from zoo.rl.ravr_objective import (
+from zoo.rl.methods.ravr import (
     distillation_weights,
     path_length,
     posterior_advantages,
@@ -20,6 +19,7 @@ from zoo.rl.ravr_objective import (
     utility_inputs,
     weighted_path_nll,
 )
+from zoo.rl.methods.ravr_posterior_prompt import check_template
 from zoo.tasks.registry import TASKS
 from zoo.text.tokenizer import train_bpe
 

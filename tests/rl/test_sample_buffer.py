@@ -1,6 +1,6 @@
-"""The versioned sample buffer (zoo/rl/sample_buffer.py) on random schedules: staleness never above ⌈α⌉ (and the
-batch's mean never above α), no deadlock, nothing lost and nothing trained twice, ROLL's first-step budget,
-α = 0 is the synchronous schedule, and a restored buffer gives back every prompt not trained."""
+"""The versioned sample buffer (zoo/rollout/workers/sample_buffer.py) on random schedules: staleness never above ⌈α⌉
+(and the batch's mean never above α), no deadlock, nothing lost and nothing trained twice, ROLL's first-step budget, α =
+0 is the synchronous schedule, and a restored buffer gives back every prompt not trained."""
 
 import math
 import random
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zoo.rl.sample_buffer import BufferClosed, SampleBuffer
+from zoo.rollout.workers.sample_buffer import BufferClosed, SampleBuffer
 
 
 class _Stream:

@@ -1,15 +1,15 @@
-"""Multi-turn agents in RL training (zoo/callbacks/agent_sampler.py): GRPO on trajectories with simulated
+"""Multi-turn agents in RL training (zoo/rollout/samplers/agent.py): GRPO on trajectories with simulated
 environments raises the environment's reward; observations never reach the loss; settings are checked."""
 
 import lightning as L
 import pytest
 import torch
 
-from zoo.callbacks.rollout import RolloutCallback
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import ConfigError
 from zoo.modules.grpo import GRPOModule
 from zoo.modules.ppo import PPOModule
+from zoo.rollout.callback import RolloutCallback
 
 POLICY = dict(arch="gpt_neox", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
               intermediate_size=128, max_position_embeddings=128)  # fmt: skip

@@ -1,15 +1,15 @@
-"""Asynchronous rollout (zoo/callbacks/async_rollout.py, zoo/rl/rollout_worker.py) in a Lightning Trainer: α = 0
-gives the synchronous schedule's weights bit for bit (over an epoch boundary too); α > 0 trains within the
-staleness bound and logs what it did; the sampler's state restores; bad settings are named."""
+"""Asynchronous rollout (zoo/rollout/samplers/asynchronous.py, zoo/rollout/workers/worker.py) in a Lightning Trainer: α
+= 0 gives the synchronous schedule's weights bit for bit (over an epoch boundary too); α > 0 trains within the staleness
+bound and logs what it did; the sampler's state restores; bad settings are named."""
 
 import lightning as L
 import pytest
 import torch
 
-from zoo.callbacks.rollout import RolloutCallback
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import ConfigError
 from zoo.modules.grpo import GRPOModule
+from zoo.rollout.callback import RolloutCallback
 
 POLICY = dict(arch="gpt_neox", vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
               intermediate_size=64, max_position_embeddings=64)  # fmt: skip

@@ -9,7 +9,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from zoo.callbacks.rollout import RolloutCallback
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import ConfigError
 from zoo.generation.hf import HFEngine
@@ -17,6 +16,7 @@ from zoo.generation.native import NativeEngine
 from zoo.generation.sampling import SamplingParams
 from zoo.models import GPTNeoX, GPTNeoXConfig, MeSH, MeSHConfig
 from zoo.modules.grpo import GRPOModule
+from zoo.rollout.callback import RolloutCallback
 
 DIMS = dict(vocab_size=60, hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=96)
 PROMPTS = [[5, 9, 2], [7], [1, 2, 3, 4, 5, 6, 7, 8], [40, 41]]

@@ -259,7 +259,7 @@ def test_the_engine_serves_the_merged_policy(tmp_path):
     """The rollout callback's replica, loaded by a sync, computes the LoRA policy's logits."""
     from types import SimpleNamespace
 
-    from zoo.callbacks.rollout import RolloutCallback
+    from zoo.rollout.callback import RolloutCallback
 
     model, _ = _adapted()
     for sync in ("merged", "adapters"):

@@ -165,7 +165,7 @@ def test_a_quantized_rollout_replica_follows_the_policy_at_every_sync(bits):
     """rollout.quantization: the engine's replica is quantized afresh from the policy's weights at each sync."""
     from types import SimpleNamespace
 
-    from zoo.callbacks.rollout import RolloutCallback
+    from zoo.rollout.callback import RolloutCallback
     from zoo.training.quantization import load_quantized
 
     policy = load_model("hub:pythia-tiny").model.eval()
@@ -186,7 +186,7 @@ def test_a_quantized_rollout_replica_follows_the_policy_at_every_sync(bits):
 
 
 def test_a_quantized_rollout_needs_the_synchronous_native_engine():
-    from zoo.callbacks.rollout import RolloutCallback
+    from zoo.rollout.callback import RolloutCallback
 
     with pytest.raises(ConfigError, match="rollout.quantization holds the native engine's replica"):
         RolloutCallback(engine="hf", quantization="8bit")

@@ -1,7 +1,7 @@
-"""Queue scheduling (zoo/rl/queue.py): without redundant prompts it trains exactly what the batch schedule trains;
-redundant prompts and dynamic filtering keep every prompt (trained, filtered out or returned, never twice), a
-returned prompt is trained the next time it is launched, rewards run while generation goes on, and GRPO runs
-with it through the rollout callback."""
+"""Queue scheduling (zoo/rollout/samplers/queue.py): without redundant prompts it trains exactly what the batch schedule
+trains; redundant prompts and dynamic filtering keep every prompt (trained, filtered out or returned, never twice), a
+returned prompt is trained the next time it is launched, rewards run while generation goes on, and GRPO runs with it
+through the rollout callback."""
 
 import random
 import threading
@@ -12,14 +12,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zoo.callbacks.rollout import RolloutCallback
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import ConfigError
 from zoo.generation.native import NativeEngine
 from zoo.generation.sampling import SamplingParams
 from zoo.modules.grpo import GRPOModule
-from zoo.rl.queue import QueuePlanner, run_queue_round
 from zoo.rl.rewards import RewardRunner
+from zoo.rollout.callback import RolloutCallback
+from zoo.rollout.samplers.queue import QueuePlanner, run_queue_round
 from zoo.text.loader import PromptStream
 
 

@@ -1,5 +1,5 @@
-"""Tail batching (zoo/callbacks/tail_batching.py): the sampler's invariants on random sizes and seeds with the native
-engine deciding which prompts complete, the η = 1 equivalence with synchronous batching, and GRPO runs with the
+"""Tail batching (zoo/rollout/samplers/tail_batching.py): the sampler's invariants on random sizes and seeds with the
+native engine deciding which prompts complete, the η = 1 equivalence with synchronous batching, and GRPO runs with the
 sampler (no prompt lost, exact restore)."""
 
 import math
@@ -12,14 +12,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zoo.callbacks.rollout import RolloutCallback
-from zoo.callbacks.tail_batching import TailBatcher, TailBatching
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import ConfigError
 from zoo.generation.native import NativeEngine
 from zoo.generation.sampling import SamplingParams
 from zoo.modules.grpo import GRPOModule
 from zoo.rl.rollout import Round
+from zoo.rollout.callback import RolloutCallback
+from zoo.rollout.samplers.tail_batching import TailBatcher, TailBatching
 from zoo.text.loader import PromptStream
 
 

@@ -1,5 +1,5 @@
 """Per-budget metrics during training (BARD), for data with ``data.budgets``: after every validation, the policy's
-greedy answers to the validation questions at every budget level (:mod:`zoo.rl.budget_evaluation`), logged as
+greedy answers to the validation questions at every budget level (:mod:`zoo.rl.methods.bard_evaluation`), logged as
 ``budget/{b}/accuracy``, ``budget/{b}/length``, ``budget/{b}/within_budget``, ``budget/{b}/relative_error`` and
 ``budget/length_correlation``. ``zoo budget RUN`` gives the same table, with the truncation baseline and a plot.
 """
@@ -11,7 +11,7 @@ import math
 import lightning as L
 
 from zoo.generation import in_place_engine
-from zoo.rl.budget_evaluation import evaluate_budgets, length_correlation
+from zoo.rl.methods.bard_evaluation import evaluate_budgets, length_correlation
 
 
 class BudgetMetrics(L.Callback):

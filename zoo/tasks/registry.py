@@ -10,7 +10,7 @@ Generated offline, any number, seeded:
   the reward checks the number after ``#``;
 - ``thinking``: the chains of ``chain`` with a correct teacher's chain of thought, ``<think>7+8=15 4+3+1=8
   47+38=85 check 85-38=47 …</think> 66``, whose column work and checks are optional steps that a thinking
-  budget may drop (:mod:`zoo.rl.budgets`, ``data.budgets``);
+  budget may drop (:mod:`zoo.rl.methods.bard`, ``data.budgets``);
 - ``methods``: ``"zov bdfa="`` → ``"two #dfhc"``: which of a few letter shifts a made-up keyword calls for is a
   hidden rule that only the answer reveals (RAVR's experiment; ``options.assignment: random`` for data that
   teaches the shifts but not the rule);
@@ -39,7 +39,7 @@ from typing import Any
 
 from zoo.errors import DataError, require_int
 from zoo.io.jsonl import read_jsonl
-from zoo.rl.budgets import render, split_completion
+from zoo.rl.methods.bard import render, split_completion
 from zoo.rl.rewards import exact_match_reward, gsm8k_answer, gsm8k_reward, math_reward
 from zoo.synth.teacher import designer_problems
 from zoo.tasks.base import Problem, Task, Thought
@@ -159,7 +159,7 @@ def thinking_problems(count: int, seed: int, terms: int = 3, digits: int = 2) ->
 
 def thinking_reward(prompt: str, completion: str, reference: str) -> float:
     """1 when the answer after ``</think>`` is the reference (the budget is not looked at: ``data.budgets``
-    replaces this with :class:`zoo.rl.budgets.BudgetReward`)."""
+    replaces this with :class:`zoo.rl.methods.bard.BudgetReward`)."""
     answer = split_completion(completion)[1]
     return float(answer is not None and answer == reference.strip())
 

@@ -19,23 +19,23 @@ weights in step with the policy, and logs what was generated.
   when the policy is sharded); in between the engine samples from a slightly older policy, which the RL
   losses can correct with truncated importance sampling.
 - ``schedule``: ``batch`` (default) runs a step's prompts as one batch; ``queue`` runs it with queue scheduling
-  (:mod:`zoo.rl.queue`; the native and vllm engines): every response is a request of the continuous-batching engine,
-  each prompt's group is scored as soon as it completes, ``extra_prompts`` more prompts than the step trains are
-  launched and the step stops once enough groups are complete; with ``filter_groups`` (DAPO) a group whose
-  rewards are all equal does not count, and a new prompt replaces it, up to ``max_launched_prompts`` a step.
+  (:mod:`zoo.rollout.samplers.queue`; the native and vllm engines): every response is a request of the
+  continuous-batching engine, each prompt's group is scored as soon as it completes, ``extra_prompts`` more prompts than
+  the step trains are launched and the step stops once enough groups are complete; with ``filter_groups`` (DAPO) a group
+  whose rewards are all equal does not count, and a new prompt replaces it, up to ``max_launched_prompts`` a step.
   ``max_running`` caps the engine's rows (default: every launched request at once). Prompts a step launched and
   did not train come back first, protected, the next step. The prompt order and those prompts are checkpointed.
 - ``async_ratio`` (α; default null: the synchronous loop): asynchronous rollout (ROLL Flash; the native engine):
   a worker generates on its own copy of the policy (on ``worker_device``, default the policy's, or a list of
   devices taken in turn by the ``num_workers`` workers; with
   ``worker_threads`` CPU threads, default 1 on a CPU) while the trainer trains, each step trains groups begun at
-  most α versions ago (:mod:`zoo.callbacks.async_rollout`); α = 0 gives the synchronous weights bit for bit.
+  most α versions ago (:mod:`zoo.rollout.samplers.asynchronous`); α = 0 gives the synchronous weights bit for bit.
   ``max_running`` caps the engines' rows (default: every request the budget allows at once, split between the
   ``num_workers`` workers); ``workers``: where the engine servers run (``thread``, ``process`` or ``ray``: Ray
   actors, on the cluster at ``ray_address``, each asking ``worker_resources``); ``wait_for_stragglers`` (ROLL's
   rule, default true): an older version's share of a batch waits for its running prompts, or else (false)
   stragglers expire and are begun again, protected (the batch at the end of their new window waits for them).
-- ``agent``: multi-turn agents with environments (:mod:`zoo.callbacks.agent_sampler`: each step rolls out the
+- ``agent``: multi-turn agents with environments (:mod:`zoo.rollout.samplers.agent`: each step rolls out the
   prompts' trajectories with environment-level asynchrony; the native engine).
 - Logged per rollout: generated tokens/s, mean and max completion length, the share of each finish reason, a
   histogram of completion lengths and, every ``log_samples_every`` rollouts, a few sampled texts; under
@@ -57,14 +57,14 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.distributed.tensor import DTensor
 
-from zoo.callbacks.agent_sampler import AgentSampler, agent_config
-from zoo.callbacks.async_rollout import AsyncSampler
 from zoo.errors import ConfigError, require_int
 from zoo.generation import ENGINES, engine_for
 from zoo.generation.native import GenerationResult, NativeEngine
 from zoo.generation.sampling import SamplingParams
-from zoo.rl.queue import QueueOutcome, QueuePlanner, QueueStats, run_queue_round
 from zoo.rl.rollout import Round
+from zoo.rollout.samplers.agent import AgentSampler, agent_config
+from zoo.rollout.samplers.asynchronous import AsyncSampler
+from zoo.rollout.samplers.queue import QueueOutcome, QueuePlanner, QueueStats, run_queue_round
 from zoo.text.loader import PromptStream
 from zoo.training.lora import has_lora, merged_weights
 from zoo.training.quantization import check_bits, is_quantized, load_quantized, quantize_frozen
@@ -332,8 +332,8 @@ class RolloutCallback(L.Callback):
         needed: int,
         more=None,
     ) -> tuple[Round, QueueOutcome]:
-        """One queue-scheduled step (:func:`zoo.rl.queue.run_queue_round`) with the module's sampling params and
-        scorer: the :class:`Round` it trains (its rewards already computed) and the outcome."""
+        """One queue-scheduled step (:func:`zoo.rollout.samplers.queue.run_queue_round`) with the module's sampling
+        params and scorer: the :class:`Round` it trains (its rewards already computed) and the outcome."""
         start = time.perf_counter()
         outcome = run_queue_round(
             self.engine,
@@ -433,7 +433,7 @@ class RolloutCallback(L.Callback):
 class QueueSampler:
     """Plain queue scheduling's choice of prompts (no tail batching): the training prompts in the loader's seeded
     order (``zoo.text.loader.PromptStream``; the training loader then only paces the steps) through a
-    :class:`zoo.rl.queue.QueuePlanner`, whose returned prompts come first."""
+    :class:`zoo.rollout.samplers.queue.QueuePlanner`, whose returned prompts come first."""
 
     def __init__(self, callback: RolloutCallback, trainer) -> None:
         data = trainer.datamodule

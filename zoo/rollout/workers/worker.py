@@ -1,13 +1,13 @@
 """A rollout worker of asynchronous RL (ROLL Flash, Lu et al. 2025, arXiv:2510.11345 §3.1): generation that runs on
-while the trainer trains, feeding a :class:`zoo.rl.sample_buffer.SampleBuffer`.
+while the trainer trains, feeding a :class:`zoo.rollout.workers.sample_buffer.SampleBuffer`.
 
 A worker is a *driver* (a daemon thread of the trainer's process) and an *engine server*
-(:mod:`zoo.rl.engine_server`: a thread, a process or a Ray actor with its own copy of the policy, stepping its
-engine freely). The driver's loop:
+(:mod:`zoo.rollout.workers.engine_server`: a thread, a process or a Ray actor with its own copy of the policy, stepping
+its engine freely). The driver's loop:
 
 1. **begin** prompts while the buffer's budget allows and the server has rows for them: each prompt is ``n``
    requests (prompt replication) seeded by the sampling params of the version it begins under and its position
-   there (:func:`zoo.rl.queue.group_requests`, as a synchronous step seeds them), sent in one message;
+   there (:func:`zoo.rollout.samplers.queue.group_requests`, as a synchronous step seeds them), sent in one message;
 2. **receive** the requests that finished;
 3. a prompt whose ``n`` responses finished is **scored** at once on the reward runner's threads, and
    **committed** to the buffer as soon as its rewards are in, while generation goes on.
@@ -36,10 +36,10 @@ import torch
 
 from zoo.generation.core import Finished
 from zoo.generation.sampling import SamplingParams
-from zoo.rl.engine_server import ServerChannel
-from zoo.rl.queue import group_requests
 from zoo.rl.rewards import PendingRewards, RewardBatch
-from zoo.rl.sample_buffer import SampleBuffer, Ticket
+from zoo.rollout.samplers.queue import group_requests
+from zoo.rollout.workers.engine_server import ServerChannel
+from zoo.rollout.workers.sample_buffer import SampleBuffer, Ticket
 
 POLL_S = 0.002  # how long the driver waits for finished requests before it looks at the buffer again
 

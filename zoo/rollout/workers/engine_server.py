@@ -19,7 +19,7 @@ Where the server runs (``rollout.workers``): ``thread`` (this process; the inbox
 ``process`` (a spawned process with its own copy of the policy and no share of this process's GIL; the queues are
 ``torch.multiprocessing``'s, tensors travel through shared memory; it dies with the trainer, however the trainer
 ends, SIGKILL included: a watchdog thread exits it once its parent is gone, so it never holds memory or a device
-after its trainer), or ``ray`` (:mod:`zoo.rl.ray_workers`).
+after its trainer), or ``ray`` (:mod:`zoo.rollout.workers.ray_actors`).
 """
 
 from __future__ import annotations

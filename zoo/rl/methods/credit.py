@@ -1,6 +1,6 @@
 """Attention-based credit assignment (Li et al., "Attention Illuminates LLM Reasoning", arXiv:2510.13554; the
 project's notes §1): the quantities read from attention maps, the token selections and the three strategies that
-amplify the advantages of the tokens they select. Pure tensor maths; :mod:`zoo.rl.attention_credit` reads the
+amplify the advantages of the tokens they select. Pure tensor maths; :mod:`zoo.rl.methods.attention_credit` reads the
 maps from a policy and runs it inside the RL loop.
 
 Conventions: a map ``A`` (..., N, N) is causal and row-stochastic, ``A[t, s]`` the weight query t puts on key s;
@@ -17,7 +17,8 @@ query is that token (the paper's indexing).
 - TopQ: the ``ceil(q·n)`` highest of a sequence's n candidates, ties to the earlier token (:func:`top_fraction`).
 
 All four metrics are linear in the map, so the mean over a head group of per-head metrics equals the metric of
-the group's mean map: :mod:`zoo.rl.attention_credit` reduces every map to its per-head vectors as it is computed.
+the group's mean map: :mod:`zoo.rl.methods.attention_credit` reduces every map to its per-head vectors as it is
+computed.
 
 Strategies (γ_t = 1 + (γ_amp − 1)·1{selected}, Eq. 13–19): ``local`` (TopQ of Δ: preplan tokens), ``global``
 (TopQ of FAI: anchors), ``coupled`` (anchors, a fraction α of whose bonus moves to the token that introduced them

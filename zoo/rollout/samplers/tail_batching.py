@@ -118,7 +118,7 @@ class TailBatching(L.Callback):
         """Plan a round, run it through the module's rollout stage, and return the :class:`Round` it trains."""
         launch = self.batcher.plan(self.stream.take)
         queue = module.rollout_callback.schedule == "queue"
-        if queue:  # the round's quota and protection become queue rules (zoo.rl.queue)
+        if queue:  # the round's quota and protection become queue rules (zoo.rollout.samplers.queue)
             needed = launch.quota or len(launch.prompts)
             protected = [launch.long] * len(launch.prompts)
             step, _ = module.rollout_callback.queue_round(

@@ -1,11 +1,11 @@
 """Engine servers as Ray actors (``rollout.workers=ray``, the ``ray`` extra): asynchronous rollout's generation on
-any machine of a Ray cluster, behind the same channel as the in-process servers (:mod:`zoo.rl.engine_server`).
+any machine of a Ray cluster, behind the same channel as the in-process servers
+(:mod:`zoo.rollout.workers.engine_server`).
 
-Each actor is a threaded actor holding an :class:`zoo.rl.engine_server.EngineServer` whose loop runs in one of its
-threads over two local queues; the driver's commands arrive through ``put`` (called in order and awaited, so
-commands apply in the order sent) and finished requests leave through ``take``. The policy's weights travel
-through Ray's object store: each push puts them there and the actor reads them from it. Ray is imported only
-here, when chosen.
+Each actor is a threaded actor holding an :class:`zoo.rollout.workers.engine_server.EngineServer` whose loop runs in one
+of its threads over two local queues; the driver's commands arrive through ``put`` (called in order and awaited, so
+commands apply in the order sent) and finished requests leave through ``take``. The policy's weights travel through
+Ray's object store: each push puts them there and the actor reads them from it. Ray is imported only here, when chosen.
 
 ``rollout.ray_address``: where the cluster is (``null``: the one this process belongs to, else a new local one;
 ``auto``, or ``ray://HOST:10001`` for a remote cluster's client server); ``rollout.worker_resources``: what each
@@ -20,7 +20,7 @@ import queue
 from typing import Any
 
 from zoo.errors import ConfigError
-from zoo.rl.engine_server import EngineServer, EngineSpec, ServerChannel
+from zoo.rollout.workers.engine_server import EngineServer, EngineSpec, ServerChannel
 
 TAKE_WAIT_S = 0.002
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from zoo.generation.sampling import SamplingParams
-from zoo.rl.budgets import CLOSE, OPEN, budget_line, split_completion
+from zoo.rl.methods.bard import CLOSE, OPEN, budget_line, split_completion
 
 ANSWER_TOKENS = 16  # what an answer after a forced </think> may take
 

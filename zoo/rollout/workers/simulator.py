@@ -1,6 +1,6 @@
 """A discrete-event simulator of rollout and training (ROLL Flash, Lu et al. 2025, arXiv:2510.11345 §3.2), run on
-zoo's own :class:`zoo.rl.sample_buffer.SampleBuffer`, so that the staleness rule it simulates is the one zoo trains
-with.
+zoo's own :class:`zoo.rollout.workers.sample_buffer.SampleBuffer`, so that the staleness rule it simulates is the one
+zoo trains with.
 
 ``K`` generation workers each produce one sample at a time (prompt replication: every sample is its own request)
 with long-tailed generation times; a trainer takes ``N`` samples per step and trains ``E·N·μ_train`` seconds.
@@ -29,7 +29,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from zoo.rl.sample_buffer import SampleBuffer
+from zoo.rollout.workers.sample_buffer import SampleBuffer
 
 
 @dataclass

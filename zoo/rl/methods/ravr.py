@@ -2,7 +2,7 @@
 
 Per prompt x with reference answer y*, G prior paths z' ~ π(·|x) and G posterior paths z ~ π(·|x, y*, think-aloud
 prompt) are sampled from one policy, and each path's utility s = π(y* | x, path) is measured under the
-question-only prompt (:func:`utility_inputs`, :func:`zoo.rl.answer_utility.answer_utility`). Then:
+question-only prompt (:func:`utility_inputs`, :func:`zoo.rl.methods.ravr_answer_utility.answer_utility`). Then:
 
 - the posterior policy gradient (on the path's tokens, up to and including the answer cue, never a token that
   holds an answer character, :func:`path_length`: the posterior's own answer is not part of z), with advantage

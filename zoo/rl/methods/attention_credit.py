@@ -1,5 +1,5 @@
 """The credit-assignment stage of the RL loop (``module.credit``): read the policy's attention over each rollout
-sample, turn it into the signals of :mod:`zoo.rl.credit` and scale the batch's advantages by the strategy's γ.
+sample, turn it into the signals of :mod:`zoo.rl.methods.credit` and scale the batch's advantages by the strategy's γ.
 
 ``module.credit`` names the strategy (``none | local | global | coupled | random | entropy``);
 ``module.credit_options`` (:class:`CreditOptions`) holds its knobs, defaults from the paper (arXiv:2510.13554,
@@ -29,7 +29,8 @@ import torch
 
 from zoo.errors import ConfigError, config_section
 from zoo.models.attention_maps import middle_layers
-from zoo.rl.credit import (
+from zoo.rl.losses import token_entropy
+from zoo.rl.methods.credit import (
     CONTROLLED,
     SIGNS,
     STRATEGIES,
@@ -43,7 +44,6 @@ from zoo.rl.credit import (
     top_fraction,
     windowed_attention_distance,
 )
-from zoo.rl.losses import token_entropy
 from zoo.rl.rollout import RolloutBatch
 
 

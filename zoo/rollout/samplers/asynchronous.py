@@ -1,10 +1,10 @@
 """Asynchronous rollout (ROLL Flash, Lu et al. 2025, arXiv:2510.11345 §3: rollout–train decoupling), the sampler
 the rollout callback runs under ``rollout.async_ratio`` (α).
 
-A :class:`zoo.rl.rollout_worker.RolloutWorker` generates without pause into a
-:class:`zoo.rl.sample_buffer.SampleBuffer`, its engine server (:mod:`zoo.rl.engine_server`) on its own copy of the
-policy: a thread (``rollout.workers=thread``, the default), a spawned process (``process``: no shared GIL) or a
-Ray actor (``ray``); ``rollout.num_workers`` of them share the buffer, on the policy's device or
+A :class:`zoo.rollout.workers.worker.RolloutWorker` generates without pause into a
+:class:`zoo.rollout.workers.sample_buffer.SampleBuffer`, its engine server (:mod:`zoo.rollout.workers.engine_server`) on
+its own copy of the policy: a thread (``rollout.workers=thread``, the default), a spawned process (``process``: no
+shared GIL) or a Ray actor (``ray``); ``rollout.num_workers`` of them share the buffer, on the policy's device or
 ``rollout.worker_device`` (a list: worker k on device k, in turn). On a CPU the servers get
 ``rollout.worker_threads`` torch threads (default 1) and the trainer's are cut to the other cores (measured on 2
 cores: a decoder's second OpenMP thread gains nothing, and oversubscribed teams slow the trainer 2.4x). Each training
@@ -38,11 +38,11 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from zoo.generation.native import GenerationResult, NativeEngine, Sample
-from zoo.rl.engine_server import EngineSpec, process_server, thread_server
-from zoo.rl.queue import concatenate_rewards
 from zoo.rl.rollout import Round
-from zoo.rl.rollout_worker import RolloutWorker, WorkerStats
-from zoo.rl.sample_buffer import SampleBuffer
+from zoo.rollout.samplers.queue import concatenate_rewards
+from zoo.rollout.workers.engine_server import EngineSpec, process_server, thread_server
+from zoo.rollout.workers.sample_buffer import SampleBuffer
+from zoo.rollout.workers.worker import RolloutWorker, WorkerStats
 from zoo.text.loader import PromptStream
 
 log = logging.getLogger("zoo")
@@ -128,7 +128,7 @@ class AsyncSampler:
             if callback.workers == "process":
                 server = process_server(spec)
             elif callback.workers == "ray":
-                from zoo.rl.ray_workers import ray_server
+                from zoo.rollout.workers.ray_actors import ray_server
 
                 server = ray_server(spec, callback.ray_address, callback.worker_resources)
             else:
