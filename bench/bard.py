@@ -2,9 +2,9 @@
 
     python bench/bard.py [--seeds 1337 1 2] [--sft-steps 3000] [--rl-steps 200] [--problems 200] [--workdir DIR]
 
-Per seed: a budget-constrained SFT (``model=bard_sft``) and a budget-agnostic one (the same, ``data.budgets=null``:
+Per seed: a budget-constrained SFT (``method=bard_sft``) and a budget-agnostic one (the same, ``data.budgets=null``:
 whole chains, no control line), each pushed to the hub (ZOO_HUB) as ``bard-sft-SEED`` / ``agnostic-sft-SEED``;
-then GRPO under budgets (``model=bard_grpo``) from the budget SFT with the multiplicative reward, with the additive
+then GRPO under budgets (``method=bard_grpo``) from the budget SFT with the multiplicative reward, with the additive
 one (``data.budgets.combine=sum``), and from the budget-agnostic SFT (RL without budget SFT). Every policy is then
 asked under each budget (``zoo budget``, ``--problems`` held-out questions, with the truncation baseline), and the
 script prints per arm and budget the accuracy, the thinking length and the share within budget (mean over seeds,
@@ -43,7 +43,7 @@ def _fit(workdir: Path, name: str, opts, threads: int, *overrides: str) -> Path:
 
 def _sft(policy: str, seed: int, opts, threads: int) -> Path:
     workdir, name = Path(opts.workdir).resolve(), f"{policy.replace('-', '_')}_{seed}"
-    run = _fit(workdir, name, opts, threads, "model=bard_sft", f"seed={seed}", f"trainer.max_steps={opts.sft_steps}",
+    run = _fit(workdir, name, opts, threads, "method=bard_sft", f"seed={seed}", f"trainer.max_steps={opts.sft_steps}",
                "data.train_size=8000", f"trainer.val_check_interval={opts.sft_steps}", *POLICIES[policy])  # fmt: skip
     zoo(workdir, threads, f"push_{name}.log", "hub", "push", str(run), "--name", f"{policy}-{seed}", "--force")
     return run
@@ -56,7 +56,7 @@ def _arm(arm: str, seed: int, opts, threads: int) -> dict:
         name, run = f"{start.replace('-', '_')}_{seed}", latest_run(workdir, f"{start.replace('-', '_')}_{seed}")
     else:
         name = f"grpo_{start}_{'sum' if extra else 'product'}_{seed}"
-        grpo = ["model=bard_grpo", f"model.init_from=hub:{start}-{seed}", f"seed={seed}",
+        grpo = ["method=bard_grpo", f"model.init_from=hub:{start}-{seed}", f"seed={seed}",
                 f"trainer.max_steps={opts.rl_steps}", *extra]  # fmt: skip
         run = _fit(workdir, name, opts, threads, *grpo)
     out, levels = workdir / "reports" / name, [str(b) for b in opts.levels]

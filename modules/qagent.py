@@ -86,7 +86,7 @@ class QAgentModule(GRPOModule):
         super().setup(stage)
         agent = self.rollout_callback.agent
         if agent is None or not getattr(agent.environment_class(), "scored_by_module", False):
-            raise ConfigError("QAgent trains with rollout.agent.environment=search (model=qagent sets it)")
+            raise ConfigError("QAgent trains with rollout.agent.environment=search (method=qagent sets it)")
         try:
             self.reader = build_reader(
                 self.reader_spec, self.reader_max_new_tokens, self.device, self.reader_quantization

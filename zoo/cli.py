@@ -21,7 +21,9 @@ from pathlib import Path
 from zoo.errors import ConfigError, DataError, ZooError
 
 CONFIG_MODULE = "zoo.configs"
-GROUPS = ("model", "module", "data", "rollout", "sampler", "trainer", "strategy", "logger", "experiment", "debug")
+GROUPS = (
+    "model", "method", "module", "data", "rollout", "sampler", "trainer", "strategy", "logger", "experiment", "debug"
+)  # fmt: skip
 USAGE = """usage: zoo COMMAND [ARGS]
 
 commands:
@@ -36,6 +38,7 @@ commands:
   synth run|metrics ...  DESIGNER data synthesis and the diversity metrics of a question set (zoo synth -h)
 
 overrides (Hydra): model=mesh  trainer.max_steps=50  data.path=corpus.txt  +trainer.profiler=simple
+  method=grpo picks a training recipe apart from the network (model=NAME, or model.path=DIR)
   -m / --multirun sweeps:  zoo fit -m module.optim.lr=1e-3,3e-3
   resume=RUN_DIR continues a killed run from its last checkpoint with the same settings.
   zoo fit --cfg job prints the composed config; zoo fit --help shows Hydra's help.
@@ -149,6 +152,9 @@ def check_overrides(overrides: list[str]) -> None:
                 values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
                 options = group_options(o.key_or_group)
                 for value in values:
+                    if o.key_or_group == "model" and str(value) in group_options("method"):
+                        fail(f"unknown model {str(value)!r}: {value} is a method, chosen apart from the network: "
+                             f"method={value} (model=NAME, or model.path=DIR, picks the network)")  # fmt: skip
                     if value is not None and value != "null" and str(value) not in options:
                         fail(f"unknown {o.key_or_group} {str(value)!r}; options: {', '.join(options)}")
         values = [o for o in parsed if o.key_or_group not in GROUPS and not o.is_delete() and not o.is_add()]
@@ -253,12 +259,20 @@ def _run_overrides(command: str, overrides: list[str]) -> list[str]:
     import yaml
 
     own = yaml.safe_load(saved.read_text()) or []
-    previous = [o for o in own if not o.startswith(("resume=", "ckpt_path=", "hydra."))]
+    previous = [_today(o) for o in own if not o.startswith(("resume=", "ckpt_path=", "hydra."))]
     if command == "fit":
         return [*previous, *overrides, f"hydra.run.dir={run_dir}"]
     # what the run trained on and with, not how long or how often it trained and validated
     training_only = ("trainer.", "+trainer.", "checkpoint.", "debug=", "probes.")
     return [*[o for o in previous if not o.startswith(training_only)], *overrides]
+
+
+def _today(override: str) -> str:
+    """A saved run's override in today's spelling: a method chosen through the model group (``model=grpo``, before
+    methods had a group of their own) is ``method=grpo``."""
+    key, _, value = override.partition("=")
+    methods = {p.name.removesuffix(".yaml") for p in (resources.files(CONFIG_MODULE) / "method").iterdir()}
+    return f"method={value}" if key == "model" and value in methods else override
 
 
 def run_hydra(command: str, args: list[str]) -> None:

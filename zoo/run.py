@@ -72,7 +72,7 @@ def model_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str
 
 def _architecture(values: dict[str, Any], datamodule: L.LightningDataModule) -> dict[str, Any]:
     loading = {k: values[k] for k in HF_LOADING if k in values}  # how to load an HF model, where it says
-    if values.get("arch") != "hf" and "path" in values:  # model=sft|grpo|ppo model.path=DIR: an HF model
+    if values.get("arch") != "hf" and "path" in values:  # method=sft|grpo|ppo model.path=DIR: an HF model
         path = values.pop("path")
         if path:
             values = {"arch": "hf", "path": path, "init_from": values.get("init_from"), **loading}
@@ -122,7 +122,7 @@ def build_module(command: str, cfg: DictConfig, datamodule: L.LightningDataModul
         settings = read_checkpoint(checkpoint, mmap=True).get("hyper_parameters", {})  # one line if not a checkpoint
         log.info("module: %s from %s", cfg.module._target_, checkpoint)
         module_class = get_class(cfg.module._target_)
-        hint = "give its run directory (the run's own settings are used) or its module, e.g. model=grpo"
+        hint = "give its run directory (the run's own settings are used) or its module, e.g. method=grpo"
         foreign = sorted(set(settings) - set(inspect.signature(module_class.__init__).parameters))
         if foreign:  # written by another kind of module (an RL run's checkpoint read as pretraining, ...)
             raise ConfigError(

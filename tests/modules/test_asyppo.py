@@ -135,7 +135,7 @@ def test_bad_settings_are_named(asyppo, message):
 
 def test_asyppo_from_the_command_line(run_zoo, tmp_path):
     run_zoo(
-        "fit", "model=asyppo", "model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
+        "fit", "method=asyppo", "model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
         "model.intermediate_size=64", "data.vocab_size=64", "data.train_size=200", "data.val_size=8",
         "trainer.max_steps=3", "trainer.limit_val_batches=0", "module.rollout.max_new_tokens=4",
         "trainer.enable_progress_bar=false",
@@ -202,7 +202,7 @@ def _variant(source, target, vocab_rows=None, swap_tokens=False):
 
 
 def test_the_default_critics_with_a_hugging_face_policy_say_what_to_set(run_zoo, hf_models):
-    process = run_zoo("fit", "model=asyppo", f"model.path={hf_models['qwen2']}", *HF_QUICK, check=False)
+    process = run_zoo("fit", "method=asyppo", f"model.path={hf_models['qwen2']}", *HF_QUICK, check=False)
     assert process.returncode != 0 and "Traceback" not in process.stderr
     (line,) = [line for line in process.stderr.splitlines() if "module.asyppo.critic_model" in line]
     assert "hidden_size" in line and "critic_model=null" in line and "+module.asyppo.critic_model={arch: hf" in line
@@ -213,14 +213,14 @@ def test_a_same_tokenizer_critic_may_pad_its_embedding_differently(run_zoo, hf_m
     tokenizer maps tokens differently is refused in one line."""
     padded = _variant(hf_models["qwen2"], tmp_path / "padded", vocab_rows=272)
     run_zoo(
-        "fit", "model=asyppo", f"model.path={hf_models['qwen2']}", *HF_QUICK, "name=padded",
+        "fit", "method=asyppo", f"model.path={hf_models['qwen2']}", *HF_QUICK, "name=padded",
         "~module.asyppo.critic_model", f"+module.asyppo.critic_model={{arch: hf, path: {padded}}}",
     )  # fmt: skip
     metrics = json.loads(next((tmp_path / "runs" / "padded").iterdir()).joinpath("metrics.json").read_text())
     assert "critic/value_loss_1" in metrics
     other = _variant(hf_models["qwen2"], tmp_path / "other", swap_tokens=True)
     process = run_zoo(
-        "fit", "model=asyppo", f"model.path={hf_models['qwen2']}", *HF_QUICK,
+        "fit", "method=asyppo", f"model.path={hf_models['qwen2']}", *HF_QUICK,
         "~module.asyppo.critic_model", f"+module.asyppo.critic_model={{arch: hf, path: {other}}}", check=False,
     )  # fmt: skip
     assert process.returncode != 0 and "Traceback" not in process.stderr

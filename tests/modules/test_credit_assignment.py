@@ -39,12 +39,12 @@ def test_credit_that_selects_nothing_changes_nothing_and_credit_that_does_change
 
 
 @pytest.mark.parametrize(
-    ("model", "strategy"), [("grpo", "coupled"), ("ppo", "local"), ("asyppo", "global"), ("grpo", "random")]
+    ("method", "strategy"), [("grpo", "coupled"), ("ppo", "local"), ("asyppo", "global"), ("grpo", "random")]
 )
-def test_every_rl_module_takes_a_credit_strategy_from_the_command_line(run_zoo, tmp_path, model, strategy):
+def test_every_rl_module_takes_a_credit_strategy_from_the_command_line(run_zoo, tmp_path, method, strategy):
     run_zoo(
         "fit",
-        f"model={model}",
+        f"method={method}",
         "model.hidden_size=32",
         "model.num_hidden_layers=3",
         "model.num_attention_heads=2",
@@ -61,7 +61,7 @@ def test_every_rl_module_takes_a_credit_strategy_from_the_command_line(run_zoo, 
         "module.credit_options.horizon=[1,4]",
         "module.credit_options.window=3",
     )
-    (hydra,) = list((tmp_path / "runs" / model).rglob(".hydra"))
+    (hydra,) = list((tmp_path / "runs" / method).rglob(".hydra"))
     metrics = json.loads((hydra.parent / "metrics.json").read_text())
     assert 0 < metrics["credit/amplified"] < 1 and metrics["credit/mean_gamma"] > 1
     if strategy != "random":  # the attention pass also gives the entropies
@@ -69,6 +69,6 @@ def test_every_rl_module_takes_a_credit_strategy_from_the_command_line(run_zoo, 
 
 
 def test_an_unknown_strategy_is_one_line(run_zoo):
-    process = run_zoo("fit", "model=grpo", "module.credit=anchor", check=False)
+    process = run_zoo("fit", "method=grpo", "module.credit=anchor", check=False)
     assert process.returncode != 0
     assert "unknown module.credit 'anchor'" in process.stderr.strip().splitlines()[-1]

@@ -113,9 +113,9 @@ def test_distillation_alone_teaches_the_prior_what_the_posterior_finds(cpu_train
 def test_ravr_from_the_command_line_on_zoos_model_and_on_a_hugging_face_policy(run_zoo, tmp_path, hf_models):
     common = ["data.train_size=40", "data.val_size=2", "data.batch_size=2", "module.rollout.n=2",
               "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false"]  # fmt: skip
-    run_zoo("fit", "model=ravr", "model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
+    run_zoo("fit", "method=ravr", "model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
             "model.intermediate_size=64", *common, "name=ravr_zoo")  # fmt: skip
-    run_zoo("fit", "model=ravr", f"model.init_from={hf_models['qwen2']}", *common, "name=ravr_hf",
+    run_zoo("fit", "method=ravr", f"model.init_from={hf_models['qwen2']}", *common, "name=ravr_hf",
             "data.posterior_prompt='{prompt} (The answer is {answer}; reason towards it.)'")  # fmt: skip
     for name, engine in (("ravr_zoo", "native"), ("ravr_hf", "hf")):
         (run,) = [p.parent for p in (tmp_path / "runs" / name).rglob("metrics.json")]
@@ -131,7 +131,7 @@ def test_ravr_from_the_command_line_on_zoos_model_and_on_a_hugging_face_policy(r
      ("module.credit=global", "module.credit"), ("module.algorithm.advantage=reinforce_pp", "advantage")],
 )  # fmt: skip
 def test_bad_ravr_settings_are_one_line(run_zoo, override, named):
-    process = run_zoo("fit", "model=ravr", override, "trainer.max_steps=1", "data.train_size=40", "data.val_size=2",
+    process = run_zoo("fit", "method=ravr", override, "trainer.max_steps=1", "data.train_size=40", "data.val_size=2",
                       check=False)  # fmt: skip
     assert process.returncode != 0
     assert named in process.stderr.strip().splitlines()[-1]

@@ -13,14 +13,14 @@ def _run_dir(root):
 
 
 def test_budget_sft_then_budget_grpo_then_the_per_budget_report(run_zoo, tmp_path):
-    run_zoo("fit", "model=bard_sft", *TINY, "data.train_size=100", "data.val_size=4", "trainer.max_steps=4",
+    run_zoo("fit", "method=bard_sft", *TINY, "data.train_size=100", "data.val_size=4", "trainer.max_steps=4",
             "trainer.val_check_interval=4", "module.evaluation.max_new_tokens=8")  # fmt: skip
     sft = _run_dir(tmp_path / "runs" / "bard_sft")
     logged = json.loads((sft / "metrics.json").read_text())  # per-budget metrics after every validation
     assert {f"budget/{b}/accuracy" for b in (20, 32, 48, 64, 96)} <= set(logged)
     assert all(0 <= logged[f"budget/{b}/within_budget"] <= 1 for b in (20, 96))
     run_zoo("hub", "push", str(sft), "--name", "bard-sft")
-    run_zoo("fit", "model=bard_grpo", "model.init_from=hub:bard-sft", "data.train_size=100", "data.val_size=2",
+    run_zoo("fit", "method=bard_grpo", "model.init_from=hub:bard-sft", "data.train_size=100", "data.val_size=2",
             "data.batch_size=2", "module.rollout.n=2", "module.rollout.max_new_tokens=24",
             "module.evaluation.max_new_tokens=8", "trainer.max_steps=2", "trainer.limit_val_batches=0",
             "trainer.enable_progress_bar=false")  # fmt: skip
@@ -44,13 +44,13 @@ def test_a_run_without_budgets_says_so(run_zoo, tmp_path, trained_run):
 
 
 def test_a_hugging_face_policy_with_a_chat_template_trains_and_reports_under_budgets(run_zoo, tmp_path, hf_models):
-    run_zoo("fit", "model=bard_sft", f"model.init_from={hf_models['qwen2']}", "data.train_size=60", "data.val_size=2",
+    run_zoo("fit", "method=bard_sft", f"model.init_from={hf_models['qwen2']}", "data.train_size=60", "data.val_size=2",
             "data.seq_len=256", "data.budgets.levels=[20,32]", "trainer.max_steps=2", "trainer.val_check_interval=2",
             "module.evaluation.max_new_tokens=6", "trainer.enable_progress_bar=false")  # fmt: skip
     sft = _run_dir(tmp_path / "runs" / "bard_sft")
     assert "budget/32/accuracy" in json.loads((sft / "metrics.json").read_text())
     run_zoo("hub", "push", str(sft), "--name", "qwen-bard")
-    run_zoo("fit", "model=bard_grpo", "model.init_from=hub:qwen-bard", "data.train_size=60", "data.val_size=2",
+    run_zoo("fit", "method=bard_grpo", "model.init_from=hub:qwen-bard", "data.train_size=60", "data.val_size=2",
             "data.batch_size=2", "module.rollout.n=2", "module.rollout.max_new_tokens=12",
             "data.budgets.levels=[20,32]", "trainer.max_steps=1", "trainer.limit_val_batches=0",
             "trainer.enable_progress_bar=false")  # fmt: skip

@@ -25,6 +25,7 @@ def _files(tmp_path):
 CASES = [
     # (arguments, what the line says)
     (["fit", "model=pythia-7t"], "unknown model 'pythia-7t'"),
+    (["fit", "model=grpo"], "unknown model 'grpo': grpo is a method, chosen apart from the network: method=grpo"),
     (["fit", "trainer.max_stepz=5"], "unknown key 'trainer.max_stepz'"),
     (["fit", "data.path=missing.txt"], "data.path not found"),
     (["fit", "+data.colour=red"], "colour"),
@@ -39,12 +40,12 @@ CASES = [
     (["fit", "module.optim.lr=-0.1"], "module.optim.lr must be a number >= 0"),
     (["fit", "model.num_hidden_layers=0"], "model.num_hidden_layers must be an integer >= 1, got 0"),
     (["fit", "model.max_position_embeddings=32", "data.seq_len=64"], "data.seq_len=64 exceeds"),
-    (["fit", "model=grpo", "module.rollout.max_new_tokens=100", "model.max_position_embeddings=64"], "exceeds"),
+    (["fit", "method=grpo", "module.rollout.max_new_tokens=100", "model.max_position_embeddings=64"], "exceeds"),
     (["fit", "trainer=gpu"], "needs a CUDA device"),
     (["fit", "checkpoint.every_n_minutes=abc"], "checkpoint.every_n_minutes must be a number > 0 or null"),
     (["fit", "checkpoint.every_n_minutes=-1"], "checkpoint.every_n_minutes must be a number > 0 or null, got -1"),
-    (["fit", "model=grpo", "module.algorithm.reward_timeout_s=0"], "module.algorithm.reward_timeout_s must be > 0"),
-    (["fit", "model=grpo", "module.algorithm.max_skipped_steps=-1"], "max_skipped_steps must be an integer >= 0"),
+    (["fit", "method=grpo", "module.algorithm.reward_timeout_s=0"], "module.algorithm.reward_timeout_s must be > 0"),
+    (["fit", "method=grpo", "module.algorithm.max_skipped_steps=-1"], "max_skipped_steps must be an integer >= 0"),
     (["fit", "hydra.run.dir={tmp}/a_file/run"], "cannot create the run directory"),
     (["fit", "data.path={tmp}/latin1.txt"], "latin1.txt: not UTF-8 text (byte offset 3"),
     (["fit", "data.path={tmp}/latin1.jsonl"], "latin1.jsonl: not UTF-8 text (byte offset 28"),
@@ -61,16 +62,16 @@ CASES = [
     ),
     (["hub", "pull", "{tmp}/nowhere"], "not a directory"),
     (["hub", "show", "a..b"], "invalid hub name"),
-    (["fit", "model=sft", "data.train_size=8"], "fewer than one batch of 8 per rank"),
-    (["fit", "model=grpo", "rollout.schedule=fifo"], "rollout.schedule 'fifo' is not one of batch, queue"),
-    (["fit", "model=grpo", "rollout.extra_prompts=3"], "need rollout.schedule=queue"),
+    (["fit", "method=sft", "data.train_size=8"], "fewer than one batch of 8 per rank"),
+    (["fit", "method=grpo", "rollout.schedule=fifo"], "rollout.schedule 'fifo' is not one of batch, queue"),
+    (["fit", "method=grpo", "rollout.extra_prompts=3"], "need rollout.schedule=queue"),
 ]
 
 
 def _settings(args, tiny):
     """The tiny-model settings a case does not set itself (none for the hub, and the RL task keeps its own)."""
     given = {a.split("=")[0] for a in args}
-    if args[0] == "hub" or "model=grpo" in args:
+    if args[0] == "hub" or "method=grpo" in args:
         return []
     return [t for t in tiny if t.split("=")[0] not in given]
 

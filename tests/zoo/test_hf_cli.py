@@ -33,7 +33,7 @@ def _run(tmp_path: Path, name: str) -> Path:
 def test_sft_then_hub_then_rl(hf_models, tmp_path, monkeypatch, arch, method, key):
     monkeypatch.chdir(tmp_path)
     _zoo(
-        "fit", "model=sft", f"{key}={hf_models[arch]}", *QUICK, "data.seq_len=96", "data.batch_size=8",
+        "fit", "method=sft", f"{key}={hf_models[arch]}", *QUICK, "data.seq_len=96", "data.batch_size=8",
         "trainer.max_steps=80", "trainer.val_check_interval=80", "module.optim.lr=1e-2", "name=sft",
     )  # fmt: skip
     sft = _run(tmp_path, "sft")
@@ -44,7 +44,7 @@ def test_sft_then_hub_then_rl(hf_models, tmp_path, monkeypatch, arch, method, ke
     assert entry.config == {"arch": "hf", "model_type": arch} and entry.card_metadata["global_step"] == 80
 
     _zoo(
-        "fit", f"model={method}", f"model.init_from=hub:{arch}-sft", *QUICK, "data.batch_size=4",
+        "fit", f"method={method}", f"model.init_from=hub:{arch}-sft", *QUICK, "data.batch_size=4",
         "module.rollout.n=4", "module.rollout.max_new_tokens=8", "module.evaluation.max_new_tokens=8",
         "module.algorithm.kl_coef=0.05", "trainer.max_steps=3", "trainer.val_check_interval=3", f"name={method}",
     )  # fmt: skip
@@ -76,15 +76,15 @@ def test_validate_rebuilds_an_hf_run_from_its_checkpoint(hf_models, tmp_path, mo
     [
         (["model=hf"], "model.path is required for an hf model"),
         (["model=hf", "model.path=/no/such/dir"], "model.path=/no/such/dir: no such directory, and not in the local"),
-        (["model=grpo", "model.init_from=/no/such/dir"], "model.init_from=/no/such/dir: no such directory"),
-        (["model=grpo", "model.path=/no/such/dir"], "model.path=/no/such/dir: no such directory"),
-        (["model=grpo", "model.init_from={llama}", "rollout=native"], "the native engine serves zoo's own models"),
+        (["method=grpo", "model.init_from=/no/such/dir"], "model.init_from=/no/such/dir: no such directory"),
+        (["method=grpo", "model.path=/no/such/dir"], "model.path=/no/such/dir: no such directory"),
+        (["method=grpo", "model.init_from={llama}", "rollout=native"], "the native engine serves zoo's own models"),
         (
-            ["model=sft", "model.init_from={llama}", "data.tokenizer={qwen2}"],
+            ["method=sft", "model.init_from={llama}", "data.tokenizer={qwen2}"],
             "the tokenizer has 260 tokens, the model at",
         ),
         (["model=hf", "model.path={llama}", "model.dtype=int4"], "model.dtype must be one of"),
-        (["model=sft", "model.init_from={unknown}"], "model_type 'no-such-arch' is not a causal LM"),
+        (["method=sft", "model.init_from={unknown}"], "model_type 'no-such-arch' is not a causal LM"),
     ],
 )
 def test_mistakes_end_in_one_line(hf_models, tmp_path, monkeypatch, capsys, args, says):
@@ -102,7 +102,7 @@ def test_mistakes_end_in_one_line(hf_models, tmp_path, monkeypatch, capsys, args
 
 def test_an_hf_run_resumes_and_the_probes_say_what_they_cannot_do(hf_models, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    args = ["model=grpo", f"model.path={hf_models['llama']}", *QUICK, "data.batch_size=4", "module.rollout.n=2"]
+    args = ["method=grpo", f"model.path={hf_models['llama']}", *QUICK, "data.batch_size=4", "module.rollout.n=2"]
     _zoo("fit", *args, "trainer.max_steps=2", "checkpoint.every_n_train_steps=1", "name=first")
     first = _run(tmp_path, "first")
     _zoo("fit", f"resume={first}", "trainer.max_steps=4")

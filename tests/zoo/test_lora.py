@@ -138,7 +138,7 @@ def test_r_zero_means_no_adapters():
 # -- the command line: SFT and GRPO with adapters, the hub, the engines -------------------------------------------
 
 SFT = [
-    "model=sft",
+    "method=sft",
     "model.init_from=hub:arithmetic-sft",
     "model.lora.r=8",
     "data.train_size=200",
@@ -288,7 +288,7 @@ def test_adapters_sent_to_another_process_need_a_full_precision_base(run_zoo):
 
 
 def test_qlora_needs_a_trained_model_to_start_from(run_zoo):
-    process = run_zoo("fit", "model=sft", "model.lora.r=4", "model.lora.quantize=4bit", check=False)
+    process = run_zoo("fit", "method=sft", "model.lora.r=4", "model.lora.quantize=4bit", check=False)
     assert process.returncode != 0
     assert "model.lora.quantize (QLoRA) needs model.init_from" in process.stderr
 
@@ -298,7 +298,7 @@ def test_a_hugging_face_policy_takes_adapters_and_pushes_merged(run_zoo, hf_mode
     merged weights; the run (not from a hub entry) is pushed merged, and equals the trained model."""
     run_zoo(
         "fit",
-        "model=grpo",
+        "method=grpo",
         f"model.path={hf_models['qwen2']}",
         "model.lora.r=4",
         "module.algorithm.kl_coef=0.05",

@@ -1,4 +1,4 @@
-"""QAgent on the command line (model=qagent): a warm start by SFT, stage 1 then stage 2 through the hub, `zoo
+"""QAgent on the command line (method=qagent): a warm start by SFT, stage 1 then stage 2 through the hub, `zoo
 validate` with the agent's and the baselines' metrics, a model as the frozen reader, and settings checked."""
 
 import json
@@ -50,22 +50,22 @@ def test_sft_then_stage1_then_stage2_through_the_hub(run_zoo, tmp_path):
     stage2, metrics = _metrics(tmp_path / "runs" / "stage2")
     assert "reward/reader_em" in metrics and 0 <= metrics["reward/mean"] <= 1.5
     assert Hub().entry("qagent-stage1").config["arch"] == "gpt_neox"
-    run_zoo("validate", "model=qagent", f"ckpt_path={stage2}", *RL[6:], "data.chat_template=none", "name=check")
+    run_zoo("validate", "method=qagent", f"ckpt_path={stage2}", *RL[6:], "data.chat_template=none", "name=check")
     _, validated = _metrics(tmp_path / "runs" / "check")
     for key in AGENT_METRICS[:8]:
         assert key in validated, key
 
 
 def test_bad_settings_fail_in_one_line(run_zoo):
-    process = run_zoo("fit", "model=qagent", *RL, "module.reward_stage=3", check=False)
+    process = run_zoo("fit", "method=qagent", *RL, "module.reward_stage=3", check=False)
     assert process.returncode == 2 and process.stderr.strip() == "zoo: error: module.reward_stage must be 1 or 2, got 3"
     for setting in ("module.reader_max_new_tokens=0", "module.naive_top_k=-1"):
-        process = run_zoo("fit", "model=qagent", *RL, setting, check=False)
+        process = run_zoo("fit", "method=qagent", *RL, setting, check=False)
         assert process.returncode == 2 and setting.split("=")[0] in process.stderr.strip().splitlines()[-1]
-    process = run_zoo("fit", "model=qagent", *RL, "module.reader=/nowhere", check=False)
+    process = run_zoo("fit", "method=qagent", *RL, "module.reader=/nowhere", check=False)
     assert process.returncode == 2 and process.stderr.strip().startswith("zoo: error: module.reader=/nowhere: ")
-    process = run_zoo("fit", "model=qagent", *RL, "rollout.agent.environment_options.top_k=0", check=False)
+    process = run_zoo("fit", "method=qagent", *RL, "rollout.agent.environment_options.top_k=0", check=False)
     assert process.returncode == 2 and "top_k" in process.stderr
-    process = run_zoo("fit", "model=qagent", *RL, "rollout.agent.environment_options.corpus=/nowhere.jsonl",
+    process = run_zoo("fit", "method=qagent", *RL, "rollout.agent.environment_options.corpus=/nowhere.jsonl",
                       check=False)  # fmt: skip
     assert process.returncode == 2 and "corpus not found: /nowhere.jsonl" in process.stderr

@@ -121,7 +121,7 @@ SMALL = [
     "trainer.enable_progress_bar=false",
 ]
 GRPO = [
-    "model=grpo",
+    "method=grpo",
     "model.init_from=hub:resume-sft",
     "data.train_size=300",
     "data.val_size=8",
@@ -170,7 +170,7 @@ def sft_policy(zoo_cache, tmp_path_factory) -> Path:
         patch.chdir(where)
         patch.setenv("ZOO_CACHE", str(zoo_cache))
         patch.setenv("ZOO_HUB", str(where / "hub"))
-        main(["fit", "model=sft", *SMALL, *sft, "trainer.val_check_interval=150", "name=sft"])
+        main(["fit", "method=sft", *SMALL, *sft, "trainer.val_check_interval=150", "name=sft"])
         main(["hub", "push", str(_run_dir(where / "runs" / "sft")), "--name", "resume-sft"])
     return where
 

@@ -28,7 +28,7 @@ def test_pretrain_then_sft_then_grpo_through_the_hub(run_zoo, tmp_path, trained_
     run_zoo("hub", "push", str(trained_run), "--name", "tiny-base")
     run_zoo(
         "fit",
-        "model=sft",
+        "method=sft",
         "model.init_from=hub:tiny-base",
         "data.train_size=500",
         "data.val_size=16",
@@ -45,7 +45,7 @@ def test_pretrain_then_sft_then_grpo_through_the_hub(run_zoo, tmp_path, trained_
 
     run_zoo(
         "fit",
-        "model=grpo",
+        "method=grpo",
         "model.init_from=hub:tiny-sft",
         "data.train_size=500",
         "data.val_size=16",
@@ -71,7 +71,7 @@ def test_pretrain_then_sft_then_grpo_through_the_hub(run_zoo, tmp_path, trained_
 
     validated = run_zoo(
         "validate",
-        "model=grpo",
+        "method=grpo",
         f"ckpt_path={grpo}",
         "data.val_size=16",
         "module.evaluation.max_new_tokens=6",
@@ -85,7 +85,7 @@ def test_ppo_from_the_command_line(run_zoo, tmp_path):
     """PPO with queue scheduling and redundant prompts (GRPO runs the batch schedule above)."""
     run_zoo(
         "fit",
-        "model=ppo",
+        "method=ppo",
         *SMALL,
         "data.vocab_size=64",
         "data.train_size=200",
@@ -103,16 +103,27 @@ def test_ppo_from_the_command_line(run_zoo, tmp_path):
     assert metrics["global_step"] == 3 and "critic/value_loss" in metrics and "reward/mean" in metrics
     assert metrics["queue/launched_prompts"] >= 10 and 0 < metrics["queue/occupancy"] <= 1
 
-    # validating the run needs neither model=ppo nor its task options: they are the run's own
+    # validating the run needs neither method=ppo nor its task options: they are the run's own
     run_zoo("validate", f"ckpt_path={run}", "name=check", "module.evaluation.max_new_tokens=4")
     check = _run_dir(tmp_path / "runs" / "check")
     used = yaml.safe_load((check / ".hydra" / "config.yaml").read_text())
     assert used["module"]["_target_"].endswith("PPOModule") and used["data"]["options"] == {"carry_only": True}
     assert "val/pass@1" in json.loads((check / "metrics.json").read_text())
 
+    # a run saved before methods had a group of their own named its method in the model group: it still validates
+    # and resumes
+    saved = run / ".hydra" / "overrides.yaml"
+    saved.write_text(saved.read_text().replace("method=ppo", "model=ppo"))
+    assert "- model=ppo" in saved.read_text()
+    run_zoo("validate", f"ckpt_path={run}", "name=old", "module.evaluation.max_new_tokens=4")
+    used = yaml.safe_load((_run_dir(tmp_path / "runs" / "old") / ".hydra" / "config.yaml").read_text())
+    assert used["module"]["_target_"].endswith("PPOModule")
+    run_zoo("fit", f"resume={run}", "trainer.max_steps=4")
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == 4
+
 
 def test_a_task_that_needs_a_file_says_so_in_one_line(run_zoo):
-    process = run_zoo("fit", "model=grpo", "data=gsm8k", check=False)
+    process = run_zoo("fit", "method=grpo", "data=gsm8k", check=False)
     assert process.returncode == 2
     assert process.stderr.strip() == "zoo: error: data.path must be set, e.g. data.path=... (data.path missing)"
 
@@ -121,7 +132,7 @@ def test_gsm8k_prompts_from_the_shared_data(run_zoo, tmp_path, shared_data):
     path = shared_data("gsm8k/test.jsonl")
     run_zoo(
         "fit",
-        "model=grpo",
+        "method=grpo",
         *SMALL,
         "data=gsm8k",
         f"data.path={path}",
@@ -140,7 +151,7 @@ def test_gsm8k_prompts_from_the_shared_data(run_zoo, tmp_path, shared_data):
 def test_a_malformed_jsonl_row_names_file_and_line(run_zoo, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?"}\n')
-    process = run_zoo("fit", "model=grpo", "data=gsm8k", f"data.path={bad}", check=False)
+    process = run_zoo("fit", "method=grpo", "data=gsm8k", f"data.path={bad}", check=False)
     assert process.returncode == 2 and f"{bad}:2: no field 'answer'" in process.stderr
 
 

@@ -64,7 +64,7 @@ def test_fsdp2_shards_a_hugging_face_policy_and_its_critic(run_zoo, hf_models, t
     """PPO on 2 CPU processes with a transformers Qwen2: policy and critic each sharded by decoder layer; the
     consolidated checkpoint publishes to the hub like a single-process run's."""
     process = run_zoo(
-        "fit", "model=ppo", f"model.init_from={hf_models['qwen2']}", "strategy=fsdp2", "trainer.accelerator=cpu",
+        "fit", "method=ppo", f"model.init_from={hf_models['qwen2']}", "strategy=fsdp2", "trainer.accelerator=cpu",
         "trainer.devices=2", "trainer.max_steps=3", "trainer.val_check_interval=3", "data.train_size=200",
         "data.val_size=8", "data.batch_size=4", "module.algorithm.kl_coef=0.05", "probes.every_n_steps=0", "name=ppo",
         timeout=600,

@@ -16,7 +16,7 @@
 ====  ==============  =====================================================================================
 
 The result, ``sft.jsonl`` (``problem``, ``answer``, ``solution``, plus the logic, source and discipline), is what
-``zoo fit model=sft data.task=math data.path=<workdir>/sft.jsonl`` trains on; ``report.md`` holds the counts and
+``zoo fit method=sft data.task=math data.path=<workdir>/sft.jsonl`` trains on; ``report.md`` holds the counts and
 times of every stage. A malformed LLM answer is counted and asked again with a new seed at
 ``retry_temperature``; an item still malformed after its retries is kept out (and counted).
 
