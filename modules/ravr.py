@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from zoo.errors import ConfigError
-from zoo.generation.native import Sample
+from zoo.generation.engine import Sample
 from zoo.modules.rl import RLModule, config_section
 from zoo.rl import advantages as estimators
 from zoo.rl.methods import ravr as objective

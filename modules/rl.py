@@ -46,6 +46,7 @@ from zoo.rl.methods.attention_credit import CreditAssignment
 from zoo.rl.pg_variants import PolicyInputs, policy_loss, variant_options
 from zoo.rl.rewards import PendingRewards, RewardBatch, RewardRunner
 from zoo.rl.rollout import RolloutBatch, Round, token_logprobs
+from zoo.rollout.samplers.base import Sampler
 from zoo.training.lora import (
     adapters_disabled,
     apply_lora,
@@ -353,7 +354,7 @@ class RLModule(L.LightningModule):
     def sampler(self):
         """What decides which prompts each step trains, if not the training loader: a sampler callback (tail
         batching), or else the rollout callback's own (queue scheduling, asynchronous rollout)."""
-        found = next((c for c in self.trainer.callbacks if hasattr(c, "next_round")), None)
+        found = next((c for c in self.trainer.callbacks if isinstance(c, Sampler)), None)
         return found or self.rollout_callback.sampler
 
     def training_step(self, problems: list[dict[str, Any]], batch_idx: int) -> None:

@@ -149,7 +149,7 @@ class _ScriptedPolicy:
         self.tokenizer, self.answers = tokenizer, answers
 
     def generate(self, prompts, n, params):
-        from zoo.generation.native import GenerationResult, Sample
+        from zoo.generation.engine import GenerationResult, Sample
 
         samples = []
         for i, ids in enumerate(prompts):

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from zoo.generation.core import Request
+from zoo.generation.engine import Request
 from zoo.generation.native import NativeEngine
 from zoo.generation.sampling import SamplingParams, row_seeds
 from zoo.models import build_model, config_from_dict

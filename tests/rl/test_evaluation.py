@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from zoo.datamodules.prompts import PromptDataModule
-from zoo.generation.native import GenerationResult, Sample
+from zoo.generation.engine import GenerationResult, Sample
 from zoo.generation.sampling import SamplingParams
 from zoo.rl.evaluation import correctness_runner, evaluate_pass_at_k, pass_at_k, solved_groups
 from zoo.rl.rewards import RewardBatch, RewardRunner

@@ -8,7 +8,7 @@ import torch
 
 from zoo.envs.search import SearchEnvironment
 from zoo.errors import DataError
-from zoo.generation.native import GenerationResult, Sample
+from zoo.generation.engine import GenerationResult, Sample
 from zoo.models import build_model, config_from_dict
 from zoo.modules.qagent import QAgentModule
 from zoo.rl.pg_variants import PolicyInputs, policy_loss, variant_options

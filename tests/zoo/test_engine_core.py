@@ -4,7 +4,7 @@ which requests share its steps, a pool smaller than the work refills retired row
 import pytest
 import torch
 
-from zoo.generation.core import Request
+from zoo.generation.engine import Request
 from zoo.generation.native import NativeEngine
 from zoo.generation.sampling import SamplingParams, row_seeds
 from zoo.models import GPTNeoX, GPTNeoXConfig, MeSH, MeSHConfig

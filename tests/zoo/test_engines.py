@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import ConfigError
+from zoo.generation.engine import Engine, RequestCore, RequestLevelEngine
 from zoo.generation.hf import HFEngine
 from zoo.generation.native import NativeEngine
 from zoo.generation.sampling import SamplingParams
@@ -35,6 +36,21 @@ def _hf_engine(policy):
 
 def _tokens(result):
     return [s.token_ids for s in result.samples]
+
+
+def test_every_engine_is_of_the_engine_type_and_the_request_level_ones_hand_out_a_core(fake_vllm):
+    """The engine seam is a type: the rollout system tells what an engine can do by it, never by its attributes."""
+    from zoo.generation.vllm import VLLMEngine
+
+    policy = _policy()
+    native, hf = NativeEngine(policy), _hf_engine(policy)
+    vllm = VLLMEngine(policy.config, policy.named_parameters())
+    assert all(isinstance(e, Engine) for e in (native, hf, vllm))
+    assert isinstance(native, RequestLevelEngine) and isinstance(vllm, RequestLevelEngine)
+    assert not isinstance(hf, RequestLevelEngine)  # batch generation only
+    for engine in (native, vllm):
+        with engine.serving():
+            assert isinstance(engine.core(4, 16, 8), RequestCore)
 
 
 def test_hf_engine_decodes_like_the_native_engine():

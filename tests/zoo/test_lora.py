@@ -334,6 +334,8 @@ def test_asynchronous_rollout_with_alpha_0_trains_a_lora_policy_as_the_synchrono
         "experiment=arithmetic_grpo_lora",
         "data.train_size=128",
         "data.val_size=8",
+        "data.batch_size=4",
+        "module.rollout.n=4",
         "trainer.max_steps=3",
         "trainer.val_check_interval=3",
         "trainer.enable_progress_bar=false",

@@ -71,6 +71,19 @@ def _record_draws(stream: PromptStream) -> list[int]:
     return drawn
 
 
+def test_the_samplers_are_of_the_sampler_type_and_other_callbacks_are_not():
+    """The RL module finds its sampler among the trainer's callbacks by this type."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from zoo.rollout.callback import QueueSampler
+    from zoo.rollout.samplers.agent import AgentSampler
+    from zoo.rollout.samplers.asynchronous import AsyncSampler
+    from zoo.rollout.samplers.base import Sampler
+
+    assert isinstance(TailBatching(1.0, 1.0), Sampler) and not isinstance(ModelCheckpoint(), Sampler)
+    assert all(issubclass(c, Sampler) for c in (QueueSampler, AsyncSampler, AgentSampler))
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_rounds_on_the_native_engine_keep_every_invariant(seed, scripted_lengths):
     rng = random.Random(seed)

@@ -44,8 +44,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from zoo.envs import Environment, Step
-from zoo.generation.core import Request
-from zoo.generation.native import Sample
+from zoo.generation.engine import Request, Sample
 from zoo.generation.sampling import SamplingParams, row_seeds
 
 

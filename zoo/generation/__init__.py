@@ -40,7 +40,7 @@ def in_place_engine(model: Any, tokenizer: Any = None):
     if getattr(model.config, "arch", None) == "hf":
         from zoo.generation.hf import HFEngine
 
-        return HFEngine.serving(model.hf, tokenizer)
+        return HFEngine.around(model.hf, tokenizer)
     from zoo.generation.native import NativeEngine
 
     return NativeEngine(model, tokenizer)

@@ -41,26 +41,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from zoo.generation.engine import Finished, Request, RequestCore
 from zoo.generation.sampling import SamplingParams, hits_stop_string, row_uniforms, sample_tokens
 
 COLUMN_MULTIPLE = 64  # graphed pools round their length up to this
 DECODE_MODES = ("eager", "graphs", "static")
-
-
-@dataclass
-class Request:
-    id: Hashable
-    prompt: list[int]
-    params: SamplingParams
-    seed: int = 0
-
-
-@dataclass
-class Finished:
-    id: Hashable
-    token_ids: list[int]
-    logprobs: list[float]
-    finish_reason: str  # "stop" (a stop token or string), "length" or "abort"
 
 
 def bucket_for(rows: int, limit: int) -> int:
@@ -230,7 +215,7 @@ class _Running:
     count: int = 0  # tokens sampled
 
 
-class EngineCore:
+class EngineCore(RequestCore):
     """The request-level engine over the first ``rows`` rows of ``pool`` (default all); see the module docstring."""
 
     def __init__(self, pool: RowPool, tokenizer=None, rows: int | None = None, admit_batch: int | None = None) -> None:

@@ -3,7 +3,7 @@ a Pythia policy (as ``GPTNeoXForCausalLM``) or any Hugging Face policy (``arch: 
 have no transformers counterpart: use ``native``.
 
 - ``HFEngine(config, ...)`` builds its own copy of the policy's architecture (:func:`zoo.generation.transformers_view`)
-  that ``load_weights`` fills from the policy's zoo-named weights; ``HFEngine.serving(model)`` generates with an
+  that ``load_weights`` fills from the policy's zoo-named weights; ``HFEngine.around(model)`` generates with an
   existing transformers model in place (evaluation of an unsharded policy, no copy).
 - Prompts are left-padded into one batch; ``num_return_sequences=n`` gives each prompt's n completions in
   prompt order, as the engine interface requires.
@@ -27,12 +27,12 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from zoo.errors import ConfigError
-from zoo.generation.native import GenerationResult, Sample
+from zoo.generation.engine import Engine, GenerationResult, Sample
 from zoo.generation.sampling import SamplingParams, finish
 from zoo.generation.transformers_view import transformers_view
 
 
-class HFEngine:
+class HFEngine(Engine):
     def __init__(self, config, tokenizer=None, device=None, dtype: torch.dtype | None = None) -> None:
         from transformers import AutoModelForCausalLM
 
@@ -42,7 +42,7 @@ class HFEngine:
         self._serve(model.to(device=device).eval().requires_grad_(False), tokenizer)
 
     @classmethod
-    def serving(cls, model, tokenizer=None) -> HFEngine:
+    def around(cls, model, tokenizer=None) -> HFEngine:
         """An engine that generates with ``model`` (a transformers causal LM) itself; weights stay the model's."""
         engine = cls.__new__(cls)
         engine.rename = None

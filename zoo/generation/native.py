@@ -17,34 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from zoo.errors import ConfigError
-from zoo.generation.core import EngineCore, Finished, Request, RowPool
+from zoo.generation.core import EngineCore, RowPool
+from zoo.generation.engine import Finished, GenerationResult, Request, RequestLevelEngine, Sample
 from zoo.generation.sampling import SamplingParams, row_seeds
 
 
-@dataclass
-class Sample:
-    prompt_index: int
-    token_ids: list[int]
-    logprobs: list[float]
-    finish_reason: str  # "stop" (a stop token or string) or "length"; a multi-turn trajectory's own reasons
-    mask: list[int] | None = None  # multi-turn: per token, 1 the policy's (trained on), 0 an observation's
-
-
-@dataclass
-class GenerationResult:
-    samples: list[Sample]  # grouped by prompt, in prompt order, n per finished prompt
-    unfinished_prompts: list[int] = field(default_factory=list)  # left out by an early stop
-    decode_steps: int = 0
-    generated_tokens: int = 0
-
-
-class NativeEngine:
+class NativeEngine(RequestLevelEngine):
     """Generates with a zoo model in this process. ``load_weights`` copies new weights into it.
 
     ``generate`` is the batch API over the request-level :class:`zoo.generation.core.EngineCore`; :meth:`core` hands

@@ -37,8 +37,7 @@ import torch
 from safetensors.torch import save_file
 
 from zoo.errors import ConfigError
-from zoo.generation.core import Finished, Request
-from zoo.generation.native import GenerationResult, Sample
+from zoo.generation.engine import Finished, GenerationResult, Request, RequestCore, RequestLevelEngine, Sample
 from zoo.generation.sampling import SamplingParams
 from zoo.generation.transformers_view import transformers_view
 
@@ -48,7 +47,7 @@ def _load_into_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> N
     worker.model_runner.model.load_weights(weights=weights)
 
 
-class VLLMEngine:
+class VLLMEngine(RequestLevelEngine):
     def __init__(
         self,
         config,
@@ -133,7 +132,7 @@ def _completion(completion) -> tuple[list[int], list[float], str]:
     return tokens, logprobs, "stop" if completion.finish_reason == "stop" else "length"
 
 
-class VLLMCore:
+class VLLMCore(RequestCore):
     """:class:`zoo.generation.core.EngineCore`'s request-level API on vLLM's engine (``LLM.llm_engine``)."""
 
     def __init__(self, engine: VLLMEngine) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from zoo.generation.native import GenerationResult, Sample
+from zoo.generation.engine import GenerationResult, Sample
 from zoo.rl.losses import token_entropy
 from zoo.rl.rewards import RewardBatch
 

@@ -59,11 +59,13 @@ from torch.distributed.tensor import DTensor
 
 from zoo.errors import ConfigError, require_int
 from zoo.generation import ENGINES, engine_for
-from zoo.generation.native import GenerationResult, NativeEngine
+from zoo.generation.engine import GenerationResult
+from zoo.generation.native import NativeEngine
 from zoo.generation.sampling import SamplingParams
 from zoo.rl.rollout import Round
 from zoo.rollout.samplers.agent import AgentSampler, agent_config
 from zoo.rollout.samplers.asynchronous import AsyncSampler
+from zoo.rollout.samplers.base import Sampler
 from zoo.rollout.samplers.queue import QueueOutcome, QueuePlanner, QueueStats, run_queue_round
 from zoo.text.loader import PromptStream
 from zoo.training.lora import has_lora, merged_weights
@@ -181,7 +183,7 @@ class RolloutCallback(L.Callback):
             if self._restored_queue is not None:
                 self.queue_sampler.load_state_dict(self._restored_queue)
         if self.async_ratio is not None and stage == "fit":
-            if any(hasattr(c, "next_round") for c in trainer.callbacks):
+            if any(isinstance(c, Sampler) for c in trainer.callbacks):
                 raise ConfigError(
                     "rollout.async_ratio runs its own sampler; it does not combine with sampler=tail_batching"
                 )
@@ -430,7 +432,7 @@ class RolloutCallback(L.Callback):
             tensorboard.experiment.add_text(f"{prefix}/samples", "\n\n---\n\n".join(f"`{t}`" for t in texts), step)
 
 
-class QueueSampler:
+class QueueSampler(Sampler):
     """Plain queue scheduling's choice of prompts (no tail batching): the training prompts in the loader's seeded
     order (``zoo.text.loader.PromptStream``; the training loader then only paces the steps) through a
     :class:`zoo.rollout.samplers.queue.QueuePlanner`, whose returned prompts come first."""

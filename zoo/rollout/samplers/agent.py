@@ -37,9 +37,10 @@ from zoo.envs.agent_rollout import run_agent_rollout
 from zoo.envs.search import SearchEnvironment
 from zoo.envs.simulated import SimulatedEnvironment
 from zoo.errors import ConfigError, config_section, require_int
-from zoo.generation.native import GenerationResult
+from zoo.generation.engine import GenerationResult
 from zoo.rl.rewards import RewardBatch
 from zoo.rl.rollout import Round
+from zoo.rollout.samplers.base import Sampler
 from zoo.text.loader import PromptStream
 
 log = logging.getLogger("zoo")
@@ -114,7 +115,7 @@ def agent_config(values: dict[str, Any]) -> AgentConfig:
     return config
 
 
-class AgentSampler:
+class AgentSampler(Sampler):
     def __init__(self, callback, trainer: L.Trainer) -> None:
         data = trainer.datamodule
         self.callback, self.config, self.problems = callback, callback.agent, data.train_set

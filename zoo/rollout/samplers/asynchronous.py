@@ -37,8 +37,10 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from zoo.generation.native import GenerationResult, NativeEngine, Sample
+from zoo.generation.engine import GenerationResult, Sample
+from zoo.generation.native import NativeEngine
 from zoo.rl.rollout import Round
+from zoo.rollout.samplers.base import Sampler
 from zoo.rollout.samplers.queue import concatenate_rewards
 from zoo.rollout.workers.engine_server import EngineSpec, process_server, thread_server
 from zoo.rollout.workers.sample_buffer import SampleBuffer
@@ -71,7 +73,7 @@ class _ChunkedStream:
         self.ready, self.handed = deque(state["ready"]), state["handed"]
 
 
-class AsyncSampler:
+class AsyncSampler(Sampler):
     def __init__(self, callback, trainer: L.Trainer) -> None:
         data = trainer.datamodule
         self.callback, self.problems = callback, data.train_set

@@ -37,8 +37,7 @@ from typing import Any
 
 import torch
 
-from zoo.generation.core import Finished, Request
-from zoo.generation.native import Sample
+from zoo.generation.engine import Finished, Request, Sample
 from zoo.generation.sampling import SamplingParams, row_seeds
 from zoo.rl.rewards import PendingRewards, RewardBatch
 

@@ -35,6 +35,7 @@ from typing import Any
 import lightning as L
 
 from zoo.errors import ConfigError
+from zoo.rollout.samplers.base import Sampler
 from zoo.text.loader import PromptStream
 
 
@@ -95,7 +96,7 @@ class TailBatcher:
         self.short_rounds, self.long_rounds = state["short_rounds"], state["long_rounds"]
 
 
-class TailBatching(L.Callback):
+class TailBatching(L.Callback, Sampler):
     def __init__(self, prompt_ratio: float = 1.25, response_ratio: float = 1.25) -> None:
         self.prompt_ratio, self.response_ratio = prompt_ratio, response_ratio
         self.batcher: TailBatcher | None = None

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from zoo.generation.core import Finished, Request
+from zoo.generation.engine import Finished, Request
 
 WAIT_S = 0.05  # how long an idle server blocks on its inbox before it looks again
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from zoo.generation.core import Finished
+from zoo.generation.engine import Finished
 from zoo.generation.sampling import SamplingParams
 from zoo.rl.rewards import PendingRewards, RewardBatch
 from zoo.rollout.samplers.queue import group_requests
