@@ -34,7 +34,7 @@ import lightning as L
 import torch
 from torchmetrics.aggregation import MeanMetric
 
-from zoo.errors import ConfigError, config_section, require_int
+from zoo.errors import ConfigError, TrainingDiverged, config_section, require_int
 from zoo.generation.sampling import SamplingParams
 from zoo.hub.store import build_initialized, pinned_source
 from zoo.io.rebuilt_state import check_complete, drop_rebuilt
@@ -55,7 +55,7 @@ from zoo.training.lora import (
     frozen_entries,
     lora_settings,
 )
-from zoo.training.optim import OptimConfig, TrainingDiverged, adamw_groups, build_adamw, build_schedule, ensure_finite
+from zoo.training.optim import OptimConfig, adamw_groups, build_adamw, build_schedule, ensure_finite
 from zoo.training.quantization import check_bits, quantize_frozen
 from zoo.training.strategies import clip_grad_norm, shard_for_strategy
 

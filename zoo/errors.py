@@ -17,6 +17,10 @@ class DataError(ZooError, ValueError):
     """Malformed or missing input data; the message names the file and row."""
 
 
+class TrainingDiverged(ZooError):
+    """A loss, gradient norm or weight that is no longer finite; the message names the step."""
+
+
 def first_line(error: Exception) -> str:
     """The first line of an exception's message (a library's multi-line message, inside a one-line error)."""
     lines = str(error).strip().splitlines()

@@ -159,7 +159,7 @@ def test_steps_with_non_finite_advantages_are_skipped_and_counted(cpu_trainer):
 
 
 def test_too_many_skipped_steps_stop_the_run(cpu_trainer):
-    from zoo.training.optim import TrainingDiverged
+    from zoo.errors import TrainingDiverged
 
     data = PromptDataModule(task="arithmetic", train_size=200, val_size=8, batch_size=4, vocab_size=64)
     data.prepare_data()

@@ -8,9 +8,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from zoo.datamodules.text import TextDataModule
+from zoo.errors import TrainingDiverged
 from zoo.io.checkpoint_io import AtomicCheckpointIO
 from zoo.modules.pretrain import PretrainModule
-from zoo.training.optim import TrainingDiverged
 
 MODEL = dict(
     arch="gpt_neox",

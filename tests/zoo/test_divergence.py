@@ -5,8 +5,9 @@ tests/modules/test_grpo.py.)"""
 import pytest
 import torch
 
+from zoo.errors import TrainingDiverged
 from zoo.io.checkpoint_io import AtomicCheckpointIO
-from zoo.training.optim import TrainingDiverged, ensure_finite
+from zoo.training.optim import ensure_finite
 
 
 def _finite(checkpoint_path) -> bool:

@@ -1,5 +1,5 @@
-"""zoo's modules import one another without a circle: read from the source with ``ast`` (module-level and deferred
-imports alike), every strongly connected component of the import graph is a single module."""
+"""zoo's modules import one another one way: read from the source with ``ast`` (module-level and deferred imports
+alike), no module imports a module of a later layer, and so no import circle can form."""
 
 import ast
 from pathlib import Path
@@ -102,3 +102,41 @@ def test_the_graph_sees_deferred_and_relative_imports():
 
 def test_no_module_imports_itself_through_others():
     assert circles(import_graph()) == []
+
+
+# The layers, lowest first: a module may import its own layer's and earlier layers' modules only. The longest
+# matching prefix decides a module's layer (zoo.tasks.base, a leaf, sits low; the registry zoo.tasks above the
+# papers' packages whose tasks it names).
+LAYERS = [
+    ["zoo", "zoo.errors", "zoo.io"],
+    ["zoo.tasks.base"],
+    ["zoo.models"],
+    ["zoo.training"],
+    ["zoo.hub"],
+    ["zoo.text"],
+    ["zoo.generation"],
+    ["zoo.rl"],
+    ["zoo.envs", "zoo.search", "zoo.synth", "zoo.infusion", "zoo.analysis"],
+    ["zoo.tasks"],
+    ["zoo.rollout", "zoo.callbacks"],
+    ["zoo.datamodules", "zoo.modules"],
+    ["zoo.run", "zoo.cli", "zoo.__main__"],
+]
+
+
+def layer(module: str) -> int:
+    matches = [(len(name), i) for i, names in enumerate(LAYERS) for name in names
+               if module == name or module.startswith(f"{name}.")]  # fmt: skip
+    return max(matches)[1]
+
+
+def test_every_module_has_a_layer_and_the_layers_are_ordered():
+    assert layer("zoo.tasks.base") < layer("zoo.search.task") < layer("zoo.tasks.registry")
+    assert layer("zoo.io.files") == 0 and layer("zoo.cli.fit") == len(LAYERS) - 1
+    for module in import_graph():
+        layer(module)  # no module outside the table
+
+
+def test_no_module_imports_a_later_layer():
+    upward = sorted((m, d) for m, deps in import_graph().items() for d in deps if layer(d) > layer(m))
+    assert upward == []

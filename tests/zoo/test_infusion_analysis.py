@@ -93,7 +93,8 @@ def test_zoo_infusion_analyze_writes_the_table_the_fit_and_the_plot(run_zoo, tmp
 def test_the_sweeps_compose_and_the_mesh_arm_matches_the_pythia_widths(experiment):
     from hydra import compose, initialize_config_module
 
-    from zoo.cli import CONFIG_MODULE, register_presets
+    from zoo.cli.common import CONFIG_MODULE
+    from zoo.cli.config import register_presets
 
     register_presets()
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
-from zoo.cli import GROUPS, group_options, register_presets
+from zoo.cli.common import GROUPS
+from zoo.cli.config import group_options, register_presets
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = {

@@ -17,9 +17,8 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, TrainingDiverged
 from zoo.io.files import atomic_file
-from zoo.training.optim import TrainingDiverged
 
 
 def read_checkpoint(path: _PATH, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:

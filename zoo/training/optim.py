@@ -24,13 +24,9 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from zoo.errors import ConfigError, ZooError
+from zoo.errors import ConfigError, TrainingDiverged
 
 log = logging.getLogger("zoo")
-
-
-class TrainingDiverged(ZooError):
-    """A loss, gradient norm or weight that is no longer finite; the message names the step."""
 
 
 def ensure_finite(step: int, **values: torch.Tensor | float) -> None:
