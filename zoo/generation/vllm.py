@@ -20,7 +20,7 @@
   engine option caps the running requests; ``rollout.max_running`` does not apply). vLLM does not report its
   running and waiting requests per step, so the queue's occupancy and waiting figures read 0 with this engine.
 
-Tested here against a fake ``vllm`` module (tests/zoo/test_engines.py); the real engine runs only in the
+Tested here against a fake ``vllm`` module (tests/generation/test_engines.py); the real engine runs only in the
 ``gpu`` test where vLLM is installed. It has not been run on a GPU by this project yet (docs/rollout.md).
 """
 

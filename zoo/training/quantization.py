@@ -13,7 +13,7 @@ are half of Pythia-160M's weights, a fifth of Pythia-1B's).
   length is not a multiple of 64). A layer whose input or output width is not a multiple of 32 stays in full
   precision: bitsandbytes' CPU kernels pack whole blocks of 32 rows and of a row's weights.
 
-Tolerance (the documented contract, tested in ``tests/zoo/test_quantization.py`` on trained and random models):
+Tolerance (the documented contract, tested in ``tests/training/test_quantization.py`` on trained and random models):
 the mean over tokens of ``|log p_quantized - log p_full|``, on sequences the full model samples, is at most
 :data:`LOGPROB_TOLERANCE` (8-bit 0.05, 4-bit 0.2 nats). Measured on the shipped entries: 8-bit 0.004-0.019, 4-bit
 0.028-0.091 (the arithmetic policy, small and sharp, is the most sensitive).
