@@ -1,5 +1,5 @@
 """What a LoRA policy's rollout engine costs, beside a full-parameter policy's (the peer), in one process: the
-weight sync (``RolloutCallback.weights`` into the native engine's replica: every weight, the merged weights
+weight sync (``WeightSync.weights`` into the native engine's replica: every weight, the merged weights
 ``W + (alpha / r) B A``, or the adapters alone under ``rollout.lora_sync=adapters``), the bytes each sync sends,
 and the replica's decode throughput (a plain network, or one that applies the adapters).
 
@@ -37,15 +37,15 @@ def measure(name: str, policy: torch.nn.Module, sync: str, args) -> dict:
     callback = RolloutCallback(engine="native", lora_sync=sync)
     module = SimpleNamespace(model=policy, device=torch.device(args.device))
     dtype = {"fp32": None, "bf16": torch.bfloat16}[args.dtype]
-    engine = NativeEngine(callback.replica(module), dtype=dtype)
+    engine = NativeEngine(callback.weight_sync.replica(module), dtype=dtype)
     sync_times = []
     for _ in range(args.repeats):
         synchronize(args.device)
         start = time.perf_counter()
-        engine.load_weights(callback.weights(module))  # as the rollout callback syncs: one tensor at a time
+        engine.load_weights(callback.weight_sync.weights(module))  # as the rollout callback syncs: one tensor at a time
         synchronize(args.device)
         sync_times.append(time.perf_counter() - start)
-    sent = sum(t.numel() * t.element_size() for _, t in callback.weights(module))
+    sent = sum(t.numel() * t.element_size() for _, t in callback.weight_sync.weights(module))
     prompts = torch.randint(0, policy.config.vocab_size, (args.batch, args.prompt)).tolist()
     params = SamplingParams(args.new, 1.0, seed=0)
     with engine.serving():

@@ -59,7 +59,7 @@ def test_alpha_zero_gives_the_synchronous_weights_bit_for_bit(cpu_trainer, steps
     _assert_same_weights(sync, asynchronous)
     metrics = trainer.callback_metrics
     assert metrics["async/staleness_max"] == 0 and metrics["async/version"] == 3  # the fourth batch's version
-    assert callback.async_sampler.workers == []  # stopped at the end of the fit
+    assert callback.sampler.workers == []  # stopped at the end of the fit
 
 
 def test_a_process_worker_gives_the_synchronous_weights_too(cpu_trainer):
@@ -133,7 +133,7 @@ def test_the_sampler_state_restores_before_setup(cpu_trainer):
     restored = RolloutCallback(async_ratio=1)
     restored.load_state_dict(callback.state_dict())  # before setup, as Lightning restores a checkpoint
     restored.setup(trainer, module, "fit")
-    assert restored.async_sampler.state_dict() == callback.async_sampler.state_dict()
+    assert restored.sampler.state_dict() == callback.sampler.state_dict()
 
 
 @pytest.mark.parametrize(

@@ -184,6 +184,8 @@ def test_the_schedule_is_checked():
         RolloutCallback(extra_prompts=2)
     with pytest.raises(ConfigError, match="rollout.max_running"):
         RolloutCallback(schedule="queue", max_running=0)
+    with pytest.raises(ConfigError, match="unknown rollout setting.*extra_prompt$"):
+        RolloutCallback(schedule="queue", extra_prompt=2)
 
 
 POLICY = dict(arch="gpt_neox", vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -210,7 +212,7 @@ def test_grpo_with_queue_scheduling_trains_the_loaders_prompts_like_the_batch_sc
     for (name, a), (_, b) in zip(batch.model.named_parameters(), queue.model.named_parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert trainer.callback_metrics["queue/occupancy"] > 0
-    assert callback.queue_sampler.planner.returned == []
+    assert callback.sampler.planner.returned == []
 
 
 def test_grpo_with_redundant_prompts_logs_the_queue_and_restores_its_state(cpu_trainer):
@@ -223,7 +225,7 @@ def test_grpo_with_redundant_prompts_logs_the_queue_and_restores_its_state(cpu_t
     restored = RolloutCallback(schedule="queue", extra_prompts=3, filter_groups=True)
     restored.load_state_dict(callback.state_dict())  # before setup, as Lightning restores a checkpoint
     restored.setup(trainer, module, "fit")
-    assert restored.queue_sampler.state_dict() == callback.queue_sampler.state_dict()
+    assert restored.sampler.state_dict() == callback.sampler.state_dict()
 
 
 @settings(max_examples=150, deadline=None)

@@ -265,19 +265,19 @@ def test_the_engine_serves_the_merged_policy(tmp_path):
     for sync in ("merged", "adapters"):
         callback = RolloutCallback(engine="native", lora_sync=sync)
         module = SimpleNamespace(model=model, device=torch.device("cpu"))
-        replica = callback.replica(module)
+        replica = callback.weight_sync.replica(module)
         assert bool(lora_layers(replica)) == (sync == "adapters")
         with torch.no_grad():
             for layer in lora_layers(replica).values():  # a stale replica: the sync must bring the adapters
                 layer.lora_B["default"].weight.zero_()
         params = dict(replica.named_parameters())
         with torch.no_grad():
-            for name, tensor in callback.weights(module):
+            for name, tensor in callback.weight_sync.weights(module):
                 params[name].copy_(tensor)
         x = torch.randint(0, 128, (2, 10))
         with torch.no_grad():
             torch.testing.assert_close(replica.eval()(x), model(x), rtol=0, atol=1e-5)
-        sent = dict(callback.weights(module))
+        sent = dict(callback.weight_sync.weights(module))
         assert all(".lora_" in k for k in sent) == (sync == "adapters")
 
 

@@ -171,12 +171,12 @@ def test_a_quantized_rollout_replica_follows_the_policy_at_every_sync(bits):
     policy = load_model("hub:pythia-tiny").model.eval()
     callback = RolloutCallback(engine="native", quantization=bits)
     module = SimpleNamespace(model=policy, device=torch.device("cpu"))
-    replica = callback.replica(module).eval()
+    replica = callback.weight_sync.replica(module).eval()
     assert any(type(m).__name__ in ("Linear8bitLt", "Linear4bit") for m in replica.modules())
     kinds = {name: type(m).__name__ for name, m in replica.named_modules()}
     x = _sampled(policy)
     for step in range(2):
-        load_quantized(replica, callback.weights(module))
+        load_quantized(replica, callback.weight_sync.weights(module))
         assert {name: type(m).__name__ for name, m in replica.named_modules()} == kinds  # a 4-bit layer stays 4-bit
         error = (_token_logprobs(replica, x) - _token_logprobs(policy, x))[:, 3:].abs().mean()
         assert error <= LOGPROB_TOLERANCE[bits], step

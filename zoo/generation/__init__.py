@@ -14,9 +14,13 @@ policy through :func:`zoo.generation.transformers_view.transformers_view`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
+
 from zoo.errors import ConfigError
+from zoo.generation.engine import Engine
 
 ENGINES = ("auto", "native", "hf", "vllm")
 
@@ -33,6 +37,36 @@ def engine_for(config: Any, engine: str) -> str:
             "use rollout=hf (or rollout=vllm on a GPU)"
         )
     return engine
+
+
+def build_engine(
+    name: str,
+    config: Any,
+    tokenizer: Any,
+    *,
+    replica: Callable[[], torch.nn.Module],
+    weights: Callable[[], Iterable[tuple[str, torch.Tensor]]],
+    device: torch.device,
+    dtype: torch.dtype | None,
+    options: dict[str, Any],
+) -> Engine:
+    """The engine ``name`` (``native``, ``hf`` or ``vllm``; :func:`engine_for` resolves ``auto``) for a policy of
+    ``config``: the native engine runs on ``replica()`` (a private copy, in its own dtype unless ``dtype`` is
+    given); ``hf`` builds its network on ``device``; vLLM starts from ``weights()``. ``hf`` and ``vllm`` run in
+    ``dtype`` (float32 when None); ``options`` are the engine's own (native: ``decode``; vllm: ``vllm.LLM``'s)."""
+    if name == "native":
+        from zoo.generation.native import NativeEngine
+
+        return NativeEngine(replica(), tokenizer=tokenizer, dtype=dtype, **options)
+    if name == "hf":
+        from zoo.generation.hf import HFEngine
+
+        return HFEngine(config, tokenizer, device=device, dtype=dtype, **options)
+    if name == "vllm":
+        from zoo.generation.vllm import VLLMEngine
+
+        return VLLMEngine(config, weights(), tokenizer, dtype=dtype, **options)
+    raise ConfigError(f"rollout engine {name!r} is not available; engines: {', '.join(ENGINES)}")
 
 
 def in_place_engine(model: Any, tokenizer: Any = None):

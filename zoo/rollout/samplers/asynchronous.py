@@ -31,12 +31,14 @@ import math
 import os
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from zoo.errors import ConfigError, require_int
 from zoo.generation.engine import GenerationResult, Sample
 from zoo.generation.native import NativeEngine
 from zoo.rl.rollout import Round
@@ -73,6 +75,39 @@ class _ChunkedStream:
         self.ready, self.handed = deque(state["ready"]), state["handed"]
 
 
+WORKERS = ("thread", "process", "ray")  # where the engine servers run
+
+
+@dataclass(frozen=True)
+class AsyncOptions:
+    """``rollout.async_ratio``'s settings (the rollout config's keys of the same names; see the module's
+    docstring)."""
+
+    async_ratio: float  # alpha: trained groups were begun at most this many policy versions ago
+    worker_device: str | list[str] | None = None  # None: the policy's; a list: worker k on device k, in turn
+    worker_threads: int | None = None  # each CPU server's torch threads (None: 1 on a CPU)
+    workers: str = "thread"  # thread | process | ray
+    wait_for_stragglers: bool = True
+    num_workers: int = 1
+    ray_address: str | None = None
+    worker_resources: dict | None = None
+    max_running: int | None = None  # the engines' rows in all (None: every request the budget allows)
+
+    def __post_init__(self) -> None:
+        ratio = self.async_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not ratio >= 0:
+            raise ConfigError(f"rollout.async_ratio must be a number >= 0 (or null), got {ratio!r}")
+        if self.worker_threads is not None:
+            require_int("rollout.worker_threads", self.worker_threads, 1)
+        if self.workers not in WORKERS:
+            raise ConfigError(f"rollout.workers {self.workers!r} is not one of {', '.join(WORKERS)}")
+        require_int("rollout.num_workers", self.num_workers, 1)
+        if self.workers != "ray" and (self.ray_address is not None or self.worker_resources):
+            raise ConfigError("rollout.ray_address and rollout.worker_resources are for rollout.workers=ray")
+        if self.max_running is not None:
+            require_int("rollout.max_running", self.max_running, 1)
+
+
 class AsyncSampler(Sampler):
     def __init__(self, callback, trainer: L.Trainer) -> None:
         data = trainer.datamodule
@@ -80,8 +115,9 @@ class AsyncSampler(Sampler):
         self.prompts_per_step = data.hparams.batch_size
         stream = PromptStream(len(self.problems), data.hparams.seed, trainer.global_rank, trainer.world_size)
         self.prompts = _ChunkedStream(stream, self.prompts_per_step)
-        wait = callback.wait_for_stragglers
-        self.buffer = SampleBuffer(self.prompts_per_step, callback.async_ratio, self.prompts, wait)
+        self.options: AsyncOptions = callback.async_options
+        wait = self.options.wait_for_stragglers
+        self.buffer = SampleBuffer(self.prompts_per_step, self.options.async_ratio, self.prompts, wait)
         self.workers: list[RolloutWorker] = []
         self.logged_at = 0.0
         self.logged = WorkerStats()
@@ -93,24 +129,25 @@ class AsyncSampler(Sampler):
     def start(self, module: L.LightningModule) -> None:
         """Start the worker's engine server on a copy of the policy and generate for the current version (at the
         first step: a resumed run's step and weights are restored by then, not yet when the fit starts)."""
-        callback, c = self.callback, module.rollout_config
+        callback, options, c = self.callback, self.options, module.rollout_config
         N = self.prompts_per_step
-        rows = callback.max_running or c.n * (N + math.ceil(N * self.buffer.async_ratio))  # the whole budget
-        chosen = callback.worker_device or str(module.device)
+        rows = options.max_running or c.n * (N + math.ceil(N * self.buffer.async_ratio))  # the whole budget
+        chosen = options.worker_device or str(module.device)
         devices = [torch.device(d) for d in (chosen if isinstance(chosen, list | tuple) else [chosen])]
         device = devices[0]
-        weights, lora = callback.replica_weights(module)
+        sync = callback.weight_sync
+        weights, lora = sync.worker_weights(module, in_process=options.workers == "thread")
         spec = EngineSpec(
             model_config=module.model.config,
             weights=weights,
             tokenizer=module.tokenizer,
-            dtype=callback.dtype,
+            dtype=sync.dtype,
             engine_options=callback.engine_options,
             device=str(device),
             max_running=rows,
             max_length=max(len(p["prompt_ids"]) for p in self.problems) + c.max_new_tokens,
             max_new_tokens=c.max_new_tokens,
-            threads=callback.worker_threads or (1 if device.type == "cpu" else None),
+            threads=options.worker_threads or (1 if device.type == "cpu" else None),
             lora=lora,
         )
         if device.type == "cpu" and module.device.type == "cpu":  # the server's cores are not the trainer's
@@ -120,22 +157,22 @@ class AsyncSampler(Sampler):
                 log.info("async rollout: the trainer keeps %d of %d cores' torch threads", trainer_threads, cores)
                 self.trainer_threads = torch.get_num_threads()  # given back when the worker stops
                 torch.set_num_threads(trainer_threads)
-        K = callback.num_workers
+        K = options.num_workers
         spec.max_running = rows = -(-rows // K)  # each worker's share of the rows
-        if callback.workers != "thread":  # the weights travel to another process: from host memory
+        if options.workers != "thread":  # the weights travel to another process: from host memory
             spec.weights = {name: tensor.cpu() for name, tensor in spec.weights.items()}
         self.workers = []
         for k in range(K):
             spec.device = str(devices[k % len(devices)])  # worker k's device (a list of them: one each, in turn)
-            if callback.workers == "process":
+            if options.workers == "process":
                 server = process_server(spec)
-            elif callback.workers == "ray":
+            elif options.workers == "ray":
                 from zoo.rollout.workers.ray_actors import ray_server
 
-                server = ray_server(spec, callback.ray_address, callback.worker_resources)
+                server = ray_server(spec, options.ray_address, dict(options.worker_resources or {}))
             else:
-                replica = callback.replica(module).to(spec.device)
-                engine = NativeEngine(replica, module.tokenizer, callback.dtype, **callback.engine_options)
+                replica = sync.replica(module).to(spec.device)
+                engine = NativeEngine(replica, module.tokenizer, sync.dtype, **callback.engine_options)
                 engine.load_weights(spec.weights.items())  # a fresh network when the policy is sharded or LoRA
                 server = thread_server(spec, engine)
             score, tokenizer = module.submit_scores, module.tokenizer
@@ -194,7 +231,7 @@ class AsyncSampler(Sampler):
         start = time.perf_counter()
         for worker in self.workers:
             worker.suspend()
-        weights = list(self.callback.weights(module))
+        weights = list(self.callback.weight_sync.weights(module))
         for worker in self.workers:
             worker.set_policy(weights, self.buffer.version + 1, module.sampling_params())
         self.buffer.advance(self.buffer.version + 1)

@@ -2,7 +2,7 @@
 that is more than the training loader's batch sent through the engine once.
 
 Samplers: tail batching (:class:`zoo.rollout.samplers.tail_batching.TailBatching`, a callback of its own), and the
-rollout callback's own: queue scheduling (:class:`zoo.rollout.callback.QueueSampler`), asynchronous rollout
+rollout callback's own: queue scheduling (:class:`zoo.rollout.samplers.queue.QueueSampler`), asynchronous rollout
 (:class:`zoo.rollout.samplers.asynchronous.AsyncSampler`) and multi-turn agents
 (:class:`zoo.rollout.samplers.agent.AgentSampler`). Each inherits :class:`Sampler`; the RL module finds one by
 that type. Its state is part of the checkpoint, so a resumed run draws the prompts the original would have.

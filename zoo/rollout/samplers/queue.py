@@ -35,15 +35,37 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import lightning as L
 import torch
 
-from zoo.generation.engine import Finished, Request, Sample
+from zoo.errors import require_int
+from zoo.generation.engine import Finished, GenerationResult, Request, Sample
 from zoo.generation.sampling import SamplingParams, row_seeds
 from zoo.rl.rewards import PendingRewards, RewardBatch
+from zoo.rl.rollout import Round
+from zoo.rollout.samplers.base import Sampler
+from zoo.text.loader import PromptStream
 
 DECISION_LAG = 8  # engine steps between a group's completion and its filtering decision
 
 Scorer = Callable[[Sequence[Any], Sequence[str]], PendingRewards]  # (the group's problems, its texts)
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    """``rollout.schedule=queue``'s settings (the rollout config's keys of the same names)."""
+
+    extra_prompts: int = 0  # prompts launched beyond the step's batch (redundant prompts)
+    filter_groups: bool = False  # groups whose rewards are all equal do not count (DAPO)
+    max_launched_prompts: int | None = None  # with filter_groups: at most this many a step (None: 4x the launch)
+    max_running: int | None = None  # the engine's rows (None: every launched request at once)
+
+    def __post_init__(self) -> None:
+        require_int("rollout.extra_prompts", self.extra_prompts, 0)
+        if self.max_launched_prompts is not None:
+            require_int("rollout.max_launched_prompts", self.max_launched_prompts, 1)
+        if self.max_running is not None:
+            require_int("rollout.max_running", self.max_running, 1)
 
 
 @dataclass
@@ -258,3 +280,100 @@ class QueuePlanner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.returned = list(state["returned"])
+
+
+def queue_round(
+    callback,
+    module: L.LightningModule,
+    problems: Sequence[dict],
+    launch: Sequence[int],
+    protected: Sequence[bool],
+    n: int,
+    complete_at: int,
+    needed: int,
+    more: Callable[[], int] | None = None,
+) -> tuple[Round, QueueOutcome]:
+    """One queue-scheduled step (:func:`run_queue_round`) on the rollout ``callback``'s engine, with its queue
+    options and the module's sampling params and scorer: the :class:`Round` it trains (its rewards already
+    computed) and the outcome; logged under ``rollout/`` and ``queue/``."""
+    options: QueueOptions = callback.queue_options
+    start = time.perf_counter()
+    outcome = run_queue_round(
+        callback.engine,
+        problems,
+        launch,
+        protected,
+        n,
+        complete_at,
+        needed,
+        module.sampling_params(),
+        module.submit_scores,
+        callback.engine.tokenizer,
+        more=more,
+        filter_groups=options.filter_groups,
+        max_launched=options.max_launched_prompts,
+        max_running=options.max_running,
+    )
+    seconds = time.perf_counter() - start
+    result = GenerationResult(outcome.samples, decode_steps=outcome.stats.decode_steps)
+    result.generated_tokens = outcome.stats.generated_tokens
+    launched = [problems[i] for i in outcome.launched]
+    step = Round.from_generation(launched, result, callback.engine.tokenizer, module.device)
+    step.rewards = outcome.rewards
+    callback.log_generation(module, result, seconds, "rollout")
+    stats = outcome.stats
+
+    def mean(values) -> float:
+        return sum(values) / len(values) if values else 0.0
+
+    module.log_dict(
+        {
+            "queue/occupancy": stats.occupancy,
+            "queue/waiting": stats.waiting,
+            "queue/aborted_requests": float(stats.aborted_requests),
+            "queue/filtered_groups": float(stats.filtered_groups),
+            "queue/filled_with_filtered": float(stats.filled_with_filtered),
+            "queue/launched_prompts": float(stats.launched_prompts),
+            "queue/reward_latency_s": mean(stats.reward_latency_s),
+            "queue/trained_length_mean": mean(stats.trained_lengths),
+            "queue/aborted_length_mean": mean(stats.aborted_lengths),
+        }
+    )
+    return step, outcome
+
+
+class QueueSampler(Sampler):
+    """Plain queue scheduling's choice of prompts (no tail batching): the training prompts in the loader's seeded
+    order (:class:`zoo.text.loader.PromptStream`; the training loader then only paces the steps) through a
+    :class:`QueuePlanner`, whose returned prompts come first."""
+
+    def __init__(self, callback, trainer: L.Trainer) -> None:
+        data = trainer.datamodule
+        self.callback, self.problems = callback, data.train_set
+        self.planner = QueuePlanner(data.hparams.batch_size, callback.queue_options.extra_prompts)
+        self.stream = PromptStream(len(self.problems), data.hparams.seed, trainer.global_rank, trainer.world_size)
+
+    def next_round(self, module: L.LightningModule) -> Round:
+        prompts, protected = self.planner.plan(self.stream.take)
+        n = module.rollout_config.n
+        step, outcome = queue_round(
+            self.callback,
+            module,
+            self.problems,
+            prompts,
+            protected,
+            n,
+            n,
+            self.planner.prompts_per_step,
+            more=lambda: self.stream.take(1, 1)[0],
+        )
+        self.planner.finish(outcome)
+        module.log("queue/returned_prompts", float(len(self.planner.returned)))
+        return step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"planner": self.planner.state_dict(), "stream": self.stream.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.planner.load_state_dict(state["planner"])
+        self.stream.load_state_dict(state["stream"])

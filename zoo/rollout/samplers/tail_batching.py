@@ -36,6 +36,7 @@ import lightning as L
 
 from zoo.errors import ConfigError
 from zoo.rollout.samplers.base import Sampler
+from zoo.rollout.samplers.queue import queue_round
 from zoo.text.loader import PromptStream
 
 
@@ -104,7 +105,7 @@ class TailBatching(L.Callback, Sampler):
         self._restored: dict[str, Any] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if getattr(pl_module.rollout_callback, "filter_groups", False):
+        if pl_module.rollout_callback.queue_options.filter_groups:
             raise ConfigError("rollout.filter_groups does not combine with sampler=tail_batching yet")
         data = trainer.datamodule
         self.problems = data.train_set
@@ -118,12 +119,12 @@ class TailBatching(L.Callback, Sampler):
     def next_round(self, module: L.LightningModule):
         """Plan a round, run it through the module's rollout stage, and return the :class:`Round` it trains."""
         launch = self.batcher.plan(self.stream.take)
-        queue = module.rollout_callback.schedule == "queue"
-        if queue:  # the round's quota and protection become queue rules (zoo.rollout.samplers.queue)
+        callback = module.rollout_callback
+        if callback.schedule == "queue":  # the round's quota and protection become queue rules
             needed = launch.quota or len(launch.prompts)
             protected = [launch.long] * len(launch.prompts)
-            step, _ = module.rollout_callback.queue_round(
-                module, self.problems, launch.prompts, protected, launch.n, launch.complete_at, needed
+            step, _ = queue_round(
+                callback, module, self.problems, launch.prompts, protected, launch.n, launch.complete_at, needed
             )
         else:
             problems = [self.problems[i] for i in launch.prompts]
