@@ -1,8 +1,8 @@
 """Causal-LM pretraining of any model in ``zoo.models``.
 
 The module takes the model's *config* (a plain dict naming its ``arch``), never a built network, so a
-checkpoint alone rebuilds it (``PretrainModule.load_from_checkpoint``). The network is built in
-``configure_model``, where the FSDP2 strategy shards it block by block.
+checkpoint alone rebuilds it (``PretrainModule.load_from_checkpoint``); where the network starts, its adapters and
+its checkpoints are every policy module's (:mod:`zoo.modules.policy`).
 
 Logged: ``train/loss``, ``train/grad_norm`` (before clipping), ``train/lr``, ``train/tokens_per_s`` (all ranks),
 ``train/tokens`` (seen so far), ``val/loss`` and ``val/ppl`` (token-weighted over the whole val split).
@@ -15,16 +15,12 @@ import statistics
 import time
 from typing import Any
 
-import lightning as L
 import torch
 from torchmetrics.aggregation import MeanMetric
 
-from zoo.hub.store import build_initialized, pinned_source
-from zoo.io.rebuilt_state import check_complete, drop_rebuilt
-from zoo.models import config_from_dict
-from zoo.training.lora import apply_lora, check_lora_start, frozen_base_rebuilt, frozen_entries, lora_settings
+from zoo.modules.policy import PolicyModule
 from zoo.training.optim import OptimConfig, build_adamw, build_schedule, ensure_finite
-from zoo.training.strategies import clip_grad_norm, shard_for_strategy
+from zoo.training.strategies import clip_grad_norm
 
 Batch = torch.Tensor | dict[str, torch.Tensor]
 
@@ -53,25 +49,18 @@ def _targets(batch: Batch) -> int:
     return int((batch["targets"] != -100).sum()) if isinstance(batch, dict) else batch[:, 1:].numel()
 
 
-class PretrainModule(L.LightningModule):
+class PretrainModule(PolicyModule):
+    counters = ("tokens_seen",)
+
     def __init__(
         self,
         model: dict[str, Any],
         optim: dict[str, Any] | None = None,
         compile: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(model)
         self.save_hyperparameters()
-        model = dict(model)
-        self.init_from = model.pop("init_from", None)
-        self.lora = lora_settings(model.pop("lora", None))
-        self.model_config = config_from_dict(model)
-        check_lora_start(self.lora, self.init_from)
-        # what a checkpoint leaves out (rebuilt) is checked in on_load_checkpoint instead
-        self.strict_loading = not self.rebuilds_state
         self.optim_config = OptimConfig.from_dict(optim)
-        self.model: torch.nn.Module | None = None
-        self.start: tuple[str, str] | None = None  # init_from and its fingerprint, when checkpoints rebuild from it
         self.val_loss = MeanMetric()
         self.tokens_seen = 0
         self.step_rates: list[float] = []  # tokens/s of every step timed so far
@@ -80,11 +69,7 @@ class PretrainModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        self.start = pinned_source(self.init_from, self.rebuilds_state)
-        self.model = build_initialized(self.model_config, self.init_from)
-        if self.lora is not None:
-            apply_lora(self.model, self.lora)
-        shard_for_strategy(self, self.model)
+        self.build_policy()
         self.loss_fn = torch.compile(causal_lm_loss) if self.hparams.compile else causal_lm_loss
 
     def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -154,22 +139,3 @@ class PretrainModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test")
-
-    # -- checkpoints ------------------------------------------------------------------------------------
-    @property
-    def rebuilds_state(self) -> bool:
-        return frozen_base_rebuilt(self.lora, self.init_from)
-
-    def rebuilt_entries(self) -> set[str]:
-        """The state-dict keys rebuilt at load rather than saved (:mod:`zoo.io.rebuilt_state`): a LoRA policy's frozen
-        base when it comes from ``model.init_from``."""
-        return frozen_entries(self.model, "model.") if self.rebuilds_state else set()
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["tokens_seen"] = self.tokens_seen
-        drop_rebuilt(checkpoint, self.rebuilt_entries(), self.start)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.tokens_seen = checkpoint.get("tokens_seen", 0)
-        source = self.start or pinned_source(self.init_from, self.rebuilds_state)
-        check_complete(self, checkpoint, self.rebuilt_entries(), source)

@@ -30,15 +30,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import lightning as L
 import torch
 from torchmetrics.aggregation import MeanMetric
 
 from zoo.errors import ConfigError, TrainingDiverged, config_section, require_int
 from zoo.generation.sampling import SamplingParams
-from zoo.hub.store import build_initialized, pinned_source
-from zoo.io.rebuilt_state import check_complete, drop_rebuilt
-from zoo.models import config_from_dict
+from zoo.modules.policy import PolicyModule
 from zoo.rl import advantages as estimators
 from zoo.rl.evaluation import correctness_runner, evaluate_pass_at_k, solved_groups
 from zoo.rl.losses import aggregate, kl_penalty
@@ -47,17 +44,10 @@ from zoo.rl.pg_variants import PolicyInputs, policy_loss, variant_options
 from zoo.rl.rewards import PendingRewards, RewardBatch, RewardRunner
 from zoo.rl.rollout import RolloutBatch, Round, token_logprobs
 from zoo.rollout.samplers.base import Sampler
-from zoo.training.lora import (
-    adapters_disabled,
-    apply_lora,
-    check_lora_start,
-    frozen_base_rebuilt,
-    frozen_entries,
-    lora_settings,
-)
+from zoo.training.lora import adapters_disabled
 from zoo.training.optim import OptimConfig, adamw_groups, build_adamw, build_schedule, ensure_finite
 from zoo.training.quantization import check_bits, quantize_frozen
-from zoo.training.strategies import clip_grad_norm, shard_for_strategy
+from zoo.training.strategies import clip_grad_norm
 
 
 @dataclass
@@ -100,7 +90,9 @@ class EvaluationConfig:
     max_new_tokens: int = 64
 
 
-class RLModule(L.LightningModule):
+class RLModule(PolicyModule):
+    counters = ("skipped_steps", "rollouts_consumed")
+
     def __init__(
         self,
         model: dict[str, Any],
@@ -111,14 +103,9 @@ class RLModule(L.LightningModule):
         credit: str = "none",
         credit_options: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(model)
         self.save_hyperparameters()
         self.automatic_optimization = False
-        model = dict(model)
-        self.init_from = model.pop("init_from", None)
-        self.lora = lora_settings(model.pop("lora", None))
-        self.model_config = config_from_dict(model)
-        check_lora_start(self.lora, self.init_from)
         self.optim_config = OptimConfig.from_dict(optim) if optim else OptimConfig(lr=1e-5)
         self.rollout_config = config_section(RolloutConfig, rollout, "module.rollout")
         self.algorithm = config_section(AlgorithmConfig, algorithm, "module.algorithm")
@@ -128,8 +115,6 @@ class RLModule(L.LightningModule):
                 "module.algorithm.reference_quantization: a LoRA policy's reference is its own base (adapters off), "
                 "not a copy; quantize that base with model.lora.quantize"
             )
-        # what a checkpoint leaves out (rebuilt) is checked in on_load_checkpoint instead
-        self.strict_loading = not self.rebuilds_state
         self.evaluation = config_section(EvaluationConfig, evaluation, "module.evaluation")
         if not self.algorithm.reward_timeout_s > 0:
             raise ConfigError(f"module.algorithm.reward_timeout_s must be > 0, got {self.algorithm.reward_timeout_s!r}")
@@ -139,8 +124,6 @@ class RLModule(L.LightningModule):
         self.credit = assignment if credit != "none" else None
         if self.algorithm.advantage not in (*estimators.SEQUENCE_ESTIMATORS, "reinforce_pp"):
             raise ConfigError(f"unknown module.algorithm.advantage {self.algorithm.advantage!r}")
-        self.model: torch.nn.Module | None = None  # the policy
-        self.start: tuple[str, str] | None = None  # init_from and its fingerprint, when checkpoints rebuild from it
         self.reference: torch.nn.Module | None = None
         self.val_metrics = torch.nn.ModuleDict()
         self.rewards: RewardRunner | None = None
@@ -152,18 +135,11 @@ class RLModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        self.start = pinned_source(self.init_from, self.rebuilds_state)
-        self.model = build_initialized(self.model_config, self.init_from)
-        self.copy_policy(self.model)
-        if self.lora is not None:
-            apply_lora(self.model, self.lora)
-        shard_for_strategy(self, self.model)  # under FSDP2 the policy is sharded block by block
+        self.build_policy()
 
     def copy_policy(self, policy: torch.nn.Module) -> None:
-        """The models started from the policy's weights, copied before it is sharded and before its LoRA adapters
-        are added: the frozen reference (each rank keeps a whole copy; quantized with
-        ``reference_quantization``; none for a LoRA policy, whose reference is itself with its adapters off); PPO
-        adds its critic."""
+        """The frozen reference (each rank keeps a whole copy; quantized with ``reference_quantization``; none for
+        a LoRA policy, whose reference is itself with its adapters off); PPO adds its critic."""
         a = self.algorithm
         if a.kl_coef > 0 and self.lora is None:
             self.reference = copy.deepcopy(policy).requires_grad_(False).eval()
@@ -455,26 +431,15 @@ class RLModule(L.LightningModule):
 
     @property
     def rebuilds_state(self) -> bool:
-        return frozen_base_rebuilt(self.lora, self.init_from) or self.algorithm.reference_quantization is not None
+        return super().rebuilds_state or self.algorithm.reference_quantization is not None
 
     def rebuilt_entries(self) -> set[str]:
-        """The state-dict keys rebuilt at load rather than saved (:mod:`zoo.io.rebuilt_state`): a LoRA policy's frozen
-        base when it comes from ``model.init_from``, a quantized reference (rebuilt from the starting weights)."""
-        rebuilt = frozen_entries(self.model, "model.") if frozen_base_rebuilt(self.lora, self.init_from) else set()
+        """A LoRA policy's frozen base (:class:`zoo.modules.policy.PolicyModule`) and a quantized reference (rebuilt
+        from the starting weights)."""
+        rebuilt = super().rebuilt_entries()
         if self.reference is not None and self.algorithm.reference_quantization is not None:
             rebuilt |= {f"reference.{k}" for k in self.reference.state_dict()}
         return rebuilt
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["skipped_steps"] = self.skipped_steps
-        checkpoint["rollouts_consumed"] = self.rollouts_consumed
-        drop_rebuilt(checkpoint, self.rebuilt_entries(), self.start)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.skipped_steps = checkpoint.get("skipped_steps", 0)
-        self.rollouts_consumed = checkpoint.get("rollouts_consumed", 0)
-        source = self.start or pinned_source(self.init_from, self.rebuilds_state)
-        check_complete(self, checkpoint, self.rebuilt_entries(), source)
 
     def trainable(self) -> torch.nn.Module:
         """What the optimizer updates (the policy; PPO adds its critic)."""
