@@ -32,6 +32,7 @@ from zoo.io.files import atomic_file
 from zoo.models import config_from_dict
 from zoo.models.hf import HFConfig, resolve_path, transformers_config
 from zoo.modules.pretrain import PretrainModule
+from zoo.rollout.callback import RolloutCallback
 
 log = logging.getLogger("zoo")
 
@@ -250,11 +251,20 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     )
 
 
+def build(command: str, cfg: DictConfig, run_dir: Path) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    """Everything a run needs, built and checked, nothing trained: the data, the module and the trainer with its
+    callbacks (a setting any of them refuses is a one-line error here)."""
+    datamodule = build_data(cfg, command)
+    module, trainer = build_module(command, cfg, datamodule), build_trainer(cfg, run_dir)
+    for callback in trainer.callbacks:
+        if isinstance(callback, RolloutCallback):  # the engine it picks for this network runs these settings
+            callback.check(module.model_config)
+    return datamodule, module, trainer
+
+
 def run(command: str, cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_data(cfg, command)
-    module = build_module(command, cfg, datamodule)
-    trainer = build_trainer(cfg, run_dir)
+    datamodule, module, trainer = build(command, cfg, run_dir)
     if trainer.is_global_zero and datamodule.tokenizer is not None:
         datamodule.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     if command == "fit":

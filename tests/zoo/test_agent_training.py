@@ -1,6 +1,8 @@
 """Multi-turn agents in RL training (zoo/rollout/samplers/agent.py): GRPO on trajectories with simulated
 environments raises the environment's reward; observations never reach the loss; settings are checked."""
 
+from types import SimpleNamespace
+
 import lightning as L
 import pytest
 import torch
@@ -105,3 +107,13 @@ def test_bad_agent_settings_are_named(agent, named):
 def test_agents_do_not_combine_with_asynchronous_rollout():
     with pytest.raises(ConfigError, match="rollout.agent runs its own"):
         RolloutCallback(agent={}, async_ratio=1)
+
+
+@pytest.mark.parametrize(
+    "settings, named", [(dict(agent={}), "rollout.agent"), (dict(async_ratio=1), "rollout.async_ratio")]
+)
+def test_a_hugging_face_policy_is_refused_before_anything_loads(settings, named):
+    callback = RolloutCallback(**settings)
+    callback.check(SimpleNamespace(arch="gpt_neox"))  # zoo's own: the native engine
+    with pytest.raises(ConfigError, match=f"{named} needs the native engine.*not yet a Hugging Face"):
+        RolloutCallback(**settings).check(SimpleNamespace(arch="hf"))

@@ -156,12 +156,14 @@ class RolloutCallback(L.Callback):
         elif self.synced_step != trainer.global_step:  # evaluate the current policy, not a stale copy
             self.sync(pl_module, trainer.global_step)
 
-    def build(self, pl_module: L.LightningModule) -> None:
-        policy, tokenizer = pl_module.model, pl_module.trainer.datamodule.tokenizer
-        options = self.engine_options
-        if self.weight_sync.quantization is not None and options.get("decode", "auto") == "auto":
-            options = {**options, "decode": "eager"}  # a sync replaces the quantized layers: no captured graphs
-        self.engine_name = engine_for(policy.config, self.engine_name)
+    def check(self, config: Any) -> None:
+        """Resolve the engine for a policy of ``config`` (``auto``: the one that suits it) and check that it runs
+        these settings: one line otherwise, before anything is loaded (:func:`zoo.run.build` calls this)."""
+        needs_native = {"async": "rollout.async_ratio", "agent": "rollout.agent"}.get(self.sampler_kind)
+        if needs_native and getattr(config, "arch", None) == "hf":
+            raise ConfigError(f"{needs_native} needs the native engine, which serves zoo's own models: not yet a "
+                              "Hugging Face (arch hf) policy")  # fmt: skip
+        self.engine_name = engine_for(config, self.engine_name)
         if self.sampler_kind in ("async", "agent") and self.engine_name != "native":
             raise ConfigError(f"rollout.async_ratio and rollout.agent need the native engine, not {self.engine_name}")
         if self.sampler_kind == "queue" and self.engine_name == "hf":
@@ -169,6 +171,13 @@ class RolloutCallback(L.Callback):
                 "rollout.schedule=queue needs a request-level engine (native for zoo's models, or vllm): the hf "
                 "engine runs batches only; use rollout.schedule=batch"
             )
+
+    def build(self, pl_module: L.LightningModule) -> None:
+        policy, tokenizer = pl_module.model, pl_module.trainer.datamodule.tokenizer
+        options = self.engine_options
+        if self.weight_sync.quantization is not None and options.get("decode", "auto") == "auto":
+            options = {**options, "decode": "eager"}  # a sync replaces the quantized layers: no captured graphs
+        self.check(policy.config)
         dtype = self.weight_sync.dtype
         if self.engine_name != "native":  # hf and vllm: by default the policy's own
             dtype = dtype or next(policy.parameters()).dtype
