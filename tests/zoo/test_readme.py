@@ -110,8 +110,8 @@ def test_every_command_line_builds(command, words, options, hf_models, tmp_path)
     """Composed, then built as ``zoo.run.run`` builds it: a setting refused by the data, the module or a callback
     fails here. What belongs to the reader stands in: a run or hub entry of their own is left out (a preset's
     ``init_from`` of an entry an earlier step pushes too), their model directory is a tiny Qwen2, their data files
-    placeholders in the task's format, their GPU this CPU; the data sizes shrink (training prompts are made when
-    the tokenizer is)."""
+    placeholders in the task's format, their GPU this CPU; the data and the tokenizer to train shrink (both are
+    made when the model's vocabulary is read)."""
     overrides, missing_files = [], []
     for word in words:
         key, value = word.split("=", 1)
@@ -133,7 +133,7 @@ def test_every_command_line_builds(command, words, options, hf_models, tmp_path)
             cfg.model.init_from = None  # pushed by an earlier step of the page
         if cfg.trainer.get("accelerator") == "gpu":
             cfg.trainer.accelerator, cfg.trainer.devices = "cpu", 1
-        for key, most in (("train_size", 64), ("val_size", 16)):
+        for key, most in (("train_size", 64), ("val_size", 16), ("vocab_size", 512)):
             if isinstance(cfg.data.get(key), int):
                 cfg.data[key] = min(cfg.data[key], most)
     build(command, cfg, tmp_path / "run")
