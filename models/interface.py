@@ -12,6 +12,7 @@ What the rest of zoo builds on it:
 - sharding: the strategies wrap each ``block_class`` module (:mod:`zoo.training.strategies`);
 - weights for a rollout engine: ``named_parameters()`` under the model's own names, which the ``hf`` and
   ``vllm`` engines rename into transformers' names (:func:`zoo.generation.transformers_view`);
+- the loop probes (:mod:`zoo.analysis.probes`) trace zoo's own networks, which are also :class:`Traceable`;
 - the tokenizer, with its chat template, comes with the weights (the hub entry, the HF directory) and lives in
   the data module (:mod:`zoo.text.chat`).
 """
@@ -54,4 +55,14 @@ class CausalLM(Protocol):
 
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The final-normed hidden states (B, T, H)."""
+        ...
+
+
+@runtime_checkable
+class Traceable(Protocol):
+    """zoo's own networks: their blocks' states can be traced (Hugging Face models cannot)."""
+
+    def trace(self, input_ids: torch.Tensor) -> Any:
+        """Run the blocks on ``input_ids`` and record every state they pass through (a
+        :class:`zoo.models.gpt_neox.StateTrace`)."""
         ...

@@ -25,6 +25,7 @@ def _policy(hf_models, arch, **settings) -> HFCausalLM:
 
 def test_zoo_and_hf_models_share_one_interface(hf_models):
     from zoo.models import CausalLM, GPTNeoX, GPTNeoXConfig, MeSH, MeSHConfig
+    from zoo.models.interface import Traceable
 
     dims = dict(vocab_size=64, hidden_size=32, num_attention_heads=4, intermediate_size=64)
     for model in (
@@ -36,6 +37,7 @@ def test_zoo_and_hf_models_share_one_interface(hf_models):
         ids = torch.randint(3, 64, (2, 7))
         assert model(ids).shape[:2] == (2, 7) and model.hidden_states(ids).shape[:2] == (2, 7)
         assert model.lm_head.weight.shape[0] >= 64 and model.embed.weight.shape[0] >= 64
+        assert isinstance(model, Traceable) == (model.config.arch != "hf")  # zoo's own blocks can be traced
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
 from zoo.analysis.probes import figures, loop_probes
+from zoo.models.interface import Traceable
 
 log = logging.getLogger("zoo")
 
@@ -31,7 +32,7 @@ class LoopProbes(L.Callback):
             log.info("loop probes: off for a sharded model")
             self.every_n_steps = 0
             return
-        if not hasattr(pl_module.model, "trace"):
+        if not isinstance(pl_module.model, Traceable):
             log.info("loop probes: off, they trace the blocks of zoo's own models only")
             self.every_n_steps = 0
             return

@@ -20,6 +20,7 @@ def probe_command(args: list[str]) -> None:
     from zoo.analysis.probes import figures, loop_probes
     from zoo.datamodules.text import TextDataModule
     from zoo.hub.store import load_model
+    from zoo.models.interface import Traceable
 
     parser = argparse.ArgumentParser(prog="zoo probe", description="the MeSH paper's loop probes of a model")
     parser.add_argument("source", help="a run directory, a .ckpt file, hub:NAME or a hub entry directory")
@@ -30,7 +31,7 @@ def probe_command(args: list[str]) -> None:
     opts = parser.parse_args(args)
     try:
         loaded = load_model(opts.source)
-        if not hasattr(loaded.model, "trace"):
+        if not isinstance(loaded.model, Traceable):
             raise ConfigError(f"{opts.source}: a Hugging Face model; the probes trace the blocks of zoo's models only")
         if loaded.tokenizer_dir is None:
             raise ConfigError(f"{opts.source}: no tokenizer saved with this checkpoint")
