@@ -24,7 +24,7 @@ from zoo.generation.native import NativeEngine  # noqa: E402
 from zoo.generation.sampling import SamplingParams  # noqa: E402
 from zoo.models import GPTNeoX  # noqa: E402
 from zoo.models.gpt_neox import PRESETS  # noqa: E402
-from zoo.rollout.callback import RolloutCallback  # noqa: E402
+from zoo.rollout.weights import WeightSync  # noqa: E402
 from zoo.training.lora import apply_lora, lora_layers, lora_settings  # noqa: E402
 
 
@@ -34,18 +34,18 @@ def synchronize(device: str) -> None:
 
 
 def measure(name: str, policy: torch.nn.Module, sync: str, args) -> dict:
-    callback = RolloutCallback(engine="native", lora_sync=sync)
+    weight_sync = WeightSync(lora_sync=sync)
     module = SimpleNamespace(model=policy, device=torch.device(args.device))
     dtype = {"fp32": None, "bf16": torch.bfloat16}[args.dtype]
-    engine = NativeEngine(callback.weight_sync.replica(module), dtype=dtype)
+    engine = NativeEngine(weight_sync.replica(module), dtype=dtype)
     sync_times = []
     for _ in range(args.repeats):
         synchronize(args.device)
         start = time.perf_counter()
-        engine.load_weights(callback.weight_sync.weights(module))  # as the rollout callback syncs: one tensor at a time
+        engine.load_weights(weight_sync.weights(module))  # as the rollout callback syncs: one tensor at a time
         synchronize(args.device)
         sync_times.append(time.perf_counter() - start)
-    sent = sum(t.numel() * t.element_size() for _, t in callback.weight_sync.weights(module))
+    sent = sum(t.numel() * t.element_size() for _, t in weight_sync.weights(module))
     prompts = torch.randint(0, policy.config.vocab_size, (args.batch, args.prompt)).tolist()
     params = SamplingParams(args.new, 1.0, seed=0)
     with engine.serving():
