@@ -17,6 +17,7 @@ from zoo.models import gpt_neox, mesh, recursive
 from zoo.models.gpt_neox import GPTNeoX, GPTNeoXConfig
 from zoo.models.hf import DECODER_LAYER_CLASSES, HFCausalLM, HFConfig
 from zoo.models.interface import CausalLM
+from zoo.models.llama import Llama, LlamaConfig
 from zoo.models.mesh import MeSH, MeSHConfig
 from zoo.models.recursive import RecursiveConfig, RecursiveGPTNeoX
 
@@ -24,6 +25,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     GPTNeoXConfig.arch: GPTNeoX,
     RecursiveConfig.arch: RecursiveGPTNeoX,
     MeSHConfig.arch: MeSH,
+    LlamaConfig.arch: Llama,
     HFConfig.arch: HFCausalLM,
 }
 # Named configurations from the papers (``zoo fit model=NAME``), every family's together.
@@ -65,6 +67,8 @@ __all__ = [
     "GPTNeoXConfig",
     "HFCausalLM",
     "HFConfig",
+    "Llama",
+    "LlamaConfig",
     "MeSH",
     "MeSHConfig",
     "PRESETS",

@@ -68,6 +68,10 @@ class GPTNeoXConfig:
         return self.hidden_size // self.num_attention_heads
 
     @property
+    def num_key_value_heads(self) -> int:  # every head has its own keys and values (a KV cache's heads)
+        return self.num_attention_heads
+
+    @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.rotary_pct)
 
@@ -171,12 +175,17 @@ class AttentionInputs:
     probe: AttentionProbe | None = None  # shown the maps of the attention calls it asks for
 
 
-class Rotary(nn.Module):
-    """cos/sin tables of the GPT-NeoX rotary embedding, precomputed in fp32 up to ``max_positions``."""
+def rope_frequencies(rotary_dim: int, base: float) -> torch.Tensor:
+    """The rotary embedding's inverse frequencies ``base^(-2i / rotary_dim)``, i < rotary_dim / 2, in fp32."""
+    return 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
 
-    def __init__(self, rotary_dim: int, base: float, max_positions: int) -> None:
+
+class Rotary(nn.Module):
+    """cos/sin tables of a rotary embedding (the half-rotation layout) of inverse frequencies ``inv_freq``,
+    precomputed in fp32 up to ``max_positions``."""
+
+    def __init__(self, inv_freq: torch.Tensor, max_positions: int) -> None:
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
         angles = torch.cat([angles, angles], dim=-1)
         self.register_buffer("cos", angles.cos(), persistent=False)
@@ -256,19 +265,24 @@ def attention_mask(
     past: int,
     device: torch.device,
     segment_ids: torch.Tensor | None = None,
+    window: int | None = None,
 ) -> torch.Tensor | None:
     """Boolean mask (B or 1, 1, T, past + T) for sdpa, or None when plain causal attention is exact.
 
     ``attention_mask`` (B, past + T) marks real tokens with 1 and padding with 0. Every query may always see
     itself, so a padding query never has an empty row (its output is unused, but must not be NaN).
     ``segment_ids`` (B, T) separates sequences packed into one row: a token attends within its segment only.
+    ``window``: a token attends to the last ``window`` positions only, itself included (a sliding window).
     """
-    if attention_mask is None and segment_ids is None and (past == 0 or num_new == 1):
-        return None
     total = past + num_new
+    windowed = window is not None and total > window
+    if attention_mask is None and segment_ids is None and not windowed and (past == 0 or num_new == 1):
+        return None
     query_pos = torch.arange(past, total, device=device)[:, None]
     key_pos = torch.arange(total, device=device)[None, :]
     mask = (key_pos <= query_pos)[None, None]
+    if windowed:
+        mask = mask & (key_pos > query_pos - window)[None, None]
     if segment_ids is not None:
         if past:
             raise ValueError("packed segments cannot be combined with a KV cache")
@@ -289,17 +303,27 @@ class GPTNeoX(nn.Module):
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
         self.build_blocks(config)
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm = self.final_norm(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.rotary = Rotary(config.rotary_dim, config.rotary_emb_base, config.max_position_embeddings)
+        self.rotary = self.rotary_embedding(config)
         init_weights(self, config.initializer_range, num_compute_blocks=self.num_attention_calls)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
 
     # Blocks that distributed strategies wrap or shard one by one.
     block_class = Block
+    sliding_window: int | None = None  # every token attends to every earlier one
 
     def build_blocks(self, config: GPTNeoXConfig) -> None:
         """The transformer blocks; variants (recursive, MeSH) lay them out differently."""
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+
+    def final_norm(self, config: GPTNeoXConfig) -> nn.Module:
+        return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def rotary_embedding(self, config: GPTNeoXConfig) -> Rotary:
+        inv_freq = rope_frequencies(config.rotary_dim, config.rotary_emb_base)
+        return Rotary(inv_freq, config.max_position_embeddings)
 
     @property
     def num_attention_calls(self) -> int:
@@ -311,7 +335,7 @@ class GPTNeoX(nn.Module):
         return KVCache(
             self.num_attention_calls,
             batch_size,
-            c.num_attention_heads,
+            c.num_key_value_heads,
             max_length,
             c.head_dim,
             dtype=dtype or self.embed.weight.dtype,
@@ -338,7 +362,8 @@ class GPTNeoX(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
         cos, sin = self.rotary(position_ids, dtype)
-        return AttentionInputs(cos, sin, attention_mask(mask, T, past, input_ids.device, segment_ids), cache, probe)
+        mask = attention_mask(mask, T, past, input_ids.device, segment_ids, self.sliding_window)
+        return AttentionInputs(cos, sin, mask, cache, probe)
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed(input_ids)

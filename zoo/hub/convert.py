@@ -1,8 +1,14 @@
-"""Conversion between transformers' GPT-NeoX format (EleutherAI's Pythia checkpoints) and zoo's GPTNeoX.
+"""Conversion between transformers' formats and zoo's own models.
 
-The weight layouts are identical (NeoX's per-head ``[q, k, v]`` fused projection included), so conversion is a
-renaming of keys; configs map field by field. Export writes EleutherAI's own names (``embed_out``,
-``rotary_pct``, ``rotary_emb_base``), which every transformers version loads.
+- GPT-NeoX (EleutherAI's Pythia checkpoints) and zoo's GPTNeoX: the weight layouts are identical (NeoX's per-head
+  ``[q, k, v]`` fused projection included), so conversion is a renaming of keys; configs map field by field.
+  Export writes EleutherAI's own names (``embed_out``, ``rotary_pct``, ``rotary_emb_base``), which every
+  transformers version loads.
+- The Llama family (``model_type`` llama, qwen2, qwen3, mistral) and zoo's Llama: q, k and v projections are
+  concatenated into zoo's ``qkv`` and the MLP's gate and up into its ``fc`` (split again on export); configs map
+  field by field, the rope settings from transformers 5's ``rope_parameters`` or the older ``rope_theta`` and
+  ``rope_scaling``. Export names the ``model_type`` that holds the config: qwen3 for q/k norms, qwen2 for biases
+  on q, k, v alone, mistral for a sliding window, llama otherwise.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 import torch
 
 from zoo.models.gpt_neox import GPTNeoXConfig
+from zoo.models.llama import LlamaConfig
 
 # zoo name pattern -> HF name pattern ({} is the layer index)
 _GPT_NEOX_WEIGHTS = {
@@ -128,3 +135,157 @@ def gpt_neox_config_to_hf(config: GPTNeoXConfig) -> dict[str, Any]:
         "use_cache": True,
         "torch_dtype": "float32",
     }
+
+
+# -- the Llama family ------------------------------------------------------------------------------------------
+LLAMA_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+_LLAMA_WEIGHTS = {  # zoo name pattern -> HF name pattern, for what maps one to one
+    "embed.weight": "model.embed_tokens.weight",
+    "blocks.{}.norm_1.weight": "model.layers.{}.input_layernorm.weight",
+    "blocks.{}.norm_2.weight": "model.layers.{}.post_attention_layernorm.weight",
+    "blocks.{}.attn.proj.weight": "model.layers.{}.self_attn.o_proj.weight",
+    "blocks.{}.attn.proj.bias": "model.layers.{}.self_attn.o_proj.bias",
+    "blocks.{}.attn.q_norm.weight": "model.layers.{}.self_attn.q_norm.weight",
+    "blocks.{}.attn.k_norm.weight": "model.layers.{}.self_attn.k_norm.weight",
+    "blocks.{}.mlp.proj.weight": "model.layers.{}.mlp.down_proj.weight",
+    "blocks.{}.mlp.proj.bias": "model.layers.{}.mlp.down_proj.bias",
+    "norm.weight": "model.norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
+_LLAMA_TO_HF = [(_pattern(z), h) for z, h in _LLAMA_WEIGHTS.items()]
+_LLAMA_FROM_HF = [(_pattern(h), z) for z, h in _LLAMA_WEIGHTS.items()]
+_FUSED = {  # zoo's fused projection -> the HF projections it concatenates, in order
+    "attn.qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "mlp.fc": ("mlp.gate_proj", "mlp.up_proj"),
+}
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def llama_config_from_hf(hf: Mapping[str, Any]) -> LlamaConfig:
+    """A ``config.json`` of the Llama family (``model_type`` llama, qwen2, qwen3 or mistral) → zoo config."""
+    model_type = hf.get("model_type")
+    if model_type not in LLAMA_MODEL_TYPES:
+        raise ValueError(f"config.json has model_type {model_type!r}, not one of {', '.join(LLAMA_MODEL_TYPES)}")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act {hf['hidden_act']!r} is not supported (the Llama family uses 'silu')")
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    bias = hf.get("attention_bias", False)
+    window = hf.get("sliding_window") if hf.get("use_sliding_window", model_type == "mistral") else None
+    eos = hf.get("eos_token_id")
+    return LlamaConfig(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_hidden_layers=hf["num_hidden_layers"],
+        num_attention_heads=hf["num_attention_heads"],
+        num_key_value_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        max_position_embeddings=hf.get("max_position_embeddings", 4096),
+        rope_theta=float(theta),
+        rope_scaling=rope if rope_type != "default" else None,
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        attention_bias=True if model_type == "qwen2" else bias,
+        attention_out_bias=False if model_type == "qwen2" else bias,
+        mlp_bias=hf.get("mlp_bias", False),
+        qk_norm=model_type == "qwen3",
+        sliding_window=window,
+        tie_word_embeddings=hf.get("tie_word_embeddings", False),
+        initializer_range=hf.get("initializer_range", 0.02),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=eos[0] if isinstance(eos, list) else eos,
+    )
+
+
+def llama_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
+    """zoo config → a ``config.json`` of the model_type that holds it (see the module's docstring)."""
+    if config.qk_norm:
+        model_type, architecture = "qwen3", "Qwen3ForCausalLM"
+    elif config.attention_bias != config.attention_out_bias:
+        model_type, architecture = "qwen2", "Qwen2ForCausalLM"
+    elif config.sliding_window is not None:
+        model_type, architecture = "mistral", "MistralForCausalLM"
+    else:
+        model_type, architecture = "llama", "LlamaForCausalLM"
+    if model_type != "llama" and config.mlp_bias:
+        raise ValueError(f"mlp_bias has no place in a {model_type} config")
+    if model_type == "qwen2" and not config.attention_bias:
+        raise ValueError("a bias on the attention's output alone has no transformers config")
+    values = {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads,
+        "head_dim": config.head_dim,
+        "intermediate_size": config.intermediate_size,
+        "max_position_embeddings": config.max_position_embeddings,
+        "rope_theta": config.rope_theta,
+        "rope_parameters": {"rope_type": "default", **(config.rope_scaling or {}), "rope_theta": config.rope_theta},
+        "rms_norm_eps": config.rms_norm_eps,
+        "hidden_act": "silu",
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "initializer_range": config.initializer_range,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "use_cache": True,
+        "torch_dtype": "float32",
+    }
+    if model_type in ("llama", "qwen3"):
+        values["attention_bias"] = config.attention_bias
+    if model_type == "llama":
+        values["mlp_bias"] = config.mlp_bias
+    if model_type == "qwen2":
+        values["use_sliding_window"] = config.sliding_window is not None
+    values["sliding_window"] = config.sliding_window
+    return values
+
+
+def llama_state_dict_from_hf(hf_state: Mapping[str, torch.Tensor], config: LlamaConfig) -> dict[str, torch.Tensor]:
+    """transformers' Llama-family weights → zoo's (q, k, v and gate, up concatenated; a tied head left out)."""
+    out, parts = {}, {}
+    for name, tensor in hf_state.items():
+        if name.endswith("rotary_emb.inv_freq"):
+            continue
+        if (m := _LAYER.match(name)) and any(m[2] in hf for hf in _FUSED.values()):
+            parts[(m[1], m[2], m[3])] = tensor
+            continue
+        zoo_name = _rename(name, _LLAMA_FROM_HF)
+        if zoo_name is None:
+            raise ValueError(f"unexpected weight {name!r} in a Llama-family checkpoint")
+        out[zoo_name] = tensor
+    for layer in range(config.num_hidden_layers):
+        for fused, pieces in _FUSED.items():
+            for kind in ("weight", "bias"):
+                found = [parts.get((str(layer), piece, kind)) for piece in pieces]
+                if all(t is not None for t in found):
+                    out[f"blocks.{layer}.{fused}.{kind}"] = torch.cat(found)
+                elif any(t is not None for t in found) or kind == "weight":
+                    raise ValueError(f"layer {layer}: {', '.join(pieces)} {kind}s are incomplete")
+    if config.tie_word_embeddings:
+        out.pop("lm_head.weight", None)
+        out["lm_head.weight"] = out["embed.weight"]
+    return out
+
+
+def llama_state_dict_to_hf(state: Mapping[str, torch.Tensor], config: LlamaConfig) -> dict[str, torch.Tensor]:
+    """zoo's Llama weights → transformers' names (the fused projections split; a tied head written once)."""
+    q = config.num_attention_heads * config.head_dim
+    kv = config.num_key_value_heads * config.head_dim
+    widths = {"attn.qkv": [q, kv, kv], "mlp.fc": [config.intermediate_size] * 2}
+    out = {}
+    for name, tensor in state.items():
+        if config.tie_word_embeddings and name == "lm_head.weight":
+            continue
+        if (m := re.match(r"^blocks\.(\d+)\.(attn\.qkv|mlp\.fc)\.(weight|bias)$", name)) is not None:
+            for piece, part in zip(_FUSED[m[2]], tensor.split(widths[m[2]]), strict=True):
+                out[f"model.layers.{m[1]}.{piece}.{m[3]}"] = part
+            continue
+        hf_name = _rename(name, _LLAMA_TO_HF)
+        if hf_name is None:
+            raise ValueError(f"zoo weight {name!r} has no Llama-family (HF) counterpart")
+        out[hf_name] = tensor
+    return out
