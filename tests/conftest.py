@@ -186,9 +186,10 @@ HF_ARCHITECTURES = {  # tiny random-weight configs of two architectures zoo does
 }  # fmt: skip
 
 
-def save_tiny_hf_model(directory: Path, model_type: str, chat: bool, seed: int = 0) -> Path:
-    """A tiny random-weight transformers causal LM of ``model_type`` with a BPE tokenizer trained on arithmetic
-    prompts (with ChatML special tokens and template when ``chat``), saved as a Hugging Face model directory."""
+def save_tiny_hf_model(directory: Path, model_type: str, chat: bool, seed: int = 0, **config) -> Path:
+    """A tiny random-weight transformers causal LM of ``model_type`` (``config`` overrides its settings) with a BPE
+    tokenizer trained on arithmetic prompts (with ChatML special tokens and template when ``chat``), saved as a
+    Hugging Face model directory."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -206,7 +207,7 @@ def save_tiny_hf_model(directory: Path, model_type: str, chat: bool, seed: int =
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **HF_ARCHITECTURES[model_type],
+        **{**HF_ARCHITECTURES[model_type], **config},
     )
     AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -226,11 +227,11 @@ def hf_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def tiny_hf_model(tmp_path):
-    """``tiny_hf_model(model_type, chat=False)``: a tiny HF model of any architecture in HF_ARCHITECTURES, saved
-    under ``tmp_path`` for this test alone."""
+    """``tiny_hf_model(model_type, chat=False, **config)``: a tiny HF model of any architecture in HF_ARCHITECTURES
+    (``config`` overrides its settings), saved under ``tmp_path`` for this test alone."""
 
-    def make(model_type: str, chat: bool = False) -> Path:
-        return save_tiny_hf_model(tmp_path / model_type, model_type, chat)
+    def make(model_type: str, chat: bool = False, **config) -> Path:
+        return save_tiny_hf_model(tmp_path / model_type, model_type, chat, **config)
 
     return make
 

@@ -26,7 +26,7 @@ from zoo.callbacks.fact_recall import FactRecall
 from zoo.callbacks.probes import LoopProbes
 from zoo.callbacks.progress import ProgressBar
 from zoo.errors import ConfigError, ZooError, require_int
-from zoo.hub.store import starting_point
+from zoo.hub.store import native_model_type, starting_point
 from zoo.io.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 from zoo.io.files import atomic_file
 from zoo.models import config_from_dict
@@ -73,12 +73,15 @@ def model_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str
 
 def _architecture(values: dict[str, Any], datamodule: L.LightningDataModule) -> dict[str, Any]:
     loading = {k: values[k] for k in HF_LOADING if k in values}  # how to load an HF model, where it says
-    if values.get("arch") != "hf" and "path" in values:  # method=sft|grpo|ppo model.path=DIR: an HF model
+    impl = values.pop("impl", "auto")  # who implements a Hugging Face directory's model (zoo.hub.store)
+    if values.get("arch") != "hf" and "path" in values:  # method=sft|grpo|ppo model.path=DIR: a model on disk
         path = values.pop("path")
-        if path:
+        if path and not values.get("init_from") and native_model_type(resolve_path(path), impl):
+            values = {"init_from": path}  # zoo's own implementation of its family, the directory's weights
+        elif path:
             values = {"arch": "hf", "path": path, "init_from": values.get("init_from"), **loading}
     if init_from := values.get("init_from"):
-        config = starting_point(init_from)[0]
+        config = starting_point(init_from, impl)[0]
         if config["arch"] == "hf":  # how to load it stays the user's choice (model=hf model.dtype=bfloat16 ...)
             config |= loading
         values = {**config, "init_from": init_from}

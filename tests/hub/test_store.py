@@ -261,11 +261,12 @@ def test_a_killed_push_leaves_nothing_in_the_list_and_its_leftovers_are_removed(
     assert not leftover.exists() and not stale_file.exists() and live.exists()
 
 
-def test_a_model_of_another_architecture_is_an_hf_entry_kept_in_its_own_format(hf_models, tmp_path):
+def test_a_model_pulled_with_impl_hf_is_an_hf_entry_kept_in_its_own_format(hf_models, tmp_path):
+    """--impl hf (or an architecture zoo does not implement): the transformers directory is kept as it is."""
     from zoo.hub.store import starting_point
 
     source = hf_models["qwen2"]
-    entry = Hub().pull(str(source), name="tiny-qwen2")
+    entry = Hub().pull(str(source), name="tiny-qwen2", impl="hf")
     assert entry.config == {"arch": "hf", "model_type": "qwen2"}
     assert {"hf/config.json", "hf/model.safetensors", "tokenizer/chat_template.jinja"} <= set(entry.manifest["files"])
     assert (entry.path / "hf" / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
@@ -286,7 +287,31 @@ def test_a_model_of_another_architecture_is_an_hf_entry_kept_in_its_own_format(h
         Hub().entry("tiny-qwen2")
 
 
-def test_an_hf_directory_with_a_weight_missing_is_refused(hf_models, tmp_path):
+def test_a_llama_family_model_is_pulled_into_zoos_own_implementation(hf_models, tmp_path):
+    from zoo.hub.store import starting_point
+
+    source = hf_models["qwen2"]
+    entry = Hub().pull(str(source), name="native-qwen2")
+    assert entry.config["arch"] == "llama" and entry.config["attention_bias"] and entry.config["tie_word_embeddings"]
+    assert "tokenizer/chat_template.jinja" in entry.manifest["files"]
+    assert starting_point(str(source))[0] == entry.config  # model.init_from=DIR builds the same native model
+    assert starting_point(str(source), impl="hf")[0] == {"arch": "hf", "path": str(source)}
+    ids = torch.randint(3, 90, (2, 9))
+    peer = AutoModelForCausalLM.from_pretrained(source).eval()
+    with torch.no_grad():
+        expected = peer(ids).logits
+        torch.testing.assert_close(entry.build_model().eval()(ids), expected, atol=1e-5, rtol=0)
+        exported = AutoModelForCausalLM.from_pretrained(Hub().export_hf("native-qwen2", tmp_path / "out")).eval()
+        torch.testing.assert_close(exported(ids).logits, expected, atol=1e-5, rtol=0)
+    assert AutoTokenizer.from_pretrained(tmp_path / "out").chat_template
+
+
+@pytest.mark.parametrize(
+    "impl, says",
+    [("hf", "weights do not match its config: missing model.layers.1.mlp.up_proj"),
+     ("auto", "layer 1: mlp.gate_proj, mlp.up_proj weights are incomplete")],
+)  # fmt: skip
+def test_an_hf_directory_with_a_weight_missing_is_refused(hf_models, tmp_path, impl, says):
     from safetensors.torch import load_file
 
     broken = tmp_path / "broken"
@@ -296,6 +321,6 @@ def test_an_hf_directory_with_a_weight_missing_is_refused(hf_models, tmp_path):
     state = load_file(broken / "model.safetensors")
     del state["model.layers.1.mlp.up_proj.weight"]
     save_file(state, broken / "model.safetensors", {"format": "pt"})
-    with pytest.raises(HubError, match=r"broken: weights do not match its config: missing model.layers.1.mlp.up_proj"):
-        Hub().pull(str(broken))
+    with pytest.raises(HubError, match=f"broken: {says}"):
+        Hub().pull(str(broken), impl=impl)
     assert not _published(Hub())

@@ -202,7 +202,8 @@ def _variant(source, target, vocab_rows=None, swap_tokens=False):
 
 
 def test_the_default_critics_with_a_hugging_face_policy_say_what_to_set(run_zoo, hf_models):
-    process = run_zoo("fit", "method=asyppo", f"model.path={hf_models['qwen2']}", *HF_QUICK, check=False)
+    process = run_zoo("fit", "method=asyppo", f"model.path={hf_models['qwen2']}", "model.impl=hf", *HF_QUICK,
+                      check=False)  # fmt: skip
     assert process.returncode != 0 and "Traceback" not in process.stderr
     (line,) = [line for line in process.stderr.splitlines() if "module.asyppo.critic_model" in line]
     assert "hidden_size" in line and "critic_model=null" in line and "+module.asyppo.critic_model={arch: hf" in line

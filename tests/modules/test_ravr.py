@@ -115,7 +115,7 @@ def test_ravr_from_the_command_line_on_zoos_model_and_on_a_hugging_face_policy(r
               "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false"]  # fmt: skip
     run_zoo("fit", "method=ravr", "model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
             "model.intermediate_size=64", *common, "name=ravr_zoo")  # fmt: skip
-    run_zoo("fit", "method=ravr", f"model.init_from={hf_models['qwen2']}", *common, "name=ravr_hf",
+    run_zoo("fit", "method=ravr", f"model.init_from={hf_models['qwen2']}", "model.impl=hf", *common, "name=ravr_hf",
             "data.posterior_prompt='{prompt} (The answer is {answer}; reason towards it.)'")  # fmt: skip
     for name, engine in (("ravr_zoo", "native"), ("ravr_hf", "hf")):
         (run,) = [p.parent for p in (tmp_path / "runs" / name).rglob("metrics.json")]

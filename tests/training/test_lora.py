@@ -300,6 +300,7 @@ def test_a_hugging_face_policy_takes_adapters_and_pushes_merged(run_zoo, hf_mode
         "fit",
         "method=grpo",
         f"model.path={hf_models['qwen2']}",
+        "model.impl=hf",
         "model.lora.r=4",
         "module.algorithm.kl_coef=0.05",
         "data.train_size=64",

@@ -44,7 +44,8 @@ def test_a_run_without_budgets_says_so(run_zoo, tmp_path, trained_run):
 
 
 def test_a_hugging_face_policy_with_a_chat_template_trains_and_reports_under_budgets(run_zoo, tmp_path, hf_models):
-    run_zoo("fit", "method=bard_sft", f"model.init_from={hf_models['qwen2']}", "data.train_size=60", "data.val_size=2",
+    run_zoo("fit", "method=bard_sft", f"model.init_from={hf_models['qwen2']}", "model.impl=hf", "data.train_size=60",
+            "data.val_size=2",
             "data.seq_len=256", "data.budgets.levels=[20,32]", "trainer.max_steps=2", "trainer.val_check_interval=2",
             "module.evaluation.max_new_tokens=6", "trainer.enable_progress_bar=false")  # fmt: skip
     sft = _run_dir(tmp_path / "runs" / "bard_sft")

@@ -29,19 +29,26 @@ def _run(tmp_path: Path, name: str) -> Path:
     return run
 
 
-@pytest.mark.parametrize("arch, method, key", [("llama", "grpo", "model.path"), ("qwen2", "ppo", "model.init_from")])
-def test_sft_then_hub_then_rl(hf_models, tmp_path, monkeypatch, arch, method, key):
+@pytest.mark.parametrize(
+    "arch, method, key, impl", [("llama", "grpo", "model.path", "hf"), ("qwen2", "ppo", "model.init_from", "auto")]
+)
+def test_sft_then_hub_then_rl(hf_models, tmp_path, monkeypatch, arch, method, key, impl):
+    """A Hugging Face directory trained through transformers (model.impl=hf) or through zoo's own Llama-family
+    implementation (auto: the native engine samples it), SFT then the hub then RL."""
     monkeypatch.chdir(tmp_path)
     _zoo(
-        "fit", "method=sft", f"{key}={hf_models[arch]}", *QUICK, "data.seq_len=96", "data.batch_size=8",
-        "trainer.max_steps=80", "trainer.val_check_interval=80", "module.optim.lr=1e-2", "name=sft",
+        "fit", "method=sft", f"{key}={hf_models[arch]}", f"model.impl={impl}", *QUICK, "data.seq_len=96",
+        "data.batch_size=8", "trainer.max_steps=80", "trainer.val_check_interval=80", "module.optim.lr=1e-2",
+        "name=sft",
     )  # fmt: skip
     sft = _run(tmp_path, "sft")
     metrics = json.loads((sft / "metrics.json").read_text())
     assert metrics["global_step"] == 80 and metrics["val/loss"] < 2.0  # from ln(258) = 5.6 at random init
     _zoo("hub", "push", str(sft), "--name", f"{arch}-sft")
     entry = Hub().entry(f"{arch}-sft")
-    assert entry.config == {"arch": "hf", "model_type": arch} and entry.card_metadata["global_step"] == 80
+    native = impl == "auto"
+    assert entry.config["arch"] == "llama" if native else entry.config == {"arch": "hf", "model_type": arch}
+    assert entry.card_metadata["global_step"] == 80
 
     _zoo(
         "fit", f"method={method}", f"model.init_from=hub:{arch}-sft", *QUICK, "data.batch_size=4",
@@ -51,7 +58,7 @@ def test_sft_then_hub_then_rl(hf_models, tmp_path, monkeypatch, arch, method, ke
     rl = _run(tmp_path, method)
     metrics = json.loads((rl / "metrics.json").read_text())
     assert metrics["global_step"] == 3 and "val/pass@1" in metrics and "policy/kl_to_reference" in metrics
-    assert "rollout: hf engine" in (rl / "cli.log").read_text()
+    assert f"rollout: {'native' if native else 'hf'} engine" in (rl / "cli.log").read_text()
     assert ("critic/value_loss" in metrics) == (method == "ppo")
 
 
@@ -78,11 +85,20 @@ def test_validate_rebuilds_an_hf_run_from_its_checkpoint(hf_models, tmp_path, mo
         (["model=hf", "model.path=/no/such/dir"], "model.path=/no/such/dir: no such directory, and not in the local"),
         (["method=grpo", "model.init_from=/no/such/dir"], "model.init_from=/no/such/dir: no such directory"),
         (["method=grpo", "model.path=/no/such/dir"], "model.path=/no/such/dir: no such directory"),
-        (["method=grpo", "model.init_from={llama}", "rollout=native"], "the native engine serves zoo's own models"),
         (
-            ["method=sft", "model.init_from={llama}", "data.tokenizer={qwen2}"],
+            ["method=grpo", "model.init_from={llama}", "model.impl=hf", "rollout=native"],
+            "the native engine serves zoo's own models",
+        ),
+        (
+            ["method=sft", "model.init_from={llama}", "model.impl=hf", "data.tokenizer={qwen2}"],
             "the tokenizer has 260 tokens, the model at",
         ),
+        (
+            ["method=sft", "model.init_from={llama}", "data.tokenizer={qwen2}"],
+            "model.vocab_size=258 is smaller than the tokenizer's 260 tokens",
+        ),
+        (["method=sft", "model.path={opt}", "model.impl=native"], "holds a 'opt' model; zoo implements gpt_neox"),
+        (["method=sft", "model.path={llama}", "model.impl=fast"], "model.impl='fast' is not one of auto, native, hf"),
         (["model=hf", "model.path={llama}", "model.dtype=int4"], "model.dtype must be one of"),
         (["method=sft", "model.init_from={unknown}"], "model_type 'no-such-arch' is not a causal LM"),
     ],
@@ -102,12 +118,13 @@ def test_mistakes_end_in_one_line(hf_models, tmp_path, monkeypatch, capsys, args
 
 def test_an_hf_run_resumes_and_the_probes_say_what_they_cannot_do(hf_models, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    args = ["method=grpo", f"model.path={hf_models['llama']}", *QUICK, "data.batch_size=4", "module.rollout.n=2"]
+    args = ["method=grpo", f"model.path={hf_models['llama']}", "model.impl=hf", *QUICK, "data.batch_size=4",
+            "module.rollout.n=2"]  # fmt: skip
     _zoo("fit", *args, "trainer.max_steps=2", "checkpoint.every_n_train_steps=1", "name=first")
     first = _run(tmp_path, "first")
     _zoo("fit", f"resume={first}", "trainer.max_steps=4")
     assert json.loads((first / "metrics.json").read_text())["global_step"] == 4
-    Hub().pull(str(hf_models["llama"]), name="llama")
+    Hub().pull(str(hf_models["llama"]), name="llama", impl="hf")
     with pytest.raises(SystemExit):
         _zoo("probe", "hub:llama")
     assert "zoo: error: hub:llama: a Hugging Face model; the probes trace the blocks of zoo's models only" in (

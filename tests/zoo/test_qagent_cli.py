@@ -69,3 +69,14 @@ def test_bad_settings_fail_in_one_line(run_zoo):
     process = run_zoo("fit", "method=qagent", *RL, "rollout.agent.environment_options.corpus=/nowhere.jsonl",
                       check=False)  # fmt: skip
     assert process.returncode == 2 and "corpus not found: /nowhere.jsonl" in process.stderr
+
+
+def test_a_llama_family_policy_runs_the_agent_loop_on_the_native_engine(run_zoo, tmp_path, tiny_hf_model):
+    """The README's QAgent-with-your-model command, with a tiny Qwen2 directory (long enough for the transcripts):
+    zoo's own Llama-family model, sampled turn by turn by the native engine."""
+    policy = tiny_hf_model("qwen2", chat=True, max_position_embeddings=1024)
+    run_zoo("fit", "method=qagent", f"model.init_from={policy}", *RL[4:], "rollout.agent.max_context=640",
+            "trainer.max_steps=2", "trainer.val_check_interval=2", "name=llama_agent")  # fmt: skip
+    run, metrics = _metrics(tmp_path / "runs" / "llama_agent")
+    assert metrics["global_step"] == 2 and metrics["agent/turns_mean"] > 1 and metrics["val/searches"] > 0
+    assert "rollout: native engine" in (run / "cli.log").read_text()

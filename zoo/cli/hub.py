@@ -26,6 +26,8 @@ def hub_command(args: list[str]) -> None:
     pull.add_argument("source")
     pull.add_argument("--name")
     pull.add_argument("--force", action="store_true")
+    pull.add_argument("--impl", default="auto", choices=["auto", "native", "hf"],
+                      help="auto: zoo's own model where it implements the family")  # fmt: skip
     merge = sub.add_parser("merge", help="merge an adapter entry (a LoRA run) into its base as a full entry")
     merge.add_argument("name")
     merge.add_argument("--name", dest="new_name", required=True, help="the full entry's name")
@@ -41,7 +43,7 @@ def hub_command(args: list[str]) -> None:
             entry = hub.push(opts.source, opts.name, overwrite=opts.force)
             print(f"pushed {entry.name} -> {entry.path}")
         elif opts.action == "pull":
-            entry = hub.pull(opts.source, opts.name, overwrite=opts.force)
+            entry = hub.pull(opts.source, opts.name, overwrite=opts.force, impl=opts.impl)
             print(f"pulled {opts.source} -> {entry.path}")
         elif opts.action == "merge":
             entry = hub.merge(opts.name, opts.new_name, overwrite=opts.force)

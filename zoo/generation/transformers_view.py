@@ -17,17 +17,19 @@ def transformers_view(config: Any, engine: str) -> tuple[Any, Renaming]:
     """A policy's architecture as a transformers config, and the function that renames its (zoo-named) weights
     into transformers' names."""
     arch = getattr(config, "arch", None)
-    if arch == "gpt_neox":
-        from transformers import GPTNeoXConfig
+    if arch in ("gpt_neox", "llama"):
+        from transformers import AutoConfig
 
-        from zoo.hub.convert import gpt_neox_config_to_hf, gpt_neox_state_dict_to_hf
+        from zoo.hub.convert import config_to_hf, state_dict_to_hf
 
-        values = {k: v for k, v in gpt_neox_config_to_hf(config).items() if k != "torch_dtype"}
-        return GPTNeoXConfig(**values), lambda weights: gpt_neox_state_dict_to_hf(dict(weights))
+        values = {k: v for k, v in config_to_hf(config).items() if k not in ("torch_dtype", "architectures")}
+        architecture = AutoConfig.for_model(values.pop("model_type"), **values)
+        return architecture, lambda weights: state_dict_to_hf(dict(weights), config)
     if arch == "hf":
         from zoo.models.hf import transformers_config
 
         return transformers_config(config.path), lambda weights: {n.removeprefix("hf."): t for n, t in weights}
     raise ConfigError(
-        f"the {engine} engine serves Pythia (gpt_neox) and Hugging Face (hf) policies, not {arch!r}: use native"
+        f"the {engine} engine serves Pythia (gpt_neox), the Llama family (llama) and Hugging Face (hf) policies, "
+        f"not {arch!r}: use native"
     )

@@ -289,3 +289,35 @@ def llama_state_dict_to_hf(state: Mapping[str, torch.Tensor], config: LlamaConfi
             raise ValueError(f"zoo weight {name!r} has no Llama-family (HF) counterpart")
         out[hf_name] = tensor
     return out
+
+
+# -- every family zoo implements, by model_type and by arch --------------------------------------------------------
+NATIVE_MODEL_TYPES = ("gpt_neox", *LLAMA_MODEL_TYPES)  # what zoo builds natively from a transformers directory
+
+
+def config_from_hf(hf: Mapping[str, Any]) -> GPTNeoXConfig | LlamaConfig:
+    """A transformers ``config.json`` of a family zoo implements → zoo's config."""
+    if hf.get("model_type") == "gpt_neox":
+        return gpt_neox_config_from_hf(hf)
+    return llama_config_from_hf(hf)
+
+
+def state_dict_from_hf(hf_state: Mapping[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    if config.arch == "gpt_neox":
+        return gpt_neox_state_dict_from_hf(hf_state)
+    return llama_state_dict_from_hf(hf_state, config)
+
+
+def config_to_hf(config) -> dict[str, Any]:
+    """zoo's config of a family transformers also implements → its ``config.json``."""
+    if config.arch == "gpt_neox":
+        return gpt_neox_config_to_hf(config)
+    if config.arch == "llama":
+        return llama_config_to_hf(config)
+    raise ValueError(f"a {config.arch!r} model has no transformers counterpart")
+
+
+def state_dict_to_hf(state: Mapping[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    if config.arch == "gpt_neox":
+        return gpt_neox_state_dict_to_hf(state)
+    return llama_state_dict_to_hf(state, config)

@@ -19,10 +19,11 @@ altered or unlisted file. Weights are read with safetensors only; Lightning chec
 with ``torch.load(weights_only=True)`` passed explicitly, which unpickles tensors and plain containers only.
 
 Import: a local directory in the HF format (``config.json``, safetensors or ``pytorch_model.bin`` weights,
-tokenizer files), or ``hf:ORG/NAME`` downloaded through ``huggingface_hub``. A GPT-NeoX model becomes a zoo
-``gpt_neox`` entry (zoo's own implementation, every engine); any other causal LM transformers can build becomes
-an ``hf`` entry, its files copied unchanged once transformers has loaded them with no weight missing or
-misshapen. Export: an entry of a GPT-NeoX or hf model to the HF format.
+tokenizer files), or ``hf:ORG/NAME`` downloaded through ``huggingface_hub``. A model of a family zoo implements
+(GPT-NeoX; Llama, Qwen2, Qwen3, Mistral) becomes a zoo ``gpt_neox`` or ``llama`` entry (zoo's own implementation,
+every engine) unless ``--impl hf``; any other causal LM transformers can build becomes an ``hf`` entry, its files
+copied unchanged once transformers has loaded them with no weight missing or misshapen. Export: an entry of a
+GPT-NeoX, Llama-family or hf model to the HF format.
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ import yaml
 from safetensors.torch import load_file, save, save_file
 
 from zoo import __version__
-from zoo.errors import ZooError, first_line
+from zoo.errors import ConfigError, ZooError, first_line
 from zoo.io.checkpoint_io import read_checkpoint
 from zoo.io.files import atomic_directory, atomic_file, cache_dir, sha256_file
 from zoo.io.rebuilt_state import check_rebuilt_from
 
+TIED_HEAD = "lm_head.weight"  # a tied output head: the embedding's tensor, stored once under embed.weight
+IMPLEMENTATIONS = ("auto", "native", "hf")  # model.impl: who implements a Hugging Face directory's model
 MANIFEST = "manifest.json"
 HF_DIRECTORY = "hf"  # an hf entry's transformers directory
 ADAPTER_SETTINGS = "adapter.json"  # an adapter entry's LoRA settings and base
@@ -197,7 +200,10 @@ class Entry:
         self.verify()
         adapter = self.adapter
         if adapter is None:
-            return load_file(self.path / "model.safetensors")
+            state = load_file(self.path / "model.safetensors")
+            if self.config.get("tie_word_embeddings"):  # stored once, as the embedding
+                state[TIED_HEAD] = state["embed.weight"]
+            return state
         from zoo.training.lora import merge_adapters
 
         base = self.base_entry(adapter).state_dict()
@@ -270,6 +276,8 @@ class Hub:
             parameters = sum(t.numel() for t in weights.values())
         else:
             check_weights(config, weights, source)
+            if config.get("tie_word_embeddings"):  # the head is the embedding: stored once
+                weights = {k: v for k, v in weights.items() if k != TIED_HEAD}
             parameters = sum(t.numel() for t in weights.values())
         with atomic_directory(target) as tmp:
             if adapter is not None:
@@ -353,8 +361,9 @@ class Hub:
             card.pop(key, None)
         return self._write(new_name, entry.config, entry.state_dict(), tokenizer, card, f"hub:{name}", overwrite)
 
-    def pull(self, source: str, name: str | None = None, overwrite: bool = False) -> Entry:
-        """Import ``hf:ORG/NAME`` (downloaded) or a local directory (HF format, or a copied hub entry)."""
+    def pull(self, source: str, name: str | None = None, overwrite: bool = False, impl: str = "auto") -> Entry:
+        """Import ``hf:ORG/NAME`` (downloaded) or a local directory (HF format, or a copied hub entry): zoo's own
+        model where it implements the family (``impl``, :func:`native_model_type`), else an ``hf`` entry."""
         if source.startswith("hf:"):
             repo_id = source[3:]
             directory = _download_hf(repo_id)
@@ -375,9 +384,8 @@ class Hub:
         tokenizer = directory if any((directory / f).is_file() for f in _TOKENIZER_FILES) else None
         from zoo.models.hf import model_type
 
-        architecture = model_type(directory)
-        if architecture != "gpt_neox":  # an architecture zoo does not implement: kept in transformers' format
-            config = {"arch": "hf", "model_type": architecture}
+        if not native_model_type(directory, impl, key="--impl"):  # kept in transformers' format
+            config = {"arch": "hf", "model_type": model_type(directory)}
             return self._write(name, config, directory, tokenizer, {"imported_from": source}, source, overwrite)
         config, state = _read_hf_directory(directory)
         return self._write(name, config, state, tokenizer, {"imported_from": source}, source, overwrite)
@@ -386,14 +394,13 @@ class Hub:
         """Write entry ``name`` as an HF model directory that ``AutoModelForCausalLM`` loads. A directory that
         already holds files is refused unless ``overwrite``, and then only the files written here are replaced:
         nothing else in it is touched."""
-        from zoo.hub.convert import gpt_neox_config_to_hf, gpt_neox_state_dict_to_hf
+        from zoo.hub.convert import config_to_hf, state_dict_to_hf
         from zoo.models import config_from_dict
 
         entry = self.entry(name)
-        if entry.config.get("arch") not in ("gpt_neox", "hf"):
-            raise HubError(
-                f"hub entry {name!r} is a {entry.config.get('arch')!r} model: only gpt_neox and hf models export to HF"
-            )
+        if entry.config.get("arch") not in ("gpt_neox", "llama", "hf"):
+            raise HubError(f"hub entry {name!r} is a {entry.config.get('arch')!r} model: only gpt_neox, llama and hf "
+                           "models export to HF")  # fmt: skip
         out = Path(out_dir).expanduser()
         if out.exists() and not out.is_dir():
             raise HubError(f"{out}: exists and is not a directory")
@@ -404,8 +411,8 @@ class Hub:
         else:
             config = config_from_dict(entry.config)
             files = {
-                "config.json": (json.dumps(gpt_neox_config_to_hf(config), indent=2) + "\n").encode(),
-                "model.safetensors": save(gpt_neox_state_dict_to_hf(entry.state_dict()), {"format": "pt"}),
+                "config.json": (json.dumps(config_to_hf(config), indent=2) + "\n").encode(),
+                "model.safetensors": save(state_dict_to_hf(entry.state_dict(), config), {"format": "pt"}),
             }
         if entry.tokenizer_dir.is_dir():
             files |= {file.name: file.read_bytes() for file in sorted(entry.tokenizer_dir.iterdir())}
@@ -430,10 +437,26 @@ def resolve_entry(spec: str | os.PathLike) -> Entry:
     return entry
 
 
-def starting_point(spec: str) -> tuple[dict[str, Any], Path | None]:
+def native_model_type(directory: Path, impl: str = "auto", key: str = "model.impl") -> bool:
+    """Whether the model in a transformers ``directory`` is built by zoo's own implementation: ``auto`` where zoo
+    has one (GPT-NeoX, the Llama family), ``native`` (one line where it has none), ``hf`` never."""
+    from zoo.hub.convert import NATIVE_MODEL_TYPES
+    from zoo.models.hf import model_type
+
+    if impl not in IMPLEMENTATIONS:
+        raise ConfigError(f"{key}={impl!r} is not one of {', '.join(IMPLEMENTATIONS)}")
+    found = model_type(directory)
+    if impl == "native" and found not in NATIVE_MODEL_TYPES:
+        raise ConfigError(f"{key}=native: {directory} holds a {found!r} model; zoo implements "
+                          f"{', '.join(NATIVE_MODEL_TYPES)} (model.impl=hf runs it through transformers)")  # fmt: skip
+    return impl != "hf" and found in NATIVE_MODEL_TYPES
+
+
+def starting_point(spec: str, impl: str = "auto") -> tuple[dict[str, Any], Path | None]:
     """What ``model.init_from=spec`` starts from: the config that builds the model, and the tokenizer directory that
     comes with it. ``spec``: ``hub:NAME``, a hub entry directory, or a Hugging Face model directory (or ``ORG/NAME``
-    in the local HF cache), which becomes an ``hf`` model."""
+    in the local HF cache): zoo's own model where it implements the family (``impl``, :func:`native_model_type`),
+    else an ``hf`` model."""
     from zoo.models.hf import resolve_path
 
     if names_entry(spec):
@@ -441,6 +464,8 @@ def starting_point(spec: str) -> tuple[dict[str, Any], Path | None]:
         return entry.model_config, entry.tokenizer_dir if entry.tokenizer_dir.is_dir() else None
     directory = resolve_path(str(spec), key="model.init_from")
     tokenizer = directory if any((directory / f).is_file() for f in _TOKENIZER_FILES) else None
+    if native_model_type(directory, impl):
+        return _read_hf_config(directory).to_dict(), tokenizer
     return {"arch": "hf", "path": str(spec)}, tokenizer
 
 
@@ -500,8 +525,12 @@ def build_initialized(config: Any, init_from: str | None) -> torch.nn.Module:
 
 
 def load_weights(spec: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Verified weights of ``hub:NAME`` or of a hub entry directory."""
-    return resolve_entry(spec).state_dict()
+    """Verified weights of ``hub:NAME`` or of a hub entry directory; or a transformers directory's, in zoo's names."""
+    if names_entry(spec):
+        return resolve_entry(spec).state_dict()
+    from zoo.models.hf import resolve_path
+
+    return _read_hf_directory(resolve_path(str(spec), key="model.init_from"))[1]
 
 
 def check_weights(config: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> None:
@@ -589,19 +618,28 @@ def _locate_checkpoint(source: Path) -> tuple[Path, Path | None]:
     raise HubError(f"{source}: no such run directory or checkpoint file")
 
 
-def _read_hf_directory(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from zoo.hub.convert import gpt_neox_config_from_hf, gpt_neox_state_dict_from_hf
+def _read_hf_config(directory: Path):
+    """zoo's config of the model in a transformers ``directory`` of a family zoo implements."""
+    from zoo.hub.convert import config_from_hf
 
     try:
         hf_config = json.loads((directory / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise HubError(f"{directory / 'config.json'}: unreadable ({e})") from None
     try:
-        config = gpt_neox_config_from_hf(hf_config)
-    except ValueError as e:
-        raise HubError(f"{directory / 'config.json'}: {e}") from None
+        return config_from_hf(hf_config)
+    except (ValueError, KeyError, TypeError) as e:
+        raise HubError(f"{directory / 'config.json'}: {first_line(e)}") from None
+
+
+def _read_hf_directory(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """zoo's config and weights of the model in a transformers ``directory`` of a family zoo implements."""
+    from zoo.hub.convert import state_dict_from_hf
+
+    files = _weight_files(directory)  # one line when there are none
+    config = _read_hf_config(directory)
     state: dict[str, torch.Tensor] = {}
-    for file in _weight_files(directory):
+    for file in files:
         try:
             if file.suffix == ".safetensors":
                 weights = load_file(file)
@@ -613,7 +651,7 @@ def _read_hf_directory(directory: Path) -> tuple[dict[str, Any], dict[str, torch
             raise HubError(f"{file}: not a table of named tensors")
         state.update(weights)
     try:
-        state = gpt_neox_state_dict_from_hf(state)
+        state = state_dict_from_hf(state, config)
     except ValueError as e:
         raise HubError(f"{directory}: {e}") from None
     return config.to_dict(), state
