@@ -39,7 +39,7 @@ def test_fit_mesh_logs_probes_and_the_hub_round_trips_it(run_zoo, tiny_width, tm
     with torch.no_grad():
         assert torch.equal(from_hub(tokens), from_run(tokens))
     export = run_zoo("hub", "export", "tiny-mesh", str(tmp_path / "hf"), check=False)
-    assert export.returncode == 2 and "only gpt_neox and hf models export to HF" in export.stderr
+    assert export.returncode == 2 and "only gpt_neox, llama and hf models export to HF" in export.stderr
 
 
 def test_recursive_recurrence_override_reaches_the_checkpoint(run_zoo, tiny_width, tmp_path):
