@@ -225,6 +225,23 @@ def hf_models(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+# Tiny policies of the Llama family for the rollout system's tests (vocabulary 64, the tokenizers the tests train):
+# grouped-query attention with llama3-style rope theta, and Qwen3's q/k norms, explicit head size and tied head.
+LLAMA_FAMILY = {
+    "llama": dict(arch="llama", vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, rope_theta=500000.0),
+    "qwen3": dict(arch="llama", vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=1, head_dim=16, qk_norm=True, tie_word_embeddings=True, intermediate_size=64,
+                  max_position_embeddings=64),
+}  # fmt: skip
+
+
+@pytest.fixture(params=list(LLAMA_FAMILY))
+def llama_family_policy(request) -> dict:
+    """A tiny random Llama or Qwen3 policy config (the test runs once with each)."""
+    return dict(LLAMA_FAMILY[request.param])
+
+
 @pytest.fixture
 def tiny_hf_model(tmp_path):
     """``tiny_hf_model(model_type, chat=False, **config)``: a tiny HF model of any architecture in HF_ARCHITECTURES

@@ -17,7 +17,20 @@ ARCHS = {
     "gpt_neox": dict(arch="gpt_neox", num_hidden_layers=3, **TINY),
     "recursive": dict(arch="recursive", layout="1+2R2+1", recurrence="anchor", **TINY),
     "mesh": dict(arch="mesh", layout="1+2R3+1", **TINY),
+    "llama": dict(arch="llama", num_hidden_layers=2, num_key_value_heads=2, **TINY),
+    "qwen3": dict(arch="llama", num_hidden_layers=2, num_key_value_heads=1, head_dim=16, qk_norm=True, **TINY),
 }
+
+
+def _values(model, out: torch.Tensor) -> torch.Tensor:
+    """The values (B, heads, T, head_dim) an attention call's fused projection ``out`` made, a key/value head's
+    repeated for each query head it serves."""
+    c = model.config
+    if c.arch != "llama":  # the NeoX layout: per head [q | k | v]
+        return out.view(*out.shape[:2], c.num_attention_heads, 3, c.head_dim)[:, :, :, 2].transpose(1, 2)
+    v = out[..., (c.num_attention_heads + c.num_key_value_heads) * c.head_dim :]
+    v = v.view(*out.shape[:2], c.num_key_value_heads, c.head_dim).transpose(1, 2)
+    return v.repeat_interleave(c.num_attention_heads // c.num_key_value_heads, dim=1)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -25,17 +38,11 @@ def test_maps_times_values_reproduce_the_sdpa_output(arch):
     torch.manual_seed(0)
     model = build_model(config_from_dict(ARCHS[arch])).eval()
     values, outputs = [], []  # per attention call, in the order the forward makes them
-    heads, head_dim = model.config.num_attention_heads, model.config.head_dim
+    heads = model.config.num_attention_heads
     hooks = []
     for name, module in model.named_modules():
         if name.endswith("attn.qkv"):
-            hooks.append(
-                module.register_forward_hook(
-                    lambda m, a, out: values.append(
-                        out.view(*out.shape[:2], heads, 3, head_dim)[:, :, :, 2].transpose(1, 2)
-                    )
-                )
-            )
+            hooks.append(module.register_forward_hook(lambda m, a, out: values.append(_values(model, out))))
         if name.endswith("attn.proj"):
             hooks.append(module.register_forward_pre_hook(lambda m, a: outputs.append(a[0])))
     ids = torch.randint(0, 97, (2, 19))

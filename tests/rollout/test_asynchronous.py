@@ -25,13 +25,16 @@ class _Staleness(L.Callback):
         self.seen.append(trainer.callback_metrics["async/staleness_max"].item())
 
 
-def _fit(cpu_trainer, steps=4, train_size=64, algorithm=None, extra_callbacks=(), trainer_options=None, **rollout):
+def _fit(
+    cpu_trainer, steps=4, train_size=64, algorithm=None, extra_callbacks=(), trainer_options=None, policy=POLICY,
+    **rollout,
+):  # fmt: skip
     torch.manual_seed(0)
     data = PromptDataModule(task="arithmetic", train_size=train_size, val_size=8, batch_size=4, vocab_size=64)
     data.prepare_data()
     data.reward = lambda p, c, r: float(c.strip().startswith("1"))  # a reward the random policy sometimes earns
     module = GRPOModule(
-        POLICY, optim=dict(lr=1e-3, warmup_steps=1), rollout=dict(n=4, max_new_tokens=5), algorithm=algorithm
+        policy, optim=dict(lr=1e-3, warmup_steps=1), rollout=dict(n=4, max_new_tokens=5), algorithm=algorithm
     )
     callback = RolloutCallback(**rollout)
     options = dict(
@@ -60,6 +63,17 @@ def test_alpha_zero_gives_the_synchronous_weights_bit_for_bit(cpu_trainer, steps
     metrics = trainer.callback_metrics
     assert metrics["async/staleness_max"] == 0 and metrics["async/version"] == 3  # the fourth batch's version
     assert callback.sampler.workers == []  # stopped at the end of the fit
+
+
+def test_on_the_llama_family_alpha_zero_gives_the_synchronous_weights(cpu_trainer, llama_family_policy):
+    """A Llama policy's engine server in a spawned process, a Qwen3 policy's in a thread."""
+    workers = "thread" if llama_family_policy.get("qk_norm") else "process"
+    threads = torch.get_num_threads()
+    sync, _, _ = _fit(cpu_trainer, policy=llama_family_policy)
+    asynchronous, trainer, _ = _fit(cpu_trainer, policy=llama_family_policy, async_ratio=0, workers=workers)
+    torch.set_num_threads(threads)
+    _assert_same_weights(sync, asynchronous)
+    assert trainer.callback_metrics["async/staleness_max"] == 0
 
 
 def test_a_process_worker_gives_the_synchronous_weights_too(cpu_trainer):

@@ -192,12 +192,12 @@ POLICY = dict(arch="gpt_neox", vocab_size=64, hidden_size=32, num_hidden_layers=
               intermediate_size=64, max_position_embeddings=64)  # fmt: skip
 
 
-def _fit(cpu_trainer, steps=4, **schedule):
+def _fit(cpu_trainer, steps=4, policy=POLICY, **schedule):
     torch.manual_seed(0)
     data = PromptDataModule(task="arithmetic", train_size=64, val_size=8, batch_size=4, vocab_size=64)
     data.prepare_data()
     data.reward = lambda p, c, r: float(c.strip().startswith("1"))  # a reward the random policy sometimes earns
-    module = GRPOModule(POLICY, optim=dict(lr=1e-3, warmup_steps=1), rollout=dict(n=4, max_new_tokens=5))
+    module = GRPOModule(policy, optim=dict(lr=1e-3, warmup_steps=1), rollout=dict(n=4, max_new_tokens=5))
     callback = RolloutCallback(**schedule)
     trainer = cpu_trainer(max_steps=steps, limit_val_batches=0, callbacks=[callback])
     trainer.fit(module, datamodule=data)
@@ -213,6 +213,25 @@ def test_grpo_with_queue_scheduling_trains_the_loaders_prompts_like_the_batch_sc
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert trainer.callback_metrics["queue/occupancy"] > 0
     assert callback.sampler.planner.returned == []
+
+
+def test_on_the_llama_family_queue_scheduling_trains_like_the_batch_schedule_and_filters(
+    cpu_trainer, llama_family_policy
+):
+    batch, _, _ = _fit(cpu_trainer, policy=llama_family_policy)
+    queue, _, _ = _fit(cpu_trainer, policy=llama_family_policy, schedule="queue")
+    torch.manual_seed(0)
+    start = GRPOModule(llama_family_policy)
+    start.configure_model()  # the weights both runs started from
+    moved = 0.0
+    for (name, a), (_, b), (_, s) in zip(batch.model.named_parameters(), queue.model.named_parameters(),
+                                         start.model.named_parameters(), strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+        moved = max(moved, (a - s).abs().max().item())
+    assert 0 < moved < 0.01  # four small steps moved the policy from its start: equal weights mean equal steps
+    _, trainer, _ = _fit(cpu_trainer, policy=llama_family_policy, schedule="queue", extra_prompts=3,
+                         filter_groups=True)  # fmt: skip
+    assert trainer.callback_metrics["queue/launched_prompts"] >= 7
 
 
 def test_grpo_with_redundant_prompts_logs_the_queue_and_restores_its_state(cpu_trainer):

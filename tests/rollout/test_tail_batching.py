@@ -170,12 +170,12 @@ class _Start(L.Callback):
         self.weights = [p.detach().clone() for p in module.model.parameters()]
 
 
-def _fit(cpu_trainer, sampler, steps=6, train_size=64, extra=()):
+def _fit(cpu_trainer, sampler, steps=6, train_size=64, extra=(), policy=POLICY):
     torch.manual_seed(0)
     data = PromptDataModule(task="arithmetic", train_size=train_size, val_size=8, batch_size=4, vocab_size=64)
     data.prepare_data()
     data.reward = lambda p, c, r: float(c.strip().startswith("1"))  # a reward the random policy sometimes earns
-    module = GRPOModule(POLICY, optim=dict(lr=1e-3, warmup_steps=1), rollout=dict(n=4, max_new_tokens=5))
+    module = GRPOModule(policy, optim=dict(lr=1e-3, warmup_steps=1), rollout=dict(n=4, max_new_tokens=5))
     callbacks = [RolloutCallback(), _Start(), *extra] + ([sampler] if sampler is not None else [])
     trainer = cpu_trainer(max_steps=steps, limit_val_batches=0, callbacks=callbacks)
     trainer.fit(module, datamodule=data)
@@ -190,6 +190,17 @@ def test_grpo_with_ratios_of_one_equals_grpo_without_a_sampler(cpu_trainer):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     moved = [not torch.equal(a, b) for a, b in zip(plain.model.parameters(), plain.start_weights, strict=True)]
     assert any(moved)  # training changed the policy, so equal weights mean equal steps
+
+
+def test_on_the_llama_family_ratios_of_one_equal_no_sampler_and_tail_rounds_run(cpu_trainer, llama_family_policy):
+    plain, _ = _fit(cpu_trainer, None, steps=4, policy=llama_family_policy)
+    sampled, _ = _fit(cpu_trainer, TailBatching(1.0, 1.0), steps=4, policy=llama_family_policy)
+    for (name, a), (_, b) in zip(plain.model.named_parameters(), sampled.model.named_parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert any(not torch.equal(a, b) for a, b in zip(plain.model.parameters(), plain.start_weights, strict=True))
+    sampler = TailBatching(1.5, 1.5)
+    _, trainer = _fit(cpu_trainer, sampler, steps=4, policy=llama_family_policy)
+    assert sampler.batcher.long_rounds >= 1 and trainer.callback_metrics["sampler/short_rounds"] >= 1
 
 
 class _CountPrompts(L.Callback):

@@ -12,7 +12,7 @@ import torch
 from zoo.errors import ConfigError
 from zoo.hub.store import Hub, load_model
 from zoo.io.files import sha256_file
-from zoo.models import GPTNeoXConfig, MeSHConfig, build_model
+from zoo.models import GPTNeoXConfig, LlamaConfig, MeSHConfig, build_model
 from zoo.training.lora import adapters_disabled, apply_lora, lora_layers, lora_settings, merge_adapters, merged_weights
 
 pytest.importorskip("peft")
@@ -255,13 +255,20 @@ def test_a_lora_run_refuses_a_base_pushed_over_by_another_of_the_same_shape(run_
         load_model(str(run))
 
 
-def test_the_engine_serves_the_merged_policy(tmp_path):
+LLAMA = LlamaConfig(
+    vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    intermediate_size=128, max_position_embeddings=64, qk_norm=True, tie_word_embeddings=True,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("config", [CONFIG, LLAMA], ids=["gpt_neox", "qwen3_style_llama"])
+def test_the_engine_serves_the_merged_policy(tmp_path, config):
     """The rollout callback's replica, loaded by a sync, computes the LoRA policy's logits."""
     from types import SimpleNamespace
 
     from zoo.rollout.callback import RolloutCallback
 
-    model, _ = _adapted()
+    model, _ = _adapted(config)
     for sync in ("merged", "adapters"):
         callback = RolloutCallback(engine="native", lora_sync=sync)
         module = SimpleNamespace(model=model, device=torch.device("cpu"))

@@ -161,14 +161,20 @@ def test_a_lora_policy_has_no_reference_copy_to_quantize():
 
 
 @pytest.mark.parametrize("bits", ["8bit", "4bit"])
-def test_a_quantized_rollout_replica_follows_the_policy_at_every_sync(bits):
-    """rollout.quantization: the engine's replica is quantized afresh from the policy's weights at each sync."""
+@pytest.mark.parametrize("family", ["gpt_neox", "llama"])
+def test_a_quantized_rollout_replica_follows_the_policy_at_every_sync(bits, family):
+    """rollout.quantization: the engine's replica is quantized afresh from the policy's weights at each sync (the
+    shipped Pythia; a random Llama with grouped-query attention)."""
     from types import SimpleNamespace
 
+    from zoo.models import LlamaConfig, build_model
     from zoo.rollout.callback import RolloutCallback
     from zoo.training.quantization import load_quantized
 
-    policy = load_model("hub:pythia-tiny").model.eval()
+    torch.manual_seed(0)
+    llama = LlamaConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=64)  # fmt: skip
+    policy = (load_model("hub:pythia-tiny").model if family == "gpt_neox" else build_model(llama)).eval()
     callback = RolloutCallback(engine="native", quantization=bits)
     module = SimpleNamespace(model=policy, device=torch.device("cpu"))
     replica = callback.weight_sync.replica(module).eval()
