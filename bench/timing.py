@@ -36,6 +36,24 @@ def gpt_neox_pair(name: str, device: str, dtype: torch.dtype = torch.float32):
     return config, peer, ours
 
 
+def hub_pair(name: str, device: str, dtype: torch.dtype = torch.float32):
+    """zoo's model of a hub entry (``hub:NAME``: a gpt_neox or llama entry, its real weights) and transformers' own
+    class of the family (sdpa attention) holding the same weights; returns (config, transformers model, zoo model)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from zoo.hub.convert import config_to_hf, state_dict_to_hf
+    from zoo.hub.store import resolve_entry
+
+    entry = resolve_entry(name)
+    ours = entry.build_model()
+    values = {k: v for k, v in config_to_hf(ours.config).items() if k not in ("torch_dtype", "architectures")}
+    hf_config = AutoConfig.for_model(values.pop("model_type"), **values)
+    hf_config._attn_implementation = "sdpa"
+    peer = AutoModelForCausalLM.from_config(hf_config)
+    peer.load_state_dict(state_dict_to_hf(entry.state_dict(), ours.config), strict=not ours.config.tie_word_embeddings)
+    return ours.config, peer.to(device=device, dtype=dtype), ours.to(device=device, dtype=dtype)
+
+
 def train_throughput(
     loss_fn: Callable[[torch.Tensor], torch.Tensor],
     params: Iterable[torch.nn.Parameter],

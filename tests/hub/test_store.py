@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXForCausalLM
 from transformers import GPTNeoXConfig as HFConfig
 
+from zoo.errors import ConfigError
 from zoo.hub.store import Hub, HubError, validate_name
 from zoo.text.tokenizer import train_bpe
 
@@ -323,4 +324,15 @@ def test_an_hf_directory_with_a_weight_missing_is_refused(hf_models, tmp_path, i
     save_file(state, broken / "model.safetensors", {"format": "pt"})
     with pytest.raises(HubError, match=f"broken: {says}"):
         Hub().pull(str(broken), impl=impl)
+    assert not _published(Hub())
+
+
+def test_a_file_that_is_not_gguf_is_refused_in_one_line(tmp_path):
+    pytest.importorskip("gguf", reason="reading GGUF needs the gguf package (the gguf extra)")
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"not a gguf file" * 100)
+    with pytest.raises(ConfigError, match=r"model.gguf: transformers cannot read this GGUF file"):
+        Hub().pull(str(fake))
+    with pytest.raises(HubError, match=r"nothing.gguf: no such GGUF file"):
+        Hub().pull(str(tmp_path / "nothing.gguf"))
     assert not _published(Hub())

@@ -22,7 +22,7 @@ def hub_command(args: list[str]) -> None:
     sub.add_parser("list", help="list entries")
     show = sub.add_parser("show", help="verify an entry and print its card")
     show.add_argument("name")
-    pull = sub.add_parser("pull", help="import a local HF-format directory or hf:ORG/NAME")
+    pull = sub.add_parser("pull", help="import a local HF-format directory, a GGUF file or hf:ORG/NAME")
     pull.add_argument("source")
     pull.add_argument("--name")
     pull.add_argument("--force", action="store_true")

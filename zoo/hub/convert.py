@@ -9,16 +9,19 @@
   field by field, the rope settings from transformers 5's ``rope_parameters`` or the older ``rope_theta`` and
   ``rope_scaling``. Export names the ``model_type`` that holds the config: qwen3 for q/k norms, qwen2 for biases
   on q, k, v alone, mistral for a sliding window, llama otherwise.
+- GGUF files of the Llama family (:func:`read_gguf`): dequantized to fp32 by transformers' GGUF support.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from zoo.errors import ConfigError, first_line
 from zoo.models.gpt_neox import GPTNeoXConfig
 from zoo.models.llama import LlamaConfig
 
@@ -321,3 +324,32 @@ def state_dict_to_hf(state: Mapping[str, torch.Tensor], config) -> dict[str, tor
     if config.arch == "gpt_neox":
         return gpt_neox_state_dict_to_hf(state)
     return llama_state_dict_to_hf(state, config)
+
+
+# -- GGUF files ----------------------------------------------------------------------------------------------------
+def read_gguf(path: Path, tokenizer_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """zoo's config and weights of the model in a GGUF file, dequantized by transformers' GGUF support (the ``gguf``
+    extra); its tokenizer, chat template included, saved into ``tokenizer_dir``. Only the families zoo implements
+    natively are imported; anything transformers cannot read is one line naming the file."""
+    try:
+        import gguf  # noqa: F401  (transformers reads GGUF through it)
+    except ImportError:
+        raise ConfigError(f"{path}: reading GGUF needs the gguf package: pip install 'zoo[gguf]'") from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from zoo.models.hf import quiet_transformers
+
+    quiet_transformers()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except Exception as e:  # an architecture or quantization transformers does not read, or not GGUF at all
+        reason = f"{type(e).__name__}: {first_line(e)}"
+        raise ConfigError(f"{path}: transformers cannot read this GGUF file ({reason})") from None
+    hf_config = {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
+    if hf_config.get("model_type") not in LLAMA_MODEL_TYPES:
+        raise ConfigError(f"{path}: a {hf_config.get('model_type')!r} model; zoo imports GGUF files of the Llama "
+                          f"family ({', '.join(LLAMA_MODEL_TYPES)})")  # fmt: skip
+    config = llama_config_from_hf(hf_config)
+    tokenizer.save_pretrained(tokenizer_dir)
+    return config.to_dict(), llama_state_dict_from_hf(model.state_dict(), config)

@@ -362,8 +362,11 @@ class Hub:
         return self._write(new_name, entry.config, entry.state_dict(), tokenizer, card, f"hub:{name}", overwrite)
 
     def pull(self, source: str, name: str | None = None, overwrite: bool = False, impl: str = "auto") -> Entry:
-        """Import ``hf:ORG/NAME`` (downloaded) or a local directory (HF format, or a copied hub entry): zoo's own
-        model where it implements the family (``impl``, :func:`native_model_type`), else an ``hf`` entry."""
+        """Import ``hf:ORG/NAME`` (downloaded), a local directory (HF format, or a copied hub entry: zoo's own model
+        where it implements the family (``impl``, :func:`native_model_type`), else an ``hf`` entry) or a GGUF file
+        of the Llama family (a llama entry)."""
+        if source.endswith(".gguf"):
+            return self._pull_gguf(Path(source).expanduser(), name, overwrite)
         if source.startswith("hf:"):
             repo_id = source[3:]
             directory = _download_hf(repo_id)
@@ -389,6 +392,18 @@ class Hub:
             return self._write(name, config, directory, tokenizer, {"imported_from": source}, source, overwrite)
         config, state = _read_hf_directory(directory)
         return self._write(name, config, state, tokenizer, {"imported_from": source}, source, overwrite)
+
+    def _pull_gguf(self, path: Path, name: str | None, overwrite: bool) -> Entry:
+        """A GGUF file of the Llama family as a llama entry: dequantized weights, its tokenizer and chat template."""
+        from zoo.hub.convert import read_gguf
+
+        if not path.is_file():
+            raise HubError(f"{path}: no such GGUF file")
+        name = validate_name(name or path.name.removesuffix(".gguf"))
+        with tempfile.TemporaryDirectory() as tokenizer_dir:
+            config, state = read_gguf(path, Path(tokenizer_dir))
+            card = {"imported_from": str(path), "dequantized_from": "gguf"}
+            return self._write(name, config, state, Path(tokenizer_dir), card, str(path), overwrite)
 
     def export_hf(self, name: str, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write entry ``name`` as an HF model directory that ``AutoModelForCausalLM`` loads. A directory that
