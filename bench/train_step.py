@@ -1,4 +1,4 @@
-"""Training-step throughput: zoo's GPT-NeoX against transformers' GPTNeoXForCausalLM, same config, same process.
+"""Training-step throughput: zoo's model against transformers' own class of the family, same config, same process.
 
 Each contender runs its own training step on the same random tokens (T input positions): forward, next-token
 cross-entropy (HF: ``labels=``; zoo: ``targets=``, its fused output head), backward, AdamW (fused on CUDA).
@@ -7,6 +7,7 @@ the measured bf16 matmul ceiling (PaLM count: 6·N + 12·L·H·T FLOPs per token
 and the output head).
 
     python bench/train_step.py                                   # CPU, tiny config, fp32
+    python bench/train_step.py --model hub:smollm2 --batch 4 --seq 256 --steps 3 --warmup 1   # a Llama entry
     python bench/train_step.py --model pythia-160m --batch 16 --seq 2048 --compile   # GPU, bf16
 """
 
@@ -16,12 +17,14 @@ import argparse
 import json
 
 import torch
-from timing import flops_per_token, gpt_neox_pair, matmul_peak, train_throughput
+from timing import flops_per_token, gpt_neox_pair, hub_pair, matmul_peak, train_throughput
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help="tiny or a Pythia preset name")
+    parser.add_argument(
+        "--model", default="tiny", help="tiny, a Pythia preset name, or hub:NAME (a gpt_neox or llama entry)"
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
@@ -35,7 +38,7 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
 
     torch.manual_seed(0)
-    config, peer, ours = gpt_neox_pair(args.model, device)
+    config, peer, ours = (hub_pair if args.model.startswith("hub:") else gpt_neox_pair)(args.model, device)
     tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), device=device)
 
     def zoo_step(t):  # zoo's training path: the fused output head + cross-entropy
@@ -59,7 +62,7 @@ def main() -> None:
         compiled = dict(warmup=args.warmup + 2, **timing)
         results["hf_compiled"] = train_throughput(torch.compile(hf_step), peer.parameters(), **compiled)
         results["zoo_compiled"] = train_throughput(torch.compile(zoo_step), ours.parameters(), **compiled)
-    peak = matmul_peak(device) if device == "cuda" else None
+    peak = matmul_peak(device) if device == "cuda" and config.arch == "gpt_neox" else None  # MFU: NeoX's count
     c = config
     fpt = flops_per_token(c.hidden_size, c.intermediate_size, c.vocab_size, c.num_hidden_layers, args.seq)
     print(
