@@ -165,7 +165,9 @@ class GroupedQueryAttention(nn.Module):
         if inputs.cache is not None:
             k, v = inputs.cache.update(cache_entry, k, v)
         grouped = self.num_kv_heads != self.num_heads
-        if inputs.mask is None:
+        if T == 1 and inputs.probe is None:  # a decode step: one query a row, plain matmuls (see _decode_attention)
+            y = self._decode_attention(q, k, v, inputs.mask)
+        elif inputs.mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=grouped)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=inputs.mask, enable_gqa=grouped)
@@ -173,6 +175,22 @@ class GroupedQueryAttention(nn.Module):
             keys = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
             inputs.probe.observe(cache_entry, attention_probabilities(q, keys, inputs.mask))
         return self.proj(y.transpose(1, 2).reshape(B, T, self.widths[0]))
+
+    def _decode_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Attention of one query a row (B, heads, 1, D) over the cached keys and values (B, kv_heads, L, D): the
+        query heads that share a key/value head are one matrix, so each is two small matmuls with no copy of the
+        keys; the softmax in fp32. On a CPU this is several times faster than sdpa's kernel for one query (a
+        SmolLM2 decode step in bf16 spent a third of its time there)."""
+        B, _, _, D = q.shape
+        grouped = q.view(B, self.num_kv_heads, self.num_heads // self.num_kv_heads, D)
+        scores = (grouped @ k.transpose(-1, -2)).float() * D**-0.5  # (B, kv_heads, group, L)
+        if mask is not None:  # (B or 1, 1, 1, L): additive, or boolean (True: attend)
+            mask = mask.view(mask.shape[0], 1, 1, -1)
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        y = torch.softmax(scores, dim=-1).to(v.dtype) @ v  # (B, kv_heads, group, D)
+        return y.view(B, self.num_heads, 1, D)
 
 
 class SwiGLU(nn.Module):

@@ -110,3 +110,19 @@ def test_the_family_is_built_from_its_config_dict_and_checks_it():
         LlamaConfig(**SMALL, num_attention_heads=4, rope_scaling={"rope_type": "yarn", "factor": 2.0})
     with pytest.raises(ConfigError, match="sliding window of 5 is not built yet"):
         Llama(LlamaConfig(**SMALL, num_attention_heads=4, sliding_window=5)).new_cache(1, 8)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "additive", "boolean"])
+def test_the_decode_step_attention_is_sdpas(mask_kind):
+    """One query a row over cached keys (the native engine's decode step) takes plain matmuls: sdpa's result."""
+    import torch.nn.functional as F
+
+    attention = Llama(LlamaConfig(**SMALL, num_attention_heads=6, num_key_value_heads=2)).blocks[0].attn
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 6, 1, 8), torch.randn(3, 2, 11, 8), torch.randn(3, 2, 11, 8)
+    valid = torch.rand(3, 11) > 0.3
+    valid[:, -1] = True
+    mask = {"none": None, "boolean": valid[:, None, None],
+            "additive": torch.zeros(3, 11).masked_fill(~valid, float("-inf"))[:, None, None]}[mask_kind]  # fmt: skip
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    torch.testing.assert_close(attention._decode_attention(q, k, v, mask), expected, atol=1e-6, rtol=1e-5)
