@@ -111,7 +111,7 @@ def test_every_command_line_builds(command, words, options, hf_models, tmp_path)
     fails here. What belongs to the reader stands in: a run or hub entry of their own is left out (a preset's
     ``init_from`` of an entry an earlier step pushes too), their model directory is a tiny Qwen2, their data files
     placeholders in the task's format, their GPU this CPU; the data and the tokenizer to train shrink (both are
-    made when the model's vocabulary is read)."""
+    made when the model's vocabulary is read), and a pretraining corpus takes the shipped pythia-tiny's tokenizer."""
     overrides, missing_files = [], []
     for word in words:
         key, value = word.split("=", 1)
@@ -133,6 +133,9 @@ def test_every_command_line_builds(command, words, options, hf_models, tmp_path)
             cfg.model.init_from = None  # pushed by an earlier step of the page
         if cfg.trainer.get("accelerator") == "gpu":
             cfg.trainer.accelerator, cfg.trainer.devices = "cpu", 1
+        trains_a_tokenizer = not (cfg.model.get("path") or cfg.model.get("init_from"))  # none comes with weights
+        if cfg.data.get("task") is None and "tokenizer" in cfg.data and not cfg.data.tokenizer and trains_a_tokenizer:
+            cfg.data.tokenizer = "hub:pythia-tiny"  # a corpus's tokenizer, not one trained on the whole corpus again
         for key, most in (("train_size", 64), ("val_size", 16), ("vocab_size", 512)):
             if isinstance(cfg.data.get(key), int):
                 cfg.data[key] = min(cfg.data[key], most)
