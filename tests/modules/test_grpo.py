@@ -118,7 +118,7 @@ def test_ppo_with_a_critic_raises_the_reward_too(cpu_trainer):
 
     history, trainer = _fit(
         lambda p, c, r: float(c.strip().startswith("7")),
-        120,
+        80,  # 0.04 -> 0.87 over the last 10 steps (0.96 at 120)
         cpu_trainer,
         module_class=PPOModule,
         algorithm=dict(kl_coef=0.01),

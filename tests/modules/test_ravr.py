@@ -19,7 +19,7 @@ from zoo.rollout.callback import RolloutCallback
 POLICY = dict(arch="gpt_neox", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
               max_position_embeddings=64)  # fmt: skip
 TEMPLATE = "answer {answer}: {prompt}"
-SFT_STEPS, RAVR_STEPS = 600, 60
+SFT_STEPS, RAVR_STEPS = 450, 60
 
 
 class _Recorded(RAVRModule):

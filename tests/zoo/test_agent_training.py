@@ -41,7 +41,7 @@ def _fit(cpu_trainer, steps, module_class=GRPOModule, target="7", **agent):
 
 def test_grpo_on_multi_turn_trajectories_raises_the_environments_reward(cpu_trainer):
     """The environment pays the share of the policy's turns that say "7"."""
-    record, trainer, _, _ = _fit(cpu_trainer, 150, max_turns=2)
+    record, trainer, _, _ = _fit(cpu_trainer, 100, max_turns=2)
     first, last = sum(record.rewards[:10]) / 10, sum(record.rewards[-10:]) / 10
     assert first < 0.3 and last > first + 0.3, (first, last)
     metrics = trainer.callback_metrics
