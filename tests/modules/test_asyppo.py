@@ -26,13 +26,13 @@ class _Start(L.Callback):
         self.critics = [p.detach().clone() for p in module.critics.parameters()]
 
 
-def _fit(cpu_trainer, module_class, steps=4, reward=None, lr=1e-3, callbacks=(), **settings):
+def _fit(cpu_trainer, module_class, steps=4, reward=None, lr=1e-3, callbacks=(), policy=POLICY, **settings):
     torch.manual_seed(0)
     data = PromptDataModule(task="arithmetic", train_size=200, val_size=8, batch_size=4, vocab_size=64)
     data.prepare_data()
     data.reward = reward or (lambda p, c, r: float(c.strip().startswith("1")))
     optim = dict(lr=lr, warmup_steps=1, grad_clip=None)
-    module = module_class(POLICY, optim=optim, rollout=dict(n=4, max_new_tokens=5), **settings)
+    module = module_class(policy, optim=optim, rollout=dict(n=4, max_new_tokens=5), **settings)
     trainer = cpu_trainer(max_steps=steps, limit_val_batches=0, callbacks=[RolloutCallback(), *callbacks])
     torch.manual_seed(1)
     trainer.fit(module, datamodule=data)
@@ -226,3 +226,14 @@ def test_a_same_tokenizer_critic_may_pad_its_embedding_differently(run_zoo, hf_m
     )  # fmt: skip
     assert process.returncode != 0 and "Traceback" not in process.stderr
     assert "tokenizer" in process.stderr and "is not the policy's" in process.stderr
+
+
+def test_a_llama_family_policy_trains_with_two_smaller_critics_of_its_family(cpu_trainer, llama_family_policy):
+    """The default narrow critics of a Llama or Qwen3 policy are smaller models of its family, reading its tokens."""
+    module, trainer = _fit(cpu_trainer, AsyPPOModule, policy=llama_family_policy,
+                           asyppo=dict(critic_model=SMALL_CRITIC))  # fmt: skip
+    assert len(module.critics) == 2
+    for critic in module.critics:
+        assert critic.body.config.arch == "llama" and critic.body.config.hidden_size == 16
+        assert critic.body.embed.weight.shape[0] == module.model.embed.weight.shape[0]
+    assert torch.isfinite(trainer.callback_metrics["critic/value_loss_1"])
