@@ -37,6 +37,7 @@ from zoo.models.attention_maps import attention_probabilities
 from zoo.models.gpt_neox import AttentionInputs, GPTNeoX, KVCache, Rotary, apply_rotary, rope_frequencies
 
 ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_LLAMA3 = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 @dataclass
@@ -90,9 +91,7 @@ class LlamaConfig:
         if self.sliding_window is not None:
             require_int("model.sliding_window", self.sliding_window, 1)
         if self.rope_scaling is not None:
-            rope_type = self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
-            if rope_type not in ROPE_TYPES:
-                raise ConfigError(f"model.rope_scaling type {rope_type!r} is not one of {', '.join(ROPE_TYPES)}")
+            check_rope_scaling(self.rope_scaling)
 
     @property
     def rotary_dim(self) -> int:
@@ -104,6 +103,23 @@ class LlamaConfig:
     @classmethod
     def field_names(cls) -> set[str]:
         return {f.name for f in fields(cls)}
+
+
+def check_rope_scaling(scaling: dict[str, Any]) -> None:
+    """One line for a ``rope_scaling`` zoo cannot apply: an unknown type, a setting missing or not > 0."""
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        raise ConfigError(f"model.rope_scaling type {rope_type!r} is not one of {', '.join(ROPE_TYPES)}")
+    needed = {"linear": ("factor",), "llama3": ROPE_LLAMA3}.get(rope_type, ())
+    missing = [key for key in needed if key not in scaling]
+    if missing:
+        raise ConfigError(f"model.rope_scaling ({rope_type}) needs {', '.join(missing)}")
+    for key in needed:
+        value = scaling[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"model.rope_scaling.{key} must be a number > 0, got {value!r}")
+    if rope_type == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
+        raise ConfigError("model.rope_scaling.high_freq_factor must exceed low_freq_factor (llama3)")
 
 
 def llama_frequencies(config: LlamaConfig) -> torch.Tensor:

@@ -108,6 +108,12 @@ def test_the_family_is_built_from_its_config_dict_and_checks_it():
         LlamaConfig(**SMALL, num_attention_heads=4, num_key_value_heads=3)
     with pytest.raises(ConfigError, match="rope_scaling type 'yarn'"):
         LlamaConfig(**SMALL, num_attention_heads=4, rope_scaling={"rope_type": "yarn", "factor": 2.0})
+    with pytest.raises(ConfigError, match=r"rope_scaling \(llama3\) needs low_freq_factor, high_freq_factor"):
+        LlamaConfig(**SMALL, num_attention_heads=4, rope_scaling={"rope_type": "llama3", "factor": 8.0})
+    with pytest.raises(ConfigError, match="model.rope_scaling.factor must be a number > 0, got 0"):
+        LlamaConfig(**SMALL, num_attention_heads=4, rope_scaling={"rope_type": "linear", "factor": 0})
+    with pytest.raises(ConfigError, match="high_freq_factor must exceed low_freq_factor"):
+        LlamaConfig(**SMALL, num_attention_heads=4, rope_scaling={**LLAMA3, "high_freq_factor": 1.0})
     with pytest.raises(ConfigError, match="sliding window of 5 is not built yet"):
         Llama(LlamaConfig(**SMALL, num_attention_heads=4, sliding_window=5)).new_cache(1, 8)
 
