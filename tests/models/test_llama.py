@@ -132,3 +132,17 @@ def test_the_decode_step_attention_is_sdpas(mask_kind):
             "additive": torch.zeros(3, 11).masked_fill(~valid, float("-inf"))[:, None, None]}[mask_kind]  # fmt: skip
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
     torch.testing.assert_close(attention._decode_attention(q, k, v, mask), expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama-gqa-llama3-rope", "qwen2-bias-tied"])
+def test_the_hf_engine_serves_zoos_llama_through_its_transformers_view(family):
+    from zoo.generation.hf import HFEngine
+
+    _, model = _pair(family, seed=3)
+    engine = HFEngine(model.config)
+    engine.load_weights(model.named_parameters())  # zoo's names, renamed as a weight sync sends them
+    prompts = [torch.randint(3, 96, (n,)).tolist() for n in (4, 7)]
+    params = SamplingParams(max_new_tokens=12, temperature=0.0)
+    served = sorted(engine.generate(prompts, 1, params).samples, key=lambda s: s.prompt_index)
+    native = sorted(NativeEngine(model).generate(prompts, 1, params).samples, key=lambda s: s.prompt_index)
+    assert [s.token_ids for s in served] == [s.token_ids for s in native]
