@@ -8,6 +8,7 @@ import torch
 
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import ConfigError
+from zoo.generation.core import EngineCore
 from zoo.modules.grpo import GRPOModule
 from zoo.rollout.callback import RolloutCallback
 
@@ -65,6 +66,15 @@ def test_alpha_zero_gives_the_synchronous_weights_bit_for_bit(cpu_trainer, steps
     assert callback.sampler.workers == []  # stopped at the end of the fit
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray for this module's Ray tests (its start costs seconds: once)."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'zoo[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 def test_on_the_llama_family_alpha_zero_gives_the_synchronous_weights(cpu_trainer, llama_family_policy):
     """A Llama policy's engine server in a spawned process, a Qwen3 policy's in a thread."""
     workers = "thread" if llama_family_policy.get("qk_norm") else "process"
@@ -74,6 +84,17 @@ def test_on_the_llama_family_alpha_zero_gives_the_synchronous_weights(cpu_traine
     torch.set_num_threads(threads)
     _assert_same_weights(sync, asynchronous)
     assert trainer.callback_metrics["async/staleness_max"] == 0
+
+
+def test_ray_workers_serve_a_llama_family_policy_at_alpha_zero_bit_for_bit(cpu_trainer, local_ray, llama_family_policy):
+    """A Ray actor builds the family's native model from the policy's config and receives its weights through the
+    object store: at α = 0 the trained weights equal the synchronous loop's."""
+    threads = torch.get_num_threads()
+    sync, _, _ = _fit(cpu_trainer, policy=llama_family_policy)
+    asynchronous, trainer, _ = _fit(cpu_trainer, policy=llama_family_policy, async_ratio=0, workers="ray")
+    torch.set_num_threads(threads)
+    _assert_same_weights(sync, asynchronous)
+    assert trainer.callback_metrics["async/staleness_max"] == 0 and trainer.callback_metrics["async/version"] == 3
 
 
 def test_a_process_worker_gives_the_synchronous_weights_too(cpu_trainer):
@@ -108,20 +129,27 @@ def test_two_process_workers_share_the_buffer(cpu_trainer):
     assert callback.state_dict()["async"]["trained_prompts"] == 5 * 4
 
 
-def test_ray_workers_train_asynchronously(cpu_trainer):
+def test_ray_workers_train_asynchronously(cpu_trainer, local_ray):
     """Two rollout workers as Ray actors on a local Ray (the weights through its object store)."""
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'zoo[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        record = _Staleness()
-        module, trainer, callback = _fit(
-            cpu_trainer, steps=4, async_ratio=1, workers="ray", num_workers=2, extra_callbacks=[record]
-        )
-        assert len(record.seen) == 4 and max(record.seen) <= 1
-        assert trainer.callback_metrics["async/version"] == 3 and torch.isfinite(trainer.callback_metrics["train/loss"])
-        assert callback.state_dict()["async"]["trained_prompts"] == 4 * 4
-    finally:
-        ray.shutdown()
+    record = _Staleness()
+    module, trainer, callback = _fit(
+        cpu_trainer, steps=4, async_ratio=1, workers="ray", num_workers=2, extra_callbacks=[record]
+    )
+    assert len(record.seen) == 4 and max(record.seen) <= 1
+    assert trainer.callback_metrics["async/version"] == 3 and torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert callback.state_dict()["async"]["trained_prompts"] == 4 * 4
+
+
+def test_a_failing_engine_stops_the_fit_with_its_own_error(cpu_trainer, monkeypatch):
+    """The server's failure closes the buffer while the trainer waits: the trainer raises the worker's error, not the
+    closed buffer's."""
+
+    def broken_step(core):
+        raise RuntimeError("planted engine failure")
+
+    monkeypatch.setattr(EngineCore, "step", broken_step)
+    with pytest.raises(RuntimeError, match="(?s)a rollout worker stopped.*planted engine failure"):
+        _fit(cpu_trainer, steps=2, async_ratio=1)
 
 
 @pytest.mark.parametrize("alpha", [1, 2])

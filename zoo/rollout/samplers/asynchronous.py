@@ -45,7 +45,7 @@ from zoo.rl.rollout import Round
 from zoo.rollout.samplers.base import Sampler
 from zoo.rollout.samplers.queue import concatenate_rewards
 from zoo.rollout.workers.engine_server import EngineSpec, process_server, thread_server
-from zoo.rollout.workers.sample_buffer import SampleBuffer
+from zoo.rollout.workers.sample_buffer import BufferClosed, SampleBuffer
 from zoo.rollout.workers.worker import RolloutWorker, WorkerStats
 from zoo.text.loader import PromptStream
 
@@ -199,14 +199,15 @@ class AsyncSampler(Sampler):
             self.start(module)
         start = time.perf_counter()
         while True:
-            for worker in self.workers:
-                if worker.error is not None:
-                    raise RuntimeError("a rollout worker stopped") from worker.error
+            self._raise_worker_error()
             try:
                 groups = self.buffer.get_batch(timeout=BATCH_POLL_S)
                 break
             except TimeoutError:
                 continue
+            except BufferClosed:  # a worker that failed closes the buffer: its error is the cause
+                self._raise_worker_error()
+                raise
         waited = time.perf_counter() - start
         self.trained_prompts += len(groups)
         expired = self.buffer.expire()
@@ -223,6 +224,11 @@ class AsyncSampler(Sampler):
         step.rewards = concatenate_rewards([g.payload.rewards for g in groups])
         self._log(module, groups, waited, result)
         return step
+
+    def _raise_worker_error(self) -> None:
+        for worker in self.workers:
+            if worker.error is not None:
+                raise RuntimeError(f"a rollout worker stopped: {worker.error}") from worker.error
 
     def push(self, module: L.LightningModule) -> None:
         """The new weights into the workers' engines, as the next version."""

@@ -80,7 +80,13 @@ def build_engine(spec: EngineSpec):
         from zoo.training.lora import apply_lora, lora_settings
 
         apply_lora(model, lora_settings(spec.lora))
-    model.load_state_dict(spec.weights)
+    params = dict(model.named_parameters())  # a tied head once, as the trainer's named_parameters sends it
+    if params.keys() != spec.weights.keys():
+        missing, unexpected = sorted(params.keys() - spec.weights.keys()), sorted(spec.weights.keys() - params.keys())
+        raise RuntimeError(f"the worker's weights do not fit its network: missing {missing}, unexpected {unexpected}")
+    with torch.no_grad():
+        for name, tensor in spec.weights.items():
+            params[name].copy_(tensor)
     model = model.to(spec.device).requires_grad_(False)
     return NativeEngine(model, tokenizer=spec.tokenizer, dtype=spec.dtype, **spec.engine_options)
 
