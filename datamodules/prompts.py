@@ -16,6 +16,10 @@ becomes correctness × budget fidelity (``correctness``, the task's verifier, st
 ``posterior_prompt`` (a template with ``{prompt}`` and ``{answer}``, :mod:`zoo.rl.methods.ravr_posterior_prompt`) gives
 every training problem a second, answer-conditioned prompt as well (``posterior_ids``, with the reference's final answer
 as ``answer``), for RAVR's posterior sampler.
+
+``reward`` replaces the task's own check, for the reward and for what pass@k counts: a name (``exact_match``,
+``math_verify``, ``gsm8k``) or ``package.module:function`` (:func:`zoo.rl.rewards.reward_function`); e.g. math-verify's
+final-answer check for a chat model that answers in sentences where the task's exact match wants the number alone.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
-from zoo.errors import DataError, require_int
+from zoo.errors import ConfigError, DataError, require_int
 from zoo.io.files import cache_dir
 from zoo.rl.methods.bard import BudgetOptions, budget_line, with_budget
 from zoo.rl.methods.ravr_posterior_prompt import check_template, posterior_prompt
+from zoo.rl.rewards import reward_function
 from zoo.tasks.base import Problem
 from zoo.tasks.registry import TASKS, encode_prompts, encode_texts, load_problems
 from zoo.text.chat import chat_format
@@ -58,11 +63,15 @@ class PromptDataModule(L.LightningDataModule):
         system_prompt: str | None = None,
         budgets: dict[str, Any] | None = None,
         posterior_prompt: str | None = None,
+        reward: str | None = None,
     ) -> None:
         super().__init__()
         require_int("data.batch_size", batch_size, 1)
         self.budgets = BudgetOptions.from_dict(budgets) if budgets is not None else None
         self.posterior_template = check_template(posterior_prompt) if posterior_prompt is not None else None
+        if reward is not None and budgets is not None:
+            raise ConfigError("data.reward replaces the task's check; with data.budgets the reward is the budget's own")
+        self.check = reward_function(reward) if reward is not None else None
         require_int("data.train_size", train_size, 1)
         require_int("data.val_size", val_size, 0)
         self.save_hyperparameters()
@@ -88,7 +97,7 @@ class PromptDataModule(L.LightningDataModule):
             texts += [budget_line(b) for b in self.budgets.levels]
         texts += [self.posterior_text(p) for p in self.train_problems] if self.posterior_template else []
         self.tokenizer = tokenizer_for(h.tokenizer, texts, h.vocab_size, cache_dir() / "tokenizers")
-        self.reward = self.correctness = TASKS[h.task].reward
+        self.reward = self.correctness = self.check or TASKS[h.task].reward
         self.val_questions = list(self.val_problems)
         if self.budgets is not None:
             self.reward = self.budgets.reward(self.count_tokens)

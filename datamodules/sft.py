@@ -93,11 +93,12 @@ class SFTDataModule(PromptDataModule):
         pack: bool = True,
         budgets: dict[str, Any] | None = None,
         posterior_prompt: str | None = None,
+        reward: str | None = None,
     ) -> None:
         require_int("data.seq_len", seq_len, 1)
         super().__init__(
             task, options, path, val_path, tokenizer, vocab_size, train_size, val_size, batch_size, seed,
-            chat_template, system_prompt, budgets, posterior_prompt,
+            chat_template, system_prompt, budgets, posterior_prompt, reward,
         )  # fmt: skip
         self.save_hyperparameters()
 

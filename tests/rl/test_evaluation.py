@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from zoo.datamodules.prompts import PromptDataModule
+from zoo.errors import ConfigError
 from zoo.generation.engine import GenerationResult, Sample
 from zoo.generation.sampling import SamplingParams
 from zoo.rl.evaluation import correctness_runner, evaluate_pass_at_k, pass_at_k, solved_groups
@@ -78,3 +79,27 @@ def test_solved_groups_count_correctness_not_the_shaped_reward():
     assert solved_groups(RewardBatch(scores, {"correct": correct}), 2).item() == pytest.approx(1 / 3)
     plain = RewardBatch(torch.tensor([1.0, 0.0, 0.0, 0.0]))  # a verifier's reward is its own correctness
     assert solved_groups(plain, 2).item() == 0.5
+
+
+def test_data_reward_replaces_the_tasks_check_for_the_reward_and_for_pass_at_k():
+    """A chat model's sentence answer: the arithmetic task's exact match fails it, math-verify's final-answer check
+    (data.reward=math_verify) passes it, in training rewards and in pass@1 alike."""
+    outcomes = {}
+    for reward in (None, "math_verify"):
+        data = PromptDataModule(task="arithmetic", train_size=8, val_size=4, reward=reward)
+        data.setup()
+        problems = data.val_prompts
+        texts = [f"The answer is {p['reference']}." for p in problems]
+        rewards, correctness = RewardRunner(data.reward), correctness_runner(data)
+        assert correctness is None  # the reward is the task's verifier
+        params = SamplingParams(max_new_tokens=16, temperature=0.0)
+        results = evaluate_pass_at_k(_Scripted(data.tokenizer, texts), data.tokenizer, problems, rewards, params)
+        rewards.close()
+        outcomes[reward] = results["pass@1"].tolist(), results["reward"].tolist()
+    assert outcomes[None] == ([0.0] * 4, [0.0] * 4)
+    assert outcomes["math_verify"] == ([1.0] * 4, [1.0] * 4)
+
+
+def test_data_reward_with_budgets_is_refused():
+    with pytest.raises(ConfigError, match="data.reward replaces the task's check; with data.budgets"):
+        PromptDataModule(task="thinking", reward="math_verify", budgets=dict(levels=[60]))

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 import threading
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from zoo.errors import ConfigError
 from zoo.rl.rewards import (
     FormatReward,
     RewardRunner,
@@ -19,6 +21,7 @@ from zoo.rl.rewards import (
     gsm8k_answer,
     gsm8k_reward,
     math_reward,
+    reward_function,
 )
 
 
@@ -165,3 +168,24 @@ def test_gsm8k_scores_the_last_answer_marker():
     completion = "First I thought #### 5, but checking again the total is 7.\n#### 7"
     assert gsm8k_answer(completion) == "7"
     assert gsm8k_reward("", completion, "#### 7") == 1.0 and gsm8k_reward("", completion, "5") == 0.0
+
+
+def test_rewards_are_found_by_name_or_import_path():
+    assert reward_function("math_verify") is math_reward and reward_function("exact_match") is exact_match_reward
+    assert reward_function("zoo.rl.rewards:gsm8k_reward") is gsm8k_reward
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("mathverify", "is neither a reward .*math_verify.* nor package.module:function"),
+        ("zoo.rl.rewards:no_such_reward", "cannot be imported: .*no_such_reward"),
+        ("no_such_package.rewards:check", "cannot be imported: No module named 'no_such_package'"),
+        ("zoo.rl.rewards:REWARDS", "is not callable"),
+        (":check", "is neither a reward"),
+    ],
+)
+def test_a_reward_that_cannot_be_found_is_one_line_naming_the_key(spec, message):
+    with pytest.raises(ConfigError, match=f"^data.reward '{re.escape(spec)}' {message}") as error:
+        reward_function(spec)
+    assert "\n" not in str(error.value)

@@ -13,6 +13,9 @@ Rewards shipped here:
 - :func:`exact_match_reward`: the stripped completion equals the stripped reference;
 - :class:`FormatReward`: 1 if the completion matches a regular expression;
 - :class:`WeightedReward`: a weighted sum of named rewards, every part logged.
+
+:func:`reward_function` finds one by name (``exact_match``, ``math_verify``, ``gsm8k``) or by import path
+(``package.module:function``): how ``data.reward`` replaces a task's own check.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import Any
 
 import torch
+
+from zoo.errors import ConfigError
 
 RewardFn = Callable[[str, str, str], "float | tuple[float, dict[str, float]]"]
 log = logging.getLogger(__name__)
@@ -66,6 +72,26 @@ def math_reward(prompt: str, completion: str, reference: str) -> float:
     gold = parse(reference if delimited else f"${reference}$", parsing_timeout=None)
     answer = parse(completion, parsing_timeout=None)
     return float(bool(gold) and bool(answer) and verify(gold, answer, timeout_seconds=None))
+
+
+REWARDS: dict[str, RewardFn] = {"exact_match": exact_match_reward, "math_verify": math_reward, "gsm8k": gsm8k_reward}
+
+
+def reward_function(spec: str, key: str = "data.reward") -> RewardFn:
+    """The reward ``spec`` names: one of :data:`REWARDS`, or ``package.module:function`` (a callable taking
+    ``(prompt, completion, reference)``)."""
+    if spec in REWARDS:
+        return REWARDS[spec]
+    module_name, colon, name = spec.partition(":")
+    if not colon or not module_name or not name:
+        raise ConfigError(f"{key} {spec!r} is neither a reward ({', '.join(REWARDS)}) nor package.module:function")
+    try:
+        function = getattr(import_module(module_name), name)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"{key} {spec!r} cannot be imported: {error}") from None
+    if not callable(function):
+        raise ConfigError(f"{key} {spec!r} is not callable")
+    return function
 
 
 @dataclass
