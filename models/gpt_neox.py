@@ -401,7 +401,11 @@ class GPTNeoX(nn.Module):
             mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill_(~valid, float("-inf"))
             mask = mask[:, None, None, :]
         hidden = self.norm(self.body(x, AttentionInputs(cos, sin, mask, cache)))
-        return self.lm_head(hidden[:, -1])
+        return self.logits(hidden[:, -1])
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output head over final-normed hidden states (..., hidden) -> (..., vocab)."""
+        return self.lm_head(hidden)
 
     def hidden_states(
         self,
@@ -449,7 +453,7 @@ class GPTNeoX(nn.Module):
         )
         if targets is not None:
             return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
-        return self.lm_head(h)
+        return self.logits(h)
 
 
 def init_weights(model: nn.Module, std: float, num_compute_blocks: int) -> None:

@@ -59,6 +59,18 @@ class CausalLM(Protocol):
 
 
 @runtime_checkable
+class HeadOverHiddenStates(Protocol):
+    """A model whose logits are exactly ``logits(hidden_states(input_ids))``, its output head applied position by
+    position (zoo's own networks; a Hugging Face model may post-process its logits: soft-capping, scaling), so that
+    per-token log-probs can be computed from the hidden states a chunk of tokens at a time
+    (:func:`zoo.rl.rollout.token_logprobs`)."""
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor: ...
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class Traceable(Protocol):
     """zoo's own networks: their blocks' states can be traced (Hugging Face models cannot)."""
 

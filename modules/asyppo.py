@@ -44,7 +44,7 @@ from zoo.models.hf import HFConfig
 from zoo.models.value import ValueModel
 from zoo.modules.ppo import PPOModule
 from zoo.modules.rl import config_section
-from zoo.rl.losses import clipped_value_loss
+from zoo.rl.losses import Totals, clipped_value_loss, token_share
 from zoo.rl.methods.asyppo import (
     AGGREGATES,
     EVERY_CRITIC,
@@ -192,8 +192,10 @@ class AsyPPOModule(PPOModule):
 
     # -- the stages -----------------------------------------------------------------------------------------
     def value_estimate(self, batch: RolloutBatch) -> torch.Tensor:
-        inputs = batch.input_ids[:, :-1]
-        values = torch.stack([critic(inputs) for critic in self.critics], 1) * batch.response_mask[:, None]
+        def forward(part: RolloutBatch) -> torch.Tensor:
+            return torch.stack([critic(part.input_ids[:, :-1]) for critic in self.critics], 1)
+
+        values = self.micro_batched(batch, forward) * batch.response_mask[:, None]
         batch.extras["critic_values"] = values  # (N, M, L)
         batch.extras["critic_index"] = critic_shards(batch.prompt_index, self.asyppo.critics, self.asyppo.shard_mode)
         value, sigma = ensemble_values(values.transpose(0, 1), self.asyppo.aggregate)
@@ -218,16 +220,27 @@ class AsyPPOModule(PPOModule):
             sigma = torch.rand(sigma.shape, generator=generator).to(sigma.device)
         return uncertainty_masks(sigma, mask, a.advantage_mask, a.entropy_filter)
 
+    def start_minibatch(self, minibatch: RolloutBatch) -> None:
+        """The minibatch's denominators, each critic's shard's among them, and (``mask_population: minibatch``) its
+        masks, from σ over the whole minibatch before it is split into micro-batches."""
+        super().start_minibatch(minibatch)
+        owner, mask = minibatch.extras["critic_index"], minibatch.response_mask
+        for m in range(self.asyppo.critics):
+            rows = (owner == m) | (owner == EVERY_CRITIC)
+            minibatch.totals[f"critic_{m}"] = Totals.of(mask[rows])
+        if self.asyppo.mask_population == "minibatch":
+            keep_advantage, keep_entropy = self.masks(minibatch.extras["sigma"], mask)
+            minibatch.extras["keep_advantage"], minibatch.extras["keep_entropy"] = keep_advantage, keep_entropy
+
     def loss(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         a, mask = self.asyppo, batch.response_mask
-        if a.mask_population == "minibatch":
-            keep_advantage, keep_entropy = self.masks(batch.extras["sigma"], mask)
-        else:
-            keep_advantage, keep_entropy = batch.extras["keep_advantage"], batch.extras["keep_entropy"]
-        tokens = mask.sum().clamp(min=1)
+        if "keep_advantage" not in batch.extras:  # a minibatch not begun by start_minibatch (the loss called alone)
+            self.start_minibatch(batch)
+        keep_advantage, keep_entropy = batch.extras["keep_advantage"], batch.extras["keep_entropy"]
+        totals = batch.total()
         fractions = {
-            "asyppo/advantage_masked": 1 - keep_advantage.sum() / tokens,
-            "asyppo/entropy_filtered": 1 - keep_entropy.sum() / tokens,
+            "asyppo/advantage_masked": token_share(1 - keep_advantage.to(mask.dtype), mask, totals),
+            "asyppo/entropy_filtered": token_share(1 - keep_entropy.to(mask.dtype), mask, totals),
         }
         if self.global_step < a.critic_warmup_steps:  # the critics learn alone first
             value_loss, logs = self.value_loss(batch)
@@ -256,6 +269,7 @@ class AsyPPOModule(PPOModule):
                 batch.response_mask[rows],
                 self.ppo.value_clip,
                 self.algorithm.aggregation,
+                batch.total(f"critic_{m}"),
             )
             total = total + loss
             logs[f"critic/value_loss_{m}"] = loss.detach()

@@ -20,7 +20,7 @@ from zoo.models.value import ValueModel
 from zoo.modules.rl import RLModule, config_section
 from zoo.rl.advantages import gae, masked_whiten
 from zoo.rl.losses import clipped_value_loss
-from zoo.rl.rollout import RolloutBatch, token_logprobs
+from zoo.rl.rollout import RolloutBatch
 from zoo.training.strategies import shard_for_strategy
 
 
@@ -61,14 +61,13 @@ class PPOModule(RLModule):
 
     def prepare(self, batch: RolloutBatch) -> None:
         super().prepare(batch)
-        with torch.no_grad():
-            if batch.old_logprobs is None:  # the KL penalty in the reward needs them even for a single update
-                batch.old_logprobs = token_logprobs(self.model, batch.input_ids, self.rollout_config.temperature)[0]
-            batch.old_values = self.value_estimate(batch) * batch.response_mask
+        if batch.old_logprobs is None:  # the KL penalty in the reward needs them even for a single update
+            batch.old_logprobs = self.micro_batched(batch, lambda part: self.logprobs_of(self.model, part))
+        batch.old_values = self.value_estimate(batch) * batch.response_mask
 
     def value_estimate(self, batch: RolloutBatch) -> torch.Tensor:
         """The values (N, L) GAE bootstraps from, before any update of this batch."""
-        return self.critic(batch.input_ids[:, :-1])
+        return self.micro_batched(batch, lambda part: self.critic(part.input_ids[:, :-1]))
 
     def advantages(self, batch: RolloutBatch) -> torch.Tensor:
         mask = batch.response_mask
@@ -96,5 +95,6 @@ class PPOModule(RLModule):
             batch.response_mask,
             self.ppo.value_clip,
             self.algorithm.aggregation,
+            batch.total(),
         )
         return loss, {"critic/value_loss": loss.detach()}

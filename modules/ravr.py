@@ -39,6 +39,7 @@ from zoo.errors import ConfigError
 from zoo.generation.engine import Sample
 from zoo.modules.rl import RLModule, config_section
 from zoo.rl import advantages as estimators
+from zoo.rl.losses import Totals
 from zoo.rl.methods import ravr as objective
 from zoo.rl.methods.ravr_answer_posterior import estimated_posterior_utility
 from zoo.rl.methods.ravr_answer_utility import answer_utility
@@ -169,13 +170,23 @@ class RAVRModule(RLModule):
             prog_bar=False,
         )
 
+    rows_per_sample = 3  # a prior completion, a posterior path, its distillation row
+
+    def start_minibatch(self, minibatch: RolloutBatch) -> None:
+        """The prior's and the posterior's policy-gradient terms are each aggregated over their own rows."""
+        super().start_minibatch(minibatch)
+        kind, mask = minibatch.extras["kind"], minibatch.response_mask
+        minibatch.totals |= {"prior": Totals.of(mask[kind == PRIOR]), "posterior": Totals.of(mask[kind == POSTERIOR])}
+
     def objective(self, batch: RolloutBatch, logprobs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c, kind = self.ravr, batch.extras["kind"]
         loss, logs = logprobs.sum() * 0.0, {}  # a minibatch may hold no row of a part
         for part, weight, name in ((PRIOR, c.prior_weight, "prior"), (POSTERIOR, c.posterior_weight, "posterior")):
             rows = kind == part
             if weight > 0 and rows.any():
-                pg, stats = super().objective(batch.select(rows), logprobs[rows])
+                rows_of_part = batch.select(rows)
+                rows_of_part.totals = None if batch.totals is None else {"response": batch.totals[name]}
+                pg, stats = super().objective(rows_of_part, logprobs[rows])
                 loss = loss + weight * pg
                 logs[f"ravr/{name}_pg_loss"] = pg.detach()
                 logs[f"policy/{name}_clip_fraction"] = stats["policy/clip_fraction"]

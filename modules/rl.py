@@ -26,6 +26,7 @@ task's correctness (``zoo.rl.evaluation``), not by a shaped reward.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,8 +38,9 @@ from zoo.errors import ConfigError, TrainingDiverged, config_section, require_in
 from zoo.generation.sampling import SamplingParams
 from zoo.modules.policy import PolicyModule
 from zoo.rl import advantages as estimators
+from zoo.rl.batch_plan import BatchPlan
 from zoo.rl.evaluation import correctness_runner, evaluate_pass_at_k, solved_groups
-from zoo.rl.losses import aggregate, kl_penalty
+from zoo.rl.losses import Totals, aggregate, kl_penalty
 from zoo.rl.methods.attention_credit import CreditAssignment
 from zoo.rl.pg_variants import PolicyInputs, policy_loss, variant_options
 from zoo.rl.rewards import PendingRewards, RewardBatch, RewardRunner
@@ -48,6 +50,8 @@ from zoo.training.lora import adapters_disabled
 from zoo.training.optim import OptimConfig, adamw_groups, build_adamw, build_schedule, ensure_finite
 from zoo.training.quantization import check_bits, quantize_frozen
 from zoo.training.strategies import clip_grad_norm
+
+log = logging.getLogger("zoo")
 
 
 @dataclass
@@ -70,6 +74,8 @@ class AlgorithmConfig:
     aggregation: str = "token_mean"  # token_mean (DAPO) | seq_mean_token_mean (GRPO) | seq_mean_token_sum
     ppo_epochs: int = 1
     minibatch_size: int | None = None  # sequences per optimizer step; None: the whole rollout batch
+    micro_batch_size: int | None = None  # sequences per forward (gradients accumulate); None: no row limit
+    micro_batch_tokens: int | None = None  # tokens per forward (rows x longest row); None: no token limit
     kl_coef: float = 0.0  # > 0 keeps a frozen reference policy (a LoRA policy's: itself with its adapters off)
     reference_quantization: str | None = (
         None  # 8bit | 4bit: the reference held by bitsandbytes (zoo.training.quantization)
@@ -119,6 +125,9 @@ class RLModule(PolicyModule):
         if not self.algorithm.reward_timeout_s > 0:
             raise ConfigError(f"module.algorithm.reward_timeout_s must be > 0, got {self.algorithm.reward_timeout_s!r}")
         require_int("module.algorithm.max_skipped_steps", self.algorithm.max_skipped_steps, 0)
+        for key in ("minibatch_size", "micro_batch_size", "micro_batch_tokens"):
+            if getattr(self.algorithm, key) is not None:
+                require_int(f"module.algorithm.{key}", getattr(self.algorithm, key), 1)
         self.pg_options = variant_options(self.algorithm.pg_variant, self.algorithm.pg_options)
         assignment = CreditAssignment(credit, credit_options)  # validates both, even when off
         self.credit = assignment if credit != "none" else None
@@ -150,13 +159,23 @@ class RLModule(PolicyModule):
     def has_reference(self) -> bool:
         return self.algorithm.kl_coef > 0
 
-    def reference_logprobs(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The reference policy's log-probs (N, L) of the completion tokens."""
-        temperature = self.rollout_config.temperature
+    def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        """The reference policy's log-probs (N, L) of the completion tokens, micro-batch by micro-batch."""
         if self.reference is not None:
-            return token_logprobs(self.reference, input_ids, temperature)[0]
+            return self.micro_batched(batch, lambda part: self.logprobs_of(self.reference, part))
         with adapters_disabled(self.model):
-            return token_logprobs(self.model, input_ids, temperature)[0]
+            return self.micro_batched(batch, lambda part: self.logprobs_of(self.model, part))
+
+    def logprobs_of(self, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
+        """``model``'s log-probs (N, L) of ``batch``'s target tokens at the rollout temperature."""
+        return token_logprobs(model, batch.input_ids, self.rollout_config.temperature)[0]
+
+    def micro_batched(self, batch: RolloutBatch, forward) -> torch.Tensor:
+        """``forward`` without gradients over the micro-batches of ``batch`` (``micro_batch_size`` rows,
+        ``micro_batch_tokens`` tokens), laid out as the whole batch's (:meth:`RolloutBatch.map_micro_batches`)."""
+        a = self.algorithm
+        with torch.no_grad():
+            return batch.map_micro_batches(forward, a.micro_batch_size, a.micro_batch_tokens)
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -166,6 +185,27 @@ class RLModule(PolicyModule):
             self.val_metrics[f"pass@{k}"] = MeanMetric()
         self.val_metrics["reward"] = MeanMetric()
         self.val_metrics["length"] = MeanMetric()
+
+    rows_per_sample = 1  # rows of the rollout batch per sampled completion (RAVR lays out three)
+
+    def on_fit_start(self) -> None:
+        """The batch hierarchy, checked and printed before the first rollout (:mod:`zoo.rl.batch_plan`)."""
+        data, a = self.trainer.datamodule, self.algorithm
+        prompts = [p["prompt_ids"] for p in getattr(data, "train_set", [])]
+        plan = BatchPlan(
+            prompts=data.hparams.batch_size,
+            n=self.rollout_config.n,
+            rows_per_sample=self.rows_per_sample,
+            ppo_epochs=a.ppo_epochs,
+            minibatch_size=a.minibatch_size,
+            micro_batch_size=a.micro_batch_size,
+            micro_batch_tokens=a.micro_batch_tokens,
+            longest_row=max(map(len, prompts), default=0) + self.rollout_config.max_new_tokens,
+        ).check()
+        if self.trainer.is_global_zero:
+            log.info(plan.table())
+        for logger in self.trainer.loggers:
+            logger.log_metrics(plan.metrics(), step=0)
 
     def teardown(self, stage: str) -> None:
         for runner in (self.rewards, self.correctness):
@@ -276,17 +316,18 @@ class RLModule(PolicyModule):
         )
         loss, logs = self.objective(batch, logprobs)
         # the KL and entropy terms are aggregated as the policy loss is (per token, or per sequence first)
-        mask, length = batch.response_mask, self.rollout_config.max_new_tokens
+        mask, length, totals = batch.response_mask, self.rollout_config.max_new_tokens, batch.total()
         if self.has_reference and self.kl_in_loss:
-            kl = aggregate(kl_penalty(logprobs, batch.ref_logprobs, a.kl_estimator), mask, a.aggregation, length)
+            per_token = kl_penalty(logprobs, batch.ref_logprobs, a.kl_estimator)
+            kl = aggregate(per_token, mask, a.aggregation, length, totals)
             loss = loss + a.kl_coef * kl
             logs["policy/kl_to_reference"] = kl.detach()
         if entropy is not None:
-            logs["policy/entropy"] = aggregate(entropy, mask, a.aggregation, length).detach()
+            logs["policy/entropy"] = aggregate(entropy, mask, a.aggregation, length, totals).detach()
             if a.entropy_coef > 0:
                 weights = self.entropy_weights(batch)
-                bonus = aggregate(entropy * weights if weights is not None else entropy, mask, a.aggregation, length)
-                loss = loss - a.entropy_coef * bonus
+                weighted = entropy * weights if weights is not None else entropy
+                loss = loss - a.entropy_coef * aggregate(weighted, mask, a.aggregation, length, totals)
         return loss, logs
 
     def objective(self, batch: RolloutBatch, logprobs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -306,6 +347,7 @@ class RLModule(PolicyModule):
             a.aggregation,
             self.rollout_config.max_new_tokens,
             a.tis_cap,
+            batch.total(),
         )
         logs = {
             "policy/clip_fraction": stats.clip_fraction,
@@ -320,11 +362,10 @@ class RLModule(PolicyModule):
         """Log-probs the loss compares against, computed before any update of this batch."""
         a = self.algorithm
         several_updates = a.ppo_epochs > 1 or (a.minibatch_size or len(batch)) < len(batch)
-        with torch.no_grad():
-            if several_updates:
-                batch.old_logprobs = token_logprobs(self.model, batch.input_ids, self.rollout_config.temperature)[0]
-            if self.has_reference:
-                batch.ref_logprobs = self.reference_logprobs(batch.input_ids)
+        if several_updates:
+            batch.old_logprobs = self.micro_batched(batch, lambda part: self.logprobs_of(self.model, part))
+        if self.has_reference:
+            batch.ref_logprobs = self.reference_logprobs(batch)
 
     @property
     def sampler(self):
@@ -397,14 +438,23 @@ class RLModule(PolicyModule):
         return False
 
     def update(self, batch: RolloutBatch) -> None:
-        """The optimizer steps on a batch: ``ppo_epochs`` passes in minibatches of ``minibatch_size`` sequences."""
-        optimizer, schedule = self.optimizers(), self.lr_schedulers()
-        size = self.algorithm.minibatch_size or len(batch)
+        """The optimizer steps on a batch: ``ppo_epochs`` passes in minibatches of ``minibatch_size`` sequences,
+        each minibatch's gradient accumulated over its micro-batches (``micro_batch_size`` sequences and
+        ``micro_batch_tokens`` tokens per forward): every micro-batch's loss is its share of the minibatch's (the
+        minibatch's denominators, :meth:`start_minibatch`), so the step equals the unsplit one."""
+        a, optimizer, schedule = self.algorithm, self.optimizers(), self.lr_schedulers()
+        size = a.minibatch_size or len(batch)
         generator = torch.Generator().manual_seed(self.step_seed())
-        for _ in range(self.algorithm.ppo_epochs):
+        for _ in range(a.ppo_epochs):
             for minibatch in batch.minibatches(size, generator if size < len(batch) else None):
-                loss, logs = self.loss(minibatch)
-                self.manual_backward(loss)
+                self.start_minibatch(minibatch)
+                loss, logs = 0.0, {}
+                for micro_batch in minibatch.micro_batches(a.micro_batch_size, a.micro_batch_tokens):
+                    micro_loss, micro_logs = self.loss(micro_batch)
+                    self.manual_backward(micro_loss)
+                    loss = loss + micro_loss.detach()  # every logged term is a share of the minibatch's: they add up
+                    for name, value in micro_logs.items():
+                        logs[name] = logs.get(name, 0.0) + value
                 norm = clip_grad_norm(self.trainer.strategy, self.trainable(), self.optim_config.grad_clip or math.inf)
                 ensure_finite(self.global_step, loss=loss, grad_norm=norm)  # before the optimizer step
                 optimizer.step()
@@ -418,6 +468,11 @@ class RLModule(PolicyModule):
                         "train/lr": schedule.get_last_lr()[0],
                     }
                 )
+
+    def start_minibatch(self, minibatch: RolloutBatch) -> None:
+        """Before a minibatch's micro-batches: the denominators its loss terms are aggregated by (``response``: its
+        response tokens and sequences; a method with terms over other rows adds theirs)."""
+        minibatch.totals = {"response": Totals.of(minibatch.response_mask)}
 
     def parameter_groups(self) -> list[dict]:
         """The optimizer's parameter groups (AsyPPO gives its critics their own learning rate)."""

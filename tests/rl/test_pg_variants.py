@@ -102,11 +102,11 @@ def test_loss_and_gradient_match_the_formula_token_by_token(variant, options, ag
         loss, _, _ = policy_loss(variant, parsed, x, 0.2, 0.25, aggregation, max_length=8, tis_cap=1.3)
         loss.backward()
         per_token, slope, keep = _reference(variant, parsed, x, 0.2, 0.25, 1.3)
-        mask = x.mask * keep
+        mask = x.mask * keep  # a token left out adds zero and still counts in the denominators (CISPO's Σ|o_i|)
         if aggregation == "token_mean":
-            weights = mask / mask.sum()
+            weights = mask / x.mask.sum()
         elif aggregation == "seq_mean_token_mean":
-            weights = mask / mask.sum(1, keepdim=True).clamp(min=1) / len(mask)
+            weights = mask / x.mask.sum(1, keepdim=True).clamp(min=1) / len(mask)
         else:
             weights = mask / 8 / len(mask)
         assert loss.item() == pytest.approx((per_token * weights).sum().item(), rel=1e-9, abs=1e-12)

@@ -136,7 +136,7 @@ def test_an_rl_modules_quantized_reference_scores_within_the_tolerance(bits):
     """module.algorithm.reference_quantization: before any update the reference's log-probs of the policy's own
     samples differ from the policy's by quantization alone."""
     from zoo.modules.grpo import GRPOModule
-    from zoo.rl.rollout import token_logprobs
+    from zoo.rl.rollout import RolloutBatch, token_logprobs
 
     config = {"arch": "gpt_neox", **load_model("hub:pythia-tiny").model.config.to_dict()}
     algorithm = {"kl_coef": 0.04, "reference_quantization": bits}
@@ -144,8 +144,10 @@ def test_an_rl_modules_quantized_reference_scores_within_the_tolerance(bits):
     module.configure_model()
     assert type(module.reference.blocks[0].mlp.fc).__name__ == ("Linear8bitLt" if bits == "8bit" else "Linear4bit")
     x = _sampled(module.model.eval())
+    rows, width = x.shape
+    batch = RolloutBatch(x, torch.ones(rows, width - 1), torch.zeros(rows, width - 1), torch.arange(rows))
     with torch.no_grad():
-        error = (module.reference_logprobs(x) - token_logprobs(module.model, x)[0])[:, 3:].abs().mean()
+        error = (module.reference_logprobs(batch) - token_logprobs(module.model, x)[0])[:, 3:].abs().mean()
     assert 0 < error <= LOGPROB_TOLERANCE[bits]
     assert not any(k.startswith("reference.") for k in module.state_dict().keys() - module.rebuilt_entries())
 

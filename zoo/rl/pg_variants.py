@@ -25,7 +25,10 @@ reward, ``sg`` the stop-gradient, ``r = π_θ/π_prox`` and ``ρ = π_θ/π_beha
 
 Every log-ratio is clamped to ±20 before it is exponentiated (a token the sampler found nearly impossible must
 not make an infinite weight). The per-token losses are aggregated as the module's other terms are
-(:func:`zoo.rl.losses.aggregate`), over the tokens left in the loss.
+(:func:`zoo.rl.losses.aggregate`), over the response tokens: a token a variant leaves out (``filter``,
+``unified_mask``) adds zero and still counts in the denominator, as CISPO's objective normalises by ``Σ|o_i|``
+(MiniMax-M1, eq. 4). So a denominator never depends on the policy being updated, and a minibatch split into
+micro-batches gives the unsplit loss and gradient.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from zoo.errors import ConfigError, config_section
-from zoo.rl.losses import aggregate
+from zoo.rl.losses import Totals, aggregate, token_share
 
 LOG_RATIO_LIMIT = 20.0
 LEVELS = ("token", "sequence", "geometric")
@@ -110,7 +113,7 @@ class PolicyLoss:
     per_token: torch.Tensor  # (N, L)
     mask: torch.Tensor  # (N, L) the tokens left in the loss
     clipped: torch.Tensor  # (N, L) bool: where a clip, cap or truncation changed the token's weight
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # what else to log
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-token values to log, averaged over tokens
 
 
 def _clipped_surrogate(x: PolicyInputs, clip_low: float, clip_high: float, dual_clip: float | None):
@@ -156,8 +159,7 @@ def decoupled_ppo(x: PolicyInputs, o: DecoupledPPOOptions, clip_low: float, clip
         if o.filter is not None:
             lo, hi = o.filter
             mask = mask * ((weights >= lo) & (weights <= hi)).to(mask.dtype)
-    extras = {"policy/train_infer_weight": (weights * x.mask).sum() / x.mask.sum().clamp(min=1)}
-    extras["policy/filtered_fraction"] = 1 - mask.sum() / x.mask.sum().clamp(min=1)
+    extras = {"policy/train_infer_weight": weights, "policy/filtered_fraction": (x.mask - mask).to(weights.dtype)}
     return PolicyLoss(per_token * weights.clamp(max=o.cap), mask, changed | (weights > o.cap), extras)
 
 
@@ -229,22 +231,25 @@ def policy_loss(
     aggregation: str = "token_mean",
     max_length: int | None = None,
     tis_cap: float | None = None,
+    totals: Totals | None = None,
 ) -> tuple[torch.Tensor, PolicyLossStats, dict[str, torch.Tensor]]:
     """The aggregated loss of ``variant`` (options from :func:`variant_options`), its statistics against the
-    proximal policy, and the variant's own logs."""
+    proximal policy, and the variant's own logs; ``totals``: the minibatch's, for a micro-batch of it (means over
+    tokens are then the micro-batch's share)."""
     result = PG_VARIANTS[variant][1](inputs, options, clip_low, clip_high, tis_cap)
-    loss = aggregate(result.per_token, result.mask, aggregation, max_length)
+    kept = result.mask.to(result.per_token.dtype)
+    loss = aggregate(result.per_token * kept, inputs.mask, aggregation, max_length, totals)
     with torch.no_grad():
         mask = inputs.mask.to(inputs.logprobs.dtype)
-        count = mask.sum().clamp(min=1)
         log_ratio = (inputs.logprobs - inputs.proximal).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
         ratio = torch.exp(log_ratio)
         stats = PolicyLossStats(
-            clip_fraction=(result.clipped.to(mask.dtype) * mask).sum() / count,
-            ratio_mean=(ratio * mask).sum() / count,
-            approx_kl=((ratio - 1 - log_ratio) * mask).sum() / count,
+            clip_fraction=token_share(result.clipped.to(mask.dtype), mask, totals),
+            ratio_mean=token_share(ratio, mask, totals),
+            approx_kl=token_share(ratio - 1 - log_ratio, mask, totals),
         )
-    return loss, stats, result.extras
+        extras = {name: token_share(values, mask, totals) for name, values in result.extras.items()}
+    return loss, stats, extras
 
 
 def ppo_clip_loss(

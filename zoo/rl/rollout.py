@@ -3,18 +3,27 @@
 Each of the N = prompts × G sequences is ``prompt + completion``, right-padded to a common length L + 1.
 Everything per token lives in *target* positions (L of them): position t holds the token at t + 1 and the
 log-probs of predicting it, so ``response_mask`` marks the completion's tokens there.
+
+Micro-batches (:meth:`RolloutBatch.micro_batches`): the rows of a batch grouped so that each forward holds at most
+``size`` rows and ``tokens`` tokens (rows x the group's longest row; rows are grouped longest first, so rows of like
+length share a group), each trimmed to its own longest row. :meth:`RolloutBatch.map_micro_batches` runs a forward
+without gradients micro-batch by micro-batch and lays the results out as the whole batch's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
+from zoo.errors import ConfigError
 from zoo.generation.engine import GenerationResult, Sample
-from zoo.rl.losses import token_entropy
+from zoo.models.interface import HeadOverHiddenStates
+from zoo.rl.losses import Totals, token_entropy
 from zoo.rl.rewards import RewardBatch
 
 
@@ -31,6 +40,7 @@ class RolloutBatch:
     old_values: torch.Tensor | None = None  # (N, L) a critic's, before the updates
     returns: torch.Tensor | None = None  # (N, L) value targets
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # a method's own per-sample tensors (N, ...)
+    totals: dict[str, Totals] | None = None  # a minibatch's loss denominators, kept by its micro-batches
 
     @property
     def targets(self) -> torch.Tensor:
@@ -40,7 +50,72 @@ class RolloutBatch:
         return self.input_ids.shape[0]
 
     def _tensors(self) -> list[str]:
-        return [f.name for f in fields(self) if f.name != "extras" and getattr(self, f.name) is not None]
+        kept = (f.name for f in fields(self) if f.name not in ("extras", "totals"))
+        return [name for name in kept if getattr(self, name) is not None]
+
+    def total(self, key: str = "response") -> Totals | None:
+        """The denominators of the terms ``key`` names (zoo.rl.losses): the minibatch's when this is a micro-batch
+        of it, else None (the batch's own)."""
+        return None if self.totals is None else self.totals[key]
+
+    def lengths(self) -> torch.Tensor:
+        """Each row's tokens up to its last completion token (what follows is padding to the trainer); at least 2."""
+        positions = torch.arange(1, self.response_mask.shape[1] + 1, device=self.response_mask.device)
+        return ((self.response_mask > 0) * positions).amax(1).add(1).clamp(min=2)
+
+    def micro_batches(self, size: int | None = None, tokens: int | None = None) -> list[RolloutBatch]:
+        """The batch in micro-batches of at most ``size`` rows and ``tokens`` tokens, each trimmed to its longest
+        row (None, None: the whole batch, trimmed)."""
+        return [self.trimmed(rows) for rows in self.micro_batch_rows(size, tokens)]
+
+    def micro_batch_rows(self, size: int | None = None, tokens: int | None = None) -> list[torch.Tensor]:
+        lengths = self.lengths().tolist()
+        if size is None and tokens is None:
+            return [torch.arange(len(self), device=self.input_ids.device)]
+        longest = max(lengths, default=0)
+        if tokens is not None and longest > tokens:
+            raise ConfigError(
+                f"module.algorithm.micro_batch_tokens={tokens} is below the longest row of the batch ({longest} "
+                "tokens: prompt + max_new_tokens): raise it"
+            )
+        groups, group, width = [], [], 0
+        for row in sorted(range(len(self)), key=lambda r: -lengths[r]):
+            width = width or lengths[row]  # the group's first row is its longest
+            over_size = size is not None and len(group) == size
+            over_tokens = tokens is not None and (len(group) + 1) * width > tokens
+            if group and (over_size or over_tokens):
+                groups.append(group)
+                group, width = [], lengths[row]
+            group.append(row)
+        groups += [group] if group else []
+        return [torch.tensor(g, device=self.input_ids.device) for g in groups]
+
+    def trimmed(self, rows: torch.Tensor) -> RolloutBatch:
+        """Rows ``rows`` without the padding columns past their longest row."""
+        part = self.select(rows)
+        width = int(part.lengths().max()) if len(part) else 2
+        L = self.response_mask.shape[1]
+
+        def narrow(t: torch.Tensor) -> torch.Tensor:
+            return t[..., : width - 1] if t.ndim >= 2 and t.shape[-1] == L else t
+
+        tensors = {name: narrow(getattr(part, name)) for name in part._tensors() if name != "input_ids"}
+        extras = {name: narrow(value) for name, value in part.extras.items()}
+        return replace(part, input_ids=part.input_ids[:, :width], **tensors, extras=extras)
+
+    def map_micro_batches(
+        self, forward: Callable[[RolloutBatch], torch.Tensor], size: int | None = None, tokens: int | None = None
+    ) -> torch.Tensor:
+        """``forward`` (a micro-batch → a tensor (n, ..., its width)) over the micro-batches, laid out as the whole
+        batch's (N, ..., L), zero past each micro-batch's width."""
+        out = None
+        L = self.response_mask.shape[1]
+        for rows in self.micro_batch_rows(size, tokens):
+            part = forward(self.trimmed(rows))
+            if out is None:
+                out = part.new_zeros((len(self), *part.shape[1:-1], L))
+            out[rows, ..., : part.shape[-1]] = part
+        return out
 
     def select(self, rows: torch.Tensor) -> RolloutBatch:
         extras = {name: value[rows] for name, value in self.extras.items()}
@@ -119,13 +194,41 @@ def assemble(prompts: Sequence[Sequence[int]], samples: Sequence[Sample], device
     return RolloutBatch(input_ids, mask, rollout_logprobs, prompt_index).to(device or "cpu")
 
 
+LOGITS_PER_CHUNK = 1 << 24  # fp32 logits held at once by token_logprobs (64 MiB)
+
+
 def token_logprobs(
     model: torch.nn.Module, input_ids: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (N, L) of every target token under ``log softmax(logits / temperature)``, and optionally the
-    entropy of that distribution at every position."""
-    logits = model(input_ids[:, :-1]).float()
+    entropy of that distribution at every position (computed only when asked for).
+
+    A model whose logits are its head over its hidden states (:class:`zoo.models.interface.HeadOverHiddenStates`:
+    zoo's own) never holds the (N, L, V) logits: the head runs over ``LOGITS_PER_CHUNK // V`` tokens at a time
+    (logits in the head's dtype, log-softmax in fp32), and with gradients each chunk's logits are recomputed in the
+    backward pass instead of kept (activation checkpointing of the head: one more head matmul per token). Other
+    models (``arch: hf``) go through their full logits."""
+    targets = input_ids[:, 1:]
+    if not isinstance(model, HeadOverHiddenStates):
+        return _head_logprobs(lambda x: x, temperature, with_entropy, model(input_ids[:, :-1]), targets)
+    hidden = model.hidden_states(input_ids[:, :-1])
+    rows, width = targets.shape
+    flat_hidden, flat_targets = hidden.reshape(rows * width, -1), targets.reshape(-1)
+    chunk = max(1, LOGITS_PER_CHUNK // model.config.vocab_size)
+    head = partial(_head_logprobs, model.logits, temperature, with_entropy)
+    recompute = torch.is_grad_enabled() and flat_hidden.requires_grad
+    parts = []
+    for start in range(0, rows * width, chunk):
+        span = (flat_hidden[start : start + chunk], flat_targets[start : start + chunk])
+        parts.append(checkpoint(head, *span, use_reentrant=False) if recompute else head(*span))
+    logprobs = torch.cat([lp for lp, _ in parts]).view(rows, width)
+    entropy = torch.cat([h for _, h in parts]).view(rows, width) if with_entropy else None
+    return logprobs, entropy
+
+
+def _head_logprobs(head, temperature: float, with_entropy: bool, hidden: torch.Tensor, targets: torch.Tensor):
+    logits = head(hidden).float()
     if temperature not in (0, 1):
         logits = logits / temperature
-    logprobs = torch.log_softmax(logits, -1).gather(2, input_ids[:, 1:, None]).squeeze(2)
+    logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
     return logprobs, token_entropy(logits) if with_entropy else None

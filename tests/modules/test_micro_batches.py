@@ -1,0 +1,148 @@
+"""Micro-batches (module.algorithm.micro_batch_size / micro_batch_tokens): a minibatch split into micro-batches, each
+forward on its own and the gradients accumulated, gives the unsplit step's loss, logged terms and gradient (≤ 1e-6,
+fp32) for every method and loss aggregation; the forwards without gradients (old and reference log-probs, critic
+values) are split the same way. A token budget below a row is one line."""
+
+import lightning as L
+import pytest
+import torch
+
+from zoo.datamodules.prompts import PromptDataModule
+from zoo.errors import ConfigError
+from zoo.modules.asyppo import AsyPPOModule
+from zoo.modules.grpo import GRPOModule
+from zoo.modules.ppo import PPOModule
+from zoo.modules.ravr import RAVRModule
+from zoo.rl.rollout import RolloutBatch
+from zoo.rollout.callback import RolloutCallback
+
+POLICY = dict(arch="gpt_neox", vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+SPLITS = [dict(micro_batch_size=3), dict(micro_batch_tokens=40)]
+
+
+class _FirstStep(L.Callback):
+    """The gradients (before clipping, none is set) and the logged terms of the first optimizer step."""
+
+    def __init__(self):
+        self.grads, self.metrics = None, None
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        if self.grads is None:
+            self.grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+    def on_train_batch_end(self, trainer, *args):
+        if self.metrics is None:
+            self.metrics = {k: v.clone() for k, v in trainer.callback_metrics.items()}
+
+
+def _data(task="arithmetic"):
+    if task == "methods":
+        data = PromptDataModule(task="methods", options={"methods": 2, "keywords": 4}, train_size=40, val_size=4,
+                                batch_size=3, vocab_size=64, posterior_prompt="answer {answer}: {prompt}")  # fmt: skip
+    else:
+        data = PromptDataModule(task="arithmetic", train_size=40, val_size=4, batch_size=3, vocab_size=64)
+    data.prepare_data()
+    data.reward = lambda p, c, r: float(len(c) % 2)  # varies within a group
+    return data
+
+
+def _first_step(cpu_trainer, module_class, task="arithmetic", algorithm=None, **settings):
+    torch.manual_seed(0)
+    data = _data(task)
+    policy = {**POLICY, "vocab_size": len(data.tokenizer)}
+    module = module_class(
+        policy,
+        optim=dict(lr=1e-3, warmup_steps=0, grad_clip=None),
+        rollout=dict(n=4, max_new_tokens=8),
+        algorithm={"kl_coef": 0.05, "entropy_coef": 0.01, **(algorithm or {})},
+        **settings,
+    )
+    record = _FirstStep()
+    trainer = cpu_trainer(max_steps=1, limit_val_batches=0, callbacks=[RolloutCallback(), record])
+    trainer.fit(module, datamodule=data)
+    return record
+
+
+def _assert_split_equals_unsplit(cpu_trainer, module_class, split, **settings):
+    algorithm = settings.pop("algorithm", {})
+    whole = _first_step(cpu_trainer, module_class, algorithm=algorithm, **settings)
+    parts = _first_step(cpu_trainer, module_class, algorithm={**algorithm, **split}, **settings)
+    assert whole.grads.keys() == parts.grads.keys() and whole.grads
+    for name, grad in whole.grads.items():
+        torch.testing.assert_close(parts.grads[name], grad, rtol=0, atol=1e-6, msg=name)
+    logged = [k for k in whole.metrics if k.startswith(("train/loss", "policy/", "critic/", "asyppo/", "ravr/"))]
+    assert "train/loss" in logged
+    for key in logged:
+        torch.testing.assert_close(parts.metrics[key], whole.metrics[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("split", SPLITS, ids=["rows", "tokens"])
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"])
+def test_grpo_split_equals_unsplit(cpu_trainer, aggregation, split):
+    _assert_split_equals_unsplit(cpu_trainer, GRPOModule, split, algorithm=dict(aggregation=aggregation))
+
+
+@pytest.mark.parametrize(
+    "pg",
+    [dict(pg_variant="decoupled_ppo", pg_options=dict(filter=[0.999, 1.001])), dict(pg_variant="cispo")],
+    ids=["decoupled-filter", "cispo"],
+)
+def test_a_variant_that_leaves_tokens_out_split_equals_unsplit(cpu_trainer, pg):
+    _assert_split_equals_unsplit(cpu_trainer, GRPOModule, SPLITS[0], algorithm=pg)
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean"])
+def test_ppo_with_its_critic_split_equals_unsplit(cpu_trainer, aggregation):
+    _assert_split_equals_unsplit(cpu_trainer, PPOModule, SPLITS[1], algorithm=dict(aggregation=aggregation))
+
+
+@pytest.mark.parametrize("population", ["minibatch", "batch"])
+def test_asyppo_split_equals_unsplit(cpu_trainer, population):
+    """σ's masks are quantiles over the minibatch (or the batch), taken before the split; each critic's value loss is
+    over its own shard of the minibatch."""
+    asyppo = dict(critics=2, critic_model=dict(hidden_size=16, intermediate_size=32), mask_population=population)
+    _assert_split_equals_unsplit(cpu_trainer, AsyPPOModule, SPLITS[0], asyppo=asyppo)
+
+
+def test_ravr_split_equals_unsplit(cpu_trainer):
+    """The prior's and the posterior's terms, each over its own rows of the minibatch, and the distillation."""
+    _assert_split_equals_unsplit(cpu_trainer, RAVRModule, SPLITS[0], task="methods")
+
+
+def test_credit_assignment_split_equals_unsplit(cpu_trainer):
+    _assert_split_equals_unsplit(
+        cpu_trainer, GRPOModule, SPLITS[1], credit="coupled", credit_options=dict(horizon=[1, 4], window=2)
+    )
+
+
+def test_micro_batches_hold_the_budget_and_every_row_once():
+    torch.manual_seed(0)
+    lengths = [9, 3, 12, 5, 5, 7, 2, 12]
+    N, L = len(lengths), 12
+    mask = torch.zeros(N, L - 1)
+    for row, length in enumerate(lengths):
+        mask[row, 1 : length - 1] = 1  # target positions 1 .. length - 2
+    batch = RolloutBatch(torch.randint(1, 50, (N, L)), mask, torch.zeros(N, L - 1), torch.arange(N))
+    assert batch.lengths().tolist() == [max(n, 2) for n in lengths]
+    parts = batch.micro_batch_rows(tokens=24)
+    assert sorted(torch.cat(parts).tolist()) == list(range(N))
+    for rows in parts:
+        assert len(rows) * max(lengths[r] for r in rows) <= 24
+    assert max(len(rows) for rows in batch.micro_batch_rows(size=3)) == 3
+    out = batch.map_micro_batches(lambda part: part.response_mask * 2, tokens=24)
+    torch.testing.assert_close(out, mask * 2)
+    trimmed = batch.trimmed(torch.tensor([1, 3]))
+    assert trimmed.input_ids.shape == (2, 5) and trimmed.response_mask.shape == (2, 4)
+
+
+def test_a_token_budget_below_a_row_is_one_line():
+    batch = RolloutBatch(torch.ones(2, 10, dtype=torch.long), torch.ones(2, 9), torch.zeros(2, 9), torch.arange(2))
+    with pytest.raises(ConfigError, match=r"micro_batch_tokens=8 is below the longest row of the batch \(10 tokens"):
+        batch.micro_batches(tokens=8)
+
+
+@pytest.mark.parametrize("key", ["micro_batch_size", "micro_batch_tokens"])
+def test_a_micro_batch_setting_below_one_is_named(key):
+    with pytest.raises(ConfigError, match=f"module.algorithm.{key}"):
+        GRPOModule(POLICY, algorithm={key: 0})
