@@ -72,6 +72,8 @@ class RAVRModule(RLModule):
         self.save_hyperparameters()
         if credit != "none":
             raise ConfigError(f"module.credit={credit!r}: RAVR's advantages take no credit assignment (use none)")
+        if self.algorithm.overlong_buffer is not None:
+            raise ConfigError("module.algorithm.overlong_buffer: RAVR's utilities are not length-shaped (use null)")
         c = self.ravr = config_section(RAVRConfig, ravr, "module.ravr")
         weights = {"posterior_weight": c.posterior_weight, "distill_weight": c.distill_weight}
         for key, value in {**weights, "prior_weight": c.prior_weight}.items():

@@ -43,7 +43,7 @@ from zoo.rl.evaluation import correctness_runner, evaluate_pass_at_k, solved_gro
 from zoo.rl.losses import Totals, aggregate, kl_penalty
 from zoo.rl.methods.attention_credit import CreditAssignment
 from zoo.rl.pg_variants import PolicyInputs, policy_loss, variant_options
-from zoo.rl.rewards import PendingRewards, RewardBatch, RewardRunner
+from zoo.rl.rewards import PendingRewards, RewardBatch, RewardRunner, overlong_penalty
 from zoo.rl.rollout import RolloutBatch, Round, token_logprobs
 from zoo.rollout.samplers.base import Sampler
 from zoo.training.lora import adapters_disabled
@@ -69,7 +69,7 @@ class AlgorithmConfig:
     advantage: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp
     clip_low: float = 0.2
     clip_high: float = 0.2  # DAPO's clip-higher: 0.28
-    pg_variant: str = "ppo"  # ppo | decoupled_ppo | tis | cispo | topr | kimi15 (zoo.rl.pg_variants)
+    pg_variant: str = "ppo"  # ppo | decoupled_ppo | tis | cispo | topr | kimi15 | gspo (zoo.rl.pg_variants)
     pg_options: dict[str, Any] = field(default_factory=dict)  # the variant's own settings
     aggregation: str = "token_mean"  # token_mean (DAPO) | seq_mean_token_mean (GRPO) | seq_mean_token_sum
     ppo_epochs: int = 1
@@ -85,6 +85,8 @@ class AlgorithmConfig:
     tis_cap: float | None = 2.0  # truncated importance sampling against the engine's log-probs; None: off
     reward_timeout_s: float = 10.0
     max_skipped_steps: int = 10  # steps skipped for non-finite advantages before the run stops
+    overlong_buffer: int | None = None  # DAPO's soft overlong penalty over the last tokens before max_new_tokens
+    overlong_penalty: float = 1.0  # its size at max_new_tokens
     skip_uniform_groups: bool = False  # train only the groups whose rewards differ (QAgent's code; DAPO's filter)
 
 
@@ -125,6 +127,14 @@ class RLModule(PolicyModule):
         if not self.algorithm.reward_timeout_s > 0:
             raise ConfigError(f"module.algorithm.reward_timeout_s must be > 0, got {self.algorithm.reward_timeout_s!r}")
         require_int("module.algorithm.max_skipped_steps", self.algorithm.max_skipped_steps, 0)
+        buffer = self.algorithm.overlong_buffer
+        if buffer is not None:
+            require_int("module.algorithm.overlong_buffer", buffer, 1)
+            if buffer > self.rollout_config.max_new_tokens:
+                raise ConfigError(
+                    f"module.algorithm.overlong_buffer={buffer} is longer than module.rollout.max_new_tokens="
+                    f"{self.rollout_config.max_new_tokens}: the penalty's buffer ends at the length limit"
+                )
         for key in ("minibatch_size", "micro_batch_size", "micro_batch_tokens"):
             if getattr(self.algorithm, key) is not None:
                 require_int(f"module.algorithm.{key}", getattr(self.algorithm, key), 1)
@@ -277,6 +287,17 @@ class RLModule(PolicyModule):
             self.log(f"reward/{name}", values.mean())
         return result.scores.to(self.device)
 
+    def shape_for_length(self, rewards: torch.Tensor, batch: RolloutBatch) -> torch.Tensor:
+        """``rewards`` plus DAPO's overlong penalty of each completion's length (its policy tokens), with
+        ``module.algorithm.overlong_buffer`` set (:func:`zoo.rl.rewards.overlong_penalty`)."""
+        a = self.algorithm
+        if a.overlong_buffer is None:
+            return rewards
+        lengths = batch.response_mask.sum(1)
+        penalty = overlong_penalty(lengths, self.rollout_config.max_new_tokens, a.overlong_buffer, a.overlong_penalty)
+        self.log("reward/overlong_penalty", penalty.mean())
+        return rewards + penalty.to(rewards.dtype)
+
     def advantages(self, batch: RolloutBatch) -> torch.Tensor:
         """Stage 3: token-level advantages (N, L)."""
         kind, n = self.algorithm.advantage, self.rollout_config.n
@@ -387,7 +408,7 @@ class RLModule(PolicyModule):
         batch = step.batch
         self.count_rollouts(len(batch))
         rewards = step.rewards if step.rewards is not None else self.score(step)
-        batch.rewards = self.log_rewards(rewards)
+        batch.rewards = self.shape_for_length(self.log_rewards(rewards), batch)
         self.log_dict(
             {
                 "reward/mean": batch.rewards.mean(),

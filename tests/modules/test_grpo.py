@@ -254,3 +254,33 @@ def test_minibatch_order_follows_the_step_seed(cpu_trainer, monkeypatch):
         _fit(lambda p, c, r: 0.0, 8, cpu_trainer, rollout=dict(n=8, max_new_tokens=4, seed=seed),
              algorithm=dict(minibatch_size=32))  # fmt: skip
     assert drawn == [s * 2**32 + step * 1_000_003 for s in (3, 4) for step in (0, 4)]
+
+
+class _Shaped(GRPOModule):
+    """GRPO that keeps the last step's rewards before and after length shaping, and the completions' lengths."""
+
+    def shape_for_length(self, rewards, batch):
+        shaped = super().shape_for_length(rewards, batch)
+        self.seen = rewards.clone(), shaped.clone(), batch.response_mask.sum(1)
+        return shaped
+
+
+def test_overlong_shaping_adds_dapos_penalty_to_each_completions_reward(cpu_trainer):
+    torch.manual_seed(0)
+    data = PromptDataModule(task="arithmetic", train_size=16, val_size=2, batch_size=4, vocab_size=64)
+    data.prepare_data()
+    data.reward = lambda p, c, r: 1.0
+    algorithm = dict(overlong_buffer=4, overlong_penalty=0.5)
+    module = _Shaped(POLICY, rollout=dict(n=4, max_new_tokens=8), algorithm=algorithm)
+    trainer = cpu_trainer(max_steps=1, limit_val_batches=0, callbacks=[RolloutCallback()])
+    trainer.fit(module, datamodule=data)
+    raw, shaped, lengths = module.seen
+    assert raw.eq(1).all() and (lengths > 4).any()  # some completions reach into the buffer
+    expected = 1 - 0.5 * ((lengths - 4).clamp(min=0) / 4).clamp(max=1)
+    torch.testing.assert_close(shaped, expected)
+    assert trainer.callback_metrics["reward/overlong_penalty"].item() == pytest.approx((expected - 1).mean().item())
+
+
+def test_an_overlong_buffer_past_the_length_limit_is_named():
+    with pytest.raises(ConfigError, match="overlong_buffer=20 is longer than module.rollout.max_new_tokens=16"):
+        GRPOModule(POLICY, rollout=dict(max_new_tokens=16), algorithm=dict(overlong_buffer=20))

@@ -34,6 +34,8 @@ def _reference(variant, options, x, clip_low, clip_high, tis_cap):
         tokens = [t for t in range(T) if x.mask[b, t]]
         gap = [float(x.proximal[b, t] - x.behaviour[b, t]) for t in tokens]
         sequence_weight = {"sequence": math.exp(sum(gap)), "geometric": math.exp(sum(gap) / len(gap))}
+        own = [float(logprobs[b, t] - x.proximal[b, t]) for t in tokens]
+        sequence_ratio = math.exp(sum(own) / len(own))  # GSPO's s: the completion's length-normalised ratio
         for t in tokens:
             lp, A = float(logprobs[b, t]), float(x.advantages[b, t])
             r, rho = math.exp(lp - float(x.proximal[b, t])), math.exp(lp - float(x.behaviour[b, t]))
@@ -56,6 +58,13 @@ def _reference(variant, options, x, clip_low, clip_high, tis_cap):
                         kept = 0.0
                     w = min(w, options.cap)
                 value, slope = value * w, slope * w
+            elif variant == "gspo":  # s clipped as PPO clips r; d s_t / d log π_t = s
+                lo, hi = 1 - clip_low, 1 + clip_high
+                clipped_s = min(max(sequence_ratio, lo), hi)
+                if sequence_ratio * A <= clipped_s * A:
+                    value, slope = -sequence_ratio * A, -sequence_ratio * A
+                else:
+                    value, slope = -clipped_s * A, 0.0
             elif variant in ("tis", "cispo", "topr"):
                 if variant == "tis":
                     w = min(max(rho, options.low), options.high)
@@ -90,6 +99,7 @@ CASES = [
     ("topr", {"positive_weight": 0.5, "negative_weight": 2.0}),
     ("kimi15", {}),
     ("kimi15", {"tau": 0.5}),
+    ("gspo", {}),
 ]
 
 
@@ -200,3 +210,24 @@ def test_on_policy_every_variant_is_the_policy_gradient():
 def test_bad_options_name_the_key(variant, options, named):
     with pytest.raises(ConfigError, match=named):
         variant_options(variant, options)
+
+
+def test_gspo_is_the_papers_sequence_level_objective():
+    """Zheng et al. 2025, eq. 5-7: J = 1/G Σ_i min(s_i·A_i, clip(s_i, 1 − ε_low, 1 + ε_high)·A_i) with
+    s_i = exp(1/|y_i| Σ_t log(π_θ/π_old)), differentiated through s_i itself; the per-token form under
+    seq_mean_token_mean gives its value and gradient (ε as the paper's, 3e-4 / 4e-4, and wider)."""
+    for clip_low, clip_high in ((3e-4, 4e-4), (0.2, 0.28)):
+        for seed in range(3):
+            x = _inputs(seed)
+            per_sequence = torch.tensor([1.5, -0.7, 0.3, -2.0], dtype=torch.float64)
+            x.advantages = per_sequence[:, None].expand_as(x.logprobs).clone()
+            loss, _, logs = policy_loss("gspo", variant_options("gspo", {}), x, clip_low, clip_high,
+                                        "seq_mean_token_mean")  # fmt: skip
+            (grad,) = torch.autograd.grad(loss, x.logprobs)
+            s = torch.exp(((x.logprobs - x.proximal) * x.mask).sum(1) / x.mask.sum(1))
+            objective = torch.minimum(s * per_sequence, s.clamp(1 - clip_low, 1 + clip_high) * per_sequence).mean()
+            (expected_grad,) = torch.autograd.grad(-objective, x.logprobs)
+            assert loss.item() == pytest.approx(-objective.item(), rel=1e-12, abs=1e-12)
+            torch.testing.assert_close(grad * x.mask, expected_grad * x.mask, rtol=1e-10, atol=1e-12)
+            tokens = x.mask.sum()
+            assert logs["policy/sequence_ratio"].item() == pytest.approx((s[:, None] * x.mask).sum().item() / tokens)

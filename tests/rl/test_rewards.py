@@ -21,6 +21,7 @@ from zoo.rl.rewards import (
     gsm8k_answer,
     gsm8k_reward,
     math_reward,
+    overlong_penalty,
     reward_function,
 )
 
@@ -189,3 +190,11 @@ def test_a_reward_that_cannot_be_found_is_one_line_naming_the_key(spec, message)
     with pytest.raises(ConfigError, match=f"^data.reward '{re.escape(spec)}' {message}") as error:
         reward_function(spec)
     assert "\n" not in str(error.value)
+
+
+def test_overlong_penalty_is_dapos_soft_punishment():
+    """DAPO eq. 13 with L_max = 20, L_cache = 4: 0 up to 16 tokens, (16 - |y|) / 4 over the buffer, -1 beyond."""
+    lengths = torch.tensor([0, 10, 16, 17, 18, 20, 25])
+    expected = [0.0, 0.0, 0.0, -0.25, -0.5, -1.0, -1.0]
+    assert overlong_penalty(lengths, 20, 4).tolist() == expected
+    assert overlong_penalty(lengths, 20, 4, factor=0.5).tolist() == [v * 0.5 for v in expected]

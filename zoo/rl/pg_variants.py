@@ -22,6 +22,15 @@ reward, ``sg`` the stop-gradient, ``r = π_θ/π_prox`` and ``ρ = π_θ/π_beha
 - ``topr`` (Le Roux et al. 2025): completions with ``s > 0`` ``−positive_weight·A·log π_θ`` (no importance
   weight), the others ``−negative_weight·sg(clamp(ρ, 0, 1))·A·log π_θ``.
 - ``kimi15`` (Kimi k1.5): ``−A·log π_θ + (τ/2)·(log π_θ − log π_behav)²``, ``τ = 0.1``.
+- ``gspo`` (Zheng et al. 2025, arXiv:2507.18071): the importance ratio of a whole completion, length-normalised,
+  ``s = (π_θ(y)/π_prox(y))^(1/|y|) = exp(mean_t (log π_θ − log π_prox))``, clipped as PPO clips a token's:
+  ``−min(s·A, clip(s, 1 − ε_low, 1 + ε_high)·A)``. Written per token in the paper's GSPO-token form,
+  ``s_t = sg(s)·π_θ(y_t)/sg(π_θ(y_t))``: the value of every token is its completion's ``s`` and the gradient
+  ``s·A·∇log π_θ(y_t)``, so with one advantage per completion and ``aggregation: seq_mean_token_mean`` (the paper's
+  ``1/G Σ_i 1/|y_i| Σ_t``) the loss and gradient are the paper's sequence-level objective's; token-level
+  advantages (credit assignment) enter per token. The paper's clip range is small, ``ε_low = 3e-4``,
+  ``ε_high = 4e-4``: set ``module.algorithm.clip_low`` / ``clip_high``. No train/infer weight (``tis_cap`` does not
+  apply): the sequence ratio already compares against the trainer's own pre-update log-probs.
 
 Every log-ratio is clamped to ±20 before it is exponentiated (a token the sampler found nearly impossible must
 not make an infinite weight). The per-token losses are aggregated as the module's other terms are
@@ -93,6 +102,11 @@ class TOPROptions:
 @dataclass
 class Kimi15Options:
     tau: float = 0.1
+
+
+@dataclass
+class GSPOOptions:
+    pass
 
 
 @dataclass
@@ -194,6 +208,18 @@ def kimi15(x: PolicyInputs, o: Kimi15Options, *_) -> PolicyLoss:
     return PolicyLoss(per_token, x.mask, torch.zeros_like(x.mask, dtype=torch.bool))
 
 
+def gspo(x: PolicyInputs, o: GSPOOptions, clip_low: float, clip_high: float, _=None) -> PolicyLoss:
+    mask = x.mask.to(x.logprobs.dtype)
+    mean_log_ratio = ((x.logprobs - x.proximal) * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)
+    sequence_ratio = _ratio(mean_log_ratio.detach())  # s, one per completion
+    ratio = sequence_ratio * torch.exp(x.logprobs - x.logprobs.detach())  # s_t: the value s, the gradient s·∇log π
+    unclipped = ratio * x.advantages
+    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * x.advantages
+    per_token = -torch.minimum(unclipped, clipped)
+    extras = {"policy/sequence_ratio": sequence_ratio.expand_as(x.logprobs)}
+    return PolicyLoss(per_token, x.mask, clipped < unclipped, extras)
+
+
 PG_VARIANTS = {
     "ppo": (PPOOptions, ppo),
     "decoupled_ppo": (DecoupledPPOOptions, decoupled_ppo),
@@ -201,6 +227,7 @@ PG_VARIANTS = {
     "cispo": (CISPOOptions, cispo),
     "topr": (TOPROptions, topr),
     "kimi15": (Kimi15Options, kimi15),
+    "gspo": (GSPOOptions, gspo),
 }
 
 

@@ -14,6 +14,9 @@ Rewards shipped here:
 - :class:`FormatReward`: 1 if the completion matches a regular expression;
 - :class:`WeightedReward`: a weighted sum of named rewards, every part logged.
 
+:func:`overlong_penalty` is DAPO's soft length penalty, added to a completion's reward by the RL module
+(``module.algorithm.overlong_buffer``).
+
 :func:`reward_function` finds one by name (``exact_match``, ``math_verify``, ``gsm8k``) or by import path
 (``package.module:function``): how ``data.reward`` replaces a task's own check.
 """
@@ -72,6 +75,15 @@ def math_reward(prompt: str, completion: str, reference: str) -> float:
     gold = parse(reference if delimited else f"${reference}$", parsing_timeout=None)
     answer = parse(completion, parsing_timeout=None)
     return float(bool(gold) and bool(answer) and verify(gold, answer, timeout_seconds=None))
+
+
+def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, arXiv:2503.14476, eq. 13), times ``factor``: 0 for a
+    completion of at most ``max_length − buffer`` tokens, ``((max_length − buffer) − |y|) / buffer`` over the buffer
+    (falling linearly to −1 at ``max_length``), −1 beyond."""
+    start = max_length - buffer
+    over = (lengths.to(torch.float32) - start).clamp(min=0) / buffer
+    return -factor * over.clamp(max=1)
 
 
 REWARDS: dict[str, RewardFn] = {"exact_match": exact_match_reward, "math_verify": math_reward, "gsm8k": gsm8k_reward}
