@@ -35,7 +35,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from zoo.errors import ConfigError, require_int
 from zoo.hub.store import build_initialized, starting_point
@@ -54,6 +53,7 @@ from zoo.rl.methods.asyppo import (
     uncertainty_masks,
 )
 from zoo.rl.rollout import RolloutBatch
+from zoo.training.loggers import log_histogram
 from zoo.training.optim import adamw_groups
 from zoo.training.strategies import shard_for_strategy
 
@@ -288,6 +288,4 @@ class AsyPPOModule(PPOModule):
             if len(returns) > 1 and returns.var() > 0:
                 logs[f"critic/explained_variance_{m}"] = 1 - (returns - values).var() / returns.var().clamp(min=1e-8)
         self.log_dict(logs)
-        tensorboard = next((lg for lg in self.trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        if tensorboard is not None and self.trainer.is_global_zero and len(sigma):
-            tensorboard.experiment.add_histogram("asyppo/sigma", sigma.float(), self.global_step)
+        log_histogram(self.trainer, "asyppo/sigma", sigma, self.global_step)

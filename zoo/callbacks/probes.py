@@ -12,11 +12,11 @@ import logging
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
 from zoo.analysis.probes import figures, loop_probes
 from zoo.models.interface import Traceable
+from zoo.training.loggers import log_figure, takes_media
 
 log = logging.getLogger("zoo")
 
@@ -56,11 +56,10 @@ class LoopProbes(L.Callback):
         model.train(was_training)
         for logger in trainer.loggers:
             logger.log_metrics(report.scalars(), step=step)
-        tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        if tensorboard is not None and self.probes_done % self.figures_every == 0:
+        if self.probes_done % self.figures_every == 0 and takes_media(trainer):
             import matplotlib.pyplot as plt
 
             for tag, figure in figures(report).items():
-                tensorboard.experiment.add_figure(tag, figure, global_step=step)
+                log_figure(trainer, tag, figure, step)
                 plt.close(figure)
         self.probes_done += 1

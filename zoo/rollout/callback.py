@@ -33,7 +33,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from zoo.errors import ConfigError
 from zoo.generation import ENGINES, build_engine, engine_for
@@ -44,6 +43,7 @@ from zoo.rollout.samplers.asynchronous import AsyncOptions, AsyncSampler
 from zoo.rollout.samplers.base import Sampler
 from zoo.rollout.samplers.queue import QueueOptions, QueueSampler
 from zoo.rollout.weights import WeightSync
+from zoo.training.loggers import log_histogram, log_text, takes_media
 
 log = logging.getLogger("zoo")
 SCHEDULES = ("batch", "queue")
@@ -245,12 +245,11 @@ class RolloutCallback(L.Callback):
             **{f"{prefix}/finish_{r}": reasons[r] / len(lengths) for r in ("stop", "length")},
         }
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
-        tensorboard = next((lg for lg in pl_module.trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        if tensorboard is None or not pl_module.trainer.is_global_zero:
+        trainer, step = pl_module.trainer, pl_module.global_step
+        if not takes_media(trainer):
             return
-        step = pl_module.global_step
-        tensorboard.experiment.add_histogram(f"{prefix}/lengths", lengths, step)
+        log_histogram(trainer, f"{prefix}/lengths", lengths, step)
         if self.rollouts % self.log_samples_every == 1 or self.log_samples_every == 1:
             tokenizer = self.engine.tokenizer
             texts = [tokenizer.decode(s.token_ids) for s in result.samples[: self.log_samples]]
-            tensorboard.experiment.add_text(f"{prefix}/samples", "\n\n---\n\n".join(f"`{t}`" for t in texts), step)
+            log_text(trainer, f"{prefix}/samples", "\n\n---\n\n".join(f"`{t}`" for t in texts), step)

@@ -36,7 +36,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from zoo.errors import ConfigError, require_int
 from zoo.generation.engine import GenerationResult, Sample
@@ -48,6 +47,7 @@ from zoo.rollout.workers.engine_server import EngineSpec, process_server, thread
 from zoo.rollout.workers.sample_buffer import BufferClosed, SampleBuffer
 from zoo.rollout.workers.worker import RolloutWorker, WorkerStats
 from zoo.text.loader import PromptStream
+from zoo.training.loggers import log_histogram
 
 log = logging.getLogger("zoo")
 BATCH_POLL_S = 1.0  # how often a waiting trainer checks that the worker is alive
@@ -269,9 +269,7 @@ class AsyncSampler(Sampler):
         module.log_dict(metrics)
         self.logged = WorkerStats(**vars(stats))
         self.callback.log_generation(module, result, max(stats.busy_s - last.busy_s, 1e-9), "rollout")
-        tensorboard = next((lg for lg in module.trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        if tensorboard is not None and module.trainer.is_global_zero:
-            tensorboard.experiment.add_histogram("async/staleness", staleness, module.global_step)
+        log_histogram(module.trainer, "async/staleness", staleness, module.global_step)
 
     # -- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
