@@ -15,6 +15,7 @@ Lightning's loggers share only ``log_metrics``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,43 +55,49 @@ def _artifact(tag: str, kind: str, step: int, suffix: str) -> str:
     return f"{kind}/{tag}/step_{step}.{suffix}"
 
 
-def log_histogram(trainer: L.Trainer, tag: str, values: torch.Tensor, step: int) -> None:
-    if not trainer.is_global_zero or not len(values):
-        return
-    values = values.detach().float().cpu()
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_histogram(tag, values, step)
-        elif isinstance(logger, WandbLogger):
-            import wandb
-
-            logger.experiment.log({tag: wandb.Histogram(values.numpy()), "trainer/global_step": step})
-        elif isinstance(logger, MLFlowLogger):
-            counts, edges = torch.histogram(values, bins=HISTOGRAM_BINS)
-            table = {"edges": edges.tolist(), "counts": counts.tolist()}
-            logger.experiment.log_dict(logger.run_id, table, _artifact(tag, "histograms", step, "json"))
-
-
-def log_text(trainer: L.Trainer, tag: str, text: str, step: int) -> None:
+def _to_each(trainer: L.Trainer, tensorboard: Callable, wandb: Callable, mlflow: Callable) -> None:
+    """Call the writer that fits each logger of ``trainer`` with that logger (rank zero only)."""
     if not trainer.is_global_zero:
         return
     for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_text(tag, text, step)
-        elif isinstance(logger, WandbLogger):
-            logger.log_text(key=tag, columns=["text"], data=[[text]], step=step)
-        elif isinstance(logger, MLFlowLogger):
-            logger.experiment.log_text(logger.run_id, text, _artifact(tag, "text", step, "md"))
+        for kind, write in ((TensorBoardLogger, tensorboard), (WandbLogger, wandb), (MLFlowLogger, mlflow)):
+            if isinstance(logger, kind):
+                write(logger)
+                break
+
+
+def log_histogram(trainer: L.Trainer, tag: str, values: torch.Tensor, step: int) -> None:
+    if not len(values):
+        return
+    values = values.detach().float().cpu()
+
+    def to_wandb(logger: WandbLogger) -> None:
+        import wandb
+
+        logger.experiment.log({tag: wandb.Histogram(values.numpy()), "trainer/global_step": step})
+
+    def to_mlflow(logger: MLFlowLogger) -> None:
+        counts, edges = torch.histogram(values, bins=HISTOGRAM_BINS)
+        table = {"edges": edges.tolist(), "counts": counts.tolist()}
+        logger.experiment.log_dict(logger.run_id, table, _artifact(tag, "histograms", step, "json"))
+
+    _to_each(trainer, lambda logger: logger.experiment.add_histogram(tag, values, step), to_wandb, to_mlflow)
+
+
+def log_text(trainer: L.Trainer, tag: str, text: str, step: int) -> None:
+    _to_each(
+        trainer,
+        lambda logger: logger.experiment.add_text(tag, text, step),
+        lambda logger: logger.log_text(key=tag, columns=["text"], data=[[text]], step=step),
+        lambda logger: logger.experiment.log_text(logger.run_id, text, _artifact(tag, "text", step, "md")),
+    )
 
 
 def log_figure(trainer: L.Trainer, tag: str, figure: Any, step: int) -> None:
     """A matplotlib figure."""
-    if not trainer.is_global_zero:
-        return
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_figure(tag, figure, global_step=step, close=False)
-        elif isinstance(logger, WandbLogger):
-            logger.log_image(key=tag, images=[figure], step=step)
-        elif isinstance(logger, MLFlowLogger):
-            logger.experiment.log_figure(logger.run_id, figure, _artifact(tag, "figures", step, "png"))
+    _to_each(
+        trainer,
+        lambda logger: logger.experiment.add_figure(tag, figure, global_step=step, close=False),
+        lambda logger: logger.log_image(key=tag, images=[figure], step=step),
+        lambda logger: logger.experiment.log_figure(logger.run_id, figure, _artifact(tag, "figures", step, "png")),
+    )
