@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from zoo.errors import ConfigError, require_int
 from zoo.models.attention_maps import AttentionProbe, attention_probabilities
@@ -49,6 +50,7 @@ class GPTNeoXConfig:
     initializer_range: float = 0.02
     bos_token_id: int = 0
     eos_token_id: int = 0
+    gradient_checkpointing: bool = False  # recompute each block in the backward pass (activation memory for compute)
 
     arch = "gpt_neox"  # class attribute, not a field: the key under which `zoo.models` registers it
 
@@ -368,12 +370,19 @@ class GPTNeoX(nn.Module):
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed(input_ids)
 
+    def run_block(self, block: nn.Module, x: torch.Tensor, inputs: AttentionInputs, entry: int) -> torch.Tensor:
+        """One block; with ``gradient_checkpointing`` in training its activations are not kept but recomputed in
+        the backward pass (only the block's input is stored)."""
+        if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, inputs, entry, use_reentrant=False)
+        return block(x, inputs, entry)
+
     def body(self, x: torch.Tensor, inputs: AttentionInputs, trace: StateTrace | None = None) -> torch.Tensor:
         """The blocks between embedding and final norm; variants (recursive, MeSH) replace this."""
         if trace is not None:
             trace.states["h_emb"] = x
         for i, block in enumerate(self.blocks):
-            y = block(x, inputs, i)
+            y = self.run_block(block, x, inputs, i)
             if trace is not None:
                 trace.stage(f"block{i + 1}", x, y)
                 trace.states[f"h{i + 1}"] = y

@@ -63,6 +63,7 @@ class LlamaConfig:
     sliding_window: int | None = None  # attend to the last this many positions (Mistral); None: all
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
+    gradient_checkpointing: bool = False  # recompute each block in the backward pass (activation memory for compute)
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
 

@@ -99,10 +99,9 @@ class RecursiveGPTNeoX(GPTNeoX):
         x = self.embed(input_ids)
         return x * math.sqrt(self.config.hidden_size) if self.config.scale_embeddings else x
 
-    @staticmethod
-    def run_stage(blocks: nn.ModuleList, x: torch.Tensor, inputs: AttentionInputs, first_entry: int) -> torch.Tensor:
+    def run_stage(self, blocks: nn.ModuleList, x: torch.Tensor, inputs: AttentionInputs, first: int) -> torch.Tensor:
         for j, block in enumerate(blocks):
-            x = block(x, inputs, first_entry + j)
+            x = self.run_block(block, x, inputs, first + j)
         return x
 
     def core_entry(self, loop: int) -> int:

@@ -61,6 +61,7 @@ def build_data(cfg: DictConfig, command: str) -> L.LightningDataModule:
 
 
 HF_LOADING = ("dtype", "attn_implementation", "gradient_checkpointing")  # model=hf settings kept by init_from
+TRAINING_SETTINGS = ("gradient_checkpointing",)  # zoo's own models' settings kept by init_from
 
 
 def model_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, Any]:
@@ -73,17 +74,20 @@ def model_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str
 
 def _architecture(values: dict[str, Any], datamodule: L.LightningDataModule) -> dict[str, Any]:
     loading = {k: values[k] for k in HF_LOADING if k in values}  # how to load an HF model, where it says
+    training = {k: values[k] for k in TRAINING_SETTINGS if k in values}  # how to train any model, where it says
     impl = values.pop("impl", "auto")  # who implements a Hugging Face directory's model (zoo.hub.store)
     if values.get("arch") != "hf" and "path" in values:  # method=sft|grpo|ppo model.path=DIR: a model on disk
         path = values.pop("path")
         if path and not values.get("init_from") and native_model_type(resolve_path(path), impl):
-            values = {"init_from": path}  # zoo's own implementation of its family, the directory's weights
+            values = {"init_from": path, **training}  # zoo's own implementation of its family, the directory's weights
         elif path:
             values = {"arch": "hf", "path": path, "init_from": values.get("init_from"), **loading}
     if init_from := values.get("init_from"):
         config = starting_point(init_from, impl)[0]
         if config["arch"] == "hf":  # how to load it stays the user's choice (model=hf model.dtype=bfloat16 ...)
             config |= loading
+        else:
+            config |= training
         values = {**config, "init_from": init_from}
         log.info("model: architecture and weights from %s", init_from)
     if values.get("arch") == "hf":
