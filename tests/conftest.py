@@ -225,6 +225,25 @@ def hf_models(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+# Every zoo model at a tiny size (vocabulary 97), for the tests that hold for each of them.
+TINY_MODEL = dict(
+    vocab_size=97, hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64
+)
+ZOO_MODELS = {
+    "gpt_neox": dict(arch="gpt_neox", num_hidden_layers=3, **TINY_MODEL),
+    "recursive": dict(arch="recursive", layout="1+2R2+1", recurrence="anchor", **TINY_MODEL),
+    "mesh": dict(arch="mesh", layout="1+2R3+1", **TINY_MODEL),
+    "llama": dict(arch="llama", num_hidden_layers=2, num_key_value_heads=2, **TINY_MODEL),
+    "qwen3": dict(arch="llama", num_hidden_layers=2, num_key_value_heads=1, head_dim=16, qk_norm=True, **TINY_MODEL),
+}
+
+
+@pytest.fixture(params=list(ZOO_MODELS))
+def zoo_model_settings(request) -> dict:
+    """The settings of one tiny zoo model of each architecture (the test runs once per architecture)."""
+    return dict(ZOO_MODELS[request.param])
+
+
 # Tiny policies of the Llama family for the rollout system's tests (vocabulary 64, the tokenizers the tests train):
 # grouped-query attention with llama3-style rope theta, and Qwen3's q/k norms, explicit head size and tied head.
 LLAMA_FAMILY = {

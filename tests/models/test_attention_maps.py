@@ -12,14 +12,8 @@ from zoo.models import GPTNeoX, build_model, config_from_dict
 from zoo.models.attention_maps import MapRecorder, middle_layers
 from zoo.models.hf import HFCausalLM, HFConfig
 
-TINY = dict(vocab_size=97, hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
-ARCHS = {
-    "gpt_neox": dict(arch="gpt_neox", num_hidden_layers=3, **TINY),
-    "recursive": dict(arch="recursive", layout="1+2R2+1", recurrence="anchor", **TINY),
-    "mesh": dict(arch="mesh", layout="1+2R3+1", **TINY),
-    "llama": dict(arch="llama", num_hidden_layers=2, num_key_value_heads=2, **TINY),
-    "qwen3": dict(arch="llama", num_hidden_layers=2, num_key_value_heads=1, head_dim=16, qk_norm=True, **TINY),
-}
+MESH = dict(arch="mesh", layout="1+2R3+1", vocab_size=97, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64)  # fmt: skip
 
 
 def _values(model, out: torch.Tensor) -> torch.Tensor:
@@ -33,10 +27,9 @@ def _values(model, out: torch.Tensor) -> torch.Tensor:
     return v.repeat_interleave(c.num_attention_heads // c.num_key_value_heads, dim=1)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_maps_times_values_reproduce_the_sdpa_output(arch):
+def test_maps_times_values_reproduce_the_sdpa_output(zoo_model_settings):
     torch.manual_seed(0)
-    model = build_model(config_from_dict(ARCHS[arch])).eval()
+    model = build_model(config_from_dict(zoo_model_settings)).eval()
     values, outputs = [], []  # per attention call, in the order the forward makes them
     heads = model.config.num_attention_heads
     hooks = []
@@ -65,7 +58,7 @@ def test_maps_times_values_reproduce_the_sdpa_output(arch):
 
 def test_only_the_layers_asked_for_are_shown_and_padding_masks_are_honoured():
     torch.manual_seed(0)
-    model = build_model(config_from_dict(ARCHS["mesh"])).eval()
+    model = build_model(config_from_dict(MESH)).eval()
     recorder = MapRecorder({1, 4})
     ids = torch.randint(1, 97, (2, 9))
     mask = torch.ones(2, 9, dtype=torch.long)

@@ -2,18 +2,9 @@
 (every block runs twice a training step), and the loss and gradients equal those without it; it carries over
 model.init_from, and evaluation does not recompute."""
 
-import pytest
 import torch
 
 from zoo.models import build_model, config_from_dict
-
-TINY = dict(vocab_size=97, hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
-ARCHS = {
-    "gpt_neox": dict(arch="gpt_neox", num_hidden_layers=3, **TINY),
-    "recursive": dict(arch="recursive", layout="1+2R2+1", recurrence="anchor", **TINY),
-    "mesh": dict(arch="mesh", layout="1+2R3+1", **TINY),
-    "llama": dict(arch="llama", num_hidden_layers=2, num_key_value_heads=2, **TINY),
-}
 
 
 def _block_calls(model) -> list[int]:
@@ -24,13 +15,12 @@ def _block_calls(model) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
-def test_recomputed_blocks_give_the_same_loss_and_gradients(arch):
+def test_recomputed_blocks_give_the_same_loss_and_gradients(zoo_model_settings):
     input_ids = torch.randint(0, 97, (2, 16))
     results = {}
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        model = build_model(config_from_dict({**ARCHS[arch], "gradient_checkpointing": checkpointing})).train()
+        model = build_model(config_from_dict({**zoo_model_settings, "gradient_checkpointing": checkpointing})).train()
         calls = _block_calls(model)
         loss = model(input_ids[:, :-1], targets=input_ids[:, 1:])
         forward_calls = len(calls)
@@ -46,11 +36,15 @@ def test_recomputed_blocks_give_the_same_loss_and_gradients(arch):
     assert total_ckpt == 2 * forward  # with it, every block runs again
 
 
-def test_evaluation_and_no_grad_forwards_do_not_recompute():
-    model = build_model(config_from_dict({**ARCHS["llama"], "gradient_checkpointing": True})).eval()
+def test_evaluation_does_not_recompute(zoo_model_settings):
+    model = build_model(config_from_dict({**zoo_model_settings, "gradient_checkpointing": True})).eval()
     calls = _block_calls(model)
     model(torch.randint(0, 97, (1, 8))).sum().backward()
-    assert len(calls) == 2  # eval mode: each block once
+    forward = len(calls)
+    model.train()
+    with torch.no_grad():
+        model(torch.randint(0, 97, (1, 8)))
+    assert len(calls) == 2 * forward  # eval mode, then no gradients: each block once a forward
 
 
 def test_the_setting_carries_over_a_starting_point():
