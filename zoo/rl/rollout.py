@@ -230,5 +230,5 @@ def _head_logprobs(head, temperature: float, with_entropy: bool, hidden: torch.T
     logits = head(hidden).float()
     if temperature not in (0, 1):
         logits = logits / temperature
-    logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
+    logprobs = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
     return logprobs, token_entropy(logits) if with_entropy else None
