@@ -117,7 +117,8 @@ class RAVRModule(RLModule):
             [p["answer"] for p in answered],
             self.ravr.answer_cue,
         )
-        utility = answer_utility(self.model, contexts, answers).view(2, prompts, n)
+        utility = answer_utility(self.model, contexts, answers, rows=self.algorithm.micro_batch_size)
+        utility = utility.view(2, prompts, n)
         prior, posterior = utility[0], utility[1]
 
         # rows: prior completions; posterior paths (their tokens up to the answer cue); each posterior path with the

@@ -65,6 +65,7 @@ def test_path_utility_is_the_geometric_mean_answer_probability_by_hand():
     contexts, answers, cue = [[3, 4, 5], [6, 7]], [[8, 9], [10]], [11]
     got = answer_utility(model, contexts, answers, cue)
     assert model.training  # restored
+    torch.testing.assert_close(answer_utility(model, contexts, answers, cue, rows=1), got, rtol=1e-6, atol=0)
     for i, (context, answer) in enumerate(zip(contexts, answers, strict=True)):
         prefix = context + cue
         logprob = 0.0

@@ -2,7 +2,9 @@
 reference answer after it. ``s(z) = π(y* | x, z)`` is estimated teacher-forced on the policy itself, after a fixed
 answer cue that follows the path (e.g. ``" The answer is "``), and length-normalised: the geometric mean of the
 answer tokens' probabilities, ``exp(mean_i log π(y*_i | x, z, cue, y*_<i))``, so answers of different lengths
-compare (the paper's exact normalisation is not published). One no-grad forward over the right-padded batch.
+compare (the paper's exact normalisation is not published). No-grad forwards over the right-padded batch, ``rows``
+sequences at a time (each group trimmed to its longest; None: one forward), log-probs from
+:func:`zoo.rl.rollout.token_logprobs` (never the full-vocabulary fp32 logits of zoo's models).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from zoo.rl.rollout import token_logprobs
+
 
 @torch.no_grad()
 def answer_utility(
@@ -18,6 +22,7 @@ def answer_utility(
     contexts: Sequence[Sequence[int]],
     answers: Sequence[Sequence[int]],
     cue: Sequence[int] = (),
+    rows: int | None = None,
 ) -> torch.Tensor:
     """s (N,) for every ``contexts[i]`` (prompt + path tokens) followed by ``cue`` and ``answers[i]`` (non-empty)."""
     sequences = [list(c) + list(cue) + list(a) for c, a in zip(contexts, answers, strict=True)]
@@ -29,12 +34,16 @@ def answer_utility(
     for row, (sequence, answer) in enumerate(zip(sequences, answers, strict=True)):
         ids[row, : len(sequence)] = torch.tensor(sequence)
         targets[row, len(sequence) - len(answer) : len(sequence)] = True
+    utilities = []
     was_training = model.training
     model.eval()
     try:
-        logits = model(ids.to(device)[:, :-1]).float()
+        for start in range(0, len(sequences), rows or len(sequences)):
+            group = slice(start, start + (rows or len(sequences)))
+            width = max(map(len, sequences[group]))
+            logprobs = token_logprobs(model, ids[group, :width].to(device))[0]
+            mask = targets[group, 1:width].to(device)
+            utilities.append(torch.exp((logprobs * mask).sum(1) / mask.sum(1)))
     finally:
         model.train(was_training)
-    logprobs = torch.log_softmax(logits, -1).gather(2, ids.to(device)[:, 1:, None]).squeeze(2)
-    mask = targets[:, 1:].to(device)
-    return torch.exp((logprobs * mask).sum(1) / mask.sum(1))
+    return torch.cat(utilities)
