@@ -62,7 +62,7 @@ class PPOModule(RLModule):
     def prepare(self, batch: RolloutBatch) -> None:
         super().prepare(batch)
         if batch.old_logprobs is None:  # the KL penalty in the reward needs them even for a single update
-            batch.old_logprobs = self.micro_batched(batch, lambda part: self.logprobs_of(self.model, part))
+            batch.old_logprobs = self.policy_logprobs(batch)
         batch.old_values = self.value_estimate(batch) * batch.response_mask
 
     def value_estimate(self, batch: RolloutBatch) -> torch.Tensor:

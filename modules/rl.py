@@ -130,6 +130,10 @@ class RLModule(PolicyModule):
         buffer = self.algorithm.overlong_buffer
         if buffer is not None:
             require_int("module.algorithm.overlong_buffer", buffer, 1)
+            if not self.algorithm.overlong_penalty >= 0:
+                raise ConfigError(
+                    f"module.algorithm.overlong_penalty must be >= 0, got {self.algorithm.overlong_penalty!r}"
+                )
             if buffer > self.rollout_config.max_new_tokens:
                 raise ConfigError(
                     f"module.algorithm.overlong_buffer={buffer} is longer than module.rollout.max_new_tokens="
@@ -174,7 +178,12 @@ class RLModule(PolicyModule):
         if self.reference is not None:
             return self.micro_batched(batch, lambda part: self.logprobs_of(self.reference, part))
         with adapters_disabled(self.model):
-            return self.micro_batched(batch, lambda part: self.logprobs_of(self.model, part))
+            return self.policy_logprobs(batch)
+
+    def policy_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        """The policy's log-probs (N, L) of ``batch``'s completion tokens now, without gradients, micro-batch by
+        micro-batch (the proximal log-probs of several updates, PPO's old log-probs)."""
+        return self.micro_batched(batch, lambda part: self.logprobs_of(self.model, part))
 
     def logprobs_of(self, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
         """``model``'s log-probs (N, L) of ``batch``'s target tokens at the rollout temperature."""
@@ -384,7 +393,7 @@ class RLModule(PolicyModule):
         a = self.algorithm
         several_updates = a.ppo_epochs > 1 or (a.minibatch_size or len(batch)) < len(batch)
         if several_updates:
-            batch.old_logprobs = self.micro_batched(batch, lambda part: self.logprobs_of(self.model, part))
+            batch.old_logprobs = self.policy_logprobs(batch)
         if self.has_reference:
             batch.ref_logprobs = self.reference_logprobs(batch)
 

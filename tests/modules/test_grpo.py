@@ -281,6 +281,10 @@ def test_overlong_shaping_adds_dapos_penalty_to_each_completions_reward(cpu_trai
     assert trainer.callback_metrics["reward/overlong_penalty"].item() == pytest.approx((expected - 1).mean().item())
 
 
-def test_an_overlong_buffer_past_the_length_limit_is_named():
+def test_an_overlong_setting_out_of_range_is_named():
     with pytest.raises(ConfigError, match="overlong_buffer=20 is longer than module.rollout.max_new_tokens=16"):
         GRPOModule(POLICY, rollout=dict(max_new_tokens=16), algorithm=dict(overlong_buffer=20))
+    with pytest.raises(ConfigError, match="module.algorithm.overlong_buffer"):
+        GRPOModule(POLICY, algorithm=dict(overlong_buffer=0))
+    with pytest.raises(ConfigError, match="module.algorithm.overlong_penalty must be >= 0, got -1.0"):
+        GRPOModule(POLICY, algorithm=dict(overlong_buffer=4, overlong_penalty=-1.0))

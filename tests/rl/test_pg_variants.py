@@ -25,6 +25,12 @@ def _inputs(seed=0, B=4, T=6, spread=0.4):
     return PolicyInputs(logprobs, proximal, behaviour, advantages, scores, mask)
 
 
+def _clipped(ratio, A, clip_low, clip_high):
+    """PPO's clipped term −min(ratio·A, clip(ratio)·A) and its derivative in log π (ratio = π/π_other)."""
+    clipped = min(max(ratio, 1 - clip_low), 1 + clip_high)
+    return (-ratio * A, -ratio * A) if ratio * A <= clipped * A else (-clipped * A, 0.0)
+
+
 def _reference(variant, options, x, clip_low, clip_high, tis_cap):
     """Per-token loss and its derivative in log π_θ, one token at a time, and which tokens stay in the loss."""
     B, T = x.mask.shape
@@ -41,12 +47,7 @@ def _reference(variant, options, x, clip_low, clip_high, tis_cap):
             r, rho = math.exp(lp - float(x.proximal[b, t])), math.exp(lp - float(x.behaviour[b, t]))
             kept = 1.0
             if variant in ("ppo", "decoupled_ppo"):
-                lo, hi = 1 - clip_low, 1 + clip_high
-                clipped_r = min(max(r, lo), hi)
-                if r * A <= clipped_r * A:
-                    value, slope = -r * A, -r * A
-                else:
-                    value, slope = -clipped_r * A, 0.0
+                value, slope = _clipped(r, A, clip_low, clip_high)
                 if options.dual_clip is not None and A < 0 and value > -options.dual_clip * A:
                     value, slope = -options.dual_clip * A, 0.0
                 w = math.exp(float(x.proximal[b, t] - x.behaviour[b, t]))
@@ -59,12 +60,7 @@ def _reference(variant, options, x, clip_low, clip_high, tis_cap):
                     w = min(w, options.cap)
                 value, slope = value * w, slope * w
             elif variant == "gspo":  # s clipped as PPO clips r; d s_t / d log π_t = s
-                lo, hi = 1 - clip_low, 1 + clip_high
-                clipped_s = min(max(sequence_ratio, lo), hi)
-                if sequence_ratio * A <= clipped_s * A:
-                    value, slope = -sequence_ratio * A, -sequence_ratio * A
-                else:
-                    value, slope = -clipped_s * A, 0.0
+                value, slope = _clipped(sequence_ratio, A, clip_low, clip_high)
             elif variant in ("tis", "cispo", "topr"):
                 if variant == "tis":
                     w = min(max(rho, options.low), options.high)

@@ -198,3 +198,8 @@ def test_overlong_penalty_is_dapos_soft_punishment():
     expected = [0.0, 0.0, 0.0, -0.25, -0.5, -1.0, -1.0]
     assert overlong_penalty(lengths, 20, 4).tolist() == expected
     assert overlong_penalty(lengths, 20, 4, factor=0.5).tolist() == [v * 0.5 for v in expected]
+
+
+def test_a_reward_setting_that_is_not_text_is_one_line():
+    with pytest.raises(ConfigError, match=r"^data.reward must be a reward's name or package.module:function, got 3$"):
+        reward_function(3)

@@ -92,6 +92,8 @@ REWARDS: dict[str, RewardFn] = {"exact_match": exact_match_reward, "math_verify"
 def reward_function(spec: str, key: str = "data.reward") -> RewardFn:
     """The reward ``spec`` names: one of :data:`REWARDS`, or ``package.module:function`` (a callable taking
     ``(prompt, completion, reference)``)."""
+    if not isinstance(spec, str):
+        raise ConfigError(f"{key} must be a reward's name or package.module:function, got {spec!r}")
     if spec in REWARDS:
         return REWARDS[spec]
     module_name, colon, name = spec.partition(":")

@@ -65,13 +65,13 @@ class RolloutBatch:
 
     def micro_batches(self, size: int | None = None, tokens: int | None = None) -> list[RolloutBatch]:
         """The batch in micro-batches of at most ``size`` rows and ``tokens`` tokens, each trimmed to its longest
-        row (None, None: the whole batch, trimmed)."""
+        row (None, None: the whole batch, as it is)."""
+        if size is None and tokens is None:
+            return [self]
         return [self.trimmed(rows) for rows in self.micro_batch_rows(size, tokens)]
 
     def micro_batch_rows(self, size: int | None = None, tokens: int | None = None) -> list[torch.Tensor]:
         lengths = self.lengths().tolist()
-        if size is None and tokens is None:
-            return [torch.arange(len(self), device=self.input_ids.device)]
         longest = max(lengths, default=0)
         if tokens is not None and longest > tokens:
             raise ConfigError(
@@ -108,6 +108,8 @@ class RolloutBatch:
     ) -> torch.Tensor:
         """``forward`` (a micro-batch → a tensor (n, ..., its width)) over the micro-batches, laid out as the whole
         batch's (N, ..., L), zero past each micro-batch's width."""
+        if size is None and tokens is None:
+            return forward(self)
         out = None
         L = self.response_mask.shape[1]
         for rows in self.micro_batch_rows(size, tokens):
