@@ -14,8 +14,8 @@ have (:class:`zoo.models.interface.CausalLM`), which is what the modules, losses
   changes no logit (BLOOM's ALiBi and Mamba fail it: ``data.pack=false`` gives them a row per example). The
   explicit mask is full causal within an example: a sliding window (Mistral, Gemma 2) does not cut it, which
   changes nothing while ``data.seq_len`` stays within the window (4096 for the released models);
-- ``hidden_states(input_ids)``: the final-normed hidden states (B, T, H), for a value head (RL rows are
-  right-padded, which causal attention needs no mask for);
+- ``hidden_states(input_ids, position_ids=None, segment_ids=None)``: the final-normed hidden states (B, T, H), for a
+  value head; packed rows (padding-free RL, :mod:`zoo.rl.packing`) as ``forward``'s;
 - ``embed`` and ``lm_head``: the input embedding and the output projection (one tensor when tied);
 - ``block_class``: the decoder-layer classes (``_no_split_modules``) that FSDP and FSDP2 wrap one by one;
 - its parameters are transformers' own under the prefix ``hf.``: what the ``hf`` and ``vllm`` engines load.
@@ -167,18 +167,36 @@ class HFCausalLM(nn.Module):
     def lm_head(self) -> nn.Module:
         return self.hf.get_output_embeddings()
 
-    def hidden_states(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return self.hf.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if segment_ids is not None and not self.packing_checked:
+            self.check_packing()
+        mask = self._packing_mask(input_ids, segment_ids)
+        outputs = self.hf.base_model(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+        )
+        return outputs.last_hidden_state
+
+    def _packing_mask(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """The additive block-diagonal causal mask (B, 1, T, T) of packed rows (None: plain causal attention, or
+        flash-attention, which finds the examples from the positions)."""
+        if segment_ids is None or "flash" in str(self.hf.config._attn_implementation):
+            return None
+        allowed = attention_mask(None, input_ids.shape[1], 0, input_ids.device, segment_ids)
+        dtype = self.embed.weight.dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=input_ids.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
 
     def _logits(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, segment_ids: torch.Tensor | None
     ) -> torch.Tensor:
-        mask = None
-        if segment_ids is not None and "flash" not in str(self.hf.config._attn_implementation):
-            allowed = attention_mask(None, input_ids.shape[1], 0, input_ids.device, segment_ids)
-            dtype = self.embed.weight.dtype
-            mask = torch.zeros(allowed.shape, dtype=dtype, device=input_ids.device)
-            mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
+        mask = self._packing_mask(input_ids, segment_ids)
         return self.hf(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
 
     @torch.no_grad()

@@ -5,7 +5,8 @@ model class: zoo's own networks (``gpt_neox``, ``recursive``, ``mesh``) and any 
 What the rest of zoo builds on it:
 
 - training: :func:`zoo.modules.pretrain.causal_lm_loss` calls ``forward`` with ``targets``;
-- token log-probs and entropy of given sequences: :func:`zoo.rl.rollout.token_logprobs` (``forward`` logits);
+- token log-probs and entropy of given sequences, padded or packed: :func:`zoo.rl.rollout.token_logprobs` (``forward``
+  logits, or ``hidden_states`` and ``logits`` chunk by chunk);
 - critics: :class:`zoo.models.value.ValueModel` reads ``hidden_states`` and ``lm_head``'s width;
 - attention maps of chosen layers (attention-based credit, :mod:`zoo.rl.methods.attention_credit`): ``forward`` with an
   ``attention_probe`` (:mod:`zoo.models.attention_maps`), layers counted by ``num_attention_calls``;
@@ -53,8 +54,14 @@ class CausalLM(Protocol):
     @property
     def num_attention_calls(self) -> int: ...  # attention calls in one forward (the layers a probe can ask for)
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The final-normed hidden states (B, T, H)."""
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The final-normed hidden states (B, T, H); packed rows as in ``forward``."""
         ...
 
 
@@ -65,7 +72,13 @@ class HeadOverHiddenStates(Protocol):
     per-token log-probs can be computed from the hidden states a chunk of tokens at a time
     (:func:`zoo.rl.rollout.token_logprobs`)."""
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor: ...
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
 

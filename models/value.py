@@ -26,6 +26,14 @@ class ValueModel(nn.Module):
     def from_policy(cls, policy: nn.Module) -> ValueModel:
         return cls(copy.deepcopy(policy))
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Values (B, T) of the prefixes ending at each position."""
-        return self.head(self.body.hidden_states(input_ids)).squeeze(-1)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Values (B, T) of the prefixes ending at each position (packed rows: ``segment_ids`` and
+        ``position_ids`` restarting per sequence, as the body's forward takes them)."""
+        hidden = self.body.hidden_states(input_ids, position_ids=position_ids, segment_ids=segment_ids)
+        return self.head(hidden).squeeze(-1)

@@ -52,6 +52,7 @@ from zoo.rl.methods.asyppo import (
     ensemble_values,
     uncertainty_masks,
 )
+from zoo.rl.packing import per_position
 from zoo.rl.rollout import RolloutBatch
 from zoo.training.loggers import log_histogram
 from zoo.training.optim import adamw_groups
@@ -193,7 +194,8 @@ class AsyPPOModule(PPOModule):
     # -- the stages -----------------------------------------------------------------------------------------
     def value_estimate(self, batch: RolloutBatch) -> torch.Tensor:
         def forward(part: RolloutBatch) -> torch.Tensor:
-            return torch.stack([critic(part.input_ids[:, :-1]) for critic in self.critics], 1)
+            lengths = self.packing(part)
+            return torch.stack([per_position(critic, part.input_ids, lengths) for critic in self.critics], 1)
 
         values = self.micro_batched(batch, forward) * batch.response_mask[:, None]
         batch.extras["critic_values"] = values  # (N, M, L)
@@ -256,14 +258,14 @@ class AsyPPOModule(PPOModule):
 
     def value_loss(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Every critic's clipped value loss on its own shard, summed."""
-        inputs, owner = batch.input_ids[:, :-1], batch.extras["critic_index"]
-        total, logs = torch.zeros((), device=inputs.device), {}
+        owner, lengths = batch.extras["critic_index"], self.packing(batch)
+        total, logs = torch.zeros((), device=batch.input_ids.device), {}
         for m, critic in enumerate(self.critics):
             rows = ((owner == m) | (owner == EVERY_CRITIC)).nonzero().squeeze(1)
             if not len(rows):
                 continue
             loss = clipped_value_loss(
-                critic(inputs[rows]),
+                per_position(critic, batch.input_ids[rows], None if lengths is None else lengths[rows]),
                 batch.extras["critic_values"][rows, m],
                 batch.returns[rows],
                 batch.response_mask[rows],

@@ -20,6 +20,7 @@ from zoo.models.value import ValueModel
 from zoo.modules.rl import RLModule, config_section
 from zoo.rl.advantages import gae, masked_whiten
 from zoo.rl.losses import clipped_value_loss
+from zoo.rl.packing import per_position
 from zoo.rl.rollout import RolloutBatch
 from zoo.training.strategies import shard_for_strategy
 
@@ -67,7 +68,7 @@ class PPOModule(RLModule):
 
     def value_estimate(self, batch: RolloutBatch) -> torch.Tensor:
         """The values (N, L) GAE bootstraps from, before any update of this batch."""
-        return self.micro_batched(batch, lambda part: self.critic(part.input_ids[:, :-1]))
+        return self.micro_batched(batch, lambda part: per_position(self.critic, part.input_ids, self.packing(part)))
 
     def advantages(self, batch: RolloutBatch) -> torch.Tensor:
         mask = batch.response_mask
@@ -87,7 +88,7 @@ class PPOModule(RLModule):
 
     def value_loss(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The critic's clipped value loss on a minibatch, and what to log about it."""
-        values = self.critic(batch.input_ids[:, :-1])
+        values = per_position(self.critic, batch.input_ids, self.packing(batch))
         loss = clipped_value_loss(
             values,
             batch.old_values,

@@ -43,7 +43,7 @@ from zoo.rl.losses import Totals
 from zoo.rl.methods import ravr as objective
 from zoo.rl.methods.ravr_answer_posterior import estimated_posterior_utility
 from zoo.rl.methods.ravr_answer_utility import answer_utility
-from zoo.rl.rollout import RolloutBatch, assemble, token_logprobs
+from zoo.rl.rollout import RolloutBatch, assemble
 
 PRIOR, POSTERIOR, DISTILLED = 0, 1, 2  # the row kinds of a RAVR batch (extras["kind"])
 
@@ -117,7 +117,9 @@ class RAVRModule(RLModule):
             [p["answer"] for p in answered],
             self.ravr.answer_cue,
         )
-        utility = answer_utility(self.model, contexts, answers, rows=self.algorithm.micro_batch_size)
+        split = self.micro_batching
+        utility = answer_utility(self.model, contexts, answers, rows=split["size"], tokens=split["tokens"],
+                                 padding_free=split["packed"])  # fmt: skip
         utility = utility.view(2, prompts, n)
         prior, posterior = utility[0], utility[1]
 
@@ -155,7 +157,7 @@ class RAVRModule(RLModule):
         """What the module docstring lists; KL(q‖p) from the posterior paths' log-likelihoods under both prompts."""
         prompts, half = len(asked) // 2, len(paths)
         again = assemble(asked, [replace(p, prompt_index=p.prompt_index - prompts) for p in paths], self.device)
-        prior_logp = token_logprobs(self.model, again.input_ids, self.rollout_config.temperature)[0]
+        prior_logp = self.policy_logprobs(again)
         prior_logp = (prior_logp * again.response_mask).sum(-1)
         kind = batch.extras["kind"]
         posterior_logq = (batch.rollout_logprobs[kind == POSTERIOR] * batch.response_mask[kind == POSTERIOR]).sum(-1)

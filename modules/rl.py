@@ -76,6 +76,7 @@ class AlgorithmConfig:
     minibatch_size: int | None = None  # sequences per optimizer step; None: the whole rollout batch
     micro_batch_size: int | None = None  # sequences per forward (gradients accumulate); None: no row limit
     micro_batch_tokens: int | None = None  # tokens per forward (rows x longest row); None: no token limit
+    padding_free: bool = False  # forwards on packed rows (zoo.rl.packing); micro_batch_tokens counts real tokens
     kl_coef: float = 0.0  # > 0 keeps a frozen reference policy (a LoRA policy's: itself with its adapters off)
     reference_quantization: str | None = (
         None  # 8bit | 4bit: the reference held by bitsandbytes (zoo.training.quantization)
@@ -187,14 +188,24 @@ class RLModule(PolicyModule):
 
     def logprobs_of(self, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
         """``model``'s log-probs (N, L) of ``batch``'s target tokens at the rollout temperature."""
-        return token_logprobs(model, batch.input_ids, self.rollout_config.temperature)[0]
+        return token_logprobs(model, batch.input_ids, self.rollout_config.temperature, lengths=self.packing(batch))[0]
+
+    def packing(self, batch: RolloutBatch) -> torch.Tensor | None:
+        """What a forward over ``batch`` packs (each row's length, :mod:`zoo.rl.packing`) with
+        ``module.algorithm.padding_free``; None: the padded rows as they are."""
+        return batch.lengths() if self.algorithm.padding_free else None
+
+    @property
+    def micro_batching(self) -> dict[str, Any]:
+        """How a batch is split into forwards (:meth:`RolloutBatch.micro_batches`' settings)."""
+        a = self.algorithm
+        return dict(size=a.micro_batch_size, tokens=a.micro_batch_tokens, packed=a.padding_free)
 
     def micro_batched(self, batch: RolloutBatch, forward) -> torch.Tensor:
         """``forward`` without gradients over the micro-batches of ``batch`` (``micro_batch_size`` rows,
         ``micro_batch_tokens`` tokens), laid out as the whole batch's (:meth:`RolloutBatch.map_micro_batches`)."""
-        a = self.algorithm
         with torch.no_grad():
-            return batch.map_micro_batches(forward, a.micro_batch_size, a.micro_batch_tokens)
+            return batch.map_micro_batches(forward, **self.micro_batching)
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -220,6 +231,7 @@ class RLModule(PolicyModule):
             micro_batch_size=a.micro_batch_size,
             micro_batch_tokens=a.micro_batch_tokens,
             longest_row=max(map(len, prompts), default=0) + self.rollout_config.max_new_tokens,
+            padding_free=a.padding_free,
         ).check()
         if self.trainer.is_global_zero:
             log.info(plan.table())
@@ -343,6 +355,7 @@ class RLModule(PolicyModule):
             batch.input_ids,
             self.rollout_config.temperature,
             with_entropy=a.entropy_coef > 0 or self.logs_entropy,
+            lengths=self.packing(batch),
         )
         loss, logs = self.objective(batch, logprobs)
         # the KL and entropy terms are aggregated as the policy loss is (per token, or per sequence first)
@@ -479,7 +492,7 @@ class RLModule(PolicyModule):
             for minibatch in batch.minibatches(size, generator if size < len(batch) else None):
                 self.start_minibatch(minibatch)
                 loss, logs = 0.0, {}
-                for micro_batch in minibatch.micro_batches(a.micro_batch_size, a.micro_batch_tokens):
+                for micro_batch in minibatch.micro_batches(**self.micro_batching):
                     micro_loss, micro_logs = self.loss(micro_batch)
                     self.manual_backward(micro_loss)
                     loss = loss + micro_loss.detach()  # every logged term is a share of the minibatch's: they add up

@@ -1,7 +1,8 @@
 """Micro-batches (module.algorithm.micro_batch_size / micro_batch_tokens): a minibatch split into micro-batches, each
 forward on its own and the gradients accumulated, gives the unsplit step's loss, logged terms and gradient (≤ 1e-6,
 fp32) for every method and loss aggregation; the forwards without gradients (old and reference log-probs, critic
-values) are split the same way. A token budget below a row is one line."""
+values) are split the same way. Padding-free forwards (module.algorithm.padding_free: packed rows) give the padded
+step's. A token budget below a row is one line."""
 
 import lightning as L
 import pytest
@@ -19,6 +20,7 @@ from zoo.rollout.callback import RolloutCallback
 POLICY = dict(arch="gpt_neox", vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
               intermediate_size=64, max_position_embeddings=64)  # fmt: skip
 SPLITS = [dict(micro_batch_size=3), dict(micro_batch_tokens=40)]
+PACKED = dict(padding_free=True, micro_batch_tokens=40)  # packed rows, micro-batches of 40 real tokens
 
 
 class _FirstStep(L.Callback):
@@ -36,8 +38,19 @@ class _FirstStep(L.Callback):
             self.metrics = {k: v.clone() for k, v in trainer.callback_metrics.items()}
 
 
+class _VariedLengths(PromptDataModule):
+    """Completions end at any of the first 32 token ids: their lengths vary (up to 16 tokens), so that short rows
+    share a packed row."""
+
+    @property
+    def stop_token_ids(self):
+        return tuple(range(32))
+
+
 def _data(task="arithmetic"):
-    if task == "methods":
+    if task == "varied":
+        data = _VariedLengths(task="arithmetic", train_size=40, val_size=4, batch_size=3, vocab_size=64)
+    elif task == "methods":
         data = PromptDataModule(task="methods", options={"methods": 2, "keywords": 4}, train_size=40, val_size=4,
                                 batch_size=3, vocab_size=64, posterior_prompt="answer {answer}: {prompt}")  # fmt: skip
     else:
@@ -47,14 +60,14 @@ def _data(task="arithmetic"):
     return data
 
 
-def _first_step(cpu_trainer, module_class, task="arithmetic", algorithm=None, **settings):
+def _first_step(cpu_trainer, module_class, task="arithmetic", algorithm=None, policy=POLICY, **settings):
     torch.manual_seed(0)
     data = _data(task)
-    policy = {**POLICY, "vocab_size": len(data.tokenizer)}
+    policy = {**policy, "vocab_size": len(data.tokenizer)}
     module = module_class(
         policy,
         optim=dict(lr=1e-3, warmup_steps=0, grad_clip=None),
-        rollout=dict(n=4, max_new_tokens=8),
+        rollout=dict(n=4, max_new_tokens=16 if task == "varied" else 8),
         algorithm={"kl_coef": 0.05, "entropy_coef": 0.01, **(algorithm or {})},
         **settings,
     )
@@ -143,7 +156,8 @@ def test_asyppo_split_equals_unsplit(cpu_trainer, population):
     _assert_split_equals_unsplit(cpu_trainer, AsyPPOModule, SPLITS[0], asyppo=asyppo)
 
 
-def test_ravr_split_equals_unsplit(cpu_trainer, monkeypatch):
+@pytest.mark.parametrize("split", [SPLITS[0], dict(padding_free=True)], ids=["rows", "padding-free"])
+def test_ravr_split_equals_unsplit(cpu_trainer, monkeypatch, split):
     """The prior's and the posterior's terms, each over its own rows of the minibatch, and the distillation. The
     utility pass runs whole in both runs here: split, its rounding moves utilities by ~1e-7, which can flip a
     distillation weight at its threshold (its own split is checked in tests/rl/methods/test_ravr_answer_posterior.py).
@@ -151,8 +165,44 @@ def test_ravr_split_equals_unsplit(cpu_trainer, monkeypatch):
     import zoo.modules.ravr as ravr
 
     whole = ravr.answer_utility
-    monkeypatch.setattr(ravr, "answer_utility", lambda model, contexts, answers, rows: whole(model, contexts, answers))
-    _assert_split_equals_unsplit(cpu_trainer, RAVRModule, SPLITS[0], task="methods")
+    unsplit = lambda model, contexts, answers, **split: whole(model, contexts, answers)  # noqa: E731
+    monkeypatch.setattr(ravr, "answer_utility", unsplit)
+    _assert_split_equals_unsplit(cpu_trainer, RAVRModule, split, task="methods")
+
+
+def test_a_llama_family_policy_split_and_packed_equals_unsplit(cpu_trainer, llama_family_policy):
+    algorithm = dict(aggregation="seq_mean_token_mean")
+    for split in (PACKED, dict(padding_free=True)):
+        _assert_split_equals_unsplit(
+            cpu_trainer, GRPOModule, split, task="varied", algorithm=algorithm, policy=llama_family_policy
+        )
+
+
+@pytest.mark.parametrize(
+    "module_class, settings",
+    [
+        (GRPOModule, dict(algorithm=dict(aggregation="token_mean"))),
+        (PPOModule, {}),
+        (AsyPPOModule, dict(asyppo=dict(critics=2, critic_model=dict(hidden_size=16, intermediate_size=32)))),
+    ],
+    ids=["grpo", "ppo", "asyppo"],
+)
+def test_padding_free_equals_padded(cpu_trainer, monkeypatch, module_class, settings):
+    """Log-probs, reference log-probs, critic values and the update on packed rows (several sequences to a row),
+    unsplit and in micro-batches."""
+    import zoo.rl.packing as packing
+
+    shared = []  # sequences that shared a packed row with another, per packed forward
+    of = packing.PackedRows.of.__func__
+    monkeypatch.setattr(packing.PackedRows, "of", classmethod(lambda cls, *a: _counted(of(cls, *a), shared)))
+    _assert_split_equals_unsplit(cpu_trainer, module_class, dict(padding_free=True), task="varied", **settings)
+    _assert_split_equals_unsplit(cpu_trainer, module_class, PACKED, task="varied", **settings)
+    assert max(shared) > 0
+
+
+def _counted(packed, shared):
+    shared.append(int(packed.rows.unique().numel()) - len(packed.input_ids))
+    return packed
 
 
 def test_credit_assignment_split_equals_unsplit(cpu_trainer):

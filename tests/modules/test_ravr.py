@@ -47,8 +47,8 @@ def test_the_batch_is_prior_posterior_and_distilled_rows_built_from_the_policys_
     torch.manual_seed(0)
     measured = []
 
-    def recording(model, contexts, answers, cue=(), rows=None):
-        s = answer_utility(model, contexts, answers, cue, rows)
+    def recording(model, contexts, answers, cue=(), **split):
+        s = answer_utility(model, contexts, answers, cue, **split)
         measured.append(s)
         return s
 

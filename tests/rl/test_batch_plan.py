@@ -23,9 +23,11 @@ def test_the_figures_follow_from_the_settings():
     assert plan.rows == 32 and plan.minibatch_rows == 8 and plan.micro_batch_rows == 3
     table = plan.table()
     assert "rows per step" in table and "optimizer steps per step" in table
-    values = {line.rsplit(None, 1)[0].strip(): int(line.rsplit(None, 1)[1]) for line in table.splitlines()[1:]}
-    assert values["optimizer steps per step"] == 2 * 4  # two epochs of four minibatches
-    assert values["micro-batches per minibatch, at least"] == 3  # 8 rows, at most 3 of 100 tokens in 350
+    values = {line.rsplit(None, 1)[0].strip(): line.rsplit(None, 1)[1] for line in table.splitlines()[1:]}
+    assert values["optimizer steps per step"] == str(2 * 4)  # two epochs of four minibatches
+    assert values["micro-batches per minibatch, at least"] == "3"  # 8 rows, at most 3 of 100 tokens in 350
+    assert values["forward rows (module.algorithm.padding_free)"] == "padded"
+    assert "packed" in _plan(padding_free=True).table()
     assert _plan(rows_per_sample=3, minibatch_size=None).rows == 96  # RAVR's three rows per sample
 
 

@@ -3,7 +3,8 @@
 A step samples ``prompts`` (``data.batch_size``) x ``n`` (``module.rollout.n``) completions (a method may lay out
 more rows per sample: RAVR three); ``ppo_epochs`` passes over them in minibatches of ``minibatch_size`` rows, one
 optimizer step each; each minibatch's forwards are micro-batches of at most ``micro_batch_size`` rows and
-``micro_batch_tokens`` tokens (rows x the longest row among them), their gradients accumulated. The longest row the
+``micro_batch_tokens`` tokens (rows x the longest row among them; with ``padding_free`` the rows' lengths summed,
+:mod:`zoo.rl.packing`), their gradients accumulated. The longest row the
 plan can know at the start is the longest prompt plus ``max_new_tokens``; multi-turn rows with environment
 observations can be longer, and a micro-batch then says so in one line when it meets one.
 
@@ -29,6 +30,7 @@ class BatchPlan:
     micro_batch_size: int | None
     micro_batch_tokens: int | None
     longest_row: int  # the longest prompt + max_new_tokens
+    padding_free: bool = False  # forwards on packed rows: a micro-batch's tokens are its rows' lengths summed
 
     @property
     def rows(self) -> int:
@@ -40,7 +42,8 @@ class BatchPlan:
 
     @property
     def micro_batch_rows(self) -> int:
-        """Rows per micro-batch at most (rows of the longest length under the token budget)."""
+        """Rows per micro-batch at most (rows of the longest length under the token budget; packed, shorter rows
+        fill a micro-batch further)."""
         rows = self.micro_batch_size or self.minibatch_rows
         if self.micro_batch_tokens is not None:
             rows = min(rows, self.micro_batch_tokens // self.longest_row)
@@ -79,6 +82,7 @@ class BatchPlan:
             ("rows per micro-batch, at most", self.micro_batch_rows),
             ("micro-batches per minibatch, at least", math.ceil(self.minibatch_rows / max(self.micro_batch_rows, 1))),
             ("tokens per micro-batch, at most (module.algorithm.micro_batch_tokens)", self.micro_tokens),
+            ("forward rows (module.algorithm.padding_free)", "packed" if self.padding_free else "padded"),
             ("longest row (prompt + max_new_tokens)", self.longest_row),
         ]
         width = max(len(name) for name, _ in lines)

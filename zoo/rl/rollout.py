@@ -6,7 +6,8 @@ log-probs of predicting it, so ``response_mask`` marks the completion's tokens t
 
 Micro-batches (:meth:`RolloutBatch.micro_batches`): the rows of a batch grouped so that each forward holds at most
 ``size`` rows and ``tokens`` tokens (rows x the group's longest row; rows are grouped longest first, so rows of like
-length share a group), each trimmed to its own longest row. :meth:`RolloutBatch.map_micro_batches` runs a forward
+length share a group), each trimmed to its own longest row; with padding-free forwards (:mod:`zoo.rl.packing`) a
+micro-batch's tokens are the sum of its rows' lengths. :meth:`RolloutBatch.map_micro_batches` runs a forward
 without gradients micro-batch by micro-batch and lays the results out as the whole batch's.
 """
 
@@ -24,6 +25,7 @@ from zoo.errors import ConfigError
 from zoo.generation.engine import GenerationResult, Sample
 from zoo.models.interface import HeadOverHiddenStates
 from zoo.rl.losses import Totals, token_entropy
+from zoo.rl.packing import PackedRows
 from zoo.rl.rewards import RewardBatch
 
 
@@ -63,14 +65,19 @@ class RolloutBatch:
         positions = torch.arange(1, self.response_mask.shape[1] + 1, device=self.response_mask.device)
         return ((self.response_mask > 0) * positions).amax(1).add(1).clamp(min=2)
 
-    def micro_batches(self, size: int | None = None, tokens: int | None = None) -> list[RolloutBatch]:
+    def micro_batches(
+        self, size: int | None = None, tokens: int | None = None, packed: bool = False
+    ) -> list[RolloutBatch]:
         """The batch in micro-batches of at most ``size`` rows and ``tokens`` tokens, each trimmed to its longest
-        row (None, None: the whole batch, as it is)."""
+        row (None, None: the whole batch, as it is). A micro-batch's tokens are its rows x its longest row, or
+        with ``packed`` (padding-free forwards) the sum of its rows' lengths."""
         if size is None and tokens is None:
             return [self]
-        return [self.trimmed(rows) for rows in self.micro_batch_rows(size, tokens)]
+        return [self.trimmed(rows) for rows in self.micro_batch_rows(size, tokens, packed)]
 
-    def micro_batch_rows(self, size: int | None = None, tokens: int | None = None) -> list[torch.Tensor]:
+    def micro_batch_rows(
+        self, size: int | None = None, tokens: int | None = None, packed: bool = False
+    ) -> list[torch.Tensor]:
         lengths = self.lengths().tolist()
         longest = max(lengths, default=0)
         if tokens is not None and longest > tokens:
@@ -78,15 +85,17 @@ class RolloutBatch:
                 f"module.algorithm.micro_batch_tokens={tokens} is below the longest row of the batch ({longest} "
                 "tokens: prompt + max_new_tokens): raise it"
             )
-        groups, group, width = [], [], 0
+        groups, group, width, filled = [], [], 0, 0
         for row in sorted(range(len(self)), key=lambda r: -lengths[r]):
             width = width or lengths[row]  # the group's first row is its longest
+            cost = filled + lengths[row] if packed else (len(group) + 1) * width
             over_size = size is not None and len(group) == size
-            over_tokens = tokens is not None and (len(group) + 1) * width > tokens
+            over_tokens = tokens is not None and cost > tokens
             if group and (over_size or over_tokens):
                 groups.append(group)
-                group, width = [], lengths[row]
+                group, width, filled = [], lengths[row], 0
             group.append(row)
+            filled += lengths[row]
         groups += [group] if group else []
         return [torch.tensor(g, device=self.input_ids.device) for g in groups]
 
@@ -104,15 +113,19 @@ class RolloutBatch:
         return replace(part, input_ids=part.input_ids[:, :width], **tensors, extras=extras)
 
     def map_micro_batches(
-        self, forward: Callable[[RolloutBatch], torch.Tensor], size: int | None = None, tokens: int | None = None
+        self,
+        forward: Callable[[RolloutBatch], torch.Tensor],
+        size: int | None = None,
+        tokens: int | None = None,
+        packed: bool = False,
     ) -> torch.Tensor:
-        """``forward`` (a micro-batch → a tensor (n, ..., its width)) over the micro-batches, laid out as the whole
-        batch's (N, ..., L), zero past each micro-batch's width."""
+        """``forward`` (a micro-batch → a tensor (n, ..., its width)) over the micro-batches
+        (:meth:`micro_batches`), laid out as the whole batch's (N, ..., L), zero past each micro-batch's width."""
         if size is None and tokens is None:
             return forward(self)
         out = None
         L = self.response_mask.shape[1]
-        for rows in self.micro_batch_rows(size, tokens):
+        for rows in self.micro_batch_rows(size, tokens, packed):
             part = forward(self.trimmed(rows))
             if out is None:
                 out = part.new_zeros((len(self), *part.shape[1:-1], L))
@@ -200,7 +213,11 @@ LOGITS_PER_CHUNK = 1 << 24  # fp32 logits held at once by token_logprobs (64 MiB
 
 
 def token_logprobs(
-    model: torch.nn.Module, input_ids: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (N, L) of every target token under ``log softmax(logits / temperature)``, and optionally the
     entropy of that distribution at every position (computed only when asked for).
@@ -209,23 +226,37 @@ def token_logprobs(
     zoo's own) never holds the (N, L, V) logits: the head runs over ``LOGITS_PER_CHUNK // V`` tokens at a time
     (logits in the head's dtype, log-softmax in fp32), and with gradients each chunk's logits are recomputed in the
     backward pass instead of kept (activation checkpointing of the head: one more head matmul per token). Other
-    models (``arch: hf``) go through their full logits."""
+    models (``arch: hf``) go through their full logits.
+
+    With ``lengths`` (N,) the forward is padding-free (:class:`zoo.rl.packing.PackedRows`): each row's first
+    ``lengths[i]`` tokens, packed; the positions past a row's length come back 0."""
     targets = input_ids[:, 1:]
-    if not isinstance(model, HeadOverHiddenStates):
-        return _head_logprobs(lambda x: x, temperature, with_entropy, model(input_ids[:, :-1]), targets)
-    hidden = model.hidden_states(input_ids[:, :-1])
-    rows, width = targets.shape
-    flat_hidden, flat_targets = hidden.reshape(rows * width, -1), targets.reshape(-1)
-    chunk = max(1, LOGITS_PER_CHUNK // model.config.vocab_size)
-    head = partial(_head_logprobs, model.logits, temperature, with_entropy)
-    recompute = torch.is_grad_enabled() and flat_hidden.requires_grad
+    takes_head = isinstance(model, HeadOverHiddenStates)
+    forward = model.hidden_states if takes_head else model  # per position: hidden states, or the logits
+    if lengths is None:
+        states, flat_targets = forward(input_ids[:, :-1]).flatten(0, 1), targets.reshape(-1)
+    else:
+        packed = PackedRows.of(input_ids, lengths)
+        states = packed.gather(forward(packed.input_ids, position_ids=packed.position_ids,
+                                       segment_ids=packed.segment_ids))  # fmt: skip
+        flat_targets = packed.targets(input_ids)
+    head = partial(_head_logprobs, model.logits if takes_head else _identity, temperature, with_entropy)
+    chunk = max(1, LOGITS_PER_CHUNK // model.config.vocab_size) if takes_head else len(states)
+    recompute = takes_head and torch.is_grad_enabled() and states.requires_grad
     parts = []
-    for start in range(0, rows * width, chunk):
-        span = (flat_hidden[start : start + chunk], flat_targets[start : start + chunk])
+    for start in range(0, len(states), chunk):
+        span = (states[start : start + chunk], flat_targets[start : start + chunk])
         parts.append(checkpoint(head, *span, use_reentrant=False) if recompute else head(*span))
-    logprobs = torch.cat([lp for lp, _ in parts]).view(rows, width)
-    entropy = torch.cat([h for _, h in parts]).view(rows, width) if with_entropy else None
-    return logprobs, entropy
+    logprobs = torch.cat([lp for lp, _ in parts])
+    entropy = torch.cat([h for _, h in parts]) if with_entropy else None
+    if lengths is None:
+        return logprobs.view(targets.shape), entropy.view(targets.shape) if with_entropy else None
+    layout = partial(packed.scatter, rows=targets.shape[0], width=targets.shape[1])
+    return layout(logprobs), layout(entropy) if with_entropy else None
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def _head_logprobs(head, temperature: float, with_entropy: bool, hidden: torch.Tensor, targets: torch.Tensor):

@@ -62,10 +62,12 @@ def test_path_utility_is_the_geometric_mean_answer_probability_by_hand():
     torch.manual_seed(0)
     model = build_model(config_from_dict(dict(arch="gpt_neox", vocab_size=17, hidden_size=16, num_hidden_layers=1,
                                               num_attention_heads=2, intermediate_size=32)))  # fmt: skip
-    contexts, answers, cue = [[3, 4, 5], [6, 7]], [[8, 9], [10]], [11]
+    contexts, answers, cue = [[3, 4, 5, 6, 7], [6], [2]], [[8, 9], [10], [12]], [11]  # 8, 3 and 3 tokens
     got = answer_utility(model, contexts, answers, cue)
     assert model.training  # restored
     torch.testing.assert_close(answer_utility(model, contexts, answers, cue, rows=1), got, rtol=1e-6, atol=0)
+    packed = answer_utility(model, contexts, answers, cue, padding_free=True)  # packed rows: 8 | 3 + 3
+    torch.testing.assert_close(packed, got, rtol=1e-5, atol=0)
     for i, (context, answer) in enumerate(zip(contexts, answers, strict=True)):
         prefix = context + cue
         logprob = 0.0

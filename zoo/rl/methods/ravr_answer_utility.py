@@ -2,9 +2,10 @@
 reference answer after it. ``s(z) = π(y* | x, z)`` is estimated teacher-forced on the policy itself, after a fixed
 answer cue that follows the path (e.g. ``" The answer is "``), and length-normalised: the geometric mean of the
 answer tokens' probabilities, ``exp(mean_i log π(y*_i | x, z, cue, y*_<i))``, so answers of different lengths
-compare (the paper's exact normalisation is not published). No-grad forwards over the right-padded batch, ``rows``
-sequences at a time (each group trimmed to its longest; None: one forward), log-probs from
-:func:`zoo.rl.rollout.token_logprobs` (never the full-vocabulary fp32 logits of zoo's models).
+compare (the paper's exact normalisation is not published). No-grad forwards over the sequences in micro-batches
+(``rows`` sequences and ``tokens`` tokens a forward, :meth:`zoo.rl.rollout.RolloutBatch.micro_batches`; None, None:
+one forward), padded or packed (``padding_free``), log-probs from :func:`zoo.rl.rollout.token_logprobs` (never the
+full-vocabulary fp32 logits of zoo's models).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from zoo.rl.rollout import token_logprobs
+from zoo.rl.rollout import RolloutBatch, token_logprobs
 
 
 @torch.no_grad()
@@ -23,6 +24,8 @@ def answer_utility(
     answers: Sequence[Sequence[int]],
     cue: Sequence[int] = (),
     rows: int | None = None,
+    tokens: int | None = None,
+    padding_free: bool = False,
 ) -> torch.Tensor:
     """s (N,) for every ``contexts[i]`` (prompt + path tokens) followed by ``cue`` and ``answers[i]`` (non-empty)."""
     sequences = [list(c) + list(cue) + list(a) for c, a in zip(contexts, answers, strict=True)]
@@ -30,20 +33,21 @@ def answer_utility(
         raise ValueError("every answer needs at least one token")
     device = next(model.parameters()).device
     ids = torch.zeros(len(sequences), max(map(len, sequences)), dtype=torch.long)
-    targets = torch.zeros_like(ids, dtype=torch.bool)  # positions whose token is an answer token
-    for row, (sequence, answer) in enumerate(zip(sequences, answers, strict=True)):
+    answer = torch.zeros(len(sequences), ids.shape[1] - 1)  # target positions whose token is an answer token
+    for row, (sequence, tokens_of_answer) in enumerate(zip(sequences, answers, strict=True)):
         ids[row, : len(sequence)] = torch.tensor(sequence)
-        targets[row, len(sequence) - len(answer) : len(sequence)] = True
-    utilities = []
+        answer[row, len(sequence) - len(tokens_of_answer) - 1 : len(sequence) - 1] = 1
+    batch = RolloutBatch(ids, answer, torch.zeros_like(answer), torch.zeros(len(sequences), dtype=torch.long))
+    batch = batch.to(device)
+
+    def forward(part: RolloutBatch) -> torch.Tensor:
+        return token_logprobs(model, part.input_ids, lengths=part.lengths() if padding_free else None)[0]
+
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(sequences), rows or len(sequences)):
-            group = slice(start, start + (rows or len(sequences)))
-            width = max(map(len, sequences[group]))
-            logprobs = token_logprobs(model, ids[group, :width].to(device))[0]
-            mask = targets[group, 1:width].to(device)
-            utilities.append(torch.exp((logprobs * mask).sum(1) / mask.sum(1)))
+        logprobs = batch.map_micro_batches(forward, rows, tokens, padding_free)
     finally:
         model.train(was_training)
-    return torch.cat(utilities)
+    mask = batch.response_mask
+    return torch.exp((logprobs * mask).sum(1) / mask.sum(1))
