@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from zoo.errors import ConfigError, require_int
-from zoo.models.attention_maps import AttentionProbe, attention_probabilities
+from zoo.models.attention_maps import AttentionProbe, show_maps
 from zoo.models.cross_entropy import linear_cross_entropy
 
 
@@ -230,7 +230,7 @@ class CausalSelfAttention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=inputs.mask)
         if inputs.probe is not None and cache_entry in inputs.probe.layers:
-            inputs.probe.observe(cache_entry, attention_probabilities(q, k, inputs.mask))
+            show_maps(inputs.probe, cache_entry, q, k, inputs.mask)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 

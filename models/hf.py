@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ConfigError, first_line
+from zoo.models.attention_maps import show_maps
 from zoo.models.gpt_neox import attention_mask
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -236,36 +237,63 @@ class HFCausalLM(nn.Module):
     def num_attention_calls(self) -> int:
         return len(self.decoder_layers)
 
+    def _attention_of(self, layer: int) -> nn.Module:
+        children = self.decoder_layers[layer].named_children()
+        attention = next((m for _, m in children if type(m).__name__.endswith("Attention")), None)
+        if attention is None:
+            raise ConfigError(
+                f"model type {self.hf.config.model_type!r}: no attention module found in decoder layer {layer} "
+                "(attention maps read the child module whose class name ends in Attention)"
+            )
+        return attention
+
     def _probed_logits(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, probe) -> torch.Tensor:
-        """Logits of a forward with eager attention (the implementation that computes the maps) whose decoder
-        layers in ``probe.layers`` show theirs to ``probe``; the model's attention implementation is restored
-        after."""
-        layers = self.decoder_layers
-        handles = []
-        for index in sorted(probe.layers):
-            children = layers[index].named_children()
-            attention = next((m for _, m in children if type(m).__name__.endswith("Attention")), None)
-            if attention is None:
-                raise ConfigError(
-                    f"model type {self.hf.config.model_type!r}: no attention module found in decoder layer {index} "
-                    "(attention maps read the child module whose class name ends in Attention)"
-                )
+        """Logits of the model's own forward, during which the decoder layers in ``probe.layers`` also show their
+        maps to ``probe``, computed by :func:`zoo.models.attention_maps.show_maps` from the queries, keys, mask and
+        scaling their attention function is given (in chunks of heads when the probe asks): for the pass,
+        transformers' attention function of the model's implementation (sdpa, flash, flex) is wrapped, and only
+        the probed layers' calls do more than it does. Under eager attention each layer returns its maps itself."""
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-            def show(module, args, output, index=index):
-                if not isinstance(output, tuple) or len(output) < 2 or output[1] is None:
-                    raise ConfigError(
-                        f"model type {self.hf.config.model_type!r} returns no attention maps from "
-                        f"{type(module).__name__} (attention maps need eager attention)"
-                    )
-                probe.observe(index, output[1].float())
+        attentions = {id(self._attention_of(layer)): layer for layer in probe.layers}
+        implementation = self.hf.config._attn_implementation
+        if implementation not in ALL_ATTENTION_FUNCTIONS:  # eager: each module's own function, which returns maps
+            return self._eager_probed_logits(input_ids, position_ids, probe, attentions)
+        overridden = implementation in ALL_ATTENTION_FUNCTIONS._local_mapping
+        attend = ALL_ATTENTION_FUNCTIONS[implementation]
 
-            handles.append(attention.register_forward_hook(show))
-        previous = self.hf.config._attn_implementation
-        self.hf.set_attn_implementation("eager")
+        def probed(module, query, key, value, attention_mask, *args, **kwargs):
+            out = attend(module, query, key, value, attention_mask, *args, **kwargs)
+            layer = attentions.get(id(module))
+            if layer is not None:
+                mask = attention_mask if attention_mask is not None and attention_mask.dim() == 4 else None
+                mask = None if mask is None else mask[..., : key.shape[-2]]
+                show_maps(probe, layer, query, key, mask, kwargs.get("scaling"))
+            return out
+
+        ALL_ATTENTION_FUNCTIONS[implementation] = probed  # other models' calls go through unchanged
         try:
             return self._logits(input_ids, position_ids, None)
         finally:
-            self.hf.set_attn_implementation(previous)
+            if overridden:
+                ALL_ATTENTION_FUNCTIONS[implementation] = attend
+            else:
+                del ALL_ATTENTION_FUNCTIONS[implementation]
+
+    def _eager_probed_logits(self, input_ids, position_ids, probe, attentions: dict[int, int]) -> torch.Tensor:
+
+        def keep(module, args, output):
+            if not isinstance(output, tuple) or len(output) < 2 or output[1] is None:
+                raise ConfigError(
+                    f"model type {self.hf.config.model_type!r} returns no attention maps from "
+                    f"{type(module).__name__} under eager attention"
+                )
+            probe.observe(attentions[id(module)], output[1].float())
+
+        handles = [m.register_forward_hook(keep) for m in self.hf.modules() if id(m) in attentions]
+        try:
+            return self._logits(input_ids, position_ids, None)
+        finally:
             for handle in handles:
                 handle.remove()
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ConfigError, require_int
-from zoo.models.attention_maps import attention_probabilities
+from zoo.models.attention_maps import show_maps
 from zoo.models.gpt_neox import AttentionInputs, GPTNeoX, KVCache, Rotary, apply_rotary, rope_frequencies
 
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -189,8 +189,7 @@ class GroupedQueryAttention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=inputs.mask, enable_gqa=grouped)
         if inputs.probe is not None and cache_entry in inputs.probe.layers:
-            keys = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
-            inputs.probe.observe(cache_entry, attention_probabilities(q, keys, inputs.mask))
+            show_maps(inputs.probe, cache_entry, q, k, inputs.mask)
         return self.proj(y.transpose(1, 2).reshape(B, T, self.widths[0]))
 
     def _decode_attention(

@@ -76,7 +76,7 @@ class AlgorithmConfig:
     minibatch_size: int | None = None  # sequences per optimizer step; None: the whole rollout batch
     micro_batch_size: int | None = None  # sequences per forward (gradients accumulate); None: no row limit
     micro_batch_tokens: int | None = None  # tokens per forward (rows x longest row); None: no token limit
-    padding_free: bool = False  # forwards on packed rows (zoo.rl.packing); micro_batch_tokens counts real tokens
+    padding_free: bool = False  # forwards on packed rows (zoo.rl.packing): fewer rows per micro-batch
     kl_coef: float = 0.0  # > 0 keeps a frozen reference policy (a LoRA policy's: itself with its adapters off)
     reference_quantization: str | None = (
         None  # 8bit | 4bit: the reference held by bitsandbytes (zoo.training.quantization)

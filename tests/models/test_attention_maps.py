@@ -1,11 +1,13 @@
 """Attention maps from a probed forward: they are the maps the model's own attention applied (probabilities ×
-values = the sdpa output), only the layers asked for are shown, the forward's outputs do not change, and zoo's
-GPT-NeoX shows the maps transformers' eager GPT-NeoX computes."""
+values = the sdpa output), only the layers asked for are shown (and only they compute maps: a Hugging Face model
+keeps its attention implementation), in head chunks equal to the whole maps, the forward's outputs do not change,
+and zoo's GPT-NeoX shows the maps transformers' eager GPT-NeoX computes."""
 
 import pytest
 import torch
 from transformers import GPTNeoXConfig as HFNeoXConfig
 from transformers import GPTNeoXForCausalLM
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from zoo.hub.convert import gpt_neox_config_from_hf, gpt_neox_state_dict_from_hf
 from zoo.models import GPTNeoX, build_model, config_from_dict
@@ -91,8 +93,62 @@ def test_zoo_gpt_neox_maps_equal_transformers_eager_maps_and_the_hf_wrapper_rest
     for layer in (0, 2):
         torch.testing.assert_close(mine.maps[layer], peer.maps[layer], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(logits, peer_logits, atol=1e-4, rtol=1e-4)
-    assert wrapped.hf.config._attn_implementation == "sdpa"  # switched to eager for the pass only
+    assert wrapped.hf.config._attn_implementation == "sdpa"
+    assert "sdpa" not in ALL_ATTENTION_FUNCTIONS._local_mapping  # the pass's wrapper is gone
     assert wrapped.num_attention_calls == 3
+    eager = HFCausalLM(HFConfig(path=str(tmp_path), attn_implementation="eager")).eval()
+    shown = MapRecorder({0, 2})
+    with torch.no_grad():
+        eager(ids, attention_probe=shown)  # eager attention returns its maps itself
+    for layer in (0, 2):
+        torch.testing.assert_close(shown.maps[layer], peer.maps[layer], atol=1e-5, rtol=1e-4)
+
+
+class _Chunked(MapRecorder):
+    def __init__(self, layers, heads_per_map):
+        super().__init__(layers)
+        self.heads_per_map, self.chunks = heads_per_map, []
+
+    def observe(self, layer, probabilities):
+        self.chunks.append(probabilities.shape[1])
+        super().observe(layer, probabilities)
+
+
+def test_maps_in_head_chunks_equal_the_whole_maps(zoo_model_settings):
+    torch.manual_seed(0)
+    model = build_model(config_from_dict(zoo_model_settings)).eval()
+    ids = torch.randint(0, 97, (2, 13))
+    whole, chunked = MapRecorder({0, 1}), _Chunked({0, 1}, heads_per_map=3)
+    with torch.no_grad():
+        model(ids, attention_probe=whole)
+        model(ids, attention_probe=chunked)
+    assert chunked.chunks == [3, 1, 3, 1]  # 4 heads: 3 + 1, for each layer
+    for layer in (0, 1):
+        torch.testing.assert_close(chunked.maps[layer], whole.maps[layer], rtol=0, atol=1e-6)
+
+
+def test_a_hugging_face_policy_computes_maps_only_for_the_probed_layers_in_its_own_implementation(
+    hf_models, monkeypatch
+):
+    import zoo.models.hf as hf
+
+    model = HFCausalLM(HFConfig(path=str(hf_models["llama"]))).eval()  # grouped-query attention
+    seen = []
+    show = hf.show_maps
+
+    def spy(probe, layer, *args):
+        seen.append((layer, model.hf.config._attn_implementation))
+        show(probe, layer, *args)
+
+    monkeypatch.setattr(hf, "show_maps", spy)
+    ids = torch.randint(0, 50, (2, 11))
+    whole, chunked = MapRecorder({1}), _Chunked({1}, heads_per_map=1)
+    with torch.no_grad():
+        model(ids, attention_probe=whole)
+        model(ids, attention_probe=chunked)
+    assert seen == [(1, "sdpa")] * 2
+    assert chunked.chunks == [1] * model.hf.config.num_attention_heads
+    torch.testing.assert_close(chunked.maps[1], whole.maps[1], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

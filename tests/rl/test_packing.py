@@ -1,6 +1,7 @@
 """Padding-free rollout rows (zoo/rl/packing.py): every sequence packed once, whole, with positions restarting, into
 rows no wider than the longest; log-probs, entropy and critic values of packed forwards equal the padded forwards'
-(values and gradients) for every zoo model and a Hugging Face one; a micro-batch's token budget counts real tokens."""
+(values and gradients) for every zoo model and a Hugging Face one; a micro-batch's token budget counts its packed
+rows."""
 
 import pytest
 import torch
@@ -104,7 +105,7 @@ def test_packed_critic_values_equal_padded():
     torch.testing.assert_close(packed, padded, rtol=0, atol=1e-5)
 
 
-def test_a_packed_micro_batch_counts_its_rows_lengths_not_rows_times_the_longest():
+def test_a_packed_micro_batch_counts_its_packed_rows_not_its_rows():
     lengths = [10, 9, 9, 2, 2]
     N, L = len(lengths), 12
     mask = torch.zeros(N, L - 1)
@@ -112,9 +113,10 @@ def test_a_packed_micro_batch_counts_its_rows_lengths_not_rows_times_the_longest
         mask[row, 1 : n - 1] = 1
     batch = RolloutBatch(_padded(lengths)[:, :L], mask, torch.zeros(N, L - 1), torch.arange(N))
     padded = batch.micro_batch_rows(tokens=20)  # [10, 9], [9, 2], [2]: rows x longest
-    packed = batch.micro_batch_rows(tokens=20, packed=True)  # [10, 9], [9, 2, 2]: lengths summed
+    packed = batch.micro_batch_rows(tokens=20, packed=True)  # [10, 9], [9, 2 + 2]: packed rows x longest
     for rows in packed:
-        assert sum(lengths[r] for r in rows) <= 20
+        part = batch.trimmed(rows)
+        assert PackedRows.of(part.input_ids, part.lengths()).input_ids.numel() <= 20  # the forward's tokens
     assert sorted(torch.cat(packed).tolist()) == list(range(N))
     assert (len(packed), len(padded)) == (2, 3)
 

@@ -3,8 +3,8 @@
 A step samples ``prompts`` (``data.batch_size``) x ``n`` (``module.rollout.n``) completions (a method may lay out
 more rows per sample: RAVR three); ``ppo_epochs`` passes over them in minibatches of ``minibatch_size`` rows, one
 optimizer step each; each minibatch's forwards are micro-batches of at most ``micro_batch_size`` rows and
-``micro_batch_tokens`` tokens (rows x the longest row among them; with ``padding_free`` the rows' lengths summed,
-:mod:`zoo.rl.packing`), their gradients accumulated. The longest row the
+``micro_batch_tokens`` tokens (rows x the longest row among them; with ``padding_free`` packed rows, several short
+rows to one, :mod:`zoo.rl.packing`), their gradients accumulated. The longest row the
 plan can know at the start is the longest prompt plus ``max_new_tokens``; multi-turn rows with environment
 observations can be longer, and a micro-batch then says so in one line when it meets one.
 
@@ -30,7 +30,7 @@ class BatchPlan:
     micro_batch_size: int | None
     micro_batch_tokens: int | None
     longest_row: int  # the longest prompt + max_new_tokens
-    padding_free: bool = False  # forwards on packed rows: a micro-batch's tokens are its rows' lengths summed
+    padding_free: bool = False  # forwards on packed rows: several short rows to one
 
     @property
     def rows(self) -> int:
@@ -42,8 +42,8 @@ class BatchPlan:
 
     @property
     def micro_batch_rows(self) -> int:
-        """Rows per micro-batch at most (rows of the longest length under the token budget; packed, shorter rows
-        fill a micro-batch further)."""
+        """Rows per micro-batch at most (rows of the longest length under the token budget; packed, short rows
+        share a row, so a micro-batch holds more of them)."""
         rows = self.micro_batch_size or self.minibatch_rows
         if self.micro_batch_tokens is not None:
             rows = min(rows, self.micro_batch_tokens // self.longest_row)

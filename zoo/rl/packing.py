@@ -10,9 +10,11 @@ sees alone (:class:`zoo.models.interface.CausalLM`). Only the positions that pre
 sequence come back (:meth:`PackedRows.gather`), and :meth:`PackedRows.scatter` lays them out as the batch's (N, L),
 zero past each sequence's length.
 
-Rows are as wide as the longest sequence (not one row per micro-batch), so the attention mask a packed forward
-builds is never larger than the padded forward's; the forward's tokens drop from N x longest to about the sum of
-the lengths.
+Rows are as wide as the longest sequence (not one row per micro-batch), so a packed forward's attention (quadratic
+in a row's width, whatever its mask) and its mask are never larger than the padded forward's; the forward's tokens
+drop from N x longest to the packed rows x longest (the sum of the lengths and the rows' unfilled ends). A
+micro-batch's token budget counts those (:meth:`zoo.rl.rollout.RolloutBatch.micro_batches` fills rows as
+:meth:`PackedRows.of` does).
 """
 
 from __future__ import annotations

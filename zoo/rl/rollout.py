@@ -7,8 +7,8 @@ log-probs of predicting it, so ``response_mask`` marks the completion's tokens t
 Micro-batches (:meth:`RolloutBatch.micro_batches`): the rows of a batch grouped so that each forward holds at most
 ``size`` rows and ``tokens`` tokens (rows x the group's longest row; rows are grouped longest first, so rows of like
 length share a group), each trimmed to its own longest row; with padding-free forwards (:mod:`zoo.rl.packing`) a
-micro-batch's tokens are the sum of its rows' lengths. :meth:`RolloutBatch.map_micro_batches` runs a forward
-without gradients micro-batch by micro-batch and lays the results out as the whole batch's.
+micro-batch's tokens are its packed rows' (several short rows to one). :meth:`RolloutBatch.map_micro_batches` runs
+a forward without gradients micro-batch by micro-batch and lays the results out as the whole batch's.
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ class RolloutBatch:
         self, size: int | None = None, tokens: int | None = None, packed: bool = False
     ) -> list[RolloutBatch]:
         """The batch in micro-batches of at most ``size`` rows and ``tokens`` tokens, each trimmed to its longest
-        row (None, None: the whole batch, as it is). A micro-batch's tokens are its rows x its longest row, or
-        with ``packed`` (padding-free forwards) the sum of its rows' lengths."""
+        row (None, None: the whole batch, as it is). A micro-batch's tokens are those of its forward: its rows x its
+        longest row, or with ``packed`` (padding-free forwards) its packed rows x its longest row, the rows filled
+        first-fit longest first as :class:`zoo.rl.packing.PackedRows` fills them."""
         if size is None and tokens is None:
             return [self]
         return [self.trimmed(rows) for rows in self.micro_batch_rows(size, tokens, packed)]
@@ -85,17 +86,22 @@ class RolloutBatch:
                 f"module.algorithm.micro_batch_tokens={tokens} is below the longest row of the batch ({longest} "
                 "tokens: prompt + max_new_tokens): raise it"
             )
-        groups, group, width, filled = [], [], 0, 0
+        groups, group, width, room = [], [], 0, []  # room: what each packed row of the group has left
         for row in sorted(range(len(self)), key=lambda r: -lengths[r]):
-            width = width or lengths[row]  # the group's first row is its longest
-            cost = filled + lengths[row] if packed else (len(group) + 1) * width
+            n = lengths[row]
+            width = width or n  # the group's first row is its longest
+            fits = next((i for i, free in enumerate(room) if free >= n), None) if packed else None
+            forward_rows = (len(room) + (fits is None)) if packed else len(group) + 1
             over_size = size is not None and len(group) == size
-            over_tokens = tokens is not None and cost > tokens
+            over_tokens = tokens is not None and forward_rows * width > tokens
             if group and (over_size or over_tokens):
                 groups.append(group)
-                group, width, filled = [], lengths[row], 0
+                group, width, room, fits = [], n, [], None
             group.append(row)
-            filled += lengths[row]
+            if packed and fits is None:
+                room.append(width - n)
+            elif packed:
+                room[fits] -= n
         groups += [group] if group else []
         return [torch.tensor(g, device=self.input_ids.device) for g in groups]
 
@@ -218,6 +224,7 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     lengths: torch.Tensor | None = None,
+    hidden_states: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (N, L) of every target token under ``log softmax(logits / temperature)``, and optionally the
     entropy of that distribution at every position (computed only when asked for).
@@ -229,11 +236,14 @@ def token_logprobs(
     models (``arch: hf``) go through their full logits.
 
     With ``lengths`` (N,) the forward is padding-free (:class:`zoo.rl.packing.PackedRows`): each row's first
-    ``lengths[i]`` tokens, packed; the positions past a row's length come back 0."""
+    ``lengths[i]`` tokens, packed; the positions past a row's length come back 0. ``hidden_states`` (N, L, H): the
+    model's over ``input_ids[:, :-1]``, computed already (a forward that did more, e.g. showed attention maps)."""
     targets = input_ids[:, 1:]
     takes_head = isinstance(model, HeadOverHiddenStates)
     forward = model.hidden_states if takes_head else model  # per position: hidden states, or the logits
-    if lengths is None:
+    if hidden_states is not None:
+        states, flat_targets = hidden_states.flatten(0, 1), targets.reshape(-1)
+    elif lengths is None:
         states, flat_targets = forward(input_ids[:, :-1]).flatten(0, 1), targets.reshape(-1)
     else:
         packed = PackedRows.of(input_ids, lengths)

@@ -9,10 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from zoo.analysis.tensor_memory import TensorMemory
 from zoo.errors import ConfigError
 from zoo.models import build_model, config_from_dict
-from zoo.models.attention_maps import MapRecorder
-from zoo.rl.methods.attention_credit import CreditAssignment, pass_groups
+from zoo.models.attention_maps import MAP_COPIES, MapRecorder
+from zoo.rl.methods.attention_credit import CreditAssignment, heads_per_map, pass_groups
 from zoo.rl.methods.credit import (
     STRATEGIES,
     CreditSignals,
@@ -286,10 +287,40 @@ def test_the_stage_equals_the_metrics_of_the_recorded_maps():
     assert torch.equal(gammas, credit_gammas("coupled", signals)[:, 1:])  # target t is sequence position t + 1
 
 
-def test_pass_groups_fit_the_budget_longest_first():
-    groups = pass_groups([10, 40, 20, 40, 5], heads=2, budget_bytes=2 * 2 * 40**2 * 4)
-    assert groups == [[1, 3], [2, 0, 4]]
-    assert pass_groups([10, 40], heads=2, budget_bytes=0) == [[1], [0]]
+def test_pass_groups_and_head_chunks_fit_the_budget_every_copy_counted():
+    budget = MAP_COPIES * 2 * 40**2 * 4  # one head's maps of two samples of 40 tokens, every copy
+    assert pass_groups([10, 40, 20, 40, 5], budget_bytes=budget) == [[1, 3], [2, 0, 4]]  # longest first
+    assert pass_groups([10, 40], budget_bytes=0) == [[1], [0]]
+    assert heads_per_map(2, 40, heads=8, budget_bytes=budget) == 1
+    assert heads_per_map(1, 20, heads=8, budget_bytes=budget) == 8  # 1 x 20² x 8 heads fits 2 x 40² x 1
+    assert heads_per_map(1, 40, heads=8, budget_bytes=3 * budget) == 6
+    assert heads_per_map(4, 40, heads=8, budget_bytes=0) == 1
+
+
+def test_the_pass_holds_no_more_map_memory_than_its_budget():
+    """Every map copy counted: with a budget of one head of one sample, the pass's peak of tensor memory stays within
+    the budget over what the forward itself holds (groups of one sample, heads one at a time); with room for all,
+    it holds every head of every sample at once. The signals are the same either way, and without the entropy
+    overlap the pass never runs the head."""
+    torch.manual_seed(4)
+    model = build_model(config_from_dict(dict(POLICY, max_position_embeddings=256)))
+    n = 200
+    batch = _batch([20, 30, 10, 40], [180, 150, 120, 100], width=n)
+    one_head = MAP_COPIES * n**2 * 4
+    with TensorMemory() as forward, torch.no_grad():
+        model.hidden_states(batch.input_ids[:1, :n])
+    peaks, signals = [], []
+    for budget in (one_head, 100 * one_head):
+        options = dict(layers=[1, 2], map_budget_mb=budget / 2**20, entropy_overlap=False)
+        with TensorMemory() as memory:
+            signals.append(CreditAssignment("coupled", options).signals(model, batch, temperature=1.0))
+        peaks.append(memory.peak)
+    signal_tensors = 8 * batch.input_ids.numel() * 4  # the pass's outputs and per-head vectors: (N, L + 1) each
+    assert peaks[0] <= forward.peak + one_head + signal_tensors
+    assert peaks[1] > forward.peak + 4 * one_head
+    assert signals[0].entropy is None
+    torch.testing.assert_close(signals[0].waad, signals[1].waad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(signals[0].fai, signals[1].fai, atol=1e-5, rtol=1e-4)
 
 
 def test_the_stage_scales_advantages_and_reports_its_share():

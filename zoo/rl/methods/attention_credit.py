@@ -8,15 +8,19 @@ middle third, signed advantages (``scale_sign: both``, v2).
 
 The attention pass: no-grad forwards of the policy over the samples' prompts and responses, with a probe
 (:mod:`zoo.models.attention_maps`) that reduces each chosen layer's maps to per-head vectors at once (span, WAAD
-and FAI: all linear in the map), so a pass holds one layer's maps at a time. Samples go through in groups of
-similar length whose maps fit ``map_budget_mb`` (B·H·N²·4 bytes; a sample that alone exceeds it goes alone): the
+and FAI: all linear in the map), a chunk of heads at a time, so a pass holds one chunk's maps at a time; no other
+layer computes a map (a Hugging Face policy keeps its attention implementation; only the probed layers' calls also
+compute their maps). ``map_budget_mb`` bounds what the maps hold, every copy counted (``MAP_COPIES`` fp32 maps while
+one is computed and reduced, B·h·N²·4 bytes each): samples go through in groups of similar length whose one-head
+maps fit it, their heads in chunks that fit it (a sample whose one head alone exceeds it goes alone): the
 rows are right-padded, and causal attention keeps every real token's row exactly what it is alone (padding keys
 come after every real query), so grouping changes nothing but float rounding (``map_budget_mb: 0`` passes one
-sample at a time). The head groups are chosen per
-sequence, from that response's rows, as Eq. 7 defines the span (the paper does not say how often they are
-chosen); each sample's WAAD is then the mean of its local heads', its FAI the mean of its global heads'. The same
-forward's logits give the token entropies (at the rollout temperature) for the ``entropy`` strategy and for the
-overlap that is logged. ``none`` needs no pass; ``random`` needs the pass of the strategy it is matched to
+sample and one head at a time). The head groups are chosen per sequence, from that response's rows, as Eq. 7
+defines the span (the paper does not say how often they are chosen); each sample's WAAD is then the mean of its
+local heads', its FAI the mean of its global heads'. The same forward gives the token entropies (at the rollout
+temperature; zoo's models through their head a chunk of tokens at a time, never the full-vocabulary logits) for
+the ``entropy`` strategy and for the overlap that is logged (``entropy_overlap: false`` skips the head where the
+strategy needs no entropy). ``none`` needs no pass; ``random`` needs the pass of the strategy it is matched to
 (``control_for``).
 """
 
@@ -28,7 +32,8 @@ from dataclasses import dataclass, field
 import torch
 
 from zoo.errors import ConfigError, config_section
-from zoo.models.attention_maps import middle_layers
+from zoo.models.attention_maps import MAP_COPIES, middle_layers
+from zoo.models.interface import HeadOverHiddenStates
 from zoo.rl.losses import token_entropy
 from zoo.rl.methods.credit import (
     CONTROLLED,
@@ -44,7 +49,7 @@ from zoo.rl.methods.credit import (
     top_fraction,
     windowed_attention_distance,
 )
-from zoo.rl.rollout import RolloutBatch
+from zoo.rl.rollout import RolloutBatch, token_logprobs
 
 
 @dataclass
@@ -62,7 +67,8 @@ class CreditOptions:
     neighbourhood: int = 3  # coupled: k, how far back the introducing token may be
     add_local: bool = False  # coupled: also lift the local strategy's tokens to γ_amp
     control_for: str = "coupled"  # random: the strategy whose γ it shuffles (same count and weight per sequence)
-    map_budget_mb: float = 256.0  # one layer's maps in one pass; samples are grouped up to it
+    map_budget_mb: float = 256.0  # attention maps held at once, every copy counted; samples grouped, heads chunked
+    entropy_overlap: bool = True  # log the amplified tokens' overlap with the high-entropy ones (needs the head)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> CreditOptions:
@@ -107,8 +113,11 @@ class HeadReduction:
     shown becomes, per sample and head, the head's span over the sample's response rows, its WAAD (per row) and
     its FAI (per key); :meth:`signals` averages them over each sample's local and global heads."""
 
-    def __init__(self, layers: list[int], rows: torch.Tensor, window: int, horizon: list[int]) -> None:
+    def __init__(
+        self, layers: list[int], rows: torch.Tensor, window: int, horizon: list[int], heads_per_map: int | None = None
+    ) -> None:
         self.layers = frozenset(layers)
+        self.heads_per_map = heads_per_map  # maps computed and reduced this many heads at a time (None: all)
         self.rows, self.window, self.horizon = rows[:, None, :], window, tuple(horizon)  # (B, 1, N) against heads
         self.spans: list[torch.Tensor] = []  # (B, H) per layer
         self.waad: list[torch.Tensor] = []  # (B, H, N) per layer
@@ -133,17 +142,28 @@ class HeadReduction:
         return torch.stack(local_waad), torch.stack(global_fai), self.fai_defined
 
 
-def pass_groups(lengths: list[int], heads: int, budget_bytes: float) -> list[list[int]]:
-    """Sample indices grouped for the attention pass: longest first, each group's B·H·N²·4 bytes within the budget
-    (N its longest sample; a sample alone over it is a group of its own)."""
+def map_bytes(samples: int, heads: int, length: int) -> int:
+    """What computing and reducing ``heads`` heads' maps of ``samples`` samples of ``length`` tokens holds at once:
+    ``MAP_COPIES`` fp32 tensors of B·h·N² (:mod:`zoo.models.attention_maps`)."""
+    return MAP_COPIES * samples * heads * length**2 * 4
+
+
+def pass_groups(lengths: list[int], budget_bytes: float) -> list[list[int]]:
+    """Sample indices grouped for the attention pass: longest first, each group's maps of one head within the
+    budget (:func:`map_bytes`, N its longest sample; a sample alone over it is a group of its own)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     groups: list[list[int]] = []
     for i in order:
-        if groups and (len(groups[-1]) + 1) * heads * lengths[groups[-1][0]] ** 2 * 4 <= budget_bytes:
+        if groups and map_bytes(len(groups[-1]) + 1, 1, lengths[groups[-1][0]]) <= budget_bytes:
             groups[-1].append(i)
         else:
             groups.append([i])
     return groups
+
+
+def heads_per_map(samples: int, length: int, heads: int, budget_bytes: float) -> int:
+    """Heads whose maps fit the budget together (at least one)."""
+    return max(1, min(heads, int(budget_bytes // map_bytes(samples, 1, length))))
 
 
 def attention_heads(model: torch.nn.Module) -> int:
@@ -151,6 +171,25 @@ def attention_heads(model: torch.nn.Module) -> int:
     config = model.hf.config if hasattr(model, "hf") else model.config
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     return config.num_attention_heads
+
+
+def probed_entropy(model: torch.nn.Module, input_ids: torch.Tensor, probe, temperature: float) -> torch.Tensor:
+    """The entropy (B, T - 1) of the next-token distribution at each position but the last, from one forward that
+    also shows ``probe`` its maps: zoo's models through their head a chunk of tokens at a time
+    (:func:`zoo.rl.rollout.token_logprobs`), never the (B, T, V) fp32 logits; others through their logits."""
+    if isinstance(model, HeadOverHiddenStates):
+        hidden = model.hidden_states(input_ids, attention_probe=probe)
+        return token_logprobs(model, input_ids, temperature, with_entropy=True, hidden_states=hidden[:, :-1])[1]
+    logits = model(input_ids, attention_probe=probe)[:, :-1].float()
+    return token_entropy(logits / temperature if temperature not in (0, 1) else logits)
+
+
+def probe_only(model: torch.nn.Module, input_ids: torch.Tensor, probe) -> None:
+    """A forward that only shows ``probe`` its maps (zoo's models stop before their head)."""
+    if isinstance(model, HeadOverHiddenStates):
+        model.hidden_states(input_ids, attention_probe=probe)
+    else:
+        model(input_ids, attention_probe=probe)
 
 
 @dataclass
@@ -185,26 +224,32 @@ class CreditAssignment:
         needs = signals_needed(self.strategy, self.options.control_for)
         if not needs:
             return CreditSignals(rows)
+        with_entropy = "entropy" in needs or o.entropy_overlap
         entropy = torch.zeros(size, width, device=rows.device)
         waad, fai = torch.zeros(size, width, device=rows.device), torch.zeros(size, width, device=rows.device)
         defined = torch.zeros(size, width, dtype=torch.bool, device=rows.device)
         layers = self.layers(model) if "maps" in needs else []
         lengths = [int(r.nonzero().max()) + 1 if r.any() else 1 for r in rows]
+        budget, heads = o.map_budget_mb * 2**20, attention_heads(model)
         was_training = model.training
         model.eval()
         try:
-            for group in pass_groups(lengths, attention_heads(model), o.map_budget_mb * 2**20):
+            for group in pass_groups(lengths, budget):
                 n = lengths[group[0]]
-                probe = HeadReduction(layers, rows[group, :n], o.window, o.horizon) if layers else None
-                logits = model(batch.input_ids[group, :n], attention_probe=probe).float()
-                if temperature not in (0, 1):
-                    logits = logits / temperature
-                entropy[group, 1:n] = token_entropy(logits[:, :-1])
+                probe = None
+                if layers:
+                    chunk = heads_per_map(len(group), n, heads, budget)
+                    probe = HeadReduction(layers, rows[group, :n], o.window, o.horizon, chunk)
+                ids = batch.input_ids[group, :n]
+                if with_entropy:
+                    entropy[group, 1:n] = probed_entropy(model, ids, probe, temperature)
+                elif probe is not None:
+                    probe_only(model, ids, probe)
                 if probe is not None:
                     waad[group, :n], fai[group, :n], defined[group, :n] = probe.signals(o.head_fraction)
         finally:
             model.train(was_training)
-        entropy = entropy * rows
+        entropy = entropy * rows if with_entropy else None
         if not layers:
             return CreditSignals(rows, entropy=entropy)
         return CreditSignals(rows, waad * rows, fai, defined & rows, entropy)

@@ -67,14 +67,14 @@ def _offsets(n: int, device: torch.device) -> torch.Tensor:
 
 def mean_attention_distance(maps: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Eq. 7: the mean over response rows of each row's expected backward distance; (...,)."""
-    per_row = (maps * _offsets(maps.shape[-1], maps.device).clamp(min=0)).sum(-1)
+    per_row = (maps * _offsets(maps.shape[-1], maps.device).clamp_(min=0)).sum(-1)
     weights = rows.to(per_row.dtype)
     return (per_row * weights).sum(-1) / weights.sum(-1).clamp(min=1)
 
 
 def windowed_attention_distance(maps: torch.Tensor, window: int) -> torch.Tensor:
     """Eq. 9: WAAD of every row, ``Σ_s A[t,s]·min(t−s, W)``; (..., N)."""
-    return (maps * _offsets(maps.shape[-1], maps.device).clamp(min=0, max=window)).sum(-1)
+    return (maps * _offsets(maps.shape[-1], maps.device).clamp_(min=0, max=window)).sum(-1)
 
 
 def future_attention_influence(
@@ -83,8 +83,9 @@ def future_attention_influence(
     """Eq. 10: FAI of every key s, the mean attention it receives from the response rows t with
     ``H_lo ≤ t − s ≤ H_hi``; and where that set is non-empty (the tokens FAI is defined for). (..., N) each."""
     low, high = horizon
-    gap = _offsets(maps.shape[-1], maps.device)
-    band = rows[..., :, None].bool() & (gap >= low) & (gap <= high)  # (..., t, s)
+    n = maps.shape[-1]
+    within = torch.ones(n, n, dtype=torch.bool, device=maps.device).tril_(-low).triu_(-high)  # low <= t - s <= high
+    band = rows[..., :, None].bool() & within  # (..., t, s)
     count = band.sum(-2)
     return (maps * band).sum(-2) / count.clamp(min=1), count > 0
 
