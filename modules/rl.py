@@ -25,6 +25,7 @@ task's correctness (``zoo.rl.evaluation``), not by a shaped reward.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -492,9 +493,11 @@ class RLModule(PolicyModule):
             for minibatch in batch.minibatches(size, generator if size < len(batch) else None):
                 self.start_minibatch(minibatch)
                 loss, logs = 0.0, {}
-                for micro_batch in minibatch.micro_batches(**self.micro_batching):
-                    micro_loss, micro_logs = self.loss(micro_batch)
-                    self.manual_backward(micro_loss)
+                parts = minibatch.micro_batches(**self.micro_batching)
+                for index, micro_batch in enumerate(parts):
+                    with self.gradient_sync(index == len(parts) - 1):
+                        micro_loss, micro_logs = self.loss(micro_batch)
+                        self.manual_backward(micro_loss)
                     loss = loss + micro_loss.detach()  # every logged term is a share of the minibatch's: they add up
                     for name, value in micro_logs.items():
                         logs[name] = logs.get(name, 0.0) + value
@@ -511,6 +514,12 @@ class RLModule(PolicyModule):
                         "train/lr": schedule.get_last_lr()[0],
                     }
                 )
+
+    def gradient_sync(self, last: bool):
+        """Around a micro-batch's backward: under DDP the gradients are all-reduced once a minibatch, at its last
+        micro-batch (the others accumulate locally, ``no_sync``); every other strategy as it is."""
+        block = getattr(self.trainer.strategy, "block_backward_sync", None)
+        return block() if block is not None and not last else contextlib.nullcontext()
 
     def start_minibatch(self, minibatch: RolloutBatch) -> None:
         """Before a minibatch's micro-batches: the denominators its loss terms are aggregated by (``response``: its

@@ -3,6 +3,9 @@
 import json
 import math
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -76,3 +79,26 @@ def test_fsdp2_shards_a_hugging_face_policy_and_its_critic(run_zoo, hf_models, t
     (run,) = (tmp_path / "runs" / "ppo").iterdir()
     assert json.loads((run / "metrics.json").read_text())["global_step"] == 3
     assert "pushed ppo-fsdp2" in run_zoo("hub", "push", str(run), "--name", "ppo-fsdp2").stdout
+
+
+@pytest.mark.slow
+def test_ddp_micro_batches_all_reduce_once_a_minibatch_and_keep_the_ranks_equal(zoo_env, tmp_path):
+    """Under DDP the micro-batches of a minibatch accumulate locally (no_sync) and the last one all-reduces the sum:
+    as many all-reduces as without micro-batches (one per minibatch), both ranks hold the same weights after every
+    step, and the same as without micro-batches (to float rounding)."""
+    script = Path(__file__).with_name("ddp_rl_steps.py")
+    checksums, buckets = {}, {}
+    for micro in ("3", "none"):
+        out = subprocess.run([sys.executable, str(script), micro], cwd=tmp_path, env=zoo_env, capture_output=True,
+                             text=True, timeout=300, check=True).stdout  # fmt: skip
+        found = re.findall(r"rank (\d) step (\d+) weights (-?\d+\.\d{12})", out)
+        by_step = {}
+        for rank, step, value in found:
+            by_step.setdefault(int(step), {})[int(rank)] = float(value)
+        assert sorted(by_step) == [2, 4] and all(set(ranks) == {0, 1} for ranks in by_step.values())
+        assert all(ranks[0] == ranks[1] for ranks in by_step.values())  # the ranks' gradients were all-reduced
+        checksums[micro] = by_step
+        buckets[micro] = {int(r): int(n) for r, n in re.findall(r"rank (\d) all-reduced (\d+) buckets", out)}
+    assert buckets["3"] == buckets["none"] and buckets["3"][0] > 0  # 3 micro-batches a minibatch, one all-reduce
+    for step in (2, 4):
+        assert checksums["3"][step][0] == pytest.approx(checksums["none"][step][0], rel=1e-6)
