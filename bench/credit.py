@@ -3,6 +3,7 @@
     python bench/credit.py --experiment arms [--arms none random coupled] [--seeds 1337 1 2] [--out DIR]
     python bench/credit.py --experiment perturbation [--policy hub:chain-sft] [--problems 64]
     python bench/credit.py --experiment overhead [--steps 6] [--map-budget-mb 0]
+    python bench/credit.py --experiment memory [--length 8192] [--budgets 256 4096]
 
 ``arms`` runs ``zoo fit experiment=chain_grpo module.credit=ARM seed=SEED`` for every arm and seed, from the hub
 entry ``chain-sft`` (``zoo fit experiment=chain_sft``, then ``zoo hub push RUN --name chain-sft``; ZOO_HUB names
@@ -23,6 +24,12 @@ swap.
 ``overhead``: the attention pass as a share of a GRPO training step (rollout, scoring, pass, update), measured
 in one process on two settings: the chain experiment's policy and responses, and a 6-layer Pythia-14M-shaped
 policy with 256-token responses.
+
+``memory``: the attention pass over one sample of ``--length`` tokens (a 1/4 prompt, the rest response) of a
+6-layer Pythia-14M-shaped policy (4 heads; three layers read), under each ``--budgets`` map budget (MiB): its peak
+tensor memory above what it started with (the CUDA allocator's peak, or on the CPU
+:class:`zoo.analysis.tensor_memory.TensorMemory`) beside a plain forward's over the same tokens, its time, and
+what one head's maps weigh (``MAP_COPIES`` fp32 copies of N²).
 """
 
 from __future__ import annotations
@@ -218,9 +225,48 @@ def overhead(opts) -> None:
         )
 
 
+def memory(opts) -> None:
+    from zoo.analysis.tensor_memory import TensorMemory
+    from zoo.models import build_model, config_from_dict
+    from zoo.models.attention_maps import MAP_COPIES
+    from zoo.rl.methods.attention_credit import CreditAssignment
+    from zoo.rl.rollout import RolloutBatch
+
+    def peak_of(work) -> tuple[float, float]:
+        start = time.perf_counter()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            work()
+            torch.cuda.synchronize()
+            return (torch.cuda.max_memory_allocated() - base) / 2**20, time.perf_counter() - start
+        with TensorMemory() as tracked:
+            work()
+        return tracked.peak / 2**20, time.perf_counter() - start
+
+    n, device = opts.length, "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    shape = dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512)
+    model = build_model(config_from_dict(dict(arch="gpt_neox", vocab_size=512, max_position_embeddings=n, **shape)))
+    model.to(device).eval()
+    ids = torch.randint(1, 512, (1, n), device=device)
+    mask = torch.zeros(1, n - 1, device=device)
+    mask[0, n // 4 :] = 1
+    batch = RolloutBatch(ids, mask, torch.zeros_like(mask), torch.zeros(1, dtype=torch.long, device=device))
+    with torch.no_grad():
+        forward, _ = peak_of(lambda: model(ids))
+    one_head = MAP_COPIES * n**2 * 4 / 2**20
+    print(f"{n} tokens, {device}: a forward alone {forward:,.0f} MiB; one head's maps, every copy, {one_head:,.0f} MiB")
+    for budget in opts.budgets:
+        credit = CreditAssignment("coupled", dict(map_budget_mb=budget, entropy_overlap=False))
+        peak, seconds = peak_of(lambda credit=credit: credit.signals(model, batch, temperature=1.0))
+        print(f"map_budget_mb {budget:>6}: the pass's peak {peak:,.0f} MiB, {seconds:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--experiment", choices=["arms", "perturbation", "overhead"], required=True)
+    parser.add_argument("--experiment", choices=["arms", "perturbation", "overhead", "memory"], required=True)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1337, 1, 2])
     parser.add_argument("--parallel", type=int, default=1, help="trainings at a time (arms)")
@@ -236,8 +282,10 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, nargs=2, default=[2, 24])
     parser.add_argument("--steps", type=int, default=6, help="overhead: training steps per setting")
     parser.add_argument("--map-budget-mb", type=float, default=256, help="overhead: 0 passes one sample at a time")
+    parser.add_argument("--length", type=int, default=8192, help="memory: the sample's tokens")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[256, 4096], help="memory: map budgets (MiB)")
     opts = parser.parse_args()
-    {"arms": arms, "perturbation": perturbation, "overhead": overhead}[opts.experiment](opts)
+    {"arms": arms, "perturbation": perturbation, "overhead": overhead, "memory": memory}[opts.experiment](opts)
 
 
 if __name__ == "__main__":

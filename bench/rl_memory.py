@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from zoo.analysis.tensor_memory import TensorMemory  # noqa: E402
 from zoo.models.gpt_neox import PRESETS  # noqa: E402
 from zoo.modules.grpo import GRPOModule  # noqa: E402
-from zoo.rl.rollout import RolloutBatch  # noqa: E402
+from zoo.rl.rollout import LOGITS_PER_CHUNK, RolloutBatch  # noqa: E402
 
 SHAPES = {
     "pythia-160m": PRESETS["pythia-160m"].to_dict(),
@@ -157,33 +157,36 @@ def layer_activation_units(hidden: int, intermediate: int, heads: int, kv_heads:
     return 8 * hidden + 5 * kv + 4 * intermediate
 
 
-def papers_table(measured: dict, gpus: int = 8, sequences: int = 512, length: int = 4096) -> str:
+def papers_table(measured: dict, gpus: int = 8, sequences: int = 512, length: int = 4096, budget: int = 16384) -> str:
     """Memory per GPU of a GRPO update at the papers' settings, by formula, its activation term calibrated by the
     SmolLM2-shaped measurement (bytes per token per layer measured / the formula's values per token per layer)."""
     smol = SHAPES["smollm2-135m"]
     units = layer_activation_units(smol["hidden_size"], smol["intermediate_size"], smol["num_attention_heads"],
                                    smol["num_key_value_heads"])  # fmt: skip
     per_value = measured["bytes_per_token"] / (smol["num_hidden_layers"] * units)  # bytes per kept value (fp32)
-    lines = [
-        f"calibration: {measured['bytes_per_token'] / 2**10:.1f} KiB per token measured at the SmolLM2 shape "
-        f"(fp32) = {per_value:.2f} bytes per value the formula counts; bf16 autocast halves it (assumed, not measured)",
-        f"{sequences} sequences x {length} tokens a step, FSDP over {gpus} GPUs: {sequences // gpus} sequences per GPU",
-        "| model | states (params fp32 + grads + AdamW) / GPU | activations, unsplit | micro-batch 16K tokens | "
-        "+ gradient checkpointing | fp32 logits of one micro-batch, unchunked |",
-        "|---|---|---|---|---|---|",
-    ]
+    value_bytes = per_value / 2  # bf16 autocast: assumed half, not measured
     gib = 2**30
+    lines = [
+        f"calibration: {measured['bytes_per_token'] / 2**10:.0f} KiB per token measured at the SmolLM2 shape "
+        f"(fp32, {measured['tokens']} tokens unsplit) = {per_value:.2f} bytes per value the formula counts; "
+        f"bf16 taken as half ({value_bytes:.2f})",
+        f"{sequences} sequences x {length} tokens a step, FSDP over {gpus} GPUs ({sequences // gpus} sequences, "
+        f"{sequences // gpus * length} tokens per GPU); micro-batches of {budget} tokens",
+        "| model | params + grads + AdamW (fp32, sharded) | activations, unsplit | one micro-batch | micro-batch + "
+        "checkpointing | total: states + micro-batch + checkpointing | fp32 logits of a micro-batch, unchunked |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, m in PAPER_MODELS.items():
         states = 16 * m["params"] / gpus  # fp32 master weights 4 + gradients 4 + AdamW 8, sharded
-        value_bytes = per_value / 2  # bf16
-        token = m["layers"] * layer_activation_units(m["hidden"], m["intermediate"], m["heads"], m["kv_heads"])
-        unsplit = sequences // gpus * length * token * value_bytes
-        micro = 16384 * token * value_bytes
-        checkpointed = 16384 * (m["layers"] * m["hidden"] * 2 + token / m["layers"] * value_bytes)
-        logits = 16384 * m["vocab"] * 4
+        layer = layer_activation_units(m["hidden"], m["intermediate"], m["heads"], m["kv_heads"]) * value_bytes
+        unsplit = sequences // gpus * length * m["layers"] * layer
+        micro = budget * m["layers"] * layer
+        checkpointed = budget * (m["layers"] * m["hidden"] * 2 + layer)  # every block's bf16 input, one block's rest
+        logits = budget * m["vocab"] * 4
         lines.append(
-            f"| {name} | {states / gib:.1f} GiB | {unsplit / gib:.0f} GiB | {micro / gib:.1f} GiB | "
-            f"{checkpointed / gib:.2f} GiB | {logits / gib:.1f} GiB (zoo: 64 MiB chunks) |"
+            f"| {name} | {states / gib:.1f} GiB | {unsplit / gib:,.0f} GiB | {micro / gib:.0f} GiB | "
+            f"{checkpointed / gib:.1f} GiB | {(states + checkpointed) / gib:.1f} GiB | {logits / gib:.1f} GiB "
+            f"(zoo: chunks of {LOGITS_PER_CHUNK * 4 / 2**20:.0f} MiB) |"
         )
     return "\n".join(lines)
 
