@@ -10,7 +10,8 @@
 #               (default: MODEL; e.g. "pythia-160m pythia-410m pythia-1b")
 #   memory      training memory by arm (AdamW, AdamW8bit, paged, LoRA, QLoRA) with the allocator's peak, and the
 #               frozen reference in 8 and 4 bits, for each of MEMORY_MODELS at 8 x 2048 in bf16 autocast
-#               (bench/memory.py); a LoRA policy's sync and decode beside a full one's (bench/lora_sync.py)
+#               (bench/memory.py); a LoRA policy's sync and decode beside a full one's (bench/lora_sync.py); a GRPO
+#               update's peak by batch and arm (bench/rl_memory.py); the credit pass at 8K (bench/credit.py memory)
 #   queue       queue scheduling against synchronous batch rollout (bench/queue_scheduling.py): the long-tailed
 #               countdown setting and Pythia-160M sampling (128 + up to 512 tokens, long-tailed lengths), bf16
 #   async       asynchronous RL (bench/async_rl.py real on the GPU, thread workers on the trainer's GPU and, with
@@ -68,6 +69,12 @@ if has memory; then
       | tee -a "$OUT/memory.log" || status=1
   done
   python3 bench/lora_sync.py --batch 64 --new 256 --dtype bf16 2>&1 | tee "$OUT/lora_sync.log" || status=1
+  echo "== a GRPO update's peak memory: unsplit, micro-batches, packed, checkpointing, bf16 autocast =="
+  python3 bench/rl_memory.py --shape smollm2-135m --rows 16 32 64 --prompt 128 --response 1024 \
+    --micro-batch-tokens 8192 --bf16 --json "$OUT/rl_memory.jsonl" 2>&1 | tee "$OUT/rl_memory.log" || status=1
+  echo "== the attention-credit pass at 8K tokens under map budgets =="
+  (cd bench && python3 credit.py --experiment memory --length 8192 --budgets 256 4096) 2>&1 \
+    | tee "$OUT/credit_memory.log" || status=1
 fi
 
 if has async; then

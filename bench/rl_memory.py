@@ -47,6 +47,7 @@ SHAPES = {
 
 ARMS = {  # name: (micro-batches, padding-free, gradient checkpointing)
     "unsplit": (False, False, False),
+    "packed": (False, True, False),
     "micro": (True, False, False),
     "micro+packed": (True, True, False),
     "micro+packed+ckpt": (True, True, True),
