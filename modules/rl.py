@@ -330,9 +330,12 @@ class RLModule(PolicyModule):
 
     def assign_credit(self, batch: RolloutBatch) -> torch.Tensor:
         """Stage 3b: the advantages scaled by the credit strategy's γ (read from the policy before this batch's
-        updates); the random control is seeded by :meth:`step_seed`."""
+        updates, in forwards no larger than the micro-batches); the random control is seeded by :meth:`step_seed`."""
         generator = torch.Generator().manual_seed(self.step_seed())
-        advantages, stats = self.credit(self.model, batch, self.rollout_config.temperature, generator)
+        a = self.algorithm
+        advantages, stats = self.credit(
+            self.model, batch, self.rollout_config.temperature, generator, a.micro_batch_size, a.micro_batch_tokens
+        )
         logs = {"credit/amplified": stats.amplified, "credit/mean_gamma": stats.mean_gamma}
         logs["credit/pass_seconds"] = stats.pass_seconds
         if stats.entropy_overlap is not None:

@@ -291,6 +291,8 @@ def test_pass_groups_and_head_chunks_fit_the_budget_every_copy_counted():
     budget = MAP_COPIES * 2 * 40**2 * 4  # one head's maps of two samples of 40 tokens, every copy
     assert pass_groups([10, 40, 20, 40, 5], budget_bytes=budget) == [[1, 3], [2, 0, 4]]  # longest first
     assert pass_groups([10, 40], budget_bytes=0) == [[1], [0]]
+    assert pass_groups([10, 40, 20, 40, 5], budget, size=1) == [[1], [3], [2], [0], [4]]  # micro-batches of 1 row
+    assert pass_groups([10, 40, 20, 40, 5], 100 * budget, tokens=50) == [[1], [3], [2, 0], [4]]  # rows x longest
     assert heads_per_map(2, 40, heads=8, budget_bytes=budget) == 1
     assert heads_per_map(1, 20, heads=8, budget_bytes=budget) == 8  # 1 x 20² x 8 heads fits 2 x 40² x 1
     assert heads_per_map(1, 40, heads=8, budget_bytes=3 * budget) == 6

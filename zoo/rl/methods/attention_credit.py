@@ -148,13 +148,24 @@ def map_bytes(samples: int, heads: int, length: int) -> int:
     return MAP_COPIES * samples * heads * length**2 * 4
 
 
-def pass_groups(lengths: list[int], budget_bytes: float) -> list[list[int]]:
+def pass_groups(
+    lengths: list[int], budget_bytes: float, size: int | None = None, tokens: int | None = None
+) -> list[list[int]]:
     """Sample indices grouped for the attention pass: longest first, each group's maps of one head within the
-    budget (:func:`map_bytes`, N its longest sample; a sample alone over it is a group of its own)."""
+    budget (:func:`map_bytes`, N its longest sample; a sample alone over it is a group of its own), and within the
+    RL module's micro-batches: at most ``size`` samples and ``tokens`` tokens (samples x N)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     groups: list[list[int]] = []
     for i in order:
-        if groups and map_bytes(len(groups[-1]) + 1, 1, lengths[groups[-1][0]]) <= budget_bytes:
+        count = len(groups[-1]) + 1 if groups else 0
+        longest = lengths[groups[-1][0]] if groups else 0
+        fits = (
+            groups
+            and map_bytes(count, 1, longest) <= budget_bytes
+            and (size is None or count <= size)
+            and (tokens is None or count * longest <= tokens)
+        )
+        if fits:
             groups[-1].append(i)
         else:
             groups.append([i])
@@ -215,8 +226,16 @@ class CreditAssignment:
         return list(layers)
 
     @torch.no_grad()
-    def signals(self, model: torch.nn.Module, batch: RolloutBatch, temperature: float) -> CreditSignals:
-        """The signals of the strategy, over sequence positions (N, L + 1)."""
+    def signals(
+        self,
+        model: torch.nn.Module,
+        batch: RolloutBatch,
+        temperature: float,
+        size: int | None = None,
+        tokens: int | None = None,
+    ) -> CreditSignals:
+        """The signals of the strategy, over sequence positions (N, L + 1); the pass's forwards hold at most
+        ``size`` samples and ``tokens`` tokens (the RL module's micro-batches) as well as ``map_budget_mb``."""
         o = self.options
         size, width = batch.input_ids.shape
         rows = torch.zeros(size, width, dtype=torch.bool, device=batch.input_ids.device)
@@ -234,7 +253,7 @@ class CreditAssignment:
         was_training = model.training
         model.eval()
         try:
-            for group in pass_groups(lengths, budget):
+            for group in pass_groups(lengths, budget, size, tokens):
                 n = lengths[group[0]]
                 probe = None
                 if layers:
@@ -269,10 +288,13 @@ class CreditAssignment:
         batch: RolloutBatch,
         temperature: float,
         generator: torch.Generator | None = None,
+        size: int | None = None,
+        tokens: int | None = None,
     ) -> tuple[torch.Tensor, CreditStats]:
-        """The batch's advantages scaled by the strategy's γ, and what to log about it."""
+        """The batch's advantages scaled by the strategy's γ, and what to log about it (the pass in forwards of at
+        most ``size`` samples and ``tokens`` tokens)."""
         start = time.perf_counter()
-        signals = self.signals(model, batch, temperature)
+        signals = self.signals(model, batch, temperature, size, tokens)
         gammas = self.gammas(signals, generator)
         if gammas.is_cuda:  # the pass's kernels may still run: time them, not their launch
             torch.cuda.synchronize(gammas.device)
