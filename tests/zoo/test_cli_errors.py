@@ -26,7 +26,11 @@ CASES = [
     # (arguments, what the line says)
     (["fit", "model=pythia-7t"], "unknown model 'pythia-7t'"),
     (["fit", "model=grpo"], "unknown model 'grpo': grpo is a method, chosen apart from the network: method=grpo"),
-    (["fit", "trainer.max_stepz=5"], "unknown key 'trainer.max_stepz'"),
+    (["fit", "trainer.max_stepz=5"], "unknown key 'trainer.max_stepz' (to add"),
+    (
+        ["fit", "method=grpo", "module.micro_batch_tokens=512"],
+        "unknown key 'module.micro_batch_tokens'; did you mean module.algorithm.micro_batch_tokens?",
+    ),
     (["fit", "data.path=missing.txt"], "data.path not found"),
     (["fit", "+data.colour=red"], "colour"),
     (["fit", "trainer.max_steps=abc"], "trainer.max_steps=abc: expected a number"),

@@ -123,7 +123,8 @@ def check_overrides(overrides: list[str]) -> None:
                 cfg = compose("fit", overrides=combo, return_hydra_config=True)
                 defaults = compose("fit", overrides=[c for c in combo if c.split("=", 1)[0] in GROUPS])
             except (HydraException, OmegaConfBaseException) as e:
-                fail(_composition_error(e))
+                groups_only = [c for c in combo if c.split("=", 1)[0] in GROUPS]
+                fail(_composition_error(e, lambda groups_only=groups_only: compose("fit", overrides=groups_only)))
             missing = _missing_keys(cfg)
             if missing:
                 fail(f"{missing[0]} must be set, e.g. {missing[0]}=... ({', '.join(missing)} missing)")
@@ -171,6 +172,20 @@ def _check_writable(cfg) -> None:
             fail(f"{key}={directory}: cannot create the run directory ({existing} {problem})")
 
 
+def _keys_named(node, name: str, prefix: str = "") -> list[str]:
+    """The full keys whose last part is ``name``, without resolving any interpolation."""
+    from omegaconf import OmegaConf
+
+    found = []
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        if key == name:
+            found.append(path)
+        if path != "hydra" and not OmegaConf.is_interpolation(node, key) and OmegaConf.is_dict(node[key]):
+            found.extend(_keys_named(node[key], name, f"{path}."))
+    return found
+
+
 def _missing_keys(node, prefix: str = "") -> list[str]:
     """Keys still set to ``???`` (values a user must give), without resolving any interpolation."""
     from omegaconf import OmegaConf
@@ -187,12 +202,17 @@ def _missing_keys(node, prefix: str = "") -> list[str]:
     return missing
 
 
-def _composition_error(error: Exception) -> str:
+def _composition_error(error: Exception, chosen_config=None) -> str:
+    """One line for a failed composition; an unknown key names the keys of the same name elsewhere in the config
+    of the chosen groups (``chosen_config()``), e.g. ``module.algorithm.micro_batch_tokens`` for
+    ``module.micro_batch_tokens``."""
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     cause = error.__cause__ or error
     if isinstance(cause, ConfigKeyError | ConfigAttributeError) and cause.full_key:
         key = cause.full_key
-        return f"unknown key '{key}' (to add a new key, write +{key}=VALUE)"
+        near = _keys_named(chosen_config(), key.rsplit(".", 1)[-1]) if chosen_config is not None else []
+        hint = f"; did you mean {' or '.join(near[:3])}?" if near else ""
+        return f"unknown key '{key}'{hint} (to add a new key, write +{key}=VALUE)"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
