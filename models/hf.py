@@ -281,6 +281,8 @@ class HFCausalLM(nn.Module):
                 del ALL_ATTENTION_FUNCTIONS[implementation]
 
     def _eager_probed_logits(self, input_ids, position_ids, probe, attentions: dict[int, int]) -> torch.Tensor:
+        """Under eager attention a layer computes its maps itself: the probed layers hand theirs on, in the chunks of
+        heads the probe asks for."""
 
         def keep(module, args, output):
             if not isinstance(output, tuple) or len(output) < 2 or output[1] is None:
@@ -288,7 +290,10 @@ class HFCausalLM(nn.Module):
                     f"model type {self.hf.config.model_type!r} returns no attention maps from "
                     f"{type(module).__name__} under eager attention"
                 )
-            probe.observe(attentions[id(module)], output[1].float())
+            maps = output[1]
+            step = getattr(probe, "heads_per_map", None) or maps.shape[1]
+            for start in range(0, maps.shape[1], step):
+                probe.observe(attentions[id(module)], maps[:, start : start + step].float())
 
         handles = [m.register_forward_hook(keep) for m in self.hf.modules() if id(m) in attentions]
         try:

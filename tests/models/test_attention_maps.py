@@ -97,9 +97,10 @@ def test_zoo_gpt_neox_maps_equal_transformers_eager_maps_and_the_hf_wrapper_rest
     assert "sdpa" not in ALL_ATTENTION_FUNCTIONS._local_mapping  # the pass's wrapper is gone
     assert wrapped.num_attention_calls == 3
     eager = HFCausalLM(HFConfig(path=str(tmp_path), attn_implementation="eager")).eval()
-    shown = MapRecorder({0, 2})
+    shown = _Chunked({0, 2}, heads_per_map=3)
     with torch.no_grad():
-        eager(ids, attention_probe=shown)  # eager attention returns its maps itself
+        eager(ids, attention_probe=shown)  # eager attention returns its maps itself, handed on in head chunks
+    assert shown.chunks == [3, 1, 3, 1]
     for layer in (0, 2):
         torch.testing.assert_close(shown.maps[layer], peer.maps[layer], atol=1e-5, rtol=1e-4)
 
