@@ -2,6 +2,7 @@
 from creation to release, views and in-place results not again, tensors from before the block not at all; and what
 a linear layer keeps for its backward."""
 
+import pytest
 import torch
 
 from zoo.analysis.tensor_memory import TensorMemory
@@ -31,3 +32,12 @@ def test_a_linear_layer_keeps_its_relu_output_for_backward_and_makes_its_gradien
         y.sum().backward()
         del y
         assert memory.current == (256 * 256 + 256) * 4  # the gradients
+
+
+def test_a_limit_raises_out_of_memory_as_a_device_of_that_size_would():
+    with TensorMemory(limit=3 * MIB) as memory:
+        kept = torch.ones(MIB // 2)  # 2 MiB
+        with pytest.raises(torch.OutOfMemoryError, match="past the limit of 3145728 bytes"):
+            torch.ones(MIB // 2)  # 4 MiB held: past the limit
+        del kept
+    assert memory.peak == 4 * MIB and memory.current == 0

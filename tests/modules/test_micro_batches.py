@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 
+from zoo.analysis.tensor_memory import TensorMemory
 from zoo.datamodules.prompts import PromptDataModule
 from zoo.errors import ConfigError
 from zoo.modules.asyppo import AsyPPOModule
@@ -209,6 +210,38 @@ def test_credit_assignment_split_equals_unsplit(cpu_trainer):
     _assert_split_equals_unsplit(
         cpu_trainer, GRPOModule, SPLITS[1], credit="coupled", credit_options=dict(horizon=[1, 4], window=2)
     )
+
+
+def test_a_step_that_does_not_fit_unsplit_fits_in_micro_batches():
+    """Under a tensor-memory limit (TensorMemory raises as a device of that size would): the GRPO update of a 48-row
+    minibatch runs out of memory unsplit and fits in micro-batches of 96 tokens, with the unsplit step's gradient."""
+    torch.manual_seed(0)
+    module = GRPOModule({**POLICY, "hidden_size": 64, "intermediate_size": 256}, algorithm=dict(micro_batch_tokens=96))
+    module.configure_model()
+    rows, width = 48, 40
+    mask = torch.zeros(rows, width)
+    for row in range(rows):
+        mask[row, 5 : 5 + int(torch.randint(8, width - 5, ()))] = 1
+    batch = RolloutBatch(torch.randint(1, 64, (rows, width + 1)), mask, torch.zeros(rows, width), torch.arange(rows))
+    batch.advantages, batch.rewards = torch.randn(rows, 1) * mask, torch.randn(rows)
+
+    def step(split: dict) -> dict[str, torch.Tensor]:
+        module.zero_grad(set_to_none=True)
+        module.start_minibatch(batch)
+        for part in batch.micro_batches(**split):
+            module.loss(part)[0].backward()
+        return {n: p.grad.clone() for n, p in module.model.named_parameters()}
+
+    whole = step({})
+    with TensorMemory() as measured:
+        parts = step(module.micro_batching)
+    limit = int(1.25 * measured.peak)
+    with pytest.raises(torch.OutOfMemoryError), TensorMemory(limit=limit):
+        step({})
+    with TensorMemory(limit=limit):
+        step(module.micro_batching)
+    for name, grad in whole.items():
+        torch.testing.assert_close(parts[name], grad, rtol=0, atol=1e-6, msg=name)
 
 
 def test_micro_batches_hold_the_budget_and_every_row_once():

@@ -2,6 +2,8 @@
 inside the block is counted from its creation until it is freed (a view or an in-place result is the storage it
 shares). The CPU allocator keeps no peak of its own; on a GPU this counts what ``torch.cuda.max_memory_allocated``
 counts, without the allocator's rounding and cache. Tensors made before the block (parameters) are not counted.
+With a ``limit`` (bytes) an operator whose outputs would take the block past it raises ``torch.OutOfMemoryError``,
+as a device of that size would: what fits in how much memory can be checked on any machine.
 
     with TensorMemory() as memory:
         loss = model(batch).sum()
@@ -22,8 +24,9 @@ from torch.utils._pytree import tree_flatten
 class TensorMemory(TorchDispatchMode):
     """Bytes of tensor storage the block created that are alive (``current``) and the most at any moment (``peak``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         super().__init__()
+        self.limit = limit
         self.live: dict[int, int] = {}
         self.current = self.peak = 0
 
@@ -46,6 +49,10 @@ class TensorMemory(TorchDispatchMode):
         self.current += storage.nbytes()
         self.peak = max(self.peak, self.current)
         weakref.finalize(storage, self._release, key)
+        if self.limit is not None and self.current > self.limit:
+            raise torch.OutOfMemoryError(
+                f"{self.current} bytes of tensors held, past the limit of {self.limit} bytes (TensorMemory)"
+            )
 
     def _release(self, key: int) -> None:
         self.current -= self.live.pop(key)
