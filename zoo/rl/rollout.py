@@ -224,7 +224,7 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     lengths: torch.Tensor | None = None,
-    hidden_states: torch.Tensor | None = None,
+    outputs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (N, L) of every target token under ``log softmax(logits / temperature)``, and optionally the
     entropy of that distribution at every position (computed only when asked for).
@@ -236,13 +236,14 @@ def token_logprobs(
     models (``arch: hf``) go through their full logits.
 
     With ``lengths`` (N,) the forward is padding-free (:class:`zoo.rl.packing.PackedRows`): each row's first
-    ``lengths[i]`` tokens, packed; the positions past a row's length come back 0. ``hidden_states`` (N, L, H): the
-    model's over ``input_ids[:, :-1]``, computed already (a forward that did more, e.g. showed attention maps)."""
+    ``lengths[i]`` tokens, packed; the positions past a row's length come back 0. ``outputs``: the model's
+    :func:`position_outputs` over ``input_ids[:, :-1]``, computed already (by a forward that did more, e.g. showed
+    attention maps)."""
     targets = input_ids[:, 1:]
     takes_head = isinstance(model, HeadOverHiddenStates)
-    forward = model.hidden_states if takes_head else model  # per position: hidden states, or the logits
-    if hidden_states is not None:
-        states, flat_targets = hidden_states.flatten(0, 1), targets.reshape(-1)
+    forward = position_outputs(model)
+    if outputs is not None:
+        states, flat_targets = outputs.flatten(0, 1), targets.reshape(-1)
     elif lengths is None:
         states, flat_targets = forward(input_ids[:, :-1]).flatten(0, 1), targets.reshape(-1)
     else:
@@ -263,6 +264,13 @@ def token_logprobs(
         return logprobs.view(targets.shape), entropy.view(targets.shape) if with_entropy else None
     layout = partial(packed.scatter, rows=targets.shape[0], width=targets.shape[1])
     return layout(logprobs), layout(entropy) if with_entropy else None
+
+
+def position_outputs(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    """What :func:`token_logprobs` runs a model for at each position: its hidden states when its logits are its head
+    over them (:class:`zoo.models.interface.HeadOverHiddenStates`; the head then runs a chunk of tokens at a time),
+    else its logits."""
+    return model.hidden_states if isinstance(model, HeadOverHiddenStates) else model
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:

@@ -325,6 +325,22 @@ def test_the_pass_holds_no_more_map_memory_than_its_budget():
     torch.testing.assert_close(signals[0].fai, signals[1].fai, atol=1e-5, rtol=1e-4)
 
 
+def test_the_pass_runs_in_the_rl_modules_micro_batches(monkeypatch):
+    """With micro-batches of one sample the pass makes one forward per sample, and the signals stay the same."""
+    torch.manual_seed(4)
+    model = build_model(config_from_dict(POLICY))
+    batch = _batch([5, 7, 4], [15, 9, 12])
+    credit = CreditAssignment("coupled", dict(window=4, horizon=[2, 8], layers=[1, 2]))
+    whole = credit.signals(model, batch, temperature=1.0)
+    forwards = []
+    hidden_states = model.hidden_states
+    monkeypatch.setattr(model, "hidden_states", lambda ids, **kw: forwards.append(len(ids)) or hidden_states(ids, **kw))
+    split = credit.signals(model, batch, temperature=1.0, size=1)
+    assert forwards == [1, 1, 1]
+    for name in ("waad", "fai", "entropy"):
+        torch.testing.assert_close(getattr(split, name), getattr(whole, name), atol=1e-5, rtol=1e-4)
+
+
 def test_the_stage_scales_advantages_and_reports_its_share():
     torch.manual_seed(5)
     model = build_model(config_from_dict(POLICY))

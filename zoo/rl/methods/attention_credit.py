@@ -33,8 +33,6 @@ import torch
 
 from zoo.errors import ConfigError, config_section
 from zoo.models.attention_maps import MAP_COPIES, middle_layers
-from zoo.models.interface import HeadOverHiddenStates
-from zoo.rl.losses import token_entropy
 from zoo.rl.methods.credit import (
     CONTROLLED,
     SIGNS,
@@ -49,7 +47,7 @@ from zoo.rl.methods.credit import (
     top_fraction,
     windowed_attention_distance,
 )
-from zoo.rl.rollout import RolloutBatch, token_logprobs
+from zoo.rl.rollout import RolloutBatch, position_outputs, token_logprobs
 
 
 @dataclass
@@ -184,23 +182,16 @@ def attention_heads(model: torch.nn.Module) -> int:
     return config.num_attention_heads
 
 
-def probed_entropy(model: torch.nn.Module, input_ids: torch.Tensor, probe, temperature: float) -> torch.Tensor:
-    """The entropy (B, T - 1) of the next-token distribution at each position but the last, from one forward that
-    also shows ``probe`` its maps: zoo's models through their head a chunk of tokens at a time
-    (:func:`zoo.rl.rollout.token_logprobs`), never the (B, T, V) fp32 logits; others through their logits."""
-    if isinstance(model, HeadOverHiddenStates):
-        hidden = model.hidden_states(input_ids, attention_probe=probe)
-        return token_logprobs(model, input_ids, temperature, with_entropy=True, hidden_states=hidden[:, :-1])[1]
-    logits = model(input_ids, attention_probe=probe)[:, :-1].float()
-    return token_entropy(logits / temperature if temperature not in (0, 1) else logits)
-
-
-def probe_only(model: torch.nn.Module, input_ids: torch.Tensor, probe) -> None:
-    """A forward that only shows ``probe`` its maps (zoo's models stop before their head)."""
-    if isinstance(model, HeadOverHiddenStates):
-        model.hidden_states(input_ids, attention_probe=probe)
-    else:
-        model(input_ids, attention_probe=probe)
+def probed_pass(
+    model: torch.nn.Module, input_ids: torch.Tensor, probe, temperature: float, with_entropy: bool
+) -> torch.Tensor | None:
+    """One forward over ``input_ids`` (B, T) that shows ``probe`` its maps, and with ``with_entropy`` the entropy
+    (B, T - 1) of the next-token distribution at each position but the last (zoo's models through their head a
+    chunk of tokens at a time, :func:`zoo.rl.rollout.token_logprobs`, never the (B, T, V) fp32 logits)."""
+    outputs = position_outputs(model)(input_ids, attention_probe=probe)
+    if not with_entropy:
+        return None
+    return token_logprobs(model, input_ids, temperature, with_entropy=True, outputs=outputs[:, :-1])[1]
 
 
 @dataclass
@@ -237,16 +228,16 @@ class CreditAssignment:
         """The signals of the strategy, over sequence positions (N, L + 1); the pass's forwards hold at most
         ``size`` samples and ``tokens`` tokens (the RL module's micro-batches) as well as ``map_budget_mb``."""
         o = self.options
-        size, width = batch.input_ids.shape
-        rows = torch.zeros(size, width, dtype=torch.bool, device=batch.input_ids.device)
+        samples, width = batch.input_ids.shape
+        rows = torch.zeros(samples, width, dtype=torch.bool, device=batch.input_ids.device)
         rows[:, 1:] = batch.response_mask.bool()  # sequence position t + 1 holds target t
         needs = signals_needed(self.strategy, self.options.control_for)
         if not needs:
             return CreditSignals(rows)
         with_entropy = "entropy" in needs or o.entropy_overlap
-        entropy = torch.zeros(size, width, device=rows.device)
-        waad, fai = torch.zeros(size, width, device=rows.device), torch.zeros(size, width, device=rows.device)
-        defined = torch.zeros(size, width, dtype=torch.bool, device=rows.device)
+        entropy = torch.zeros(samples, width, device=rows.device)
+        waad, fai = torch.zeros(samples, width, device=rows.device), torch.zeros(samples, width, device=rows.device)
+        defined = torch.zeros(samples, width, dtype=torch.bool, device=rows.device)
         layers = self.layers(model) if "maps" in needs else []
         lengths = [int(r.nonzero().max()) + 1 if r.any() else 1 for r in rows]
         budget, heads = o.map_budget_mb * 2**20, attention_heads(model)
@@ -260,10 +251,9 @@ class CreditAssignment:
                     chunk = heads_per_map(len(group), n, heads, budget)
                     probe = HeadReduction(layers, rows[group, :n], o.window, o.horizon, chunk)
                 ids = batch.input_ids[group, :n]
-                if with_entropy:
-                    entropy[group, 1:n] = probed_entropy(model, ids, probe, temperature)
-                elif probe is not None:
-                    probe_only(model, ids, probe)
+                group_entropy = probed_pass(model, ids, probe, temperature, with_entropy)
+                if group_entropy is not None:
+                    entropy[group, 1:n] = group_entropy
                 if probe is not None:
                     waad[group, :n], fai[group, :n], defined[group, :n] = probe.signals(o.head_fraction)
         finally:
