@@ -25,6 +25,30 @@ from dataclasses import dataclass
 import torch
 
 
+class FirstFit:
+    """Rows of ``width`` tokens filled first-fit: a sequence goes into the first row with room for it, else a new
+    row (sequences given longest first: first-fit decreasing). :meth:`PackedRows.of` packs with it and
+    :meth:`zoo.rl.rollout.RolloutBatch.micro_batches` counts a packed micro-batch's rows with it."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.rows: list[list[int]] = []  # the sequences of each row
+        self.room: list[int] = []
+
+    def row_for(self, size: int) -> int | None:
+        """The row a sequence of ``size`` tokens would go into; None: a new one."""
+        return next((r for r, free in enumerate(self.room) if free >= size), None)
+
+    def add(self, sequence: int, size: int) -> None:
+        row = self.row_for(size)
+        if row is None:
+            self.rows.append([])
+            self.room.append(self.width)
+            row = len(self.rows) - 1
+        self.rows[row].append(sequence)
+        self.room[row] -= size
+
+
 @dataclass(frozen=True)
 class PackedRows:
     input_ids: torch.Tensor  # (R, W) sequences packed whole, 0 after the last one of a row
@@ -39,20 +63,14 @@ class PackedRows:
         """The rows of ``input_ids`` (N, L + 1), each's first ``lengths[i]`` tokens (>= 2), packed."""
         sizes = lengths.tolist()
         width = max(sizes)
-        bins: list[list[int]] = []  # the sequences of each packed row
-        room: list[int] = []
+        fill = FirstFit(width)
         for sequence in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
-            row = next((r for r, free in enumerate(room) if free >= sizes[sequence]), None)
-            if row is None:
-                bins.append([])
-                room.append(width)
-                row = len(bins) - 1
-            bins[row].append(sequence)
-            room[row] -= sizes[sequence]
+            fill.add(sequence, sizes[sequence])
+        bins = fill.rows
         device = input_ids.device
         packed = torch.zeros(len(bins), width, dtype=input_ids.dtype, device=device)
         positions = torch.zeros(len(bins), width, dtype=torch.long, device=device)
-        segments = torch.full((len(bins), width), 0, dtype=torch.long, device=device)
+        segments = torch.zeros(len(bins), width, dtype=torch.long, device=device)
         rows, columns, flat = [], [], []
         for r, members in enumerate(bins):
             start = 0

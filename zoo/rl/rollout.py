@@ -25,7 +25,7 @@ from zoo.errors import ConfigError
 from zoo.generation.engine import GenerationResult, Sample
 from zoo.models.interface import HeadOverHiddenStates
 from zoo.rl.losses import Totals, token_entropy
-from zoo.rl.packing import PackedRows
+from zoo.rl.packing import FirstFit, PackedRows
 from zoo.rl.rewards import RewardBatch
 
 
@@ -86,22 +86,19 @@ class RolloutBatch:
                 f"module.algorithm.micro_batch_tokens={tokens} is below the longest row of the batch ({longest} "
                 "tokens: prompt + max_new_tokens): raise it"
             )
-        groups, group, width, room = [], [], 0, []  # room: what each packed row of the group has left
+        groups, group, fill = [], [], None  # fill: the group's packed rows, as wide as its first (longest) row
         for row in sorted(range(len(self)), key=lambda r: -lengths[r]):
             n = lengths[row]
-            width = width or n  # the group's first row is its longest
-            fits = next((i for i, free in enumerate(room) if free >= n), None) if packed else None
-            forward_rows = (len(room) + (fits is None)) if packed else len(group) + 1
+            fill = fill or FirstFit(n)
+            forward_rows = len(fill.rows) + (fill.row_for(n) is None) if packed else len(group) + 1
             over_size = size is not None and len(group) == size
-            over_tokens = tokens is not None and forward_rows * width > tokens
+            over_tokens = tokens is not None and forward_rows * fill.width > tokens
             if group and (over_size or over_tokens):
                 groups.append(group)
-                group, width, room, fits = [], n, [], None
+                group, fill = [], FirstFit(n)
             group.append(row)
-            if packed and fits is None:
-                room.append(width - n)
-            elif packed:
-                room[fits] -= n
+            if packed:
+                fill.add(row, n)
         groups += [group] if group else []
         return [torch.tensor(g, device=self.input_ids.device) for g in groups]
 
