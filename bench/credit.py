@@ -226,26 +226,20 @@ def overhead(opts) -> None:
 
 
 def memory(opts) -> None:
-    from zoo.analysis.tensor_memory import TensorMemory
+    from zoo.analysis.tensor_memory import DeviceMemory
     from zoo.models import build_model, config_from_dict
     from zoo.models.attention_maps import MAP_COPIES
     from zoo.rl.methods.attention_credit import CreditAssignment
     from zoo.rl.rollout import RolloutBatch
 
+    n, device = opts.length, "cuda" if torch.cuda.is_available() else "cpu"
+
     def peak_of(work) -> tuple[float, float]:
         start = time.perf_counter()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
+        with DeviceMemory(torch.device(device)) as memory:
             work()
-            torch.cuda.synchronize()
-            return (torch.cuda.max_memory_allocated() - base) / 2**20, time.perf_counter() - start
-        with TensorMemory() as tracked:
-            work()
-        return tracked.peak / 2**20, time.perf_counter() - start
+        return memory.peak / 2**20, time.perf_counter() - start
 
-    n, device = opts.length, "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     shape = dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512)
     model = build_model(config_from_dict(dict(arch="gpt_neox", vocab_size=512, max_position_embeddings=n, **shape)))

@@ -7,9 +7,9 @@ micro-batch (:meth:`RolloutBatch.micro_batches` with the module's settings), as 
 Lightning around it. The batch is synthetic: a prompt of ``--prompt`` tokens and completions whose lengths are
 long-tailed up to ``--response`` (a quarter at the limit, the rest uniform below it), seeded.
 
-Measured (on a GPU the allocator's counters; on the CPU, whose allocator keeps no peak,
-:class:`zoo.analysis.tensor_memory.TensorMemory`, which follows every tensor storage created until it is freed),
-above the parameters the update starts with: the peak of tensor memory over the forward and backward passes
+Measured by :class:`zoo.analysis.tensor_memory.DeviceMemory` (on a GPU the allocator's counters; on the CPU, whose
+allocator keeps no peak, ``TensorMemory``, which follows every tensor storage created until it is freed), above the
+parameters the update starts with: the peak of tensor memory over the forward and backward passes
 (activations, the gradients, which end at 4 bytes a parameter, and temporaries), and the activations, the memory a
 micro-batch's forward leaves for its backward (the largest of the micro-batches), per real token. The optimizer step
 (AdamW: 8 bytes of state a parameter) is the same in every arm and left out. From the per-token activation bytes
@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from zoo.analysis.tensor_memory import TensorMemory  # noqa: E402
+from zoo.analysis.tensor_memory import DeviceMemory  # noqa: E402
 from zoo.models.gpt_neox import PRESETS  # noqa: E402
 from zoo.modules.grpo import GRPOModule  # noqa: E402
 from zoo.rl.rollout import LOGITS_PER_CHUNK, RolloutBatch  # noqa: E402
@@ -70,37 +70,6 @@ def synthetic_batch(rows: int, prompt: int, response: int, vocab: int, seed: int
     return batch
 
 
-class Memory:
-    """Tensor memory inside the block above what was allocated when it began, now and at its peak: the allocator's
-    counters on a GPU, :class:`TensorMemory` on the CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-
-    def __enter__(self) -> Memory:
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-        else:
-            self.tracker = TensorMemory().__enter__()
-        return self
-
-    def now(self) -> int:
-        if self.cuda:
-            torch.cuda.synchronize()
-            return torch.cuda.memory_allocated() - self.start
-        return self.tracker.current
-
-    def __exit__(self, *exc) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.start
-        else:
-            self.tracker.__exit__(*exc)
-            self.peak = self.tracker.peak
-
-
 def measure(shape: str, rows: int, prompt: int, response: int, arm: str, args) -> dict:
     micro, packed, checkpointing = ARMS[arm]
     torch.manual_seed(0)
@@ -112,7 +81,7 @@ def measure(shape: str, rows: int, prompt: int, response: int, arm: str, args) -
     batch = synthetic_batch(rows, prompt, response, SHAPES[shape]["vocab_size"]).to(args.device)
     start = time.perf_counter()
     held = []  # after each micro-batch's forward: what its backward needs (activations), and its real tokens
-    with Memory(torch.device(args.device)) as memory:
+    with DeviceMemory(torch.device(args.device)) as memory:
         module.start_minibatch(batch)
         parts = batch.micro_batches(**module.micro_batching)
         for part in parts:

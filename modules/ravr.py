@@ -117,9 +117,7 @@ class RAVRModule(RLModule):
             [p["answer"] for p in answered],
             self.ravr.answer_cue,
         )
-        split = self.micro_batching
-        utility = answer_utility(self.model, contexts, answers, rows=split["size"], tokens=split["tokens"],
-                                 padding_free=split["packed"])  # fmt: skip
+        utility = answer_utility(self.model, contexts, answers, **self.micro_batching)
         utility = utility.view(2, prompts, n)
         prior, posterior = utility[0], utility[1]
 

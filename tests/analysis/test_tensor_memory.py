@@ -5,7 +5,7 @@ a linear layer keeps for its backward."""
 import pytest
 import torch
 
-from zoo.analysis.tensor_memory import TensorMemory
+from zoo.analysis.tensor_memory import DeviceMemory, TensorMemory
 
 MIB = 2**20
 
@@ -41,3 +41,12 @@ def test_a_limit_raises_out_of_memory_as_a_device_of_that_size_would():
             torch.ones(MIB // 2)  # 4 MiB held: past the limit
         del kept
     assert memory.peak == 4 * MIB and memory.current == 0
+
+
+def test_device_memory_on_the_cpu_counts_as_tensor_memory_does():
+    with DeviceMemory(torch.device("cpu")) as memory:
+        kept = torch.ones(MIB // 4)
+        assert memory.now() == MIB
+        torch.ones(MIB // 2)  # 2 MiB, freed at once
+        del kept
+    assert memory.peak == 3 * MIB

@@ -3,7 +3,8 @@ inside the block is counted from its creation until it is freed (a view or an in
 shares). The CPU allocator keeps no peak of its own; on a GPU this counts what ``torch.cuda.max_memory_allocated``
 counts, without the allocator's rounding and cache. Tensors made before the block (parameters) are not counted.
 With a ``limit`` (bytes) an operator whose outputs would take the block past it raises ``torch.OutOfMemoryError``,
-as a device of that size would: what fits in how much memory can be checked on any machine.
+as a device of that size would: what fits in how much memory can be checked on any machine. :class:`DeviceMemory`
+reads the CUDA allocator's counters on a GPU and counts with :class:`TensorMemory` elsewhere (the benchmarks' meter).
 
     with TensorMemory() as memory:
         loss = model(batch).sum()
@@ -56,3 +57,34 @@ class TensorMemory(TorchDispatchMode):
 
     def _release(self, key: int) -> None:
         self.current -= self.live.pop(key)
+
+
+class DeviceMemory:
+    """Tensor memory on ``device`` inside the block, above what was allocated when it began, ``now()`` and at its
+    ``peak`` (bytes, after the block): the CUDA allocator's counters on a GPU, :class:`TensorMemory` elsewhere."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self) -> DeviceMemory:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.tracker = TensorMemory().__enter__()
+        return self
+
+    def now(self) -> int:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.memory_allocated() - self.start
+        return self.tracker.current
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.start
+        else:
+            self.tracker.__exit__(*exc)
+            self.peak = self.tracker.peak

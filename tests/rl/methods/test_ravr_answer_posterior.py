@@ -65,8 +65,8 @@ def test_path_utility_is_the_geometric_mean_answer_probability_by_hand():
     contexts, answers, cue = [[3, 4, 5, 6, 7], [6], [2]], [[8, 9], [10], [12]], [11]  # 8, 3 and 3 tokens
     got = answer_utility(model, contexts, answers, cue)
     assert model.training  # restored
-    torch.testing.assert_close(answer_utility(model, contexts, answers, cue, rows=1), got, rtol=1e-6, atol=0)
-    packed = answer_utility(model, contexts, answers, cue, padding_free=True)  # packed rows: 8 | 3 + 3
+    torch.testing.assert_close(answer_utility(model, contexts, answers, cue, size=1), got, rtol=1e-6, atol=0)
+    packed = answer_utility(model, contexts, answers, cue, packed=True)  # packed rows: 8 | 3 + 3
     torch.testing.assert_close(packed, got, rtol=1e-5, atol=0)
     for i, (context, answer) in enumerate(zip(contexts, answers, strict=True)):
         prefix = context + cue

@@ -3,8 +3,8 @@ reference answer after it. ``s(z) = π(y* | x, z)`` is estimated teacher-forced 
 answer cue that follows the path (e.g. ``" The answer is "``), and length-normalised: the geometric mean of the
 answer tokens' probabilities, ``exp(mean_i log π(y*_i | x, z, cue, y*_<i))``, so answers of different lengths
 compare (the paper's exact normalisation is not published). No-grad forwards over the sequences in micro-batches
-(``rows`` sequences and ``tokens`` tokens a forward, :meth:`zoo.rl.rollout.RolloutBatch.micro_batches`; None, None:
-one forward), padded or packed (``padding_free``), log-probs from :func:`zoo.rl.rollout.token_logprobs` (never the
+(``size`` sequences and ``tokens`` tokens a forward, :meth:`zoo.rl.rollout.RolloutBatch.micro_batches`; None, None:
+one forward), padded or ``packed``, log-probs from :func:`zoo.rl.rollout.token_logprobs` (never the
 full-vocabulary fp32 logits of zoo's models).
 """
 
@@ -23,9 +23,9 @@ def answer_utility(
     contexts: Sequence[Sequence[int]],
     answers: Sequence[Sequence[int]],
     cue: Sequence[int] = (),
-    rows: int | None = None,
+    size: int | None = None,
     tokens: int | None = None,
-    padding_free: bool = False,
+    packed: bool = False,
 ) -> torch.Tensor:
     """s (N,) for every ``contexts[i]`` (prompt + path tokens) followed by ``cue`` and ``answers[i]`` (non-empty)."""
     sequences = [list(c) + list(cue) + list(a) for c, a in zip(contexts, answers, strict=True)]
@@ -41,12 +41,12 @@ def answer_utility(
     batch = batch.to(device)
 
     def forward(part: RolloutBatch) -> torch.Tensor:
-        return token_logprobs(model, part.input_ids, lengths=part.lengths() if padding_free else None)[0]
+        return token_logprobs(model, part.input_ids, lengths=part.lengths() if packed else None)[0]
 
     was_training = model.training
     model.eval()
     try:
-        logprobs = batch.map_micro_batches(forward, rows, tokens, padding_free)
+        logprobs = batch.map_micro_batches(forward, size, tokens, packed)
     finally:
         model.train(was_training)
     mask = batch.response_mask
