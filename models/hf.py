@@ -203,8 +203,9 @@ class HFCausalLM(nn.Module):
     @torch.no_grad()
     def check_packing(self) -> None:
         """Once per model, before the first packed row: two examples packed into one row must give the logits each
-        gives alone; one line naming ``data.pack=false`` for an architecture where they do not (BLOOM's ALiBi
-        needs a padding mask, Mamba has no attention), instead of training on examples that see each other."""
+        gives alone; one line naming ``data.pack=false`` (and RL's ``padding_free=false``) for an architecture where
+        they do not (BLOOM's ALiBi needs a padding mask, Mamba has no attention), instead of training on examples
+        that see each other."""
         device = self.embed.weight.device
         first, second = torch.arange(3, 10, device=device)[None], torch.arange(11, 16, device=device)[None]
         row = torch.cat([first, second], 1)
@@ -224,7 +225,7 @@ class HFCausalLM(nn.Module):
         if not isolated:
             raise ConfigError(
                 f"model type {self.hf.config.model_type!r} cannot keep examples packed into one row from seeing "
-                "each other: use data.pack=false (one example per row)"
+                "each other: use data.pack=false (SFT) or module.algorithm.padding_free=false (RL): one example per row"
             )
         self.packing_checked = True
 
